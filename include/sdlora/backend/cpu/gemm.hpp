@@ -1,0 +1,68 @@
+/// @file gemm.hpp
+/// @brief CPU batched GEMM through Eigen (multi-threaded by OpenMP inside Eigen, or across the batch).
+/// Include <sdlora/sdlora.hpp> instead.
+#pragma once
+
+#include <Eigen/Core>  // Eigen::Map, Eigen::OuterStride
+
+#include <sdlora/ops/gemm.hpp>  // Gemm, Impl
+
+namespace sdlora::ops {
+
+namespace cpu {
+template <class T>
+using RowMatrix = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+template <class T>
+using MatrixMap = Eigen::Map<RowMatrix<T>, Eigen::Unaligned, Eigen::OuterStride<>>;
+template <class T>
+using ConstMatrixMap = Eigen::Map<RowMatrix<T> const, Eigen::Unaligned, Eigen::OuterStride<>>;
+
+/// The matrix at batch index i of a rank-2 or rank-3 view, as an Eigen map with the view's row stride.
+template <class T>
+ConstMatrixMap<T> matrix(TensorView<T const, Cpu> const& v, Index i) {
+  T const* p = v.rank() == 3 ? v.data() + i * v.stride(0) : v.data();
+  return ConstMatrixMap<T>(p, v.dim(-2), v.dim(-1), Eigen::OuterStride<>(v.stride(-2)));
+}
+template <class T>
+MatrixMap<T> matrix(TensorView<T, Cpu> const& v, Index i) {
+  T* p = v.rank() == 3 ? v.data() + i * v.stride(0) : v.data();
+  return MatrixMap<T>(p, v.dim(-2), v.dim(-1), Eigen::OuterStride<>(v.stride(-2)));
+}
+}  // namespace cpu
+
+template <>
+struct Impl<Gemm, Cpu> {
+  template <HostCompute T>
+  static void run(Context<Cpu>& ctx, Gemm const& op, TensorView<T, Cpu> c, TensorView<T const, Cpu> a,
+                  TensorView<T const, Cpu> b) {
+    Index const batch = c.rank() == 3 ? c.dim(0) : 1;
+    auto one = [&](Index i) {
+      auto cm = cpu::matrix(c, i);
+      auto am = cpu::matrix(a, a.rank() == 3 ? i : 0);
+      auto bm = cpu::matrix(b, b.rank() == 3 ? i : 0);
+      T const alpha = T(op.alpha);
+      if (op.beta == 0.0) {
+        if (!op.trans_a && !op.trans_b) cm.noalias() = alpha * (am * bm);
+        else if (op.trans_a && !op.trans_b) cm.noalias() = alpha * (am.transpose() * bm);
+        else if (!op.trans_a && op.trans_b) cm.noalias() = alpha * (am * bm.transpose());
+        else cm.noalias() = alpha * (am.transpose() * bm.transpose());
+      } else {
+        if (op.beta != 1.0) cm *= T(op.beta);
+        if (!op.trans_a && !op.trans_b) cm.noalias() += alpha * (am * bm);
+        else if (op.trans_a && !op.trans_b) cm.noalias() += alpha * (am.transpose() * bm);
+        else if (!op.trans_a && op.trans_b) cm.noalias() += alpha * (am * bm.transpose());
+        else cm.noalias() += alpha * (am.transpose() * bm.transpose());
+      }
+    };
+    // Many small matrices: one per thread (Eigen then runs single-threaded inside a parallel region).
+    // Few large ones: Eigen parallelises each product itself.
+    if (batch >= ctx.threads() && batch > 1) {
+#pragma omp parallel for schedule(static) num_threads(ctx.threads())
+      for (Index i = 0; i < batch; ++i) one(i);
+    } else {
+      for (Index i = 0; i < batch; ++i) one(i);
+    }
+  }
+};
+
+}  // namespace sdlora::ops

@@ -1,0 +1,255 @@
+/// @file tensor.hpp
+/// @brief Tensor<T, B>: an owning, contiguous, row-major array on backend B; TensorView<T, B>: a non-owning strided
+/// view. Include <sdlora/sdlora.hpp> instead.
+#pragma once
+
+#include <array>        // std::array
+#include <cstddef>      // std::size_t
+#include <span>         // std::span
+#include <type_traits>  // std::is_const_v, std::remove_const_t
+#include <utility>      // std::exchange
+#include <vector>       // std::vector
+
+#include <sdlora/core/backend.hpp>  // Backend, BackendMemory, Cpu
+#include <sdlora/core/dtype.hpp>    // half, bfloat16
+#include <sdlora/core/error.hpp>    // SDLORA_EXPECTS
+#include <sdlora/core/shape.hpp>    // Shape, Index
+
+namespace sdlora {
+
+/// A non-owning view: pointer + shape + strides (in elements). `T` may be const. Views never outlive their tensor.
+template <class T, class B = Cpu>
+class TensorView {
+ public:
+  using value_type = std::remove_const_t<T>;
+  using backend = B;
+
+  TensorView() = default;
+  TensorView(T* data, Shape shape) : data_(data), shape_(shape), strides_(contiguous_strides(shape)) {}
+  TensorView(T* data, Shape shape, std::array<Index, kMaxRank> strides)
+      : data_(data), shape_(shape), strides_(strides) {}
+  /// A view of mutable data converts to a view of const data.
+  template <class U>
+    requires(std::is_const_v<T> && std::is_same_v<U, value_type>)
+  TensorView(TensorView<U, B> const& other) : TensorView(other.data(), other.shape(), other.strides()) {}
+
+  T* data() const { return data_; }
+  Shape const& shape() const { return shape_; }
+  std::array<Index, kMaxRank> const& strides() const { return strides_; }
+  Index stride(int axis) const { return strides_[axis < 0 ? axis + shape_.rank() : axis]; }
+  int rank() const { return shape_.rank(); }
+  Index numel() const { return shape_.numel(); }
+  Index dim(int axis) const { return shape_[axis]; }
+
+  bool is_contiguous() const { return strides_ == contiguous_strides(shape_); }
+
+  /// Rows [begin, end) of the first axis.
+  TensorView slice(Index begin, Index end) const {
+    SDLORA_EXPECTS(rank() >= 1 && 0 <= begin && begin <= end && end <= shape_[0],
+                   "[slice] rows [" << begin << ", " << end << ") out of range for " << shape_);
+    return TensorView(data_ + begin * strides_[0], shape_.with_first(end - begin), strides_);
+  }
+  /// The sub-tensor at index i of the first axis (rank drops by one).
+  TensorView operator[](Index i) const {
+    SDLORA_EXPECTS(rank() >= 1 && 0 <= i && i < shape_[0], "[index] " << i << " out of range for " << shape_);
+    std::vector<Index> rest(shape_.begin() + 1, shape_.end());
+    std::array<Index, kMaxRank> st{};
+    for (int a = 1; a < rank(); ++a) st[a - 1] = strides_[a];
+    return TensorView(data_ + i * strides_[0], Shape(rest), st);
+  }
+  /// The same elements with another shape; requires contiguity.
+  TensorView reshaped(Shape shape) const {
+    SDLORA_EXPECTS(is_contiguous(), "[reshape] view is not contiguous: " << shape_);
+    SDLORA_EXPECTS(shape.numel() == numel(), "[reshape] " << shape_ << " -> " << shape << " changes the size");
+    return TensorView(data_, shape);
+  }
+
+  /// Element access by full index (host memory only; for tests and small host-side loops).
+  T& at(std::initializer_list<Index> index) const
+    requires std::same_as<B, Cpu>
+  {
+    SDLORA_EXPECTS(int(index.size()) == rank(), "[at] index of rank " << index.size() << " for " << shape_);
+    Index offset = 0;
+    int a = 0;
+    for (Index i : index) {
+      SDLORA_EXPECTS(0 <= i && i < shape_[a], "[at] index " << i << " out of range on axis " << a << " of "
+                                                            << shape_);
+      offset += i * strides_[a++];
+    }
+    return data_[offset];
+  }
+  /// Contiguous host elements as a span.
+  std::span<T> span() const
+    requires std::same_as<B, Cpu>
+  {
+    SDLORA_EXPECTS(is_contiguous(), "[span] view is not contiguous: " << shape_);
+    return {data_, std::size_t(numel())};
+  }
+
+ private:
+  T* data_ = nullptr;
+  Shape shape_;
+  std::array<Index, kMaxRank> strides_{};
+};
+
+/// An owning contiguous row-major tensor with value semantics: copying copies the elements (like std::vector),
+/// moving is free. New tensors are zero-filled unless made with Tensor::uninitialized.
+template <class T, class B = Cpu>
+  requires Backend<B>
+class Tensor {
+ public:
+  using value_type = T;
+  using backend = B;
+
+  Tensor() = default;
+  explicit Tensor(Shape shape) : Tensor(uninitialized(shape)) { fill_zero(); }
+  static Tensor uninitialized(Shape shape) {
+    Tensor t;
+    t.shape_ = shape;
+    t.data_ = static_cast<T*>(BackendMemory<B>::allocate(t.bytes()));
+    return t;
+  }
+  static Tensor zeros(Shape shape) { return Tensor(shape); }
+
+  Tensor(Tensor const& other) : Tensor(uninitialized(other.shape_)) {
+    BackendMemory<B>::copy(data_, other.data_, bytes());
+  }
+  Tensor(Tensor&& other) noexcept
+      : data_(std::exchange(other.data_, nullptr)), shape_(std::exchange(other.shape_, Shape{})) {}
+  Tensor& operator=(Tensor const& other) {
+    if (this != &other) *this = Tensor(other);
+    return *this;
+  }
+  Tensor& operator=(Tensor&& other) noexcept {
+    if (this != &other) {
+      release();
+      data_ = std::exchange(other.data_, nullptr);
+      shape_ = std::exchange(other.shape_, Shape{});
+    }
+    return *this;
+  }
+  ~Tensor() { release(); }
+
+  /// A contiguous copy of any (possibly strided) view.
+  static Tensor from_view(TensorView<T const, B> v)
+    requires std::same_as<B, Cpu>
+  {
+    Tensor t = uninitialized(v.shape());
+    copy_strided(t.data_, v, 0, 0);
+    return t;
+  }
+
+  T* data() { return data_; }
+  T const* data() const { return data_; }
+  Shape const& shape() const { return shape_; }
+  int rank() const { return shape_.rank(); }
+  Index numel() const { return shape_.numel(); }
+  Index dim(int axis) const { return shape_[axis]; }
+  std::size_t bytes() const { return std::size_t(numel()) * sizeof(T); }
+  bool empty() const { return numel() == 0 || data_ == nullptr; }
+
+  TensorView<T, B> view() { return {data_, shape_}; }
+  TensorView<T const, B> view() const { return {data_, shape_}; }
+  operator TensorView<T, B>() { return view(); }
+  operator TensorView<T const, B>() const { return view(); }
+
+  TensorView<T, B> slice(Index begin, Index end) { return view().slice(begin, end); }
+  TensorView<T const, B> slice(Index begin, Index end) const { return view().slice(begin, end); }
+  TensorView<T, B> operator[](Index i) { return view()[i]; }
+  TensorView<T const, B> operator[](Index i) const { return view()[i]; }
+
+  /// Changes the shape in place; the element count must not change.
+  Tensor& reshape(Shape shape) {
+    SDLORA_EXPECTS(shape.numel() == numel(), "[reshape] " << shape_ << " -> " << shape << " changes the size");
+    shape_ = shape;
+    return *this;
+  }
+  /// The same elements as a new tensor with another shape (moves out of an rvalue, copies an lvalue).
+  Tensor reshaped(Shape shape) const& { return Tensor(*this).reshape(shape); }
+  Tensor reshaped(Shape shape) && { return std::move(reshape(shape)); }
+
+  void fill_zero() { BackendMemory<B>::zero(data_, bytes()); }
+
+  // Host-only conveniences.
+  T& at(std::initializer_list<Index> index)
+    requires std::same_as<B, Cpu>
+  {
+    return view().at(index);
+  }
+  T const& at(std::initializer_list<Index> index) const
+    requires std::same_as<B, Cpu>
+  {
+    return view().at(index);
+  }
+  std::span<T> span()
+    requires std::same_as<B, Cpu>
+  {
+    return {data_, std::size_t(numel())};
+  }
+  std::span<T const> span() const
+    requires std::same_as<B, Cpu>
+  {
+    return {data_, std::size_t(numel())};
+  }
+  T& operator()(Index i)
+    requires std::same_as<B, Cpu>
+  {
+    return data_[i];
+  }
+  T const& operator()(Index i) const
+    requires std::same_as<B, Cpu>
+  {
+    return data_[i];
+  }
+  void fill(T value)
+    requires std::same_as<B, Cpu>
+  {
+    for (Index i = 0; i < numel(); ++i) data_[i] = value;
+  }
+
+ private:
+  void release() {
+    if (data_) BackendMemory<B>::deallocate(data_);
+    data_ = nullptr;
+  }
+  static T* copy_strided(T* dst, TensorView<T const, B> const& v, int axis, Index offset) {
+    if (v.rank() == 0) {
+      *dst = v.data()[0];
+      return dst + 1;
+    }
+    for (Index i = 0; i < v.dim(axis); ++i) {
+      Index const o = offset + i * v.stride(axis);
+      if (axis == v.rank() - 1) *dst++ = v.data()[o];
+      else dst = copy_strided(dst, v, axis + 1, o);
+    }
+    return dst;
+  }
+
+  T* data_ = nullptr;
+  Shape shape_;
+};
+
+namespace detail {
+/// Widens a stored scalar without loss: double stays double, everything else becomes float.
+template <class T>
+auto widen(T v) {
+  if constexpr (std::is_same_v<T, double>) return v;
+  else return static_cast<float>(v);
+}
+}  // namespace detail
+
+/// Converts the elements of a host view to another scalar type (round-to-nearest-even into half/bfloat16).
+template <class To, class From>
+Tensor<To, Cpu> convert(TensorView<From const, Cpu> src) {
+  auto out = Tensor<To, Cpu>::uninitialized(src.shape());
+  Tensor<From, Cpu> const contiguous = src.is_contiguous() ? Tensor<From, Cpu>() : Tensor<From, Cpu>::from_view(src);
+  From const* p = src.is_contiguous() ? src.data() : contiguous.data();
+  for (Index i = 0; i < src.numel(); ++i) out(i) = from_scalar<To>(detail::widen(p[i]));
+  return out;
+}
+template <class To, class From>
+Tensor<To, Cpu> convert(Tensor<From, Cpu> const& src) {
+  return convert<To, From>(src.view());
+}
+
+}  // namespace sdlora

@@ -1,0 +1,17 @@
+/// @file sdlora.hpp
+/// @brief The umbrella header for users of the CPU backend. Library headers never include it.
+#pragma once
+
+#include <sdlora/core/backend.hpp>
+#include <sdlora/core/dtype.hpp>
+#include <sdlora/core/error.hpp>
+#include <sdlora/core/shape.hpp>
+#include <sdlora/core/tensor.hpp>
+
+#include <sdlora/ops/elementwise.hpp>
+#include <sdlora/ops/gemm.hpp>
+#include <sdlora/ops/reduce.hpp>
+
+#include <sdlora/backend/cpu/elementwise.hpp>
+#include <sdlora/backend/cpu/gemm.hpp>
+#include <sdlora/backend/cpu/reduce.hpp>
