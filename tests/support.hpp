@@ -33,4 +33,44 @@ double rel_l2(Tensor<T, Cpu> const& out, Tensor<U, Cpu> const& ref) {
   return rel_l2<T, U>(out.view(), ref.view());
 }
 
+/// Central finite differences of a scalar function with respect to every element of `wrt`, in double:
+/// g[i] = (loss(wrt + eps e_i) - loss(wrt - eps e_i)) / (2 eps). `loss` reads `wrt` by reference.
+/// Use with Tensor<double> and eps = 1e-6: truncation error O(eps^2) and rounding O(1e-16 / eps) stay below 1e-8.
+template <class Loss>
+Tensor<double, Cpu> numeric_gradient(Tensor<double, Cpu>& wrt, Loss&& loss, double eps = 1e-6) {
+  Tensor<double, Cpu> g(wrt.shape());
+  for (Index i = 0; i < wrt.numel(); ++i) {
+    double const keep = wrt(i);
+    wrt(i) = keep + eps;
+    double const up = loss();
+    wrt(i) = keep - eps;
+    double const down = loss();
+    wrt(i) = keep;
+    g(i) = (up - down) / (2 * eps);
+  }
+  return g;
+}
+
+/// <a, b> in double: the scalar loss whose gradient with respect to `a` is `b` (an upstream gradient).
+template <class T>
+double inner(Tensor<T, Cpu> const& a, Tensor<T, Cpu> const& b) {
+  SDLORA_EXPECTS(a.numel() == b.numel(), "[inner] sizes differ: " << a.shape() << " vs " << b.shape());
+  double s = 0;
+  for (Index i = 0; i < a.numel(); ++i) s += double(a(i)) * double(b(i));
+  return s;
+}
+
+/// A tensor of deterministic pseudo-random values in [-1, 1) (a fixed LCG: tests must not depend on libstdc++'s
+/// distributions).
+template <class T>
+Tensor<T, Cpu> random_tensor(Shape shape, std::uint32_t seed) {
+  Tensor<T, Cpu> t(shape);
+  std::uint64_t state = 0x9E3779B97F4A7C15ull ^ seed;
+  for (Index i = 0; i < t.numel(); ++i) {
+    state = state * 6364136223846793005ull + 1442695040888963407ull;
+    t(i) = T(double(state >> 11) / double(1ull << 53) * 2.0 - 1.0);
+  }
+  return t;
+}
+
 }  // namespace sdlora::test

@@ -15,3 +15,10 @@
 #include <sdlora/backend/cpu/elementwise.hpp>
 #include <sdlora/backend/cpu/gemm.hpp>
 #include <sdlora/backend/cpu/reduce.hpp>
+#include <sdlora/ops/bias.hpp>
+#include <sdlora/backend/cpu/bias.hpp>
+
+#include <sdlora/nn/module.hpp>
+#include <sdlora/nn/linear.hpp>
+
+#include <sdlora/io/safetensors.hpp>

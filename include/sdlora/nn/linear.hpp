@@ -1,0 +1,87 @@
+/// @file linear.hpp
+/// @brief Linear: y = x W^T + b over the last axis (torch.nn.Linear), with attachable adapters (LoRA).
+/// Include <sdlora/sdlora.hpp> instead.
+#pragma once
+
+#include <string>  // std::string
+
+#include <sdlora/nn/module.hpp>         // Parameter, Mode, Adapter
+#include <sdlora/ops/elementwise.hpp>   // ops::add
+#include <sdlora/ops/gemm.hpp>          // ops::gemm
+#include <sdlora/ops/bias.hpp>          // ops::bias_add_rows, ops::bias_grad_rows
+
+namespace sdlora::nn {
+
+/// reference: https://pytorch.org/docs/stable/generated/torch.nn.Linear.html
+template <class T, class B = Cpu>
+class Linear {
+ public:
+  Linear() = default;
+  Linear(Index in_features, Index out_features, bool bias = true)
+      : weight(Shape{out_features, in_features}), bias(bias ? Parameter<T, B>(Shape{out_features}) : Parameter<T, B>()) {}
+
+  Parameter<T, B> weight;  // (out, in)
+  Parameter<T, B> bias;    // (out) or empty
+  AdapterList<T, B> adapters;
+
+  Index in_features() const { return weight.value.dim(1); }
+  Index out_features() const { return weight.value.dim(0); }
+  bool has_bias() const { return !bias.value.empty(); }
+
+  /// y (..., out) = x (..., in) W^T + b, then y += adapter(x) for each enabled adapter.
+  Tensor<T, B> forward(Context<B>& ctx, TensorView<T const, B> x, Mode mode = Mode::Infer) {
+    SDLORA_EXPECTS(x.rank() >= 1 && x.dim(-1) == in_features(),
+                   "[linear] x must be (..., " << in_features() << "), got " << x.shape());
+    Index const rows = x.numel() / in_features();
+    Shape out_shape = x.shape();
+    out_shape[-1] = out_features();
+    auto y = Tensor<T, B>::uninitialized(out_shape);
+    ops::gemm<T, B>(ctx, y.view().reshaped(Shape{rows, out_features()}), x.reshaped(Shape{rows, in_features()}),
+                    weight.value.view(), {.trans_b = true});
+    if (has_bias()) ops::bias_add_rows<T, B>(ctx, y.view(), bias.value.view());
+    for (auto& a : adapters)
+      if (a->enabled) a->forward(ctx, y.view(), x, mode);
+    if (mode == Mode::Train && weight.trainable) saved_.x = Tensor<T, B>::from_view(x);
+    return y;
+  }
+
+  /// dx (..., in) = dy (..., out) W; dW += dy^T x and db += sum(dy) when trainable; adapters add their part.
+  Tensor<T, B> backward(Context<B>& ctx, TensorView<T const, B> dy) {
+    SDLORA_EXPECTS(dy.rank() >= 1 && dy.dim(-1) == out_features(),
+                   "[linear.backward] dy must be (..., " << out_features() << "), got " << dy.shape());
+    Index const rows = dy.numel() / out_features();
+    Shape in_shape = dy.shape();
+    in_shape[-1] = in_features();
+    auto dx = Tensor<T, B>::uninitialized(in_shape);
+    auto dy2 = dy.reshaped(Shape{rows, out_features()});
+    ops::gemm<T, B>(ctx, dx.view().reshaped(Shape{rows, in_features()}), dy2, weight.value.view());
+    if (weight.trainable) {
+      SDLORA_EXPECTS(saved_.x.numel() == rows * in_features(), "[linear.backward] no saved input: run forward "
+                                                               "with Mode::Train first");
+      ops::gemm<T, B>(ctx, weight.grad.view(), dy2, saved_.x.view().reshaped(Shape{rows, in_features()}),
+                      {.trans_a = true, .beta = 1.0});
+    }
+    if (has_bias() && bias.trainable) ops::bias_grad_rows<T, B>(ctx, bias.grad.view(), dy);
+    for (auto& a : adapters)
+      if (a->enabled) a->backward(ctx, dx.view(), dy);
+    return dx;
+  }
+
+  template <class V>
+  void visit(std::string const& name, V&& visitor) {
+    visitor(name, *this);
+  }
+  template <class F>
+  void for_each_parameter(std::string const& prefix, F&& f) {
+    f(join(prefix, "weight"), weight);
+    if (has_bias()) f(join(prefix, "bias"), bias);
+    for (auto& a : adapters) a->for_each_parameter(prefix, f);
+  }
+
+ private:
+  struct Saved {
+    Tensor<T, B> x;  // (..., in): dW = dy^T x, kept only when the weight itself is trainable
+  } saved_;
+};
+
+}  // namespace sdlora::nn

@@ -1,0 +1,94 @@
+/// @file module.hpp
+/// @brief What every layer shares: Parameter (value, gradient, trainable flag), Mode (inference or training),
+/// dotted names, the Adapter interface that LoRA implements, and the parameter visitor.
+/// Include <sdlora/sdlora.hpp> instead.
+///
+/// Conventions every module follows (see docs/architecture.md):
+///  - A module is a class template `<T, B>` whose parameters and children are named like diffusers' modules.
+///  - `forward(ctx, x, mode)` returns a new tensor. With Mode::Train it keeps in `saved_` exactly what `backward`
+///    needs, nothing more (each field says why).
+///  - `backward(ctx, dy)` returns dx and *accumulates* (+=) into the `grad` of trainable parameters only.
+///    A frozen module never touches gradients. Composite modules call children's backward in reverse order.
+///  - `visit(prefix, visitor)` calls `visitor(name, leaf)` for every leaf module (Linear, Conv2d, norms,
+///    embeddings) under its full dotted name; parameters are reached through leaves (`leaf.for_each_parameter`).
+#pragma once
+
+#include <functional>  // std::function
+#include <memory>      // std::shared_ptr
+#include <string>      // std::string
+#include <vector>      // std::vector
+
+#include <sdlora/core/backend.hpp>  // Context
+#include <sdlora/core/tensor.hpp>   // Tensor, TensorView
+
+namespace sdlora::nn {
+
+/// Inference keeps nothing for backward; Train keeps what backward needs (and enables dropout).
+enum class Mode { Infer, Train };
+
+/// "a.b" from prefix "a" and name "b"; no leading dot when the prefix is empty.
+inline std::string join(std::string const& prefix, std::string const& name) {
+  return prefix.empty() ? name : prefix + "." + name;
+}
+
+/// A learnable tensor: its value, its gradient (allocated only while trainable) and whether it is trained.
+template <class T, class B = Cpu>
+struct Parameter {
+  Tensor<T, B> value;
+  Tensor<T, B> grad;  // same shape as value when trainable, empty otherwise
+  bool trainable = false;
+
+  Parameter() = default;
+  explicit Parameter(Shape shape) : value(shape) {}
+
+  /// Turns training on (allocating a zero gradient) or off (dropping the gradient).
+  void set_trainable(bool on) {
+    trainable = on;
+    grad = on ? Tensor<T, B>(value.shape()) : Tensor<T, B>();
+  }
+  void zero_grad() {
+    if (trainable) grad.fill_zero();
+  }
+  Shape const& shape() const { return value.shape(); }
+};
+
+/// A side branch attached to a Linear or Conv2d: `y += branch(x)`. LoRA implements it (lora/); the layer calls
+/// every attached, enabled adapter after its own product, and their backward after its own.
+template <class T, class B = Cpu>
+struct Adapter {
+  virtual ~Adapter() = default;
+  /// y += branch(x). x and y are the layer's input and output (Linear: (..., in) / (..., out);
+  /// Conv2d: (N, C_in, H, W) / (N, C_out, H', W')). Mode::Train keeps what backward needs.
+  virtual void forward(Context<B>& ctx, TensorView<T, B> y, TensorView<T const, B> x, Mode mode) = 0;
+  /// dx += d branch / dx applied to dy; accumulates the adapter's own trainable gradients.
+  virtual void backward(Context<B>& ctx, TensorView<T, B> dx, TensorView<T const, B> dy) = 0;
+  /// Calls f(name, parameter) for the adapter's parameters, named under `prefix` (e.g. "<layer>.lora_A.default").
+  virtual void for_each_parameter(std::string const& prefix,
+                                  std::function<void(std::string const&, Parameter<T, B>&)> const& f) = 0;
+  /// The adapter's name (e.g. "default"); several adapters on one layer have distinct names.
+  virtual std::string const& name() const = 0;
+  bool enabled = true;
+};
+
+template <class T, class B>
+using AdapterList = std::vector<std::shared_ptr<Adapter<T, B>>>;
+
+/// Calls f(full_name, parameter) for every parameter of a module tree, adapters' parameters included.
+template <class Module, class F>
+void for_each_parameter(Module& module, F&& f, std::string const& prefix = "") {
+  module.visit(prefix, [&](std::string const& name, auto& leaf) { leaf.for_each_parameter(name, f); });
+}
+
+/// Sets every parameter of a module tree trainable or frozen.
+template <class Module>
+void set_trainable(Module& module, bool on) {
+  for_each_parameter(module, [&](std::string const&, auto& p) { p.set_trainable(on); });
+}
+
+/// Zeroes the gradient of every trainable parameter of a module tree.
+template <class Module>
+void zero_grad(Module& module) {
+  for_each_parameter(module, [&](std::string const&, auto& p) { p.zero_grad(); });
+}
+
+}  // namespace sdlora::nn
