@@ -5,7 +5,6 @@
 #include <sdlora/core/backend.hpp>
 #include <sdlora/core/dtype.hpp>
 #include <sdlora/core/error.hpp>
-#include <sdlora/core/rng.hpp>
 #include <sdlora/core/shape.hpp>
 #include <sdlora/core/tensor.hpp>
 
@@ -18,10 +17,24 @@
 #include <sdlora/backend/cpu/reduce.hpp>
 #include <sdlora/ops/bias.hpp>
 #include <sdlora/backend/cpu/bias.hpp>
+#include <sdlora/ops/activation.hpp>
+#include <sdlora/ops/conv.hpp>
+#include <sdlora/ops/norm.hpp>
+#include <sdlora/ops/timestep.hpp>
+#include <sdlora/ops/upsample.hpp>
+#include <sdlora/backend/cpu/conv.hpp>
+#include <sdlora/backend/cpu/norm.hpp>
+#include <sdlora/backend/cpu/timestep.hpp>
+#include <sdlora/backend/cpu/upsample.hpp>
 
 #include <sdlora/nn/module.hpp>
 #include <sdlora/nn/linear.hpp>
+#include <sdlora/nn/activation.hpp>
+#include <sdlora/nn/conv2d.hpp>
+#include <sdlora/nn/downsample.hpp>
+#include <sdlora/nn/group_norm.hpp>
+#include <sdlora/nn/layer_norm.hpp>
+#include <sdlora/nn/timestep_embedding.hpp>
+#include <sdlora/nn/upsample.hpp>
 
 #include <sdlora/io/safetensors.hpp>
-
-#include <sdlora/tokenizer/clip_tokenizer.hpp>

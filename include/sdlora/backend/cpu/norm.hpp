@@ -1,0 +1,208 @@
+/// @file norm.hpp
+/// @brief CPU kernels of ops/norm.hpp: one OpenMP task per (sample, group) or per row; statistics and gradient sums
+/// accumulate in double. Include <sdlora/sdlora.hpp> instead.
+#pragma once
+
+#include <cmath>   // std::sqrt
+#include <vector>  // std::vector
+
+#include <sdlora/core/backend.hpp>     // Context, SDLORA_HAS_OPENMP (omp.h)
+#include <sdlora/ops/activation.hpp>   // fn::Silu, fn::SiluBackward
+#include <sdlora/ops/norm.hpp>         // GroupNorm, LayerNorm, Impl
+
+namespace sdlora::ops {
+
+namespace cpu {
+inline int thread_index() {
+#if SDLORA_HAS_OPENMP
+  return omp_get_thread_num();
+#else
+  return 0;
+#endif
+}
+
+/// Mean and 1 / sqrt(biased variance + eps) of n contiguous values, two passes in double.
+template <class T>
+void moments(T const* x, Index n, double eps, double& mean, double& rstd) {
+  double s = 0;
+  for (Index i = 0; i < n; ++i) s += double(x[i]);
+  mean = s / double(n);
+  double v = 0;
+  for (Index i = 0; i < n; ++i) {
+    double const d = double(x[i]) - mean;
+    v += d * d;
+  }
+  rstd = 1.0 / std::sqrt(v / double(n) + eps);
+}
+}  // namespace cpu
+
+template <>
+struct Impl<GroupNorm, Cpu> {
+  // x is viewed as (N, G, C/G, S) with S the product of the trailing axes.
+  template <HostCompute T>
+  static void forward(Context<Cpu>& ctx, GroupNorm const& op, TensorView<T, Cpu> y, TensorView<T, Cpu> mean,
+                      TensorView<T, Cpu> rstd, TensorView<T const, Cpu> x, TensorView<T const, Cpu> gamma,
+                      TensorView<T const, Cpu> beta) {
+    Index const n = x.dim(0), c = x.dim(1), g = op.groups, cpg = c / g, s = n * c == 0 ? 0 : x.numel() / (n * c);
+    T const* pg = gamma.data();
+    T const* pb = beta.data();
+#pragma omp parallel for schedule(static) num_threads(ctx.threads()) if (x.numel() > 32768)
+    for (Index ng = 0; ng < n * g; ++ng) {
+      Index const first = (ng / g) * c + (ng % g) * cpg;  // first channel row of this group in (N*C, S)
+      double m, r;
+      cpu::moments(x.data() + first * s, cpg * s, op.eps, m, r);
+      mean.data()[ng] = T(m);
+      rstd.data()[ng] = T(r);
+      T const tm = T(m), tr = T(r);
+      for (Index k = 0; k < cpg; ++k) {
+        Index const ch = (first + k) % c;
+        T const gk = pg ? pg[ch] : T(1), bk = pb ? pb[ch] : T(0);
+        T const* in = x.data() + (first + k) * s;
+        T* out = y.data() + (first + k) * s;
+        if (op.silu) {
+          for (Index i = 0; i < s; ++i) out[i] = fn::Silu{}((in[i] - tm) * tr * gk + bk);
+        } else {
+          for (Index i = 0; i < s; ++i) out[i] = (in[i] - tm) * tr * gk + bk;
+        }
+      }
+    }
+  }
+
+  // With z = xhat * gamma + beta and dz = dy (or dy * silu'(z)):
+  //   dx = rstd * (gamma dz - mean_group(gamma dz) - xhat * mean_group(gamma dz xhat)),
+  //   dgamma += sum dz xhat, dbeta += sum dz (over N and S).
+  template <HostCompute T>
+  static void backward(Context<Cpu>& ctx, GroupNorm const& op, TensorView<T, Cpu> dx, TensorView<T, Cpu> dgamma,
+                       TensorView<T, Cpu> dbeta, TensorView<T const, Cpu> dy, TensorView<T const, Cpu> x,
+                       TensorView<T const, Cpu> mean, TensorView<T const, Cpu> rstd, TensorView<T const, Cpu> gamma,
+                       TensorView<T const, Cpu> beta) {
+    Index const n = x.dim(0), c = x.dim(1), g = op.groups, cpg = c / g, s = n * c == 0 ? 0 : x.numel() / (n * c);
+    T const* pg = gamma.data();
+    T const* pb = beta.data();
+    std::vector<double> sum_dz(std::size_t(n * c)), sum_dz_xhat(std::size_t(n * c));  // (N, C) each
+    auto dz_of = [&](T dyv, T xhat, T gk, T bk) { return op.silu ? fn::SiluBackward{}(dyv, xhat * gk + bk) : dyv; };
+#pragma omp parallel for schedule(static) num_threads(ctx.threads()) if (x.numel() > 32768)
+    for (Index ng = 0; ng < n * g; ++ng) {
+      Index const first = (ng / g) * c + (ng % g) * cpg;
+      T const tm = mean.data()[ng], tr = rstd.data()[ng];
+      double m1 = 0, m2 = 0;  // sums over the group of gamma dz and gamma dz xhat
+      for (Index k = 0; k < cpg; ++k) {
+        Index const ch = (first + k) % c;
+        T const gk = pg ? pg[ch] : T(1), bk = pb ? pb[ch] : T(0);
+        T const* in = x.data() + (first + k) * s;
+        T const* d = dy.data() + (first + k) * s;
+        double a = 0, b = 0;
+        for (Index i = 0; i < s; ++i) {
+          T const xhat = (in[i] - tm) * tr;
+          T const dz = dz_of(d[i], xhat, gk, bk);
+          a += double(dz);
+          b += double(dz) * double(xhat);
+        }
+        sum_dz[std::size_t(first + k)] = a;
+        sum_dz_xhat[std::size_t(first + k)] = b;
+        m1 += double(gk) * a;
+        m2 += double(gk) * b;
+      }
+      double const count = double(cpg * s);
+      T const t1 = T(m1 / count), t2 = T(m2 / count);
+      for (Index k = 0; k < cpg; ++k) {
+        Index const ch = (first + k) % c;
+        T const gk = pg ? pg[ch] : T(1), bk = pb ? pb[ch] : T(0);
+        T const* in = x.data() + (first + k) * s;
+        T const* d = dy.data() + (first + k) * s;
+        T* out = dx.data() + (first + k) * s;
+        for (Index i = 0; i < s; ++i) {
+          T const xhat = (in[i] - tm) * tr;
+          out[i] = tr * (gk * dz_of(d[i], xhat, gk, bk) - t1 - xhat * t2);
+        }
+      }
+    }
+    for (Index ch = 0; ch < c; ++ch) {
+      double a = 0, b = 0;
+      for (Index i = 0; i < n; ++i) {
+        a += sum_dz[std::size_t(i * c + ch)];
+        b += sum_dz_xhat[std::size_t(i * c + ch)];
+      }
+      if (dbeta.data()) dbeta.data()[ch] += T(a);
+      if (dgamma.data()) dgamma.data()[ch] += T(b);
+    }
+  }
+};
+
+template <>
+struct Impl<LayerNorm, Cpu> {
+  template <HostCompute T>
+  static void forward(Context<Cpu>& ctx, LayerNorm const& op, TensorView<T, Cpu> y, TensorView<T, Cpu> mean,
+                      TensorView<T, Cpu> rstd, TensorView<T const, Cpu> x, TensorView<T const, Cpu> gamma,
+                      TensorView<T const, Cpu> beta) {
+    Index const d = x.dim(-1), rows = d == 0 ? 0 : x.numel() / d;
+    T const* pg = gamma.data();
+    T const* pb = beta.data();
+#pragma omp parallel for schedule(static) num_threads(ctx.threads()) if (x.numel() > 32768)
+    for (Index r = 0; r < rows; ++r) {
+      T const* in = x.data() + r * d;
+      T* out = y.data() + r * d;
+      double m, rs;
+      cpu::moments(in, d, op.eps, m, rs);
+      mean.data()[r] = T(m);
+      rstd.data()[r] = T(rs);
+      T const tm = T(m), tr = T(rs);
+      for (Index i = 0; i < d; ++i) {
+        T const xhat = (in[i] - tm) * tr;
+        out[i] = (pg ? xhat * pg[i] : xhat) + (pb ? pb[i] : T(0));
+      }
+    }
+  }
+
+  // dx = rstd * (gamma dy - mean_row(gamma dy) - xhat * mean_row(gamma dy xhat)); dgamma += sum dy xhat,
+  // dbeta += sum dy over rows, accumulated per thread in double and then summed.
+  template <HostCompute T>
+  static void backward(Context<Cpu>& ctx, LayerNorm const&, TensorView<T, Cpu> dx, TensorView<T, Cpu> dgamma,
+                       TensorView<T, Cpu> dbeta, TensorView<T const, Cpu> dy, TensorView<T const, Cpu> x,
+                       TensorView<T const, Cpu> mean, TensorView<T const, Cpu> rstd, TensorView<T const, Cpu> gamma) {
+    Index const d = x.dim(-1), rows = d == 0 ? 0 : x.numel() / d;
+    T const* pg = gamma.data();
+    bool const param_grads = dgamma.data() || dbeta.data();
+    int const threads = x.numel() > 32768 ? ctx.threads() : 1;
+    std::vector<double> acc(param_grads ? std::size_t(threads) * 2 * std::size_t(d) : 0);  // (threads, 2, D)
+#pragma omp parallel num_threads(threads) if (threads > 1)
+    {
+      double* mine = param_grads ? acc.data() + std::size_t(cpu::thread_index()) * 2 * std::size_t(d) : nullptr;
+#pragma omp for schedule(static)
+      for (Index r = 0; r < rows; ++r) {
+        T const* in = x.data() + r * d;
+        T const* g = dy.data() + r * d;
+        T* out = dx.data() + r * d;
+        T const tm = mean.data()[r], tr = rstd.data()[r];
+        double m1 = 0, m2 = 0;
+        for (Index i = 0; i < d; ++i) {
+          T const xhat = (in[i] - tm) * tr;
+          double const gd = double(pg ? g[i] * pg[i] : g[i]);
+          m1 += gd;
+          m2 += gd * double(xhat);
+          if (mine) {
+            mine[i] += double(g[i]) * double(xhat);
+            mine[d + i] += double(g[i]);
+          }
+        }
+        T const t1 = T(m1 / double(d)), t2 = T(m2 / double(d));
+        for (Index i = 0; i < d; ++i) {
+          T const xhat = (in[i] - tm) * tr;
+          out[i] = tr * ((pg ? g[i] * pg[i] : g[i]) - t1 - xhat * t2);
+        }
+      }
+    }
+    if (!param_grads) return;
+    for (Index i = 0; i < d; ++i) {
+      double a = 0, b = 0;
+      for (int t = 0; t < threads; ++t) {
+        a += acc[std::size_t(t) * 2 * std::size_t(d) + std::size_t(i)];
+        b += acc[std::size_t(t) * 2 * std::size_t(d) + std::size_t(d + i)];
+      }
+      if (dgamma.data()) dgamma.data()[i] += T(a);
+      if (dbeta.data()) dbeta.data()[i] += T(b);
+    }
+  }
+};
+
+}  // namespace sdlora::ops
