@@ -5,6 +5,7 @@
 #include <sdlora/core/backend.hpp>
 #include <sdlora/core/dtype.hpp>
 #include <sdlora/core/error.hpp>
+#include <sdlora/core/rng.hpp>
 #include <sdlora/core/shape.hpp>
 #include <sdlora/core/tensor.hpp>
 
@@ -38,3 +39,5 @@
 #include <sdlora/nn/upsample.hpp>
 
 #include <sdlora/io/safetensors.hpp>
+
+#include <sdlora/tokenizer/clip_tokenizer.hpp>
