@@ -42,6 +42,8 @@ class TensorView {
   Index dim(int axis) const { return shape_[axis]; }
 
   bool is_contiguous() const { return strides_ == contiguous_strides(shape_); }
+  /// True for a default-constructed view (no data) or one with a zero extent.
+  bool empty() const { return data_ == nullptr || numel() == 0; }
 
   /// Rows [begin, end) of the first axis.
   TensorView slice(Index begin, Index end) const {

@@ -23,8 +23,14 @@
 
 namespace sdlora::nn {
 
-/// Inference keeps nothing for backward; Train keeps what backward needs (and enables dropout).
-enum class Mode { Infer, Train };
+/// Infer: no dropout, nothing kept. Train: dropout on, keep what backward needs. TrainDiscard: dropout on but keep
+/// nothing — the first pass of a gradient-checkpointed block, which recomputes with Train inside its backward.
+enum class Mode { Infer, Train, TrainDiscard };
+
+/// Whether a forward in this mode must keep what backward needs.
+inline constexpr bool keeps_saved(Mode mode) { return mode == Mode::Train; }
+/// Whether training behaviour (dropout) is on.
+inline constexpr bool is_training(Mode mode) { return mode != Mode::Infer; }
 
 /// "a.b" from prefix "a" and name "b"; no leading dot when the prefix is empty.
 inline std::string join(std::string const& prefix, std::string const& name) {

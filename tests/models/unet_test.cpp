@@ -1,0 +1,48 @@
+#include <catch2/catch.hpp>
+
+#include <sdlora/models/unet.hpp>
+#include <sdlora/models/weights.hpp>
+
+#include "support.hpp"
+
+using namespace sdlora;
+
+namespace {
+models::UNet2DConditionModel<float> load_unet(std::string const& variant) {
+  std::string const dir = test::fixture("models/tiny-" + variant + "/");
+  auto cfg = models::UNetConfig::from_json(models::read_json(dir + "unet/config.json"));
+  models::UNet2DConditionModel<float> unet(cfg);
+  io::SafetensorsFile file(dir + "unet/diffusion_pytorch_model.safetensors");
+  models::load_parameters<float>(unet, models::sources_from_file(file), "unet");
+  return unet;
+}
+}  // namespace
+
+TEST_CASE("UNet forward and input gradients match diffusers (tiny SD1 config)", "[models][unet][conformance]") {
+  // Tolerance: whole model in fp32 vs torch fp32, relative L2 <= 1e-4 (DESIGN.md section 4).
+  Context<Cpu> ctx;
+  auto unet = load_unet("sd1");
+  io::SafetensorsFile ref(test::fixture("models/tiny-sd1-outputs.safetensors"));
+  auto sample = ref.load<float>("unet.sample");
+  auto ts = ref.load<float>("unet.timesteps");
+  auto text = ref.load<float>("unet.encoder_hidden_states");
+  auto y = unet.forward(ctx, sample, ts, text, nn::Mode::Train);
+  INFO("forward rel " << test::rel_l2(y, ref.load<float>("unet.out")));
+  CHECK(test::rel_l2(y, ref.load<float>("unet.out")) < 1e-4);
+  auto g = unet.backward(ctx, ref.load<float>("unet.grad_upstream"));
+  CHECK(test::rel_l2(g.dsample, ref.load<float>("unet.grad_sample")) < 1e-4);
+  CHECK(test::rel_l2(g.dencoder_hidden_states, ref.load<float>("unet.grad_encoder_hidden_states")) < 1e-4);
+}
+
+TEST_CASE("A missing or misshapen UNet weight is named in the load error", "[models][unet]") {
+  std::string const dir = test::fixture("models/tiny-sd1/");
+  auto cfg = models::UNetConfig::from_json(models::read_json(dir + "unet/config.json"));
+  cfg.cross_attention_dim = 12;  // every attn2.to_k / to_v now has the wrong shape
+  models::UNet2DConditionModel<float> unet(cfg);
+  io::SafetensorsFile file(dir + "unet/diffusion_pytorch_model.safetensors");
+  auto sources = models::sources_from_file(file);
+  sources.erase("conv_in.weight");
+  CHECK_THROWS_WITH(models::load_parameters<float>(unet, sources, "unet"),
+                    Catch::Contains("conv_in.weight") && Catch::Contains("attn2.to_k.weight") &&
+                        Catch::Contains("(8, 12)") && Catch::Contains("1 missing keys"));
+}
