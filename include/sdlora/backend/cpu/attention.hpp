@@ -1,0 +1,262 @@
+/// @file attention.hpp
+/// @brief CPU kernels of ops/attention.hpp: Eigen products on per-head strided maps, OpenMP over
+/// (batch, head, tile). Include <sdlora/sdlora.hpp> instead.
+///
+/// Forward: one task per (batch, head, query tile); an online softmax over key tiles keeps a running row max m,
+/// row sum l and unnormalised output, so memory per task is one (block_q, block_k) score tile.
+/// Backward: when batch * heads covers the threads, one task per (batch, head) walks key tiles and query tiles and
+/// accumulates dq, dk, dv in place (5 products per tile pair). Otherwise two passes keep every thread busy without
+/// write conflicts: tasks per (batch, head, key tile) accumulate dk, dv; tasks per (batch, head, query tile)
+/// accumulate dq (7 products per tile pair: the scores and dout v^T are recomputed).
+#pragma once
+
+#include <algorithm>  // std::min
+#include <cmath>      // std::exp, std::log
+#include <limits>     // std::numeric_limits
+
+#include <Eigen/Core>  // Eigen::Matrix, Eigen::Map, Eigen::Block
+
+#include <sdlora/backend/cpu/gemm.hpp>     // cpu::MatrixMap, cpu::ConstMatrixMap
+#include <sdlora/backend/cpu/softmax.hpp>  // Impl<Softmax, Cpu>::row
+#include <sdlora/ops/attention.hpp>        // Attention, Impl
+
+namespace sdlora::ops {
+
+template <>
+struct Impl<Attention, Cpu> {
+  template <HostCompute T>
+  static void forward(Context<Cpu>& ctx, Attention const& op, TensorView<T, Cpu> o, TensorView<T, Cpu> lse,
+                      TensorView<T const, Cpu> q, TensorView<T const, Cpu> k, TensorView<T const, Cpu> v) {
+    Geometry const g(op, q, k);
+    Index const tiles_q = (g.lq + g.bq - 1) / g.bq;
+    Index const tasks = g.batch * g.heads * tiles_q;
+    T const inf = std::numeric_limits<T>::infinity();
+#pragma omp parallel num_threads(ctx.threads()) if (tasks > 1)
+    {
+      Mat<T> s(g.bq, g.bk), acc(g.bq, g.d);  // (bq, bk) scores then probabilities; (bq, D) unnormalised output
+      Vec<T> m(g.bq), l(g.bq);               // (bq) running row max and row sum of exp(s - m)
+#pragma omp for schedule(dynamic)
+      for (Index t = 0; t < tasks; ++t) {
+        Index const bh = t / tiles_q, b = bh / g.heads, h = bh % g.heads;
+        Index const i0 = (t % tiles_q) * g.bq, nq = std::min(g.bq, g.lq - i0);
+        auto const qi = head(q, b, h, i0, nq, g.d);  // (nq, D)
+        Index const kend = g.causal ? std::min(g.lk, i0 + nq) : g.lk;
+        m.head(nq).setConstant(-inf);
+        l.head(nq).setZero();
+        acc.topRows(nq).setZero();
+        for (Index j0 = 0; j0 < kend; j0 += g.bk) {
+          Index const nk = std::min(g.bk, kend - j0);
+          auto const kj = head(k, b, h, j0, nk, g.d);  // (nk, D)
+          auto const vj = head(v, b, h, j0, nk, g.d);  // (nk, D)
+          Eigen::Block<Mat<T>> st = s.topLeftCorner(nq, nk);
+          st.noalias() = T(g.scale) * (qi * kj.transpose());
+          if (g.causal) mask_tile(st, i0, j0);
+          for (Index r = 0; r < nq; ++r) {
+            T const m_new = std::max(m(r), st.row(r).maxCoeff());
+            if (m_new == -inf) {  // nothing visible yet in this row (cannot happen with j0 = 0 first; kept safe)
+              st.row(r).setZero();
+              continue;
+            }
+            T const alpha = std::exp(m(r) - m_new);  // exp(-inf) = 0 on the first tile
+            st.row(r) = (st.row(r).array() - m_new).exp().matrix();
+            l(r) = l(r) * alpha + st.row(r).sum();
+            acc.row(r) *= alpha;
+            m(r) = m_new;
+          }
+          acc.topRows(nq).noalias() += st * vj;
+        }
+        auto oi = head(o, b, h, i0, nq, g.d);  // (nq, D)
+        T* lse_row = lse.data() + (b * g.heads + h) * g.lq + i0;
+        for (Index r = 0; r < nq; ++r) {
+          oi.row(r) = acc.row(r) / l(r);
+          lse_row[r] = m(r) + std::log(l(r));
+        }
+      }
+    }
+  }
+
+  template <HostCompute T>
+  static void backward(Context<Cpu>& ctx, Attention const& op, TensorView<T, Cpu> dq, TensorView<T, Cpu> dk,
+                       TensorView<T, Cpu> dv, TensorView<T const, Cpu> q, TensorView<T const, Cpu> k,
+                       TensorView<T const, Cpu> v, TensorView<T const, Cpu> o, TensorView<T const, Cpu> lse,
+                       TensorView<T const, Cpu> dout) {
+    Geometry const g(op, q, k);
+    Index const heads_total = g.batch * g.heads;
+    Index const tiles_q = (g.lq + g.bq - 1) / g.bq, tiles_k = (g.lk + g.bk - 1) / g.bk;
+    int const threads = ctx.threads();
+
+    // D_i = rowsum(dout_i * o_i) for every (batch, head, query row).
+    auto delta = Tensor<T, Cpu>::uninitialized(Shape{g.batch, g.heads, g.lq});  // (B, H, Lq)
+#pragma omp parallel for schedule(static) num_threads(threads) if (heads_total * g.lq * g.d > 32768)
+    for (Index bh = 0; bh < heads_total; ++bh) {
+      Index const b = bh / g.heads, h = bh % g.heads;
+      auto const oh = head(o, b, h, 0, g.lq, g.d);      // (Lq, D)
+      auto const doh = head(dout, b, h, 0, g.lq, g.d);  // (Lq, D)
+      T* dst = delta.data() + bh * g.lq;
+      for (Index r = 0; r < g.lq; ++r) dst[r] = oh.row(r).dot(doh.row(r));
+    }
+    TileArgs<T> const args{g, q, k, v, lse, dout, delta.data()};
+
+    if (heads_total >= threads || threads == 1) {
+      // One task per (batch, head): no other task writes its dq, dk, dv slices.
+#pragma omp parallel num_threads(threads) if (heads_total > 1)
+      {
+        Scratch<T> scratch(g);
+#pragma omp for schedule(dynamic)
+        for (Index bh = 0; bh < heads_total; ++bh) {
+          Index const b = bh / g.heads, h = bh % g.heads;
+          auto dqh = head(dq, b, h, 0, g.lq, g.d);  // (Lq, D)
+          auto dkh = head(dk, b, h, 0, g.lk, g.d);  // (Lk, D)
+          auto dvh = head(dv, b, h, 0, g.lk, g.d);  // (Lk, D)
+          dqh.setZero();
+          dkh.setZero();
+          dvh.setZero();
+          for (Index j0 = 0; j0 < g.lk; j0 += g.bk)
+            for (Index i0 = g.causal ? j0 / g.bq * g.bq : 0; i0 < g.lq; i0 += g.bq)
+              tile_backward(args, scratch, b, h, i0, j0, &dqh, i0, &dkh, &dvh, j0);
+        }
+      }
+      return;
+    }
+    // Pass 1: dk, dv per (batch, head, key tile).
+#pragma omp parallel num_threads(threads)
+    {
+      Scratch<T> scratch(g);
+#pragma omp for schedule(dynamic)
+      for (Index t = 0; t < heads_total * tiles_k; ++t) {
+        Index const bh = t / tiles_k, b = bh / g.heads, h = bh % g.heads;
+        Index const j0 = (t % tiles_k) * g.bk, nk = std::min(g.bk, g.lk - j0);
+        auto dkj = head(dk, b, h, j0, nk, g.d);  // (nk, D)
+        auto dvj = head(dv, b, h, j0, nk, g.d);  // (nk, D)
+        dkj.setZero();
+        dvj.setZero();
+        for (Index i0 = g.causal ? j0 / g.bq * g.bq : 0; i0 < g.lq; i0 += g.bq)
+          tile_backward<T>(args, scratch, b, h, i0, j0, nullptr, 0, &dkj, &dvj, 0);
+      }
+    }
+    // Pass 2: dq per (batch, head, query tile).
+#pragma omp parallel num_threads(threads)
+    {
+      Scratch<T> scratch(g);
+#pragma omp for schedule(dynamic)
+      for (Index t = 0; t < heads_total * tiles_q; ++t) {
+        Index const bh = t / tiles_q, b = bh / g.heads, h = bh % g.heads;
+        Index const i0 = (t % tiles_q) * g.bq, nq = std::min(g.bq, g.lq - i0);
+        auto dqi = head(dq, b, h, i0, nq, g.d);  // (nq, D)
+        dqi.setZero();
+        Index const kend = g.causal ? std::min(g.lk, i0 + nq) : g.lk;
+        for (Index j0 = 0; j0 < kend; j0 += g.bk)
+          tile_backward<T>(args, scratch, b, h, i0, j0, &dqi, 0, nullptr, nullptr, 0);
+      }
+    }
+  }
+
+  template <HostCompute T>
+  static void forward_materialized(Context<Cpu>& ctx, Attention const& op, TensorView<T, Cpu> o,
+                                   TensorView<T const, Cpu> q, TensorView<T const, Cpu> k,
+                                   TensorView<T const, Cpu> v) {
+    Geometry const g(op, q, k);
+    Index const heads_total = g.batch * g.heads;
+#pragma omp parallel for schedule(static) num_threads(ctx.threads()) if (heads_total > 1)
+    for (Index bh = 0; bh < heads_total; ++bh) {
+      Index const b = bh / g.heads, h = bh % g.heads;
+      Mat<T> s(g.lq, g.lk);  // (Lq, Lk) scores, then probabilities
+      s.noalias() = T(g.scale) * (head(q, b, h, 0, g.lq, g.d) * head(k, b, h, 0, g.lk, g.d).transpose());
+      Eigen::Block<Mat<T>> all = s.topLeftCorner(g.lq, g.lk);
+      if (g.causal) mask_tile(all, 0, 0);
+      for (Index r = 0; r < g.lq; ++r) Impl<Softmax, Cpu>::row(s.data() + r * g.lk, s.data() + r * g.lk, g.lk);
+      head(o, b, h, 0, g.lq, g.d).noalias() = s * head(v, b, h, 0, g.lk, g.d);
+    }
+  }
+
+ private:
+  template <class T>
+  using Mat = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+  template <class T>
+  using Vec = Eigen::Matrix<T, Eigen::Dynamic, 1>;
+  template <class T>
+  using MatrixMap = cpu::MatrixMap<T>;
+
+  /// Sizes shared by every kernel, read once from the views.
+  struct Geometry {
+    Index batch, heads, lq, lk, d, bq, bk;
+    double scale;
+    bool causal;
+    template <class VQ, class VK>
+    Geometry(Attention const& op, VQ const& q, VK const& k)
+        : batch(q.dim(0)),
+          heads(op.heads),
+          lq(q.dim(1)),
+          lk(k.dim(1)),
+          d(op.head_dim(q.dim(2))),
+          bq(std::min(op.block_q, std::max<Index>(q.dim(1), 1))),
+          bk(std::min(op.block_k, k.dim(1))),
+          scale(op.resolved_scale(q.dim(2))),
+          causal(op.causal) {}
+  };
+
+  /// Rows [r0, r0 + n) of head h of batch b in a (B, L, H*D) view, as an (n, D) map with the view's row stride.
+  template <class T>
+  static cpu::ConstMatrixMap<T> head(TensorView<T const, Cpu> const& x, Index b, Index h, Index r0, Index n,
+                                     Index d) {
+    return cpu::ConstMatrixMap<T>(x.data() + b * x.stride(0) + r0 * x.stride(1) + h * d, n, d,
+                                  Eigen::OuterStride<>(x.stride(1)));
+  }
+  template <class T>
+  static MatrixMap<T> head(TensorView<T, Cpu> const& x, Index b, Index h, Index r0, Index n, Index d) {
+    return MatrixMap<T>(x.data() + b * x.stride(0) + r0 * x.stride(1) + h * d, n, d,
+                        Eigen::OuterStride<>(x.stride(1)));
+  }
+
+  /// Sets s(r, c) = -inf where key j0 + c lies after query i0 + r.
+  template <class M>
+  static void mask_tile(M& s, Index i0, Index j0) {
+    using T = typename M::Scalar;
+    for (Index r = 0; r < s.rows(); ++r)
+      for (Index c = std::max<Index>(0, i0 + r + 1 - j0); c < s.cols(); ++c)
+        s(r, c) = -std::numeric_limits<T>::infinity();
+  }
+
+  template <class T>
+  struct Scratch {
+    Mat<T> p, dp;  // (bq, bk) probabilities and dout v^T, then dS in place
+    explicit Scratch(Geometry const& g) : p(g.bq, g.bk), dp(g.bq, g.bk) {}
+  };
+  template <class T>
+  struct TileArgs {
+    Geometry const& g;
+    TensorView<T const, Cpu> q, k, v, lse, dout;
+    T const* delta;  // (B, H, Lq) rowsum(dout * o)
+  };
+
+  /// The backward contribution of one (query tile i0, key tile j0) pair of head (b, h). dq, dk and dv are each
+  /// accumulated when not null: query tile rows land at dq rows [dq_row0, dq_row0 + nq), key tile rows at dk and dv
+  /// rows [dkv_row0, dkv_row0 + nk) (the maps cover either the whole head or just the tile).
+  template <class T>
+  static void tile_backward(TileArgs<T> const& a, Scratch<T>& scratch, Index b, Index h, Index i0, Index j0,
+                            MatrixMap<T>* dq, Index dq_row0, MatrixMap<T>* dk, MatrixMap<T>* dv, Index dkv_row0) {
+    Geometry const& g = a.g;
+    Index const nq = std::min(g.bq, g.lq - i0), nk = std::min(g.bk, g.lk - j0);
+    if (g.causal && j0 > i0 + nq - 1) return;  // every key of the tile lies after every query
+    auto const qi = head(a.q, b, h, i0, nq, g.d);     // (nq, D)
+    auto const kj = head(a.k, b, h, j0, nk, g.d);     // (nk, D)
+    auto const vj = head(a.v, b, h, j0, nk, g.d);     // (nk, D)
+    auto const doi = head(a.dout, b, h, i0, nq, g.d);  // (nq, D)
+    T const* lse_row = a.lse.data() + (b * g.heads + h) * g.lq + i0;
+    T const* delta_row = a.delta + (b * g.heads + h) * g.lq + i0;
+    T const scale = T(g.scale);
+
+    Eigen::Block<Mat<T>> p = scratch.p.topLeftCorner(nq, nk);  // (nq, nk)
+    p.noalias() = scale * (qi * kj.transpose());
+    if (g.causal) mask_tile(p, i0, j0);
+    for (Index r = 0; r < nq; ++r) p.row(r) = (p.row(r).array() - lse_row[r]).exp().matrix();
+    Eigen::Block<Mat<T>> ds = scratch.dp.topLeftCorner(nq, nk);  // (nq, nk) dP, then dS
+    ds.noalias() = doi * vj.transpose();
+    for (Index r = 0; r < nq; ++r) ds.row(r) = (p.row(r).array() * (ds.row(r).array() - delta_row[r])).matrix();
+    if (dv) dv->middleRows(dkv_row0, nk).noalias() += p.transpose() * doi;
+    if (dk) dk->middleRows(dkv_row0, nk).noalias() += scale * (ds.transpose() * qi);
+    if (dq) dq->middleRows(dq_row0, nq).noalias() += scale * (ds * kj);
+  }
+};
+
+}  // namespace sdlora::ops

@@ -1,0 +1,155 @@
+// Unit tests of the attention op: tiled forward vs the materialised reference, and backward vs finite differences.
+#include <catch2/catch.hpp>
+
+#include <cmath>   // std::exp, std::log
+#include <string>  // std::string
+
+#include "support.hpp"
+
+using namespace sdlora;
+using test::numeric_gradient;
+using test::random_tensor;
+
+namespace {
+
+struct Case {
+  std::string name;
+  Index batch, lq, lk, heads, head_dim;
+  bool causal;
+};
+
+// (batch, lq, lk, heads, head_dim, causal) covering causal masks, Lq != Lk, head_dim 8 and an odd head_dim 5.
+Case const kCases[] = {
+    {"self, D=8", 2, 7, 7, 2, 8, false},   {"causal self, D=8", 2, 9, 9, 2, 8, true},
+    {"cross Lq > Lk, D=5", 1, 11, 6, 3, 5, false}, {"cross Lq < Lk, D=8", 2, 4, 13, 2, 8, false},
+    {"causal Lq != Lk, D=5", 1, 10, 7, 2, 5, true},
+};
+
+template <class T>
+Tensor<T> attend(Context<Cpu>& ctx, ops::Attention const& op, Tensor<T> const& q, Tensor<T> const& k,
+                 Tensor<T> const& v, Tensor<T>* lse_out = nullptr) {
+  auto o = Tensor<T>::uninitialized(q.shape());
+  auto lse = Tensor<T>::uninitialized(Shape{q.dim(0), op.heads, q.dim(1)});
+  ops::attention_forward<T, Cpu>(ctx, op, o.view(), lse.view(), q.view(), k.view(), v.view());
+  if (lse_out) *lse_out = std::move(lse);
+  return o;
+}
+template <class T>
+Tensor<T> attend_materialized(Context<Cpu>& ctx, ops::Attention const& op, Tensor<T> const& q, Tensor<T> const& k,
+                              Tensor<T> const& v) {
+  auto o = Tensor<T>::uninitialized(q.shape());
+  ops::attention_forward_materialized<T, Cpu>(ctx, op, o.view(), q.view(), k.view(), v.view());
+  return o;
+}
+
+}  // namespace
+
+TEST_CASE("tiled attention forward equals the materialised reference for tiles smaller than L",
+          "[ops][attention]") {
+  Context<Cpu> ctx;
+  for (Case const& c : kCases) {
+    INFO(c.name);
+    Index const w = c.heads * c.head_dim;
+    auto q = random_tensor<double>(Shape{c.batch, c.lq, w}, 1);
+    auto k = random_tensor<double>(Shape{c.batch, c.lk, w}, 2);
+    auto v = random_tensor<double>(Shape{c.batch, c.lk, w}, 3);
+    for (Index i = 0; i < q.numel(); ++i) q(i) *= 4.0;  // peaked probabilities: the running max matters
+    ops::Attention op{.heads = c.heads, .causal = c.causal, .block_q = 3, .block_k = 2};
+    Tensor<double> lse;
+    auto tiled = attend(ctx, op, q, k, v, &lse);
+    auto reference = attend_materialized(ctx, op, q, k, v);
+    // Tolerance 1e-13 in double: the tiled online softmax only reorders the sums.
+    CHECK(test::rel_l2(tiled, reference) < 1e-13);
+
+    // lse is the logsumexp of the scaled, masked scores of row (b=0, h=last, i=lq-1), written out.
+    Index const h = c.heads - 1, i = c.lq - 1, visible = c.causal ? std::min(c.lk, i + 1) : c.lk;
+    double m = -1e300, s = 0;
+    std::vector<double> scores;
+    for (Index j = 0; j < visible; ++j) {
+      double dot = 0;
+      for (Index d = 0; d < c.head_dim; ++d) dot += q.at({0, i, h * c.head_dim + d}) * k.at({0, j, h * c.head_dim + d});
+      scores.push_back(dot / std::sqrt(double(c.head_dim)));
+      m = std::max(m, scores.back());
+    }
+    for (double x : scores) s += std::exp(x - m);
+    CHECK(lse.at({0, h, i}) == Approx(m + std::log(s)).epsilon(1e-12));
+
+    // float runs the same algorithm: agreement to float rounding (1e-6 relative L2).
+    auto qf = convert<float>(q), kf = convert<float>(k), vf = convert<float>(v);
+    CHECK(test::rel_l2(attend(ctx, op, qf, kf, vf), reference) < 1e-6);
+  }
+}
+
+TEST_CASE("causal attention: row i depends only on keys j <= i", "[ops][attention]") {
+  Context<Cpu> ctx;
+  auto q = random_tensor<double>(Shape{1, 6, 4}, 5);
+  auto k = random_tensor<double>(Shape{1, 6, 4}, 6);
+  auto v = random_tensor<double>(Shape{1, 6, 4}, 7);
+  ops::Attention op{.heads = 1, .causal = true, .block_q = 2, .block_k = 2};
+  auto o = attend(ctx, op, q, k, v);
+  // Row 0 sees only key 0: its output is v[0].
+  for (Index d = 0; d < 4; ++d) CHECK(o.at({0, 0, d}) == Approx(v.at({0, 0, d})).epsilon(1e-14));
+  // Changing key 5 leaves rows 0..4 unchanged.
+  for (Index d = 0; d < 4; ++d) k.at({0, 5, d}) += 1.0;
+  auto o2 = attend(ctx, op, q, k, v);
+  for (Index i = 0; i < 5; ++i)
+    for (Index d = 0; d < 4; ++d) CHECK(o2.at({0, i, d}) == o.at({0, i, d}));
+}
+
+TEST_CASE("attention backward matches central finite differences in double (both parallel schedules)",
+          "[ops][attention]") {
+  for (Case const& c : kCases) {
+    // threads = 1: one task per (batch, head) accumulates dq, dk, dv; threads = 8 > batch * heads: the two-pass
+    // schedule (dk, dv per key tile, then dq per query tile). The finite differences run single-threaded.
+    for (int threads : {1, 8}) {
+      INFO(c.name << ", threads " << threads);
+      Context<Cpu> ctx;
+      ctx.num_threads = threads;
+      Index const w = c.heads * c.head_dim;
+      auto q = random_tensor<double>(Shape{c.batch, c.lq, w}, 11);
+      auto k = random_tensor<double>(Shape{c.batch, c.lk, w}, 12);
+      auto v = random_tensor<double>(Shape{c.batch, c.lk, w}, 13);
+      auto dout = random_tensor<double>(Shape{c.batch, c.lq, w}, 14);
+      for (Index i = 0; i < q.numel(); ++i) q(i) *= 2.0;
+      ops::Attention op{.heads = c.heads, .causal = c.causal, .block_q = 3, .block_k = 4};
+      Tensor<double> lse;
+      auto o = attend(ctx, op, q, k, v, &lse);
+      Tensor<double> dq(q.shape()), dk(k.shape()), dv(v.shape());
+      dq.fill(7.0);  // backward overwrites: stale contents must not leak in
+      ops::attention_backward<double, Cpu>(ctx, op, dq.view(), dk.view(), dv.view(), q.view(), k.view(), v.view(),
+                                           o.view(), lse.view(), dout.view());
+      Context<Cpu> serial;
+      serial.num_threads = 1;
+      auto loss = [&] { return test::inner(attend(serial, op, q, k, v), dout); };
+      // Tolerance 1e-6 relative L2: central differences with eps 1e-6 are exact to ~1e-9 here.
+      CHECK(test::rel_l2(dq, numeric_gradient(q, loss)) < 1e-6);
+      CHECK(test::rel_l2(dk, numeric_gradient(k, loss)) < 1e-6);
+      CHECK(test::rel_l2(dv, numeric_gradient(v, loss)) < 1e-6);
+    }
+  }
+}
+
+TEST_CASE("attention accepts strided per-head views of a fused projection and rejects bad shapes",
+          "[ops][attention]") {
+  Context<Cpu> ctx;
+  // q, k, v as column slices of one (B, L, 3 W) tensor: row stride 3 W.
+  Index const b = 2, l = 5, w = 8;
+  auto qkv = random_tensor<double>(Shape{b, l, 3 * w}, 21);
+  std::array<Index, kMaxRank> strides{l * 3 * w, 3 * w, 1};
+  TensorView<double const> q(qkv.data(), Shape{b, l, w}, strides), k(qkv.data() + w, Shape{b, l, w}, strides),
+      v(qkv.data() + 2 * w, Shape{b, l, w}, strides);
+  ops::Attention op{.heads = 2, .block_q = 2, .block_k = 2};
+  auto o = Tensor<double>::uninitialized(Shape{b, l, w});
+  auto lse = Tensor<double>::uninitialized(Shape{b, 2, l});
+  ops::attention_forward<double, Cpu>(ctx, op, o.view(), lse.view(), q, k, v);
+  auto ref = attend_materialized(ctx, op, Tensor<double>::from_view(q), Tensor<double>::from_view(k),
+                                 Tensor<double>::from_view(v));
+  CHECK(test::rel_l2(o, ref) < 1e-13);
+
+  Tensor<double> q3(Shape{b, l, 9});
+  CHECK_THROWS_WITH((ops::attention_forward<double, Cpu>(ctx, op, o.view(), lse.view(), q3.view(), k, v)),
+                    Catch::Contains("[attention]") && Catch::Contains("(2, 5, 9)"));
+  ops::Attention three{.heads = 3};
+  CHECK_THROWS_WITH((ops::attention_forward<double, Cpu>(ctx, three, o.view(), lse.view(), q, k, v)),
+                    Catch::Contains("not a multiple of 3 heads"));
+}
