@@ -23,10 +23,21 @@
 #include <sdlora/ops/norm.hpp>
 #include <sdlora/ops/timestep.hpp>
 #include <sdlora/ops/upsample.hpp>
+#include <sdlora/ops/softmax.hpp>
+#include <sdlora/ops/attention.hpp>
+#include <sdlora/ops/gelu.hpp>
+#include <sdlora/ops/embedding.hpp>
+#include <sdlora/ops/dropout.hpp>
 #include <sdlora/backend/cpu/conv.hpp>
 #include <sdlora/backend/cpu/norm.hpp>
 #include <sdlora/backend/cpu/timestep.hpp>
 #include <sdlora/backend/cpu/upsample.hpp>
+
+#include <sdlora/backend/cpu/softmax.hpp>
+#include <sdlora/backend/cpu/attention.hpp>
+#include <sdlora/backend/cpu/gelu.hpp>
+#include <sdlora/backend/cpu/embedding.hpp>
+#include <sdlora/backend/cpu/dropout.hpp>
 
 #include <sdlora/nn/module.hpp>
 #include <sdlora/nn/linear.hpp>
@@ -37,6 +48,12 @@
 #include <sdlora/nn/layer_norm.hpp>
 #include <sdlora/nn/timestep_embedding.hpp>
 #include <sdlora/nn/upsample.hpp>
+
+#include <sdlora/nn/gelu.hpp>
+#include <sdlora/nn/dropout.hpp>
+#include <sdlora/nn/embedding.hpp>
+#include <sdlora/nn/attention.hpp>
+#include <sdlora/nn/feed_forward.hpp>
 
 #include <sdlora/io/safetensors.hpp>
 
