@@ -1,0 +1,275 @@
+/// @file state.hpp
+/// @brief TrainingState: everything a run needs to resume exactly (trainable parameters, optimizer state, counters,
+/// RNG states, data order, settings), saved atomically as a directory `checkpoint-STEP/`, plus finding the latest
+/// complete checkpoint and pruning old ones. Include <sdlora/train.hpp> instead.
+///
+/// Layout of `checkpoint-STEP/`:
+///   parameters.safetensors   trainable parameters by their dotted names
+///   optimizer.safetensors    optimizer state (see optimizer.hpp)
+///   state.json               {"format": "sdlora-training-state", "version": 1, counters, rng, data order, settings}
+/// Atomicity: every file is written under a temporary name, fsynced and renamed inside `checkpoint-STEP.tmp/`, which
+/// is fsynced and renamed to `checkpoint-STEP/` as a whole. A crash leaves at most a `.tmp` directory, which readers
+/// ignore and keep_last() removes.
+#pragma once
+
+#include <fcntl.h>   // open, O_RDONLY, O_DIRECTORY
+#include <unistd.h>  // fsync, close
+
+#include <algorithm>                   // std::sort
+#include <cerrno>                      // errno
+#include <cstdint>                     // std::int64_t, std::uint64_t
+#include <cstring>                     // std::strerror
+#include <filesystem>                  // std::filesystem
+#include <fstream>                     // std::ofstream, std::ifstream
+#include <map>                         // std::map
+#include <nlohmann/json.hpp>           // nlohmann::json
+#include <optional>                    // std::optional
+#include <sdlora/core/error.hpp>       // IoError, FormatError
+#include <sdlora/core/tensor.hpp>      // Tensor
+#include <sdlora/io/safetensors.hpp>   // io::SafetensorsWriter, io::SafetensorsFile
+#include <sdlora/train/optimizer.hpp>  // OptimizerState, save_optimizer_state, load_optimizer_state
+#include <sdlora/train/param_ref.hpp>  // ParamRef
+#include <string>                      // std::string
+#include <utility>                     // std::pair
+#include <vector>                      // std::vector
+
+namespace sdlora::train {
+
+inline constexpr char const* kStateFormat = "sdlora-training-state";
+inline constexpr int kStateVersion = 1;
+
+/// What a resumed run needs to continue exactly where it stopped.
+template <class T = float>
+struct TrainingState {
+  std::int64_t global_step = 0;                      // optimizer steps done
+  std::int64_t epoch = 0;                            // the epoch in progress
+  std::int64_t lr_schedule_step = 0;                 // LrSchedule::step()
+  std::map<std::string, Tensor<T, Cpu>> parameters;  // trainable parameters by dotted name
+  OptimizerState<T> optimizer;
+  std::map<std::string, std::vector<std::uint64_t>> rng;  // generator states, opaque to this file
+  std::vector<std::int64_t> data_order;                   // the epoch's permutation of sample indices
+  std::int64_t data_position = 0;                         // next index into data_order
+  nlohmann::json settings = nlohmann::json::object();     // the run's settings (for humans and for checks)
+};
+
+/// Copies the values of parameters into a name -> tensor map (for TrainingState::parameters).
+template <class T, class B = Cpu>
+std::map<std::string, Tensor<T, Cpu>> capture_parameters(std::vector<ParamRef<T, B>> const& params) {
+  static_assert(std::is_same_v<B, Cpu>, "capture_parameters: CPU only so far");
+  std::map<std::string, Tensor<T, Cpu>> out;
+  for (auto const& p : params) out.emplace(p.name, p.param->value);
+  return out;
+}
+
+/// Writes saved values back into parameters; FormatError names a missing parameter or a shape mismatch.
+template <class T, class B = Cpu>
+void restore_parameters(std::vector<ParamRef<T, B>> const& params, std::map<std::string, Tensor<T, Cpu>> const& saved) {
+  static_assert(std::is_same_v<B, Cpu>, "restore_parameters: CPU only so far");
+  for (auto const& p : params) {
+    auto it = saved.find(p.name);
+    if (it == saved.end()) SDLORA_THROW(FormatError, "[training_state] checkpoint has no parameter '" << p.name << "'");
+    if (!(it->second.shape() == p.param->shape()))
+      SDLORA_THROW(FormatError, "[training_state] parameter '" << p.name << "' is " << it->second.shape()
+                                                               << " in the checkpoint but " << p.param->shape()
+                                                               << " in the model");
+    p.param->value = it->second;
+  }
+}
+
+namespace detail {
+namespace fs = std::filesystem;
+
+inline void fsync_path(fs::path const& p, bool directory) {
+  int const fd = ::open(p.c_str(), directory ? (O_RDONLY | O_DIRECTORY) : O_RDONLY);
+  if (fd < 0) SDLORA_THROW(IoError, "[training_state] cannot open " << p << " to sync: " << std::strerror(errno));
+  int const rc = ::fsync(fd);
+  ::close(fd);
+  if (rc != 0) SDLORA_THROW(IoError, "[training_state] fsync of " << p << " failed: " << std::strerror(errno));
+}
+
+/// Writes `text` to `path` through a temporary file, fsync and rename.
+inline void write_file_atomic(fs::path const& path, std::string const& text) {
+  fs::path const tmp = path.string() + ".tmp";
+  {
+    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+    if (!out) SDLORA_THROW(IoError, "[training_state] cannot write " << tmp << ": " << std::strerror(errno));
+    out << text;
+    out.flush();
+    if (!out) SDLORA_THROW(IoError, "[training_state] write to " << tmp << " failed: " << std::strerror(errno));
+  }
+  fsync_path(tmp, false);
+  std::error_code ec;
+  fs::rename(tmp, path, ec);
+  if (ec) SDLORA_THROW(IoError, "[training_state] cannot rename " << tmp << " to " << path << ": " << ec.message());
+}
+
+/// The step of a directory named exactly "checkpoint-<digits>", or nothing.
+inline std::optional<std::int64_t> checkpoint_step(std::string const& name) {
+  std::string const prefix = "checkpoint-";
+  if (name.size() <= prefix.size() || name.compare(0, prefix.size(), prefix) != 0) return std::nullopt;
+  std::string const digits = name.substr(prefix.size());
+  if (digits.size() > 18) return std::nullopt;
+  for (char c : digits)
+    if (c < '0' || c > '9') return std::nullopt;
+  return std::stoll(digits);
+}
+
+/// A directory is a complete sdlora checkpoint when its state.json names our format (other tools, e.g.
+/// accelerate, also write checkpoint-N folders).
+inline bool is_complete(fs::path const& dir) {
+  std::ifstream in(dir / "state.json");
+  if (!in) return false;
+  nlohmann::json j = nlohmann::json::parse(in, nullptr, false);
+  return !j.is_discarded() && j.is_object() && j.value("format", "") == kStateFormat &&
+         fs::exists(dir / "parameters.safetensors") && fs::exists(dir / "optimizer.safetensors");
+}
+
+/// Complete checkpoints under output_dir as (step, path), oldest first.
+inline std::vector<std::pair<std::int64_t, fs::path>> complete_checkpoints(fs::path const& output_dir) {
+  std::vector<std::pair<std::int64_t, fs::path>> out;
+  std::error_code ec;
+  if (!fs::is_directory(output_dir, ec)) return out;
+  for (auto const& e : fs::directory_iterator(output_dir)) {
+    if (!e.is_directory()) continue;
+    auto const step = checkpoint_step(e.path().filename().string());
+    if (step && is_complete(e.path())) out.emplace_back(*step, e.path());
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+}  // namespace detail
+
+/// output_dir/checkpoint-STEP
+inline std::string checkpoint_path(std::string const& output_dir, std::int64_t step) {
+  return (std::filesystem::path(output_dir) / ("checkpoint-" + std::to_string(step))).string();
+}
+
+/// Saves `state` as output_dir/checkpoint-<global_step>/ atomically (see the file comment); replaces an existing
+/// checkpoint of the same step. Returns the checkpoint's path.
+template <class T>
+std::string save_checkpoint(std::string const& output_dir, TrainingState<T> const& state) {
+  namespace fs = std::filesystem;
+  fs::path const final_dir = checkpoint_path(output_dir, state.global_step);
+  fs::path const tmp_dir = final_dir.string() + ".tmp";
+  std::error_code ec;
+  fs::create_directories(output_dir, ec);
+  if (ec) SDLORA_THROW(IoError, "[training_state] cannot create " << output_dir << ": " << ec.message());
+  fs::remove_all(tmp_dir, ec);  // a crashed earlier attempt
+  fs::create_directory(tmp_dir, ec);
+  if (ec) SDLORA_THROW(IoError, "[training_state] cannot create " << tmp_dir << ": " << ec.message());
+
+  io::SafetensorsWriter params;
+  for (auto const& [name, t] : state.parameters) params.add(name, t);
+  params.set_metadata("format", kStateFormat);
+  params.write((tmp_dir / "parameters.safetensors").string());
+  save_optimizer_state(state.optimizer, (tmp_dir / "optimizer.safetensors").string());
+
+  nlohmann::json j;
+  j["format"] = kStateFormat;
+  j["version"] = kStateVersion;
+  j["global_step"] = state.global_step;
+  j["epoch"] = state.epoch;
+  j["lr_schedule_step"] = state.lr_schedule_step;
+  j["data_position"] = state.data_position;
+  j["data_order"] = state.data_order;
+  j["rng"] = state.rng;
+  j["settings"] = state.settings;
+  detail::write_file_atomic(tmp_dir / "state.json", j.dump(1));
+  detail::fsync_path(tmp_dir, true);
+
+  if (fs::exists(final_dir)) {  // same step saved again: move the old one aside first
+    fs::path const old_dir = final_dir.string() + ".old";
+    fs::remove_all(old_dir, ec);
+    fs::rename(final_dir, old_dir, ec);
+    if (ec) SDLORA_THROW(IoError, "[training_state] cannot move " << final_dir << " aside: " << ec.message());
+    fs::rename(tmp_dir, final_dir, ec);
+    if (ec) SDLORA_THROW(IoError, "[training_state] cannot rename " << tmp_dir << ": " << ec.message());
+    fs::remove_all(old_dir, ec);
+  } else {
+    fs::rename(tmp_dir, final_dir, ec);
+    if (ec) SDLORA_THROW(IoError, "[training_state] cannot rename " << tmp_dir << ": " << ec.message());
+  }
+  detail::fsync_path(output_dir, true);
+  return final_dir.string();
+}
+
+/// Loads one checkpoint directory; FormatError when it is not a complete sdlora checkpoint.
+template <class T = float>
+TrainingState<T> load_checkpoint(std::string const& dir) {
+  namespace fs = std::filesystem;
+  if (!detail::is_complete(dir))
+    SDLORA_THROW(FormatError, "[training_state] " << dir
+                                                  << " is not a complete sdlora checkpoint (needs state.json "
+                                                     "with format '"
+                                                  << kStateFormat
+                                                  << "', parameters.safetensors and optimizer.safetensors)");
+  std::ifstream in(fs::path(dir) / "state.json");
+  nlohmann::json const j = nlohmann::json::parse(in);
+  if (j.value("version", 0) != kStateVersion)
+    SDLORA_THROW(FormatError, "[training_state] " << dir << ": state version " << j.value("version", 0)
+                                                  << ", this build reads " << kStateVersion);
+  TrainingState<T> s;
+  try {
+    s.global_step = j.at("global_step").get<std::int64_t>();
+    s.epoch = j.at("epoch").get<std::int64_t>();
+    s.lr_schedule_step = j.at("lr_schedule_step").get<std::int64_t>();
+    s.data_position = j.at("data_position").get<std::int64_t>();
+    s.data_order = j.at("data_order").get<std::vector<std::int64_t>>();
+    s.rng = j.at("rng").get<std::map<std::string, std::vector<std::uint64_t>>>();
+    s.settings = j.at("settings");
+  } catch (nlohmann::json::exception const& e) {
+    SDLORA_THROW(FormatError, "[training_state] " << dir << "/state.json: " << e.what());
+  }
+  io::SafetensorsFile const params((fs::path(dir) / "parameters.safetensors").string());
+  for (auto const& key : params.keys()) s.parameters.emplace(key, params.template load<T>(key));
+  s.optimizer = load_optimizer_state<T>((fs::path(dir) / "optimizer.safetensors").string());
+  return s;
+}
+
+/// The path of the highest-step complete checkpoint under output_dir (half-written `.tmp` ones are ignored).
+inline std::optional<std::string> latest_checkpoint(std::string const& output_dir) {
+  auto const all = detail::complete_checkpoints(output_dir);
+  if (all.empty()) return std::nullopt;
+  return all.back().second.string();
+}
+
+/// The state of the latest complete checkpoint, or nothing when there is none.
+template <class T = float>
+std::optional<TrainingState<T>> load_latest(std::string const& output_dir) {
+  auto const path = latest_checkpoint(output_dir);
+  if (!path) return std::nullopt;
+  return load_checkpoint<T>(*path);
+}
+
+/// Deletes all but the `keep` newest complete checkpoints, and leftover `.tmp`/`.old` directories of steps older
+/// than the newest complete one. Returns the removed paths.
+inline std::vector<std::string> keep_last(std::string const& output_dir, std::size_t keep) {
+  namespace fs = std::filesystem;
+  auto const all = detail::complete_checkpoints(output_dir);
+  std::vector<std::string> removed;
+  for (std::size_t i = 0; i + keep < all.size(); ++i) {
+    fs::remove_all(all[i].second);
+    removed.push_back(all[i].second.string());
+  }
+  if (!all.empty()) {
+    std::int64_t const newest = all.back().first;
+    std::vector<fs::path> stale;  // collected first: removing while iterating a directory is unspecified
+    for (auto const& e : fs::directory_iterator(output_dir)) {
+      std::string const name = e.path().filename().string();
+      for (std::string const suffix : {".tmp", ".old"}) {
+        if (!e.is_directory() || name.size() <= suffix.size() ||
+            name.compare(name.size() - suffix.size(), suffix.size(), suffix) != 0)
+          continue;
+        auto const step = detail::checkpoint_step(name.substr(0, name.size() - suffix.size()));
+        if (step && *step < newest) stale.push_back(e.path());
+      }
+    }
+    for (auto const& p : stale) {
+      fs::remove_all(p);
+      removed.push_back(p.string());
+    }
+  }
+  return removed;
+}
+
+}  // namespace sdlora::train

@@ -1,0 +1,241 @@
+/// @file optimizer_test.cpp
+/// @brief Optimizers, LR schedules and gradient clipping against torch / transformers / diffusers fixtures.
+#include <catch2/catch.hpp>
+#include <cstring>     // std::memcmp
+#include <filesystem>  // std::filesystem::temp_directory_path
+#include <functional>  // std::function
+#include <memory>      // std::unique_ptr
+#include <sdlora/train.hpp>
+#include <string>  // std::string
+
+#include "support.hpp"
+
+using namespace sdlora;
+using namespace sdlora::train;
+
+namespace {
+
+struct TwoParams {
+  nn::Parameter<float> w{Shape{4, 3}};
+  nn::Parameter<float> b{Shape{5}};
+  std::vector<ParamRef<float>> refs() { return {{"w", &w}, {"b", &b}}; }
+};
+
+using Factory = std::function<std::unique_ptr<Optimizer<float>>(std::vector<ParamRef<float>>)>;
+
+/// Runs the fixture's 5 steps and checks the parameters after each against torch.
+void check_against_fixture(std::string const& name, Factory const& make) {
+  io::SafetensorsFile const f(test::fixture("train/" + name + ".safetensors"));
+  TwoParams p;
+  p.w.value = f.load<float>("w0");
+  p.b.value = f.load<float>("b0");
+  p.w.set_trainable(true);
+  p.b.set_trainable(true);
+  auto opt = make(p.refs());
+  int const steps = std::stoi(f.metadata().at("steps"));
+  for (int s = 0; s < steps; ++s) {
+    p.w.grad = f.load<float>("grad_w." + std::to_string(s));
+    p.b.grad = f.load<float>("grad_b." + std::to_string(s));
+    opt->step();
+    // Tolerance 1e-6 relative L2: float32 elementwise updates in torch's operation order; the remaining
+    // differences are torch's FMA in vectorised lerp/add and its float accumulation in reductions (~1 ulp each).
+    INFO(name << " step " << s);
+    CHECK(test::rel_l2(p.w.value, f.load<float>("w." + std::to_string(s))) < 1e-6);
+    CHECK(test::rel_l2(p.b.value, f.load<float>("b." + std::to_string(s))) < 1e-6);
+  }
+  // The parameters moved: comparing against the start would fail (the test can fail).
+  CHECK(test::rel_l2(p.w.value, f.load<float>("w0")) > 1e-4);
+  // The final state tensors match torch's state under our "<name>.<key>" naming.
+  OptimizerState<float> const st = opt->state_dict();
+  int compared = 0;
+  for (auto const& key : f.keys()) {
+    if (key.rfind("state.", 0) != 0) continue;
+    std::string const ours = key.substr(6);  // "state.w.exp_avg" -> "w.exp_avg"
+    INFO(name << " state " << ours);
+    REQUIRE(st.tensors.count(ours) == 1);
+    CHECK(test::rel_l2(st.tensors.at(ours), f.load<float>(key)) < 1e-6);
+    ++compared;
+  }
+  CHECK(compared > 0);
+}
+
+}  // namespace
+
+TEST_CASE("AdamW matches torch.optim.AdamW step by step", "[train][optimizer]") {
+  check_against_fixture("adamw", [](auto refs) {
+    return std::make_unique<AdamW<float>>(std::move(refs), AdamWOptions{1e-2, 0.9, 0.999, 1e-8, 1e-2});
+  });
+}
+
+TEST_CASE("SGD matches torch.optim.SGD (Nesterov, dampening, weight decay)", "[train][optimizer]") {
+  check_against_fixture("sgd_nesterov", [](auto refs) {
+    return std::make_unique<Sgd<float>>(std::move(refs), SgdOptions{5e-2, 0.9, 0.0, 1e-2, true});
+  });
+  check_against_fixture("sgd_dampening", [](auto refs) {
+    return std::make_unique<Sgd<float>>(std::move(refs), SgdOptions{5e-2, 0.8, 0.3, 1e-3, false});
+  });
+}
+
+TEST_CASE("Adafactor matches transformers' Adafactor", "[train][optimizer]") {
+  check_against_fixture("adafactor", [](auto refs) {
+    AdafactorOptions o = AdafactorOptions::fixed_lr(1e-2);
+    o.weight_decay = 1e-2;
+    return std::make_unique<Adafactor<float>>(std::move(refs), o);
+  });
+  check_against_fixture("adafactor_relative", [](auto refs) {
+    return std::make_unique<Adafactor<float>>(std::move(refs), AdafactorOptions{});
+  });
+}
+
+TEST_CASE("An optimizer resumed from a saved state continues bit-exactly", "[train][optimizer]") {
+  for (std::string const type : {"adamw", "sgd", "adafactor"}) {
+    INFO(type);
+    OptimizerOptions o;
+    o.type = type;
+    o.lr = 1e-2;
+    o.momentum = 0.9;
+    auto run = [&](TwoParams& p, Optimizer<float>& opt, int from, int to) {
+      for (int s = from; s < to; ++s) {
+        p.w.grad = test::random_tensor<float>(Shape{4, 3}, 100 + s);
+        p.b.grad = test::random_tensor<float>(Shape{5}, 200 + s);
+        opt.step();
+      }
+    };
+    auto init = [](TwoParams& p) {
+      p.w.value = test::random_tensor<float>(Shape{4, 3}, 1);
+      p.b.value = test::random_tensor<float>(Shape{5}, 2);
+      p.w.set_trainable(true);
+      p.b.set_trainable(true);
+    };
+    TwoParams a, b;
+    init(a);
+    init(b);
+    auto oa = make_optimizer<float>(o, a.refs());
+    auto ob = make_optimizer<float>(o, b.refs());
+    run(a, *oa, 0, 6);
+    run(b, *ob, 0, 3);
+    std::string const path = std::filesystem::temp_directory_path() / ("sdlora_opt_" + type + ".safetensors");
+    save_optimizer_state(ob->state_dict(), path);
+    TwoParams c;
+    c.w.value = b.w.value;
+    c.b.value = b.b.value;
+    c.w.set_trainable(true);
+    c.b.set_trainable(true);
+    auto oc = make_optimizer<float>(o, c.refs());
+    oc->load_state_dict(load_optimizer_state<float>(path));
+    std::filesystem::remove(path);
+    run(c, *oc, 3, 6);
+    CHECK(std::memcmp(a.w.value.data(), c.w.value.data(), a.w.value.bytes()) == 0);
+    CHECK(std::memcmp(a.b.value.data(), c.b.value.data(), a.b.value.bytes()) == 0);
+    // Without the state the continuation differs (so the comparison above can fail).
+    TwoParams d;
+    d.w.value = b.w.value;
+    d.b.value = b.b.value;
+    d.w.set_trainable(true);
+    d.b.set_trainable(true);
+    auto od = make_optimizer<float>(o, d.refs());
+    run(d, *od, 3, 6);
+    CHECK(std::memcmp(a.w.value.data(), d.w.value.data(), a.w.value.bytes()) != 0);
+  }
+}
+
+TEST_CASE("Optimizers refuse mismatched states and skip frozen parameters", "[train][optimizer]") {
+  TwoParams p;
+  p.w.set_trainable(true);
+  p.w.grad.fill(1.0f);
+  p.b.value.fill(3.0f);  // frozen: must not move
+  AdamW<float> adam(p.refs(), AdamWOptions{});
+  adam.step();
+  CHECK(p.b.value(0) == 3.0f);
+  CHECK(p.w.value(0) != 0.0f);
+  Sgd<float> sgd(p.refs(), SgdOptions{});
+  CHECK_THROWS_WITH(sgd.load_state_dict(adam.state_dict()), Catch::Contains("adamw"));
+  auto st = adam.state_dict();
+  st.tensors.emplace("other.exp_avg", Tensor<float>(Shape{2}));
+  AdamW<float> adam2(p.refs(), AdamWOptions{});
+  CHECK_THROWS_WITH(adam2.load_state_dict(st), Catch::Contains("other.exp_avg"));
+  st = adam.state_dict();
+  st.tensors.at("w.exp_avg") = Tensor<float>(Shape{3, 4});
+  CHECK_THROWS_WITH(adam2.load_state_dict(st), Catch::Contains("(3, 4)") && Catch::Contains("(4, 3)"));
+  OptimizerOptions lion;
+  lion.type = "lion";
+  CHECK_THROWS_AS(make_optimizer<float>(lion, p.refs()), ConfigError);
+  std::vector<ParamRef<float>> dup = {{"w", &p.w}, {"w", &p.b}};
+  CHECK_THROWS_WITH(AdamW<float>(dup, AdamWOptions{}), Catch::Contains("twice"));
+}
+
+TEST_CASE("trainable_parameters collects trainable parameters by name", "[train][optimizer]") {
+  nn::Linear<float> layer(4, 2);
+  nn::set_trainable(layer, false);
+  layer.weight.set_trainable(true);
+  auto refs = trainable_parameters<float>(layer, "to_q");
+  REQUIRE(refs.size() == 1);
+  CHECK(refs[0].name == "to_q.weight");
+  CHECK(refs[0].param == &layer.weight);
+}
+
+TEST_CASE("LR schedules match diffusers' get_scheduler", "[train][lr_schedule]") {
+  io::SafetensorsFile const f(test::fixture("train/schedules.safetensors"));
+  std::int64_t const total = std::stoll(f.metadata().at("total"));
+  std::int64_t const warmup = std::stoll(f.metadata().at("warmup"));
+  double const base_lr = std::stod(f.metadata().at("base_lr"));
+  for (std::string const name :
+       {"constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial"}) {
+    INFO(name);
+    LrScheduleOptions o;
+    o.type = schedule_type(name);
+    o.base_lr = base_lr;
+    o.warmup_steps = warmup;
+    o.training_steps = total;
+    o.num_cycles = 3;
+    o.power = 2.0;
+    LrSchedule sched(o);
+    auto const mult = f.load<double>(name + ".multiplier");
+    auto const lr = f.load<double>(name + ".lr");
+    double worst = 0;
+    for (Index s = 0; s < mult.numel(); ++s) {
+      // Tolerance 1e-12 absolute: the same double arithmetic as Python in the same order.
+      worst = std::max(worst, std::abs(sched.multiplier(s) - mult(s)));
+      CHECK(std::abs(sched.lr() - lr(s)) <= 1e-12 * base_lr);
+      sched.advance();
+    }
+    CHECK(worst <= 1e-12);
+  }
+  LrScheduleOptions pw;
+  pw.type = ScheduleType::PiecewiseConstant;
+  pw.step_rules = "1:10,0.1:20,0.01:30,0.005";
+  LrSchedule piecewise(pw);
+  CHECK(piecewise.multiplier(9) == 1.0);
+  CHECK(piecewise.multiplier(10) == 0.1);
+  CHECK(piecewise.multiplier(29) == 0.01);
+  CHECK(piecewise.multiplier(30) == 0.005);
+  CHECK_THROWS_WITH(schedule_type("cosine_annealing"), Catch::Contains("cosine_with_restarts"));
+  LrScheduleOptions no_total;
+  no_total.type = ScheduleType::Linear;
+  CHECK_THROWS_AS(LrSchedule(no_total), ConfigError);
+}
+
+TEST_CASE("clip_grad_norm matches torch.nn.utils.clip_grad_norm_", "[train][grad_clip]") {
+  io::SafetensorsFile const f(test::fixture("train/clip_grad_norm.safetensors"));
+  for (std::string const c : {"clipped", "unclipped"}) {
+    INFO(c);
+    std::vector<nn::Parameter<float>> ps(3);
+    std::vector<ParamRef<float>> refs;
+    for (int i = 0; i < 3; ++i) {
+      auto g = f.load<float>(c + ".grad_in." + std::to_string(i));
+      ps[i] = nn::Parameter<float>(g.shape());
+      ps[i].set_trainable(true);
+      ps[i].grad = g;
+    }
+    for (int i = 0; i < 3; ++i) refs.push_back({"p" + std::to_string(i), &ps[i]});
+    double const total = clip_grad_norm(refs, f.load<double>(c + ".max_norm")(0));
+    // Tolerance 1e-6 relative: float32 norms; ours accumulate in double and round once.
+    CHECK(total == Approx(f.load<float>(c + ".total_norm")(0)).epsilon(1e-6));
+    for (int i = 0; i < 3; ++i) {
+      CHECK(test::rel_l2(ps[i].grad, f.load<float>(c + ".grad_out." + std::to_string(i))) < 1e-6);
+      if (c == std::string("unclipped"))  // multiplied by exactly 1
+        CHECK(std::memcmp(ps[i].grad.data(), f.load<float>(c + ".grad_in." + std::to_string(i)).data(),
+                          ps[i].grad.bytes()) == 0);
+    }
+  }
+}
