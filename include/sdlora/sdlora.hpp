@@ -56,5 +56,7 @@
 #include <sdlora/nn/feed_forward.hpp>
 
 #include <sdlora/io/safetensors.hpp>
+#include <sdlora/io/npy.hpp>
+#include <sdlora/io/image.hpp>
 
 #include <sdlora/tokenizer/clip_tokenizer.hpp>

@@ -13,14 +13,18 @@
 #include <unistd.h>    // close, fsync
 
 #include <algorithm>    // std::sort
+#include <cerrno>       // errno
 #include <cstdint>      // std::uint64_t
 #include <cstdio>       // std::rename, std::remove
 #include <cstring>      // std::memcpy, std::strerror
 #include <fstream>      // std::ofstream
 #include <map>          // std::map
 #include <memory>       // std::shared_ptr
+#include <set>          // std::set
+#include <sstream>      // std::ostringstream
 #include <string>       // std::string
 #include <string_view>  // std::string_view
+#include <type_traits>  // std::is_same_v
 #include <utility>      // std::pair
 #include <vector>       // std::vector
 
@@ -42,6 +46,7 @@ struct TensorInfo {
 };
 
 inline constexpr std::uint64_t kMaxHeaderBytes = 100ull << 20;  // 100 MB, the limit of the reference reader
+inline constexpr std::uint64_t kMaxElements = 1ull << 50;       // no tensor is larger; keeps size arithmetic exact
 
 namespace detail {
 inline DType parse_dtype(std::string const& s, std::string const& file, std::string const& key) {
@@ -73,30 +78,43 @@ T read_element(unsigned char const* p, DType d) {
   return T{};
 }
 
-/// The memory-mapped bytes of a file; unmapped when the last reader is gone.
+/// The bytes a SafetensorsFile reads: a read-only memory map of a file, or an owned in-memory copy.
 class Mapping {
  public:
-  explicit Mapping(std::string const& path) {
-    int const fd = ::open(path.c_str(), O_RDONLY);
-    if (fd < 0) SDLORA_THROW(IoError, "[safetensors] cannot open " << path << ": " << std::strerror(errno));
+  /// Maps `path` read-only; IoError messages start with `op` (e.g. "[safetensors]").
+  Mapping(std::string const& path, char const* op) {
+    int const fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) SDLORA_THROW(IoError, op << " cannot open " << path << ": " << std::strerror(errno));
     struct stat st {};
     if (::fstat(fd, &st) != 0) {
+      int const err = errno;
       ::close(fd);
-      SDLORA_THROW(IoError, "[safetensors] cannot stat " << path << ": " << std::strerror(errno));
+      SDLORA_THROW(IoError, op << " cannot stat " << path << ": " << std::strerror(err));
+    }
+    if (!S_ISREG(st.st_mode)) {
+      ::close(fd);
+      SDLORA_THROW(IoError, op << " cannot read " << path << ": not a regular file");
     }
     size_ = std::size_t(st.st_size);
     if (size_ > 0) {
       void* p = ::mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, fd, 0);
       if (p == MAP_FAILED) {
+        int const err = errno;
         ::close(fd);
-        SDLORA_THROW(IoError, "[safetensors] cannot map " << path << ": " << std::strerror(errno));
+        SDLORA_THROW(IoError, op << " cannot map " << path << ": " << std::strerror(err));
       }
       data_ = static_cast<unsigned char const*>(p);
+      mapped_ = true;
     }
     ::close(fd);
   }
+  /// Owns a copy of `bytes` (SafetensorsFile::from_memory).
+  explicit Mapping(std::string&& bytes) : owned_(std::move(bytes)) {
+    size_ = owned_.size();
+    data_ = reinterpret_cast<unsigned char const*>(owned_.data());
+  }
   ~Mapping() {
-    if (data_) ::munmap(const_cast<unsigned char*>(data_), size_);
+    if (mapped_) ::munmap(const_cast<unsigned char*>(data_), size_);
   }
   Mapping(Mapping const&) = delete;
   Mapping& operator=(Mapping const&) = delete;
@@ -106,15 +124,27 @@ class Mapping {
  private:
   unsigned char const* data_ = nullptr;
   std::size_t size_ = 0;
+  bool mapped_ = false;
+  std::string owned_;
 };
 }  // namespace detail
 
-/// A validated, memory-mapped safetensors file. Cheap to copy (shares the mapping).
+/// A validated safetensors file (memory-mapped, or held in memory). Cheap to copy (shares the bytes).
+///
+/// The constructor checks everything the reference reader (huggingface/safetensors) checks, and throws
+/// FormatError with a message naming the file and, where there is one, the tensor key: header length within the file
+/// and at most 100 MB, the header a JSON object without duplicate names, known dtypes, integer shapes, offsets inside
+/// the data area with end >= begin, byte sizes equal to numel x dtype size, and spans that tile the data area exactly
+/// (no overlap, no gap, no trailing bytes). After construction, load() cannot read outside the file.
 class SafetensorsFile {
  public:
   /// Maps and validates `path`; throws IoError (cannot read) or FormatError naming the file and the key.
-  explicit SafetensorsFile(std::string path) : path_(std::move(path)), map_(std::make_shared<detail::Mapping>(path_)) {
+  explicit SafetensorsFile(std::string path) : path_(std::move(path)), map_(std::make_shared<detail::Mapping>(path_, "[safetensors]")) {
     parse();
+  }
+  /// Validates a file held in memory (a download, a fuzzer input); `name` stands for the path in messages.
+  static SafetensorsFile from_memory(std::string bytes, std::string name = "<memory>") {
+    return SafetensorsFile(std::move(name), std::make_shared<detail::Mapping>(std::move(bytes)));
   }
 
   std::string const& path() const { return path_; }
@@ -141,13 +171,14 @@ class SafetensorsFile {
   }
 
   /// Reads one tensor converted to T (float/double/half/bfloat16/integers; 16-bit floats round to nearest even).
+  /// BOOL reads any non-zero byte as true.
   template <class T>
   Tensor<T, Cpu> load(std::string const& key) const {
     TensorInfo const& t = info(key);
     auto out = Tensor<T, Cpu>::uninitialized(t.shape);
     unsigned char const* p = data_begin() + t.begin;
-    if (t.dtype == dtype_of<T>()) {
-      std::memcpy(out.data(), p, out.bytes());
+    if (t.dtype == dtype_of<T>() && !std::is_same_v<T, bool>) {
+      if (out.bytes() > 0) std::memcpy(out.data(), p, out.bytes());
     } else {
       int const size = dtype_size(t.dtype);
       for (Index i = 0; i < out.numel(); ++i) out(i) = detail::read_element<T>(p + i * size, t.dtype);
@@ -165,6 +196,11 @@ class SafetensorsFile {
   }
 
  private:
+  SafetensorsFile(std::string name, std::shared_ptr<detail::Mapping> bytes)
+      : path_(std::move(name)), map_(std::move(bytes)) {
+    parse();
+  }
+
   unsigned char const* data_begin() const { return map_->data() + 8 + header_size_; }
 
   void parse() {
@@ -182,16 +218,30 @@ class SafetensorsFile {
     header_size_ = n;
     std::uint64_t const data_size = file_size - 8 - n;
     char const* h = reinterpret_cast<char const*>(map_->data() + 8);
+
+    // nlohmann keeps one of two equal keys silently; the parse callback sees every top-level key, already unescaped
+    // (so "a\"b" and "\u0061" compare as the strings they denote).
+    std::set<std::string> names;
+    std::string duplicate;
+    bool has_duplicate = false;
+    auto on_event = [&](int depth, nlohmann::json::parse_event_t event, nlohmann::json& parsed) {
+      if (depth == 1 && event == nlohmann::json::parse_event_t::key && parsed.is_string() && !has_duplicate &&
+          !names.insert(parsed.get<std::string>()).second) {
+        duplicate = parsed.get<std::string>();
+        has_duplicate = true;
+      }
+      return true;
+    };
     nlohmann::json header;
     try {
-      header = nlohmann::json::parse(h, h + n);
+      header = nlohmann::json::parse(h, h + n, on_event);
     } catch (nlohmann::json::exception const& e) {
       SDLORA_THROW(FormatError, "[safetensors] " << path_ << ": header is not valid JSON: " << e.what());
     }
     if (!header.is_object())
-      SDLORA_THROW(FormatError, "[safetensors] " << path_ << ": header is not a JSON object");
-    // Duplicate keys: nlohmann keeps the last one silently, so count keys in the raw text against the object.
-    check_duplicates(std::string_view(h, n), header.size());
+      SDLORA_THROW(FormatError, "[safetensors] " << path_ << ": header is not a JSON object but " << header.type_name());
+    if (has_duplicate)
+      SDLORA_THROW(FormatError, "[safetensors] " << path_ << ": duplicate tensor name '" << duplicate << "'");
 
     for (auto const& [key, value] : header.items()) {
       if (key == "__metadata__") {
@@ -199,20 +249,24 @@ class SafetensorsFile {
           SDLORA_THROW(FormatError, "[safetensors] " << path_ << ": __metadata__ is not an object");
         for (auto const& [mk, mv] : value.items()) {
           if (!mv.is_string())
-            SDLORA_THROW(FormatError, "[safetensors] " << path_ << ": metadata '" << mk << "' is not a string");
+            SDLORA_THROW(FormatError, "[safetensors] " << path_ << ": metadata '" << mk << "' is not a string but "
+                                                       << mv.type_name());
           metadata_[mk] = mv.get<std::string>();
         }
         continue;
       }
       tensors_.push_back(parse_entry(key, value, data_size));
     }
-    std::sort(tensors_.begin(), tensors_.end(), [](auto const& a, auto const& b) { return a.begin < b.begin; });
+    // Sort by (begin, end), as the reference does: an empty tensor [b, b) sorts before [b, e) and does not overlap it.
+    std::sort(tensors_.begin(), tensors_.end(),
+              [](auto const& a, auto const& b) { return a.begin != b.begin ? a.begin < b.begin : a.end < b.end; });
     std::uint64_t expected = 0;
     for (std::size_t i = 0; i < tensors_.size(); ++i) {
       TensorInfo const& t = tensors_[i];
       if (t.begin < expected)
         SDLORA_THROW(FormatError, "[safetensors] " << path_ << ": tensor '" << t.key << "' [" << t.begin << ", "
-                                                   << t.end << ") overlaps '" << tensors_[i - 1].key << "'");
+                                                   << t.end << ") overlaps '" << tensors_[i - 1].key << "' ["
+                                                   << tensors_[i - 1].begin << ", " << tensors_[i - 1].end << ")");
       if (t.begin > expected)
         SDLORA_THROW(FormatError, "[safetensors] " << path_ << ": gap before tensor '" << t.key << "' (starts at "
                                                    << t.begin << ", previous data ends at " << expected
@@ -221,8 +275,12 @@ class SafetensorsFile {
       index_[t.key] = i;
     }
     if (expected != data_size)
-      SDLORA_THROW(FormatError, "[safetensors] " << path_ << ": tensors cover " << expected
-                                                 << " bytes but the data area holds " << data_size);
+      SDLORA_THROW(FormatError, "[safetensors] " << path_ << ": " << (data_size - expected)
+                                                 << " trailing bytes: tensors"
+                                                 << (tensors_.empty() ? std::string()
+                                                                      : " (last '" + tensors_.back().key + "')")
+                                                 << " cover " << expected << " bytes but the data area holds "
+                                                 << data_size);
   }
 
   TensorInfo parse_entry(std::string const& key, nlohmann::json const& value, std::uint64_t data_size) const {
@@ -238,21 +296,27 @@ class SafetensorsFile {
     auto const& shape = value["shape"];
     if (!shape.is_array() || shape.size() > std::size_t(kMaxRank)) fail("shape is not an array of rank <= 6");
     std::vector<Index> dims;
-    std::uint64_t count = 1;
+    std::uint64_t count = 1;    // the element count
+    std::uint64_t nonzero = 1;  // the product of the non-zero extents: bounds every partial product Shape computes
     for (auto const& d : shape) {
-      if (!d.is_number_unsigned()) fail("shape holds a value that is not a non-negative integer");
+      if (!d.is_number_unsigned()) fail("shape entry " + d.dump() + " is not a non-negative integer");
       std::uint64_t const e = d.get<std::uint64_t>();
-      if (e > (1ull << 40) || (e && count > (1ull << 50) / e)) fail("shape is absurdly large");
+      if (e > kMaxElements || (e && nonzero > kMaxElements / e)) fail("shape " + shape.dump() + " is absurdly large");
+      if (e) nonzero *= e;
       count *= e;
       dims.push_back(Index(e));
     }
     t.shape = Shape(dims);
     auto const& off = value["data_offsets"];
     if (!off.is_array() || off.size() != 2 || !off[0].is_number_unsigned() || !off[1].is_number_unsigned())
-      fail("data_offsets is not [begin, end]");
+      fail("data_offsets " + off.dump() + " is not [begin, end] of non-negative integers");
     t.begin = off[0].get<std::uint64_t>();
     t.end = off[1].get<std::uint64_t>();
-    if (t.end < t.begin) fail("data_offsets end before they begin");
+    if (t.end < t.begin) {
+      std::ostringstream os;
+      os << "data_offsets [" << t.begin << ", " << t.end << "] end before they begin";
+      fail(os.str());
+    }
     if (t.end > data_size) {
       std::ostringstream os;
       os << "data_offsets [" << t.begin << ", " << t.end << ") lie outside the data area of " << data_size
@@ -267,49 +331,6 @@ class SafetensorsFile {
       fail(os.str());
     }
     return t;
-  }
-
-  // Counts the top-level keys of the JSON object text and compares with the parsed object's size.
-  void check_duplicates(std::string_view text, std::size_t parsed) const {
-    std::vector<std::string> seen;
-    int depth = 0;
-    bool in_string = false, expect_key = false;
-    std::string current;
-    for (std::size_t i = 0; i < text.size(); ++i) {
-      char const c = text[i];
-      if (in_string) {
-        if (c == '\\' && i + 1 < text.size()) {
-          if (depth == 1 && expect_key) current += text.substr(i, 2);
-          ++i;
-        } else if (c == '"') {
-          in_string = false;
-          if (depth == 1 && expect_key) {
-            seen.push_back(current);
-            expect_key = false;
-          }
-        } else if (depth == 1 && expect_key) {
-          current += c;
-        }
-        continue;
-      }
-      if (c == '"') {
-        in_string = true;
-        current.clear();
-      } else if (c == '{' || c == '[') {
-        ++depth;
-        if (depth == 1) expect_key = true;
-      } else if (c == '}' || c == ']') {
-        --depth;
-      } else if (c == ',' && depth == 1) {
-        expect_key = true;
-      }
-    }
-    if (seen.size() != parsed) {
-      std::sort(seen.begin(), seen.end());
-      auto dup = std::adjacent_find(seen.begin(), seen.end());
-      SDLORA_THROW(FormatError, "[safetensors] " << path_ << ": duplicate tensor name '"
-                                                 << (dup != seen.end() ? *dup : std::string("?")) << "'");
-    }
   }
 
   std::string path_;
@@ -356,7 +377,12 @@ class SafetensorsWriter {
                        {"data_offsets", {offset, offset + e.bytes.size()}}};
       offset += e.bytes.size();
     }
-    std::string text = header.dump();
+    std::string text;
+    try {
+      text = header.dump();
+    } catch (nlohmann::json::exception const& e) {  // a name or metadata value that is not valid UTF-8
+      SDLORA_THROW(FormatError, "[safetensors] cannot write " << path << ": " << e.what());
+    }
     while ((8 + text.size()) % 8 != 0) text += ' ';  // align the data area to 8 bytes, as the reference writer does
     std::string const tmp = path + ".tmp";
     {

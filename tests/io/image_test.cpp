@@ -1,0 +1,244 @@
+/// @file image_test.cpp
+/// @brief Images: PNG round trips (exact at 8 bits), PNG text chunks, grey/alpha conversion, JPEG and BMP loading,
+/// crops, flips, resizing, grids and errors.
+#include <catch2/catch.hpp>
+
+#include <cmath>    // std::abs
+#include <cstdint>  // std::uint8_t
+#include <fstream>  // std::ofstream
+#include <string>   // std::string
+
+#include "support.hpp"
+
+// After sdlora's header, a program can still declare its own global stb (image.hpp leaves no include guard set).
+#include <stb_image.h>
+using ProgramsOwnStbiInfo = decltype(&::stbi_info);  // unevaluated: needs the declaration, not a definition
+
+using namespace sdlora;
+using Catch::Matchers::Contains;
+
+namespace {
+
+/// A (H, W, C) uint8 image whose every pixel and channel differs: (y * 37 + x * 11 + c * 101) mod 256.
+Tensor<std::uint8_t> pattern(Index h, Index w, Index c) {
+  Tensor<std::uint8_t> p(Shape{h, w, c});
+  for (Index y = 0; y < h; ++y)
+    for (Index x = 0; x < w; ++x)
+      for (Index k = 0; k < c; ++k) p((y * w + x) * c + k) = std::uint8_t((y * 37 + x * 11 + k * 101) % 256);
+  return p;
+}
+
+/// A (C, H, W) float image with value k * 100 + y * 10 + x at (k, y, x).
+Tensor<float> indexed(Index c, Index h, Index w) {
+  Tensor<float> t(Shape{c, h, w});
+  for (Index k = 0; k < c; ++k)
+    for (Index y = 0; y < h; ++y)
+      for (Index x = 0; x < w; ++x) t.at({k, y, x}) = float(k * 100 + y * 10 + x);
+  return t;
+}
+
+}  // namespace
+
+TEST_CASE("image: uint8 -> float -> uint8 is the identity for every value, in both ranges", "[io][image]") {
+  Tensor<std::uint8_t> all(Shape{1, 256, 1});
+  for (Index i = 0; i < 256; ++i) all(i) = std::uint8_t(i);
+  for (auto range : {io::ImageRange::MinusOneToOne, io::ImageRange::ZeroToOne}) {
+    auto f = io::from_uint8(all, range);  // (1, 1, 256)
+    REQUIRE(f.shape() == Shape{1, 1, 256});
+    auto back = io::to_uint8(f, range);
+    for (Index i = 0; i < 256; ++i) REQUIRE(back(i) == all(i));
+  }
+  auto f = io::from_uint8(all);  // torchvision: ToTensor then Normalize([0.5], [0.5]), in float
+  CHECK(f(0) == -1.0f);
+  CHECK(f(255) == 1.0f);
+  CHECK(f(128) == (128.0f / 255.0f - 0.5f) / 0.5f);
+  Tensor<float> out_of_range(Shape{1, 1, 3});
+  out_of_range(0) = -7.0f;
+  out_of_range(1) = 7.0f;
+  out_of_range(2) = std::nanf("");
+  auto clamped = io::to_uint8(out_of_range);
+  CHECK(clamped(0) == 0);
+  CHECK(clamped(1) == 255);
+  CHECK(clamped(2) == 0);
+}
+
+TEST_CASE("image: PNG round trip is exact at 8 bits", "[io][image]") {
+  auto const img = io::from_uint8(pattern(7, 9, 3));  // (3, 7, 9)
+  io::save_png("img_roundtrip.png", img);
+  auto back = io::load_image("img_roundtrip.png");
+  REQUIRE(back.shape() == Shape{3, 7, 9});
+  for (Index i = 0; i < img.numel(); ++i) REQUIRE(back(i) == img(i));
+  auto back01 = io::load_image("img_roundtrip.png", io::ImageRange::ZeroToOne);
+  auto const ref01 = io::from_uint8(pattern(7, 9, 3), io::ImageRange::ZeroToOne);
+  for (Index i = 0; i < img.numel(); ++i) REQUIRE(back01(i) == ref01(i));
+}
+
+TEST_CASE("image: PNG text chunks round trip", "[io][image]") {
+  CHECK(io::detail::crc32(reinterpret_cast<unsigned char const*>("123456789"), 9) == 0xCBF43926u);  // the check value
+  io::PngText const text = {{"prompt", "a photo of sks dog, \"quoted\""},
+                            {"seed", "1234"},
+                            {"negative", "caf\xc3\xa9 \xe2\x98\x95"},  // UTF-8: stored as iTXt
+                            {"empty", ""}};
+  auto const img = io::from_uint8(pattern(4, 5, 3));
+  io::save_png("img_text.png", img, io::ImageRange::MinusOneToOne, text);
+  CHECK(io::read_png_text("img_text.png") == text);
+  auto pixels = io::load_image("img_text.png");  // the chunks do not disturb decoding
+  for (Index i = 0; i < img.numel(); ++i) REQUIRE(pixels(i) == img(i));
+
+  SECTION("a corrupted text chunk fails its CRC") {
+    std::string bytes = io::encode_png(img, io::ImageRange::MinusOneToOne, {{"k", "value"}});
+    std::size_t const at = bytes.find("value");
+    REQUIRE(at != std::string::npos);
+    bytes[at] = 'V';
+    CHECK_THROWS_WITH(io::decode_png_text(bytes, "corrupt.png"), Contains("corrupt.png") && Contains("bad CRC"));
+  }
+  SECTION("bad keywords are refused") {
+    CHECK_THROWS_AS(io::encode_png(img, io::ImageRange::MinusOneToOne, {{"", "x"}}), ConfigError);
+    CHECK_THROWS_AS(io::encode_png(img, io::ImageRange::MinusOneToOne, {{std::string(80, 'k'), "x"}}), ConfigError);
+    CHECK_THROWS_AS(io::encode_png(img, io::ImageRange::MinusOneToOne, {{"k", std::string("a\0b", 3)}}), ConfigError);
+  }
+  SECTION("not a PNG") {
+    CHECK_THROWS_WITH(io::decode_png_text("GIF89a....", "x.gif"), Contains("x.gif") && Contains("not a PNG"));
+  }
+}
+
+TEST_CASE("image: grey, grey+alpha and RGBA files load as RGB with alpha dropped", "[io][image]") {
+  auto const grey = io::from_uint8(pattern(3, 4, 1));   // (1, 3, 4)
+  auto const ga = io::from_uint8(pattern(3, 4, 2));     // (2, 3, 4): channel 1 is alpha
+  auto const rgba = io::from_uint8(pattern(3, 4, 4));   // (4, 3, 4): channel 3 is alpha
+  io::save_png("img_grey.png", grey);
+  io::save_png("img_ga.png", ga);
+  io::save_png("img_rgba.png", rgba);
+  auto g = io::load_image("img_grey.png");
+  auto a = io::load_image("img_ga.png");
+  auto r = io::load_image("img_rgba.png");
+  REQUIRE(g.shape() == Shape{3, 3, 4});
+  REQUIRE(a.shape() == Shape{3, 3, 4});
+  REQUIRE(r.shape() == Shape{3, 3, 4});
+  for (Index k = 0; k < 3; ++k)
+    for (Index i = 0; i < 12; ++i) {
+      CHECK(g(k * 12 + i) == grey(i));  // grey replicated into R, G, B
+      CHECK(a(k * 12 + i) == ga(i));    // the grey channel, alpha dropped
+      CHECK(r(k * 12 + i) == rgba(k * 12 + i));
+    }
+}
+
+TEST_CASE("image: BMP loads exactly and JPEG within JPEG's loss", "[io][image]") {
+  auto const p = pattern(8, 8, 3);
+  REQUIRE(io::detail::stb::stbi_write_bmp("img.bmp", 8, 8, 3, p.data()) != 0);
+  auto bmp = io::load_image("img.bmp");
+  auto const ref = io::from_uint8(p);
+  for (Index i = 0; i < ref.numel(); ++i) REQUIRE(bmp(i) == ref(i));
+
+  // A smooth 16x16 gradient at quality 100 (no chroma subsampling): JPEG's quantisation and the colour transform
+  // round-trip within a few levels; 4 levels (4 / 255 in [0, 1]) is loose enough for any conforming codec and
+  // tight enough to catch a channel swap, transposition or range error.
+  Tensor<std::uint8_t> smooth(Shape{16, 16, 3});
+  for (Index y = 0; y < 16; ++y)
+    for (Index x = 0; x < 16; ++x)
+      for (Index k = 0; k < 3; ++k) smooth((y * 16 + x) * 3 + k) = std::uint8_t(40 + 8 * y + 4 * x + 30 * k);
+  REQUIRE(io::detail::stb::stbi_write_jpg("img.jpg", 16, 16, 3, smooth.data(), 100) != 0);
+  auto jpg = io::load_image("img.jpg", io::ImageRange::ZeroToOne);
+  auto const smooth_ref = io::from_uint8(smooth, io::ImageRange::ZeroToOne);
+  REQUIRE(jpg.shape() == smooth_ref.shape());
+  for (Index i = 0; i < jpg.numel(); ++i) REQUIRE(std::abs(jpg(i) - smooth_ref(i)) <= 4.0f / 255.0f);
+}
+
+TEST_CASE("image: unreadable files are IoErrors naming the path and the reason", "[io][image]") {
+  CHECK_THROWS_AS(io::load_image("img_missing.png"), IoError);
+  CHECK_THROWS_WITH(io::load_image("img_missing.png"), Contains("img_missing.png") && Contains("No such file"));
+  std::ofstream("img_garbage.png", std::ios::binary) << "this is not an image";
+  CHECK_THROWS_AS(io::load_image("img_garbage.png"), IoError);
+  CHECK_THROWS_WITH(io::load_image("img_garbage.png"), Contains("img_garbage.png") && Contains("unknown image type"));
+  CHECK_THROWS_AS(io::read_png_text("img_missing.png"), IoError);
+  CHECK_THROWS_AS(io::save_png("no_such_dir/x.png", io::from_uint8(pattern(2, 2, 3))), IoError);
+}
+
+TEST_CASE("image: crop, center_crop, random_crop and hflip on a tiny image", "[io][image]") {
+  auto const img = indexed(3, 5, 6);  // (3, 5, 6), value k*100 + y*10 + x
+  auto c = io::crop(img, 1, 2, 3, 2);
+  REQUIRE(c.shape() == Shape{3, 3, 2});
+  CHECK(c.at({0, 0, 0}) == 12.0f);
+  CHECK(c.at({2, 2, 1}) == 233.0f);
+  CHECK_THROWS_AS(io::crop(img, 3, 0, 3, 2), ShapeError);
+
+  // torchvision CenterCrop: top = round((5 - 2) / 2) = round(1.5) = 2 (ties to even), left = round((6 - 3) / 2) = 2
+  auto cc = io::center_crop(img, 2, 3);
+  CHECK(cc.at({0, 0, 0}) == 22.0f);
+  auto cc2 = io::center_crop(img, 4, 5);  // top = round(0.5) = 0, left = round(0.5) = 0
+  CHECK(cc2.at({1, 0, 0}) == 100.0f);
+  auto same = io::center_crop(img, 5, 6);
+  for (Index i = 0; i < img.numel(); ++i) REQUIRE(same(i) == img(i));
+
+  auto f = io::hflip(img);
+  CHECK(f.at({0, 0, 0}) == 5.0f);
+  CHECK(f.at({2, 4, 5}) == 240.0f);
+  auto ff = io::hflip(f);
+  for (Index i = 0; i < img.numel(); ++i) REQUIRE(ff(i) == img(i));
+
+  std::uint64_t s1 = 42, s2 = 42;
+  bool moved = false;
+  float first = -1;
+  for (int i = 0; i < 20; ++i) {
+    auto a = io::random_crop(img, 2, 3, s1);
+    auto b = io::random_crop(img, 2, 3, s2);
+    REQUIRE(a.shape() == Shape{3, 2, 3});
+    for (Index j = 0; j < a.numel(); ++j) REQUIRE(a(j) == b(j));  // same seed, same crops
+    float const top_left = a(0);  // = y*10 + x of the window origin
+    REQUIRE(top_left >= 0.0f);
+    REQUIRE(int(top_left) / 10 <= 3);  // top <= 5 - 2
+    REQUIRE(int(top_left) % 10 <= 3);  // left <= 6 - 3
+    REQUIRE(a.at({1, 1, 2}) == top_left + 100 + 10 + 2);
+    if (i == 0) first = top_left;
+    moved = moved || top_left != first;
+  }
+  CHECK(moved);  // 20 draws from 12 positions do not all coincide
+}
+
+TEST_CASE("image: resize", "[io][image]") {
+  SECTION("a constant image stays constant with every filter") {
+    Tensor<float> k(Shape{3, 10, 14});
+    k.fill(0.375f);
+    for (auto f : {io::Filter::Bilinear, io::Filter::Bicubic, io::Filter::Area})
+      for (auto [h, w] : {std::pair<Index, Index>{5, 7}, {23, 31}}) {
+        auto r = io::resize(k, h, w, f);
+        REQUIRE(r.shape() == Shape{3, h, w});
+        for (Index i = 0; i < r.numel(); ++i) REQUIRE(std::abs(r(i) - 0.375f) < 1e-6f);  // float rounding only
+      }
+  }
+  SECTION("Area halving averages 2x2 blocks") {
+    auto const img = indexed(2, 4, 6);
+    auto r = io::resize(img, 2, 3, io::Filter::Area);
+    // block (0, 0) of channel 1: (100 + 101 + 110 + 111) / 4 = 105.5; float sums of small integers: 1e-4 abs
+    CHECK(std::abs(r.at({1, 0, 0}) - 105.5f) < 1e-4f);
+    CHECK(std::abs(r.at({0, 1, 2}) - 29.5f) < 1e-4f);  // (24 + 25 + 34 + 35) / 4
+  }
+  SECTION("Bilinear doubling interpolates a ramp linearly away from the border") {
+    Tensor<float> ramp(Shape{1, 1, 8});
+    for (Index x = 0; x < 8; ++x) ramp(x) = float(x);
+    auto r = io::resize(ramp, 1, 16, io::Filter::Bilinear);
+    // output pixel centre u = (i + 0.5) / 2 - 0.5 in input coordinates, interior only (no clamping)
+    for (Index i = 2; i < 14; ++i) CHECK(std::abs(r(i) - (float(i) + 0.5f) / 2.0f + 0.5f) < 1e-5f);
+  }
+  SECTION("resize_shorter_side keeps the aspect ratio like torchvision's Resize(int)") {
+    CHECK(io::resize_shorter_side(Tensor<float>(Shape{3, 40, 60}), 20).shape() == Shape{3, 20, 30});
+    CHECK(io::resize_shorter_side(Tensor<float>(Shape{3, 60, 41}), 20).shape() == Shape{3, 29, 20});
+  }
+}
+
+TEST_CASE("image: make_grid tiles row by row", "[io][image]") {
+  std::vector<Tensor<float>> images;
+  for (int i = 0; i < 3; ++i) {
+    Tensor<float> t(Shape{3, 2, 4});
+    t.fill(float(i) / 4.0f);
+    images.push_back(t);
+  }
+  auto g = io::make_grid(images, 2);
+  REQUIRE(g.shape() == Shape{3, 4, 8});
+  CHECK(g.at({0, 0, 0}) == 0.0f);
+  CHECK(g.at({1, 1, 4}) == 0.25f);
+  CHECK(g.at({2, 2, 3}) == 0.5f);
+  CHECK(g.at({2, 3, 7}) == -1.0f);  // the empty fourth cell
+  images.push_back(Tensor<float>(Shape{3, 2, 5}));
+  CHECK_THROWS_AS(io::make_grid(images, 2), ShapeError);
+}
