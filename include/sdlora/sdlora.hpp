@@ -60,3 +60,5 @@
 #include <sdlora/io/image.hpp>
 
 #include <sdlora/tokenizer/clip_tokenizer.hpp>
+
+#include <sdlora/train.hpp>
