@@ -153,6 +153,9 @@ inline std::vector<std::string> byte_vocab() {
 class ClipTokenizer {
  public:
   /// From CLIP's bpe_simple_vocab_16e6.txt.gz (the file bundled in data/; see find_bundled_vocab).
+  /// An empty tokenizer (no vocabulary): a placeholder to assign a loaded one to.
+  ClipTokenizer() = default;
+
   static ClipTokenizer from_bpe_gz(std::string const& path) {
     std::string const text = detail::read_gzip(path);
     std::vector<std::string_view> const lines = detail::split_lines(text);

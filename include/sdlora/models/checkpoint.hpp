@@ -1,0 +1,247 @@
+/// @file checkpoint.hpp
+/// @brief Loading a Stable Diffusion checkpoint (SD 1.x / 2.x) from a diffusers folder or an original single file,
+/// detected from the path: tokenizer, text encoder, UNet, VAE and the scheduler configuration.
+/// Include <sdlora/models.hpp> instead.
+#pragma once
+
+#include <filesystem>  // std::filesystem
+#include <map>         // std::map
+#include <memory>      // std::unique_ptr
+#include <string>      // std::string
+#include <vector>      // std::vector
+
+#include <nlohmann/json.hpp>  // nlohmann::json
+
+#include <sdlora/io/safetensors.hpp>             // io::SafetensorsFile
+#include <sdlora/models/clip_text.hpp>           // ClipTextModel
+#include <sdlora/models/config.hpp>              // configs
+#include <sdlora/models/single_file.hpp>         // LDM key mapping
+#include <sdlora/models/unet.hpp>                // UNet2DConditionModel
+#include <sdlora/models/vae.hpp>                 // AutoencoderKL
+#include <sdlora/models/weights.hpp>             // load_parameters
+#include <sdlora/tokenizer/clip_tokenizer.hpp>   // tokenizer::ClipTokenizer
+
+namespace sdlora::models {
+
+/// Options for load_stable_diffusion.
+struct LoadOptions {
+  /// A diffusers-style folder with unet/, vae/, text_encoder/ config.json files (and scheduler/) to use instead of
+  /// the presets a single file implies (diffusers' `config=` argument); required for non-standard architectures.
+  std::string config_dir;
+  /// Weight variant in a diffusers folder: "" (the default file) or "fp16" (`*.fp16.safetensors`).
+  std::string variant;
+  /// Where the bundled CLIP vocabulary lives when the checkpoint has no tokenizer/ folder ("" = search).
+  std::string vocab_dir;
+  /// Prediction type override for single files ("" = as detected: epsilon for SD 1.x, v_prediction for SD 2.x).
+  std::string prediction_type;
+  bool load_vae = true;
+};
+
+/// The SD 1.5 scheduler configuration (PNDM), used for single files without a config folder.
+inline nlohmann::json sd15_scheduler_config() {
+  return {{"_class_name", "PNDMScheduler"}, {"beta_end", 0.012},         {"beta_schedule", "scaled_linear"},
+          {"beta_start", 0.00085},          {"clip_sample", false},      {"num_train_timesteps", 1000},
+          {"prediction_type", "epsilon"},   {"set_alpha_to_one", false}, {"skip_prk_steps", true},
+          {"steps_offset", 1},              {"timestep_spacing", "leading"}};
+}
+/// The SD 2.1 (768-v) scheduler configuration (DDIM, v-prediction).
+inline nlohmann::json sd21_scheduler_config() {
+  auto j = sd15_scheduler_config();
+  j["_class_name"] = "DDIMScheduler";
+  j["prediction_type"] = "v_prediction";
+  return j;
+}
+
+/// A loaded Stable Diffusion checkpoint.
+template <class T, class B = Cpu>
+struct StableDiffusion {
+  tokenizer::ClipTokenizer tokenizer;
+  ClipTextModel<T, B> text_encoder;
+  UNet2DConditionModel<T, B> unet;
+  AutoencoderKL<T, B> vae;
+  nlohmann::json scheduler_config;
+  std::string source;             // the path it was loaded from
+  std::string base_model;         // "sd1" or "sd2" (kohya's ss_base_model_version uses it)
+  std::size_t ignored_keys = 0;   // keys of a single file that belong to no network (EMA copies, position_ids, ...)
+
+  std::string prediction_type() const { return scheduler_config.value("prediction_type", std::string("epsilon")); }
+  /// Downsampling factor between pixels and latents (8 for SD).
+  int vae_scale() const { return vae.config().scale(); }
+};
+
+namespace detail {
+namespace fs = std::filesystem;
+
+/// The weights file of a diffusers component folder: `<stem>[.variant].safetensors`, or a sharded index.
+/// Returns the shard files (one for an unsharded model).
+inline std::vector<std::string> component_weight_files(fs::path const& dir, std::string const& stem,
+                                                       std::string const& variant) {
+  std::string const base = variant.empty() ? stem : stem + "." + variant;
+  if (fs::exists(dir / (base + ".safetensors"))) return {(dir / (base + ".safetensors")).string()};
+  fs::path const index = dir / (base + ".safetensors.index.json");
+  if (fs::exists(index)) {
+    auto j = read_json(index.string());
+    std::vector<std::string> files;
+    for (auto const& [key, file] : j.at("weight_map").items()) {
+      std::string const f = (dir / file.get<std::string>()).string();
+      if (std::find(files.begin(), files.end(), f) == files.end()) files.push_back(f);
+    }
+    return files;
+  }
+  for (char const* pickle : {".bin", ".ckpt", ".pt"})
+    if (fs::exists(dir / (base + pickle)))
+      SDLORA_THROW(FormatError, "[load] " << (dir / (base + pickle)).string()
+                                          << " is a pickle file, which sdlora never unpickles: convert it to "
+                                             ".safetensors (e.g. with diffusers' save_pretrained(safe_serialization="
+                                             "True))");
+  SDLORA_THROW(IoError, "[load] no " << base << ".safetensors (or sharded index) in " << dir.string());
+}
+
+/// All tensors of several files as one source map (each file must stay alive: kept in `files`).
+inline SourceMap sources_of(std::vector<std::string> const& paths, std::vector<std::unique_ptr<io::SafetensorsFile>>& files,
+                            std::string const& add_prefix_if_missing = "") {
+  SourceMap m;
+  for (auto const& p : paths) {
+    files.push_back(std::make_unique<io::SafetensorsFile>(p));
+    for (auto const& key : files.back()->keys()) {
+      std::string name = key;
+      if (!add_prefix_if_missing.empty() && name.rfind(add_prefix_if_missing, 0) != 0) name = add_prefix_if_missing + key;
+      m[name] = {files.back().get(), KeySource{key}};
+    }
+  }
+  return m;
+}
+}  // namespace detail
+
+/// Loads a diffusers folder (model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/).
+template <class T>
+StableDiffusion<T, Cpu> load_diffusers_folder(std::string const& path, LoadOptions const& options = {}) {
+  namespace fs = std::filesystem;
+  fs::path const dir(path);
+  StableDiffusion<T, Cpu> sd;
+  sd.source = path;
+  std::vector<std::unique_ptr<io::SafetensorsFile>> files;
+
+  auto const ucfg = UNetConfig::from_json(read_json((dir / "unet" / "config.json").string()));
+  sd.unet = UNet2DConditionModel<T, Cpu>(ucfg);
+  load_parameters<T>(sd.unet,
+                     detail::sources_of(detail::component_weight_files(dir / "unet", "diffusion_pytorch_model",
+                                                                       options.variant), files),
+                     "unet from " + (dir / "unet").string());
+
+  auto const tcfg = ClipTextConfig::from_json(read_json((dir / "text_encoder" / "config.json").string()));
+  sd.text_encoder = ClipTextModel<T, Cpu>(tcfg);
+  // transformers 5 writes keys without the "text_model." prefix; 4.x (every SD checkpoint) with it.
+  load_parameters<T>(sd.text_encoder,
+                     detail::sources_of(detail::component_weight_files(dir / "text_encoder", "model", options.variant),
+                                        files, "text_model."),
+                     "text_encoder from " + (dir / "text_encoder").string(), {"text_model.embeddings.position_ids"});
+
+  if (options.load_vae) {
+    auto const vcfg = VaeConfig::from_json(read_json((dir / "vae" / "config.json").string()));
+    sd.vae = AutoencoderKL<T, Cpu>(vcfg);
+    load_parameters<T>(sd.vae,
+                       detail::sources_of(detail::component_weight_files(dir / "vae", "diffusion_pytorch_model",
+                                                                         options.variant), files),
+                       "vae from " + (dir / "vae").string());
+  }
+  sd.tokenizer = fs::exists(dir / "tokenizer" / "vocab.json") ? tokenizer::ClipTokenizer::from_folder((dir / "tokenizer").string())
+                                                               : tokenizer::ClipTokenizer::bundled(options.vocab_dir);
+  fs::path const sched = dir / "scheduler" / "scheduler_config.json";
+  sd.scheduler_config = fs::exists(sched) ? read_json(sched.string()) : sd15_scheduler_config();
+  sd.base_model = ucfg.cross_attention_dim == 1024 ? "sd2" : "sd1";
+  return sd;
+}
+
+/// Loads an original single-file checkpoint (A1111 / ComfyUI `.safetensors`), SD 1.x or 2.x (OpenCLIP).
+template <class T>
+StableDiffusion<T, Cpu> load_single_file(std::string const& path, LoadOptions const& options = {}) {
+  namespace fs = std::filesystem;
+  io::SafetensorsFile file(path);
+  bool has_unet = false, openclip = false;
+  for (auto const& key : file.keys()) {
+    has_unet = has_unet || key.rfind(kLdmUnetPrefix, 0) == 0;
+    openclip = openclip || key.rfind(kLdmOpenClipPrefix, 0) == 0;
+  }
+  if (!has_unet)
+    SDLORA_THROW(FormatError, "[load] " << path << " has no 'model.diffusion_model.*' tensors: not a Stable Diffusion "
+                                                   "single-file checkpoint (is it a LoRA or a VAE?)");
+  StableDiffusion<T, Cpu> sd;
+  sd.source = path;
+  sd.base_model = openclip ? "sd2" : "sd1";
+  fs::path const cfg(options.config_dir);
+  bool const has_cfg = !options.config_dir.empty();
+  auto const ucfg = has_cfg ? UNetConfig::from_json(read_json((cfg / "unet" / "config.json").string()))
+                            : (openclip ? UNetConfig::sd21(true) : UNetConfig::sd15());
+  auto const vcfg = has_cfg ? VaeConfig::from_json(read_json((cfg / "vae" / "config.json").string())) : VaeConfig::sd();
+  auto const tcfg = has_cfg ? ClipTextConfig::from_json(read_json((cfg / "text_encoder" / "config.json").string()))
+                            : (openclip ? ClipTextConfig::sd21() : ClipTextConfig::sd15());
+  sd.unet = UNet2DConditionModel<T, Cpu>(ucfg);
+  sd.text_encoder = ClipTextModel<T, Cpu>(tcfg);
+  if (options.load_vae) sd.vae = AutoencoderKL<T, Cpu>(vcfg);
+
+  SourceMap unet_src, vae_src, text_src;
+  std::vector<std::string> unknown;
+  for (auto const& key : file.keys()) {
+    if (key.rfind(kLdmUnetPrefix, 0) == 0) {
+      std::string const name = unet_key_from_ldm(key.substr(std::string(kLdmUnetPrefix).size()), ucfg);
+      if (name.empty()) unknown.push_back(key);
+      else unet_src[name] = {&file, KeySource{key}};
+    } else if (key.rfind(kLdmVaePrefix, 0) == 0) {
+      bool squeeze = false;
+      std::string const name = vae_key_from_ldm(key.substr(std::string(kLdmVaePrefix).size()), vcfg, squeeze);
+      if (name.empty()) unknown.push_back(key);
+      else vae_src[name] = {&file, KeySource{key, squeeze ? KeySource::Take::Squeeze : KeySource::Take::Whole}};
+    } else if (key.rfind(kLdmClipPrefix, 0) == 0) {
+      std::string name = key.substr(std::string(kLdmClipPrefix).size());
+      if (name.rfind("text_model.", 0) != 0) name = "text_model." + name;
+      if (name.find("position_ids") != std::string::npos) ++sd.ignored_keys;
+      else text_src[name] = {&file, KeySource{key}};
+    } else if (key.rfind(kLdmOpenClipPrefix, 0) == 0) {
+      auto mapped = clip_keys_from_openclip(key.substr(std::string(kLdmOpenClipPrefix).size()), tcfg.num_hidden_layers);
+      if (mapped.empty()) ++sd.ignored_keys;  // text_projection, logit_scale, the layer SD 2.x drops
+      for (auto& [name, src] : mapped) text_src[name] = {&file, src};
+    } else {
+      ++sd.ignored_keys;  // model_ema.*, alphas_cumprod, betas, ...
+    }
+  }
+  if (!unknown.empty()) {
+    std::ostringstream os;
+    os << "[load] " << path << ": " << unknown.size() << " UNet/VAE keys have no diffusers counterpart:";
+    for (std::size_t i = 0; i < unknown.size() && i < 20; ++i) os << "\n    " << unknown[i];
+    throw FormatError(os.str());
+  }
+  load_parameters<T>(sd.unet, unet_src, "unet from " + path);
+  load_parameters<T>(sd.text_encoder, text_src, "text_encoder from " + path);
+  if (options.load_vae) load_parameters<T>(sd.vae, vae_src, "vae from " + path);
+  else sd.ignored_keys += vae_src.size();
+
+  sd.tokenizer = tokenizer::ClipTokenizer::bundled(options.vocab_dir);
+  if (openclip) sd.tokenizer.set_pad_token("!");  // SD 2.x's OpenCLIP tokenizer pads with "!" (id 0)
+  fs::path const sched = cfg / "scheduler" / "scheduler_config.json";
+  sd.scheduler_config = has_cfg && fs::exists(sched) ? read_json(sched.string())
+                                                     : (openclip ? sd21_scheduler_config() : sd15_scheduler_config());
+  if (!options.prediction_type.empty()) sd.scheduler_config["prediction_type"] = options.prediction_type;
+  return sd;
+}
+
+/// Loads a checkpoint from a diffusers folder or a single `.safetensors` file; `.ckpt` / `.pt` pickles are refused
+/// with a message to convert them.
+template <class T>
+StableDiffusion<T, Cpu> load_stable_diffusion(std::string const& path, LoadOptions const& options = {}) {
+  namespace fs = std::filesystem;
+  if (!fs::exists(path)) SDLORA_THROW(IoError, "[load] " << path << " does not exist");
+  if (fs::is_directory(path)) {
+    if (!fs::exists(fs::path(path) / "unet" / "config.json"))
+      SDLORA_THROW(FormatError, "[load] " << path << " is a folder without unet/config.json: not a diffusers "
+                                                     "Stable Diffusion folder");
+    return load_diffusers_folder<T>(path, options);
+  }
+  std::string const ext = fs::path(path).extension().string();
+  if (ext == ".ckpt" || ext == ".pt" || ext == ".pth" || ext == ".bin")
+    SDLORA_THROW(FormatError, "[load] " << path << " is a pickle checkpoint, which sdlora never unpickles (it can run "
+                                                   "code): convert it to .safetensors first");
+  return load_single_file<T>(path, options);
+}
+
+}  // namespace sdlora::models
