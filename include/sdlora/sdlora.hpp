@@ -59,6 +59,13 @@
 #include <sdlora/io/npy.hpp>
 #include <sdlora/io/image.hpp>
 
+#include <sdlora/lora/adapter.hpp>
+#include <sdlora/lora/linear.hpp>
+#include <sdlora/lora/conv.hpp>
+#include <sdlora/lora/inject.hpp>
+#include <sdlora/lora/names.hpp>
+#include <sdlora/lora/format.hpp>
+
 #include <sdlora/tokenizer/clip_tokenizer.hpp>
 
 #include <sdlora/train.hpp>
