@@ -28,6 +28,7 @@
 #include <sdlora/ops/gelu.hpp>
 #include <sdlora/ops/embedding.hpp>
 #include <sdlora/ops/dropout.hpp>
+#include <sdlora/backend/cpu/activation.hpp>
 #include <sdlora/backend/cpu/conv.hpp>
 #include <sdlora/backend/cpu/norm.hpp>
 #include <sdlora/backend/cpu/timestep.hpp>

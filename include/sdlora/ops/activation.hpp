@@ -1,6 +1,7 @@
 /// @file activation.hpp
-/// @brief SiLU (x * sigmoid(x)) forward and backward, built on the elementwise map/zip ops with scalar functors
-/// written once for every backend. Include <sdlora/sdlora.hpp> instead.
+/// @brief SiLU (x * sigmoid(x)) forward and backward. The scalar math is written once as functors (fn::Silu,
+/// fn::SiluBackward) for device kernels and fused epilogues; the CPU kernel evaluates the same formulas on Eigen
+/// arrays so that exp is vectorised. Include <sdlora/sdlora.hpp> instead.
 #pragma once
 
 #include <cmath>  // std::exp
@@ -8,9 +9,13 @@
 #include <sdlora/core/backend.hpp>     // Context
 #include <sdlora/core/config.hpp>      // SDLORA_HOST_DEVICE
 #include <sdlora/core/tensor.hpp>      // TensorView
-#include <sdlora/ops/elementwise.hpp>  // map, zip, detail::expect_same_size
+#include <sdlora/ops/elementwise.hpp>  // detail::expect_same_size
+#include <sdlora/ops/impl.hpp>         // Impl
 
 namespace sdlora::ops {
+
+/// Op tag: SiLU forward (y = silu(x)) and backward (dx = dy * silu'(x)) over contiguous elements.
+struct Silu {};
 
 namespace fn {
 /// silu(x) = x * sigmoid(x) = x / (1 + exp(-x)).
@@ -37,7 +42,7 @@ struct SiluBackward {
 template <class T, class B>
 void silu_forward(Context<B>& ctx, TensorView<T, B> y, TensorView<T const, B> x) {
   detail::expect_same_size("silu", y, x);
-  map(ctx, y, x, fn::Silu{});
+  Impl<Silu, B>::forward(ctx, y, x);
 }
 
 /// dx = dy * silu'(x), elementwise; dx may alias dy.
@@ -45,7 +50,7 @@ template <class T, class B>
 void silu_backward(Context<B>& ctx, TensorView<T, B> dx, TensorView<T const, B> dy, TensorView<T const, B> x) {
   detail::expect_same_size("silu.backward", dx, dy);
   detail::expect_same_size("silu.backward", dy, x);
-  zip(ctx, dx, dy, x, fn::SiluBackward{});
+  Impl<Silu, B>::backward(ctx, dx, dy, x);
 }
 
 }  // namespace sdlora::ops

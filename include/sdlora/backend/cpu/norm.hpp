@@ -6,9 +6,9 @@
 #include <cmath>   // std::sqrt
 #include <vector>  // std::vector
 
-#include <sdlora/core/backend.hpp>     // Context, SDLORA_HAS_OPENMP (omp.h)
-#include <sdlora/ops/activation.hpp>   // fn::Silu, fn::SiluBackward
-#include <sdlora/ops/norm.hpp>         // GroupNorm, LayerNorm, Impl
+#include <sdlora/backend/cpu/activation.hpp>  // cpu::silu_span, cpu::silu_backward_span
+#include <sdlora/core/backend.hpp>            // Context, SDLORA_HAS_OPENMP (omp.h)
+#include <sdlora/ops/norm.hpp>                // GroupNorm, LayerNorm, Impl
 
 namespace sdlora::ops {
 
@@ -59,11 +59,8 @@ struct Impl<GroupNorm, Cpu> {
         T const gk = pg ? pg[ch] : T(1), bk = pb ? pb[ch] : T(0);
         T const* in = x.data() + (first + k) * s;
         T* out = y.data() + (first + k) * s;
-        if (op.silu) {
-          for (Index i = 0; i < s; ++i) out[i] = fn::Silu{}((in[i] - tm) * tr * gk + bk);
-        } else {
-          for (Index i = 0; i < s; ++i) out[i] = (in[i] - tm) * tr * gk + bk;
-        }
+        for (Index i = 0; i < s; ++i) out[i] = (in[i] - tm) * tr * gk + bk;
+        if (op.silu) cpu::silu_span(out, out, s);
       }
     }
   }
@@ -80,23 +77,31 @@ struct Impl<GroupNorm, Cpu> {
     T const* pg = gamma.data();
     T const* pb = beta.data();
     std::vector<double> sum_dz(std::size_t(n * c)), sum_dz_xhat(std::size_t(n * c));  // (N, C) each
-    auto dz_of = [&](T dyv, T xhat, T gk, T bk) { return op.silu ? fn::SiluBackward{}(dyv, xhat * gk + bk) : dyv; };
 #pragma omp parallel for schedule(static) num_threads(ctx.threads()) if (x.numel() > 32768)
     for (Index ng = 0; ng < n * g; ++ng) {
       Index const first = (ng / g) * c + (ng % g) * cpg;
       T const tm = mean.data()[ng], tr = rstd.data()[ng];
-      double m1 = 0, m2 = 0;  // sums over the group of gamma dz and gamma dz xhat
-      for (Index k = 0; k < cpg; ++k) {
+      // With SiLU, dz = dy * silu'(z) for the whole group, computed once (vectorised exp); otherwise dz is dy.
+      std::vector<T> dz_group(op.silu ? std::size_t(cpg * s) : 0);  // (C/G, S)
+      for (Index k = 0; op.silu && k < cpg; ++k) {
         Index const ch = (first + k) % c;
         T const gk = pg ? pg[ch] : T(1), bk = pb ? pb[ch] : T(0);
         T const* in = x.data() + (first + k) * s;
-        T const* d = dy.data() + (first + k) * s;
+        T* z = dz_group.data() + k * s;
+        for (Index i = 0; i < s; ++i) z[i] = (in[i] - tm) * tr * gk + bk;
+        cpu::silu_backward_span(z, dy.data() + (first + k) * s, z, s);
+      }
+      auto dz_row = [&](Index k) { return op.silu ? dz_group.data() + k * s : dy.data() + (first + k) * s; };
+      double m1 = 0, m2 = 0;  // sums over the group of gamma dz and gamma dz xhat
+      for (Index k = 0; k < cpg; ++k) {
+        T const gk = pg ? pg[(first + k) % c] : T(1);
+        T const* in = x.data() + (first + k) * s;
+        T const* dz = dz_row(k);
         double a = 0, b = 0;
         for (Index i = 0; i < s; ++i) {
           T const xhat = (in[i] - tm) * tr;
-          T const dz = dz_of(d[i], xhat, gk, bk);
-          a += double(dz);
-          b += double(dz) * double(xhat);
+          a += double(dz[i]);
+          b += double(dz[i]) * double(xhat);
         }
         sum_dz[std::size_t(first + k)] = a;
         sum_dz_xhat[std::size_t(first + k)] = b;
@@ -106,15 +111,11 @@ struct Impl<GroupNorm, Cpu> {
       double const count = double(cpg * s);
       T const t1 = T(m1 / count), t2 = T(m2 / count);
       for (Index k = 0; k < cpg; ++k) {
-        Index const ch = (first + k) % c;
-        T const gk = pg ? pg[ch] : T(1), bk = pb ? pb[ch] : T(0);
+        T const gk = pg ? pg[(first + k) % c] : T(1);
         T const* in = x.data() + (first + k) * s;
-        T const* d = dy.data() + (first + k) * s;
+        T const* dz = dz_row(k);
         T* out = dx.data() + (first + k) * s;
-        for (Index i = 0; i < s; ++i) {
-          T const xhat = (in[i] - tm) * tr;
-          out[i] = tr * (gk * dz_of(d[i], xhat, gk, bk) - t1 - xhat * t2);
-        }
+        for (Index i = 0; i < s; ++i) out[i] = tr * (gk * dz[i] - t1 - (in[i] - tm) * tr * t2);
       }
     }
     for (Index ch = 0; ch < c; ++ch) {
