@@ -2,7 +2,9 @@
 #include <catch2/catch.hpp>
 
 #include <cmath>   // std::exp, std::log
-#include <string>  // std::string
+#include <string>   // std::string
+#include <utility>  // std::pair
+#include <vector>   // std::vector
 
 #include "support.hpp"
 
@@ -152,4 +154,22 @@ TEST_CASE("attention accepts strided per-head views of a fused projection and re
   ops::Attention three{.heads = 3};
   CHECK_THROWS_WITH((ops::attention_forward<double, Cpu>(ctx, three, o.view(), lse.view(), q, k, v)),
                     Catch::Contains("not a multiple of 3 heads"));
+}
+
+TEST_CASE("default tile sizes with partial tiles: float tiled attention equals the double reference",
+          "[ops][attention]") {
+  // L = 300 spans 5 query tiles of 64 (the last partial) and 2 key tiles of 256; Lk = 77 is CLIP's context length.
+  Context<Cpu> ctx;
+  for (auto [lk, causal] : {std::pair<Index, bool>{300, true}, {77, false}}) {
+    INFO("Lk " << lk << (causal ? ", causal" : ""));
+    Index const heads = 5, w = heads * 8;
+    auto q = random_tensor<double>(Shape{2, 300, w}, 31);
+    auto k = random_tensor<double>(Shape{2, lk, w}, 32);
+    auto v = random_tensor<double>(Shape{2, lk, w}, 33);
+    ops::Attention op{.heads = heads, .causal = causal};
+    auto reference = attend_materialized(ctx, op, q, k, v);
+    // float vs double reference: 1e-6 relative L2 (float rounding of O(L) sums).
+    CHECK(test::rel_l2(attend(ctx, op, convert<float>(q), convert<float>(k), convert<float>(v)), reference) < 1e-6);
+    CHECK(test::rel_l2(attend(ctx, op, q, k, v), reference) < 1e-13);
+  }
 }
