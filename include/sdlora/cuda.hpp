@@ -1,0 +1,19 @@
+/// @file cuda.hpp
+/// @brief The umbrella header of the CUDA backend: Tensor<T, Cuda> memory (caching allocator, to_device, to_host),
+/// Context<Cuda>, error checks, and ops::Impl<Op, Cuda> for gemm, map/zip, reductions and bias. Host C++: compiles
+/// with g++ or nvcc and needs the CUDA toolkit headers (cuda_runtime_api.h, cublas_v2.h, cublasLt.h), never Eigen.
+///
+/// Link CUDA::cudart, CUDA::cublas and CUDA::cublasLt (the sdlora::cuda CMake target does), and compile exactly one
+/// .cu file of your program with nvcc that includes <sdlora/cuda_kernels.cuh>: it defines the kernels these ops call.
+/// <sdlora/sdlora.hpp> (the CPU backend) never includes this header.
+#pragma once
+
+#include <sdlora/backend/cuda/check.hpp>    // CudaError, SDLORA_CUDA_CHECK, SDLORA_CUBLAS_CHECK
+#include <sdlora/backend/cuda/memory.hpp>   // BackendMemory<Cuda>, CudaCachingAllocator, to_device, to_host
+#include <sdlora/backend/cuda/context.hpp>  // Context<Cuda>
+#include <sdlora/backend/cuda/launch.hpp>   // grid geometry
+
+#include <sdlora/backend/cuda/bias.hpp>         // Impl<Bias, Cuda>
+#include <sdlora/backend/cuda/elementwise.hpp>  // Impl<Map, Cuda>, Impl<Zip, Cuda>
+#include <sdlora/backend/cuda/gemm.hpp>         // Impl<Gemm, Cuda>
+#include <sdlora/backend/cuda/reduce.hpp>       // Impl<Reduce, Cuda>
