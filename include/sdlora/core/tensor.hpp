@@ -250,6 +250,11 @@ Tensor<To, Cpu> convert(TensorView<From const, Cpu> src) {
   return out;
 }
 template <class To, class From>
+  requires(!std::is_const_v<From>)
+Tensor<To, Cpu> convert(TensorView<From, Cpu> src) {
+  return convert<To, From>(TensorView<From const, Cpu>(src));
+}
+template <class To, class From>
 Tensor<To, Cpu> convert(Tensor<From, Cpu> const& src) {
   return convert<To, From>(src.view());
 }

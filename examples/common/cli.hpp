@@ -1,0 +1,99 @@
+/// @file cli.hpp
+/// @brief What every sdlora example program shares: flag-name normalisation (dashes and underscores both accepted),
+/// one-line errors with a non-zero exit, and "PATH[:SCALE]" parsing.
+#pragma once
+
+#include <cstdlib>    // EXIT_FAILURE
+#include <exception>  // std::exception
+#include <iostream>   // std::cerr
+#include <string>     // std::string
+#include <utility>    // std::pair
+#include <vector>     // std::vector
+
+#include <boost/program_options.hpp>  // boost::program_options
+
+#include <sdlora/core/error.hpp>  // sdlora::Error
+
+namespace sdlora::cli {
+
+namespace po = boost::program_options;
+
+/// argv with every long flag's name spelt with `separator` ('_' or '-'): `--max-train-steps=5` and
+/// `--max_train_steps 5` both reach Boost as the same option. Values are untouched.
+inline std::vector<std::string> normalize_flags(int argc, char** argv, char separator) {
+  std::vector<std::string> out;
+  char const other = separator == '_' ? '-' : '_';
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    if (a.size() > 2 && a[0] == '-' && a[1] == '-') {
+      std::size_t const end = a.find('=');
+      for (std::size_t k = 2; k < std::min(end, a.size()); ++k)
+        if (a[k] == other) a[k] = separator;
+    }
+    out.push_back(std::move(a));
+  }
+  return out;
+}
+
+/// Parses normalised arguments into `vm`; unknown flags and bad values throw po::error.
+inline po::variables_map parse(po::options_description const& options, std::vector<std::string> const& args,
+                               po::positional_options_description const* positional = nullptr) {
+  po::variables_map vm;
+  po::command_line_parser parser(args);
+  parser.options(options);
+  if (positional) parser.positional(*positional);
+  po::store(parser.run(), vm);
+  po::notify(vm);
+  return vm;
+}
+
+/// "path[:scale]" -> (path, scale). A trailing ":<number>" is the scale; Windows-style "C:\..." paths are not split.
+inline std::pair<std::string, double> path_and_scale(std::string const& spec, double fallback = 1.0) {
+  std::size_t const colon = spec.rfind(':');
+  if (colon == std::string::npos || colon + 1 == spec.size() || colon < 2) return {spec, fallback};
+  try {
+    std::size_t used = 0;
+    double const v = std::stod(spec.substr(colon + 1), &used);
+    if (used == spec.size() - colon - 1) return {spec.substr(0, colon), v};
+  } catch (std::exception const&) {
+  }
+  return {spec, fallback};
+}
+
+/// "0,0.5,1" -> {0, 0.5, 1}; ConfigError names the bad entry.
+inline std::vector<double> parse_list(std::string const& text, char const* flag) {
+  std::vector<double> out;
+  std::size_t start = 0;
+  while (start <= text.size()) {
+    std::size_t const end = std::min(text.find(',', start), text.size());
+    std::string const item = text.substr(start, end - start);
+    try {
+      std::size_t used = 0;
+      out.push_back(std::stod(item, &used));
+      if (used != item.size()) throw std::invalid_argument(item);
+    } catch (std::exception const&) {
+      SDLORA_THROW(ConfigError, "--" << flag << ": '" << item << "' is not a number");
+    }
+    start = end + 1;
+  }
+  return out;
+}
+
+/// Runs `body`, turning any exception into one line on stderr and exit code 2 (usage) or 1 (everything else).
+template <class F>
+int run_main(char const* program, F&& body) {
+  try {
+    return body();
+  } catch (po::error const& e) {
+    std::cerr << program << ": " << e.what() << " (see --help)\n";
+    return 2;
+  } catch (sdlora::ConfigError const& e) {
+    std::cerr << program << ": " << e.what() << "\n";
+    return 2;
+  } catch (std::exception const& e) {
+    std::cerr << program << ": " << e.what() << "\n";
+    return 1;
+  }
+}
+
+}  // namespace sdlora::cli

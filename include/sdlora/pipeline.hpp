@@ -1,0 +1,11 @@
+/// @file pipeline.hpp
+/// @brief Umbrella header for generation: checkpoints, schedulers, LoRA files, txt2img / img2img.
+#pragma once
+
+#include <sdlora/sdlora.hpp>
+
+#include <sdlora/lora/format.hpp>
+#include <sdlora/models/checkpoint.hpp>
+#include <sdlora/pipeline/stages.hpp>
+#include <sdlora/pipeline/txt2img.hpp>
+#include <sdlora/schedulers/factory.hpp>

@@ -1,0 +1,94 @@
+/// @file stages.hpp
+/// @brief The stages of a Stable Diffusion generation, each a public function a user can call alone: prompt
+/// encoding, initial latents, classifier-free-guided noise prediction, latent decoding and image post-processing.
+/// Include <sdlora/pipeline.hpp> instead.
+#pragma once
+
+#include <cstdint>  // std::int32_t
+#include <string>   // std::string
+#include <vector>   // std::vector
+
+#include <sdlora/core/rng.hpp>          // TorchGenerator
+#include <sdlora/models/checkpoint.hpp> // StableDiffusion
+#include <sdlora/ops/concat.hpp>        // ops::concat_channels
+
+namespace sdlora::pipeline {
+
+/// Token ids (N, 77) of prompts: BOS, tokens, EOS, padding with the tokenizer's pad token, truncated to 77.
+inline Tensor<std::int32_t, Cpu> tokenize(tokenizer::ClipTokenizer const& tok, std::vector<std::string> const& prompts,
+                                          int max_length = 77) {
+  Tensor<std::int32_t, Cpu> ids(Shape{Index(prompts.size()), max_length});
+  for (std::size_t b = 0; b < prompts.size(); ++b) {
+    auto const row = tok.encode_padded(prompts[b], max_length);
+    for (int i = 0; i < max_length; ++i) ids.at({Index(b), i}) = row[std::size_t(i)];
+  }
+  return ids;
+}
+
+/// Text embeddings (N, 77, C) as diffusers' encode_prompt computes them: the text encoder's last hidden state, or
+/// with clip_skip = k the hidden state k layers before the last, passed through the final LayerNorm.
+template <class T, class B>
+Tensor<T, B> encode_prompts(Context<B>& ctx, models::StableDiffusion<T, B>& sd, std::vector<std::string> const& prompts,
+                            int clip_skip = 0) {
+  auto ids = tokenize(sd.tokenizer, prompts);
+  return std::move(sd.text_encoder.forward(ctx, ids, nn::Mode::Infer, clip_skip).last_hidden_state);
+}
+
+/// Initial latents (N, C, H/f, W/f) = randn(shape, generator) * init_noise_sigma, drawn in one call as diffusers'
+/// prepare_latents does (so a seed gives diffusers' latents).
+inline Tensor<float, Cpu> initial_latents(TorchGenerator& generator, Shape shape, double init_noise_sigma) {
+  auto latents = generator.randn(shape);
+  if (init_noise_sigma != 1.0)
+    for (auto& v : latents.span()) v = float(double(v) * init_noise_sigma);
+  return latents;
+}
+
+/// Classifier-free guidance: one UNet call on cat([uncond, cond]) inputs, then
+/// eps = eps_uncond + scale * (eps_cond - eps_uncond). With an empty `uncond` (scale <= 1), a plain call.
+template <class T, class B>
+Tensor<T, B> guided_noise(Context<B>& ctx, models::UNet2DConditionModel<T, B>& unet, TensorView<T const, B> latents,
+                          double t, TensorView<T const, B> cond, TensorView<T const, B> uncond, double scale) {
+  Index const n = latents.dim(0);
+  if (uncond.empty()) {
+    Tensor<T, B> ts(Shape{n});
+    for (Index i = 0; i < n; ++i) ts(i) = T(t);
+    return unet.forward(ctx, latents, ts.view(), cond);
+  }
+  // Batch the two passes: latents twice, contexts [uncond; cond] along the batch axis.
+  Tensor<T, B> x(Shape{2 * n, latents.dim(1), latents.dim(2), latents.dim(3)});
+  BackendMemory<B>::copy(x.data(), latents.data(), std::size_t(latents.numel()) * sizeof(T));
+  BackendMemory<B>::copy(x.data() + latents.numel(), latents.data(), std::size_t(latents.numel()) * sizeof(T));
+  Tensor<T, B> context(Shape{2 * n, cond.dim(1), cond.dim(2)});
+  BackendMemory<B>::copy(context.data(), uncond.data(), std::size_t(uncond.numel()) * sizeof(T));
+  BackendMemory<B>::copy(context.data() + uncond.numel(), cond.data(), std::size_t(cond.numel()) * sizeof(T));
+  Tensor<T, B> ts(Shape{2 * n});
+  for (Index i = 0; i < 2 * n; ++i) ts(i) = T(t);
+  auto eps = unet.forward(ctx, x.view(), ts.view(), context.view());  // (2N, C, h, w)
+  auto out = Tensor<T, B>::uninitialized(latents.shape());
+  T const* pu = eps.data();
+  T const* pc = eps.data() + latents.numel();
+  for (Index i = 0; i < latents.numel(); ++i) out(i) = pu[i] + T(scale) * (pc[i] - pu[i]);
+  return out;
+}
+
+/// Images (N, 3, H, W) in [-1, 1] (unclamped) from latents (N, C, h, w) in the UNet's scale.
+template <class T, class B>
+Tensor<T, B> decode_latents(Context<B>& ctx, models::AutoencoderKL<T, B>& vae, TensorView<T const, B> latents) {
+  Tensor<T, B> z = Tensor<T, B>::from_view(latents);
+  ops::scale<T, B>(ctx, z.view(), 1.0 / vae.config().scaling_factor);
+  return vae.decode(ctx, z.view());
+}
+
+/// Latents in the UNet's scale of images (N, 3, H, W) in [-1, 1]: a sample of the VAE's distribution with noise
+/// drawn from `generator` (as diffusers' retrieve_latents(..., sample_mode="sample")), times the scaling factor.
+template <class T, class B>
+Tensor<T, B> encode_images(Context<B>& ctx, models::AutoencoderKL<T, B>& vae, TensorView<T const, B> images,
+                           TorchGenerator& generator) {
+  auto dist = vae.encode(ctx, images);
+  auto noise = generator.randn(dist.mean.shape());
+  auto z = dist.sample(ctx, convert<T>(noise).view());
+  ops::scale<T, B>(ctx, z.view(), vae.config().scaling_factor);
+  return z;
+}
+
+}  // namespace sdlora::pipeline

@@ -1,0 +1,167 @@
+/// @file txt2img.hpp
+/// @brief Text-to-image and image-to-image generation with diffusers' StableDiffusionPipeline semantics: the same
+/// seed gives diffusers' latents (initial noise and every ancestral step's noise come from one torch-compatible
+/// generator, drawn in diffusers' order). Include <sdlora/pipeline.hpp> instead.
+#pragma once
+
+#include <algorithm>   // std::min
+#include <functional>  // std::function
+#include <memory>      // std::unique_ptr
+#include <string>      // std::string
+#include <vector>      // std::vector
+
+#include <sdlora/pipeline/stages.hpp>         // encode_prompts, initial_latents, guided_noise, decode_latents
+#include <sdlora/schedulers/factory.hpp>      // schedulers::make_scheduler
+
+namespace sdlora::pipeline {
+
+/// One generation request.
+struct GenerateOptions {
+  std::string prompt;
+  std::string negative_prompt;
+  int steps = 30;
+  double guidance_scale = 7.5;  // <= 1 disables classifier-free guidance
+  int width = 512;
+  int height = 512;
+  int batch_size = 1;           // images generated together for this prompt (one generator stream)
+  std::uint64_t seed = 0;
+  std::string sampler;          // "" = the checkpoint's own scheduler; ddpm ddim pndm euler euler_a dpmpp_2m
+  bool karras = false;
+  int clip_skip = 0;
+  double strength = 0.8;        // img2img: how much of the schedule to run
+};
+
+/// What a step callback sees; returning false cancels the generation (generate throws GenerationCancelled).
+struct StepInfo {
+  int step;       // 0-based
+  int total;
+  double timestep;
+  TensorView<float const, Cpu> latents;  // after this step
+};
+using StepCallback = std::function<bool(StepInfo const&)>;
+
+struct GenerationCancelled : Error {
+  using Error::Error;
+};
+
+/// The result: decoded images in [-1, 1] (N, 3, H, W) and the final latents (N, C, H/f, W/f).
+struct Generated {
+  Tensor<float, Cpu> images;
+  Tensor<float, Cpu> latents;
+};
+
+/// The scheduler a request asks for, configured from the checkpoint's scheduler config.
+template <class T, class B>
+std::unique_ptr<schedulers::Scheduler> make_scheduler(models::StableDiffusion<T, B> const& sd, GenerateOptions const& o) {
+  return schedulers::make_scheduler(o.sampler, sd.scheduler_config, o.karras);
+}
+
+/// The denoising loop from `latents` over `timesteps` (a suffix of the scheduler's schedule for img2img).
+template <class T>
+Tensor<float, Cpu> denoise(Context<Cpu>& ctx, models::UNet2DConditionModel<T, Cpu>& unet,
+                           schedulers::Scheduler& scheduler, Tensor<float, Cpu> latents,
+                           std::vector<double> const& timesteps, TensorView<T const, Cpu> cond,
+                           TensorView<T const, Cpu> uncond, double guidance_scale, TorchGenerator& generator,
+                           StepCallback const& callback = {}) {
+  int const total = int(timesteps.size());
+  for (int i = 0; i < total; ++i) {
+    double const t = timesteps[std::size_t(i)];
+    auto const x = scheduler.scale_model_input(latents.view(), t);
+    auto eps = guided_noise<T, Cpu>(ctx, unet, convert<T>(x.view()).view(), t, cond, uncond, guidance_scale);
+    auto const eps_f = convert<float>(eps.view());
+    Tensor<float, Cpu> noise;
+    if (scheduler.step_uses_noise(t)) noise = generator.randn(eps_f.shape());
+    latents = std::move(scheduler.step(eps_f.view(), t, latents.view(), noise.view()).prev_sample);
+    if (callback && !callback(StepInfo{i, total, t, latents.view()}))
+      throw GenerationCancelled("[generate] cancelled at step " + std::to_string(i + 1) + " of " +
+                                std::to_string(total));
+  }
+  return latents;
+}
+
+namespace detail {
+template <class T>
+void check_size(models::StableDiffusion<T, Cpu> const& sd, GenerateOptions const& o) {
+  int const f = sd.vae_scale();
+  if (o.width <= 0 || o.height <= 0 || o.width % f != 0 || o.height % f != 0)
+    SDLORA_THROW(ConfigError, "[generate] width and height must be positive multiples of " << f << ", got "
+                                                                                        << o.width << "x" << o.height);
+  if (o.steps <= 0) SDLORA_THROW(ConfigError, "[generate] steps must be positive, got " << o.steps);
+  if (o.batch_size <= 0) SDLORA_THROW(ConfigError, "[generate] batch size must be positive, got " << o.batch_size);
+}
+
+/// (cond, uncond) text embeddings for a batch; uncond empty without guidance.
+template <class T>
+std::pair<Tensor<T, Cpu>, Tensor<T, Cpu>> prompt_embeddings(Context<Cpu>& ctx, models::StableDiffusion<T, Cpu>& sd,
+                                                            GenerateOptions const& o) {
+  std::vector<std::string> const p(std::size_t(o.batch_size), o.prompt), n(std::size_t(o.batch_size), o.negative_prompt);
+  auto cond = encode_prompts(ctx, sd, p, o.clip_skip);
+  Tensor<T, Cpu> uncond;
+  if (o.guidance_scale > 1.0) uncond = encode_prompts(ctx, sd, n, o.clip_skip);
+  return {std::move(cond), std::move(uncond)};
+}
+}  // namespace detail
+
+/// Text to image.
+template <class T>
+Generated txt2img(Context<Cpu>& ctx, models::StableDiffusion<T, Cpu>& sd, GenerateOptions const& o,
+                  StepCallback const& callback = {}) {
+  detail::check_size(sd, o);
+  auto scheduler = make_scheduler(sd, o);
+  auto [cond, uncond] = detail::prompt_embeddings(ctx, sd, o);
+  TorchGenerator generator(o.seed);
+  scheduler->set_timesteps(o.steps);
+  int const f = sd.vae_scale();
+  Shape const shape{o.batch_size, sd.unet.config().in_channels, o.height / f, o.width / f};
+  auto latents = initial_latents(generator, shape, scheduler->init_noise_sigma());
+  latents = denoise<T>(ctx, sd.unet, *scheduler, std::move(latents), scheduler->timesteps(), cond.view(),
+                       uncond.view(), o.guidance_scale, generator, callback);
+  Generated out;
+  out.images = convert<float>(decode_latents<T, Cpu>(ctx, sd.vae, convert<T>(latents.view()).view()).view());
+  out.latents = std::move(latents);
+  return out;
+}
+
+/// Image to image: the init image (3, H, W) or (N, 3, H, W) in [-1, 1] is encoded, noised to the timestep that
+/// `strength` selects, and denoised from there (diffusers' StableDiffusionImg2ImgPipeline).
+template <class T>
+Generated img2img(Context<Cpu>& ctx, models::StableDiffusion<T, Cpu>& sd, TensorView<float const, Cpu> init_image,
+                  GenerateOptions o, StepCallback const& callback = {}) {
+  Tensor<float, Cpu> image = Tensor<float, Cpu>::from_view(init_image);
+  if (image.rank() == 3) image.reshape(Shape{1, image.dim(0), image.dim(1), image.dim(2)});
+  SDLORA_EXPECTS(image.rank() == 4 && image.dim(1) == 3, "[img2img] init image must be (3, H, W), got "
+                                                             << init_image.shape());
+  o.height = int(image.dim(2));
+  o.width = int(image.dim(3));
+  detail::check_size(sd, o);
+  if (!(o.strength > 0.0 && o.strength <= 1.0))
+    SDLORA_THROW(ConfigError, "[img2img] strength must be in (0, 1], got " << o.strength);
+  auto scheduler = make_scheduler(sd, o);
+  auto [cond, uncond] = detail::prompt_embeddings(ctx, sd, o);
+  TorchGenerator generator(o.seed);
+  scheduler->set_timesteps(o.steps);
+  // diffusers get_timesteps: skip the first steps - int(steps * strength) of the schedule.
+  int const init_timestep = std::min(int(double(o.steps) * o.strength), o.steps);
+  int const t_start = std::max(o.steps - init_timestep, 0) * scheduler->order();
+  std::vector<double> const all = scheduler->timesteps();
+  std::vector<double> const timesteps(all.begin() + std::min<std::size_t>(std::size_t(t_start), all.size()), all.end());
+  if (timesteps.empty())
+    SDLORA_THROW(ConfigError, "[img2img] strength " << o.strength << " with " << o.steps << " steps leaves no step");
+  scheduler->set_begin_index(t_start);
+  // Encode (one generator draw for the VAE sample), repeat over the batch, then noise at the first timestep.
+  auto init = convert<float>(encode_images<T, Cpu>(ctx, sd.vae, convert<T>(image.view()).view(), generator).view());
+  Tensor<float, Cpu> batch(Shape{o.batch_size * init.dim(0), init.dim(1), init.dim(2), init.dim(3)});
+  for (int b = 0; b < o.batch_size; ++b)
+    std::copy_n(init.data(), init.numel(), batch.data() + b * init.numel());
+  auto noise = generator.randn(batch.shape());
+  std::vector<double> const first(std::size_t(batch.dim(0)), timesteps.front());
+  auto latents = scheduler->add_noise(batch.view(), noise.view(), std::span<double const>(first));
+  latents = denoise<T>(ctx, sd.unet, *scheduler, std::move(latents), timesteps, cond.view(), uncond.view(),
+                       o.guidance_scale, generator, callback);
+  Generated out;
+  out.images = convert<float>(decode_latents<T, Cpu>(ctx, sd.vae, convert<T>(latents.view()).view()).view());
+  out.latents = std::move(latents);
+  return out;
+}
+
+}  // namespace sdlora::pipeline
