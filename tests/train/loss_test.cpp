@@ -1,10 +1,12 @@
 /// @file loss_test.cpp
 /// @brief MSE, min-SNR-γ and prior-preservation losses against diffusers' training scripts, and their gradients
 /// against central finite differences in double.
-#include <catch2/catch.hpp>
 #include <cstdint>  // std::int64_t
+#include <vector>   // std::vector
+
+#include <catch2/catch.hpp>
+
 #include <sdlora/train.hpp>
-#include <vector>  // std::vector
 
 #include "support.hpp"
 

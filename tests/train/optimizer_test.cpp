@@ -1,12 +1,14 @@
 /// @file optimizer_test.cpp
 /// @brief Optimizers, LR schedules and gradient clipping against torch / transformers / diffusers fixtures.
-#include <catch2/catch.hpp>
 #include <cstring>     // std::memcmp
 #include <filesystem>  // std::filesystem::temp_directory_path
 #include <functional>  // std::function
 #include <memory>      // std::unique_ptr
+#include <string>      // std::string
+
+#include <catch2/catch.hpp>
+
 #include <sdlora/train.hpp>
-#include <string>  // std::string
 
 #include "support.hpp"
 

@@ -2,12 +2,14 @@
 /// @brief Training-state checkpoints (bit-exact round trip, atomicity, pruning) and the progress reporter.
 #include <unistd.h>  // getpid
 
-#include <catch2/catch.hpp>
 #include <cstring>     // std::memcmp
 #include <filesystem>  // std::filesystem
 #include <fstream>     // std::ofstream
+#include <sstream>     // std::ostringstream
+
+#include <catch2/catch.hpp>
+
 #include <sdlora/train.hpp>
-#include <sstream>  // std::ostringstream
 
 #include "support.hpp"
 

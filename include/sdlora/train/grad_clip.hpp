@@ -3,13 +3,14 @@
 /// <sdlora/train.hpp> instead.
 #pragma once
 
-#include <algorithm>                   // std::min
-#include <cmath>                       // std::sqrt
+#include <algorithm>    // std::min
+#include <cmath>        // std::sqrt
+#include <type_traits>  // std::is_same_v
+#include <vector>       // std::vector
+
 #include <sdlora/core/backend.hpp>     // Cpu
 #include <sdlora/core/error.hpp>       // SDLORA_EXPECTS
 #include <sdlora/train/param_ref.hpp>  // ParamRef
-#include <type_traits>                 // std::is_same_v
-#include <vector>                      // std::vector
 
 namespace sdlora::train {
 

@@ -6,14 +6,15 @@
 /// Values are accumulated in double and returned as double; gradients are tensors in T.
 #pragma once
 
-#include <algorithm>                // std::min
-#include <cmath>                    // std::sqrt, std::pow
-#include <cstdint>                  // std::int64_t
+#include <algorithm>  // std::min
+#include <cmath>      // std::sqrt, std::pow
+#include <cstdint>    // std::int64_t
+#include <span>       // std::span
+#include <vector>     // std::vector
+
 #include <sdlora/core/backend.hpp>  // Cpu
 #include <sdlora/core/error.hpp>    // SDLORA_EXPECTS
 #include <sdlora/core/tensor.hpp>   // Tensor, TensorView
-#include <span>                     // std::span
-#include <vector>                   // std::vector
 
 namespace sdlora::train {
 

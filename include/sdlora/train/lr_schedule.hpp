@@ -5,16 +5,17 @@
 /// the step counter. Include <sdlora/train.hpp> instead.
 #pragma once
 
-#include <algorithm>              // std::max
-#include <cmath>                  // std::cos, std::fmod, std::pow
-#include <cstdint>                // std::int64_t
-#include <map>                    // std::map
-#include <numbers>                // std::numbers::pi
+#include <algorithm>  // std::max
+#include <cmath>      // std::cos, std::fmod, std::pow
+#include <cstdint>    // std::int64_t
+#include <map>        // std::map
+#include <numbers>    // std::numbers::pi
+#include <sstream>    // std::istringstream
+#include <stdexcept>  // std::logic_error
+#include <string>     // std::string, std::stoll, std::stod
+#include <vector>     // std::vector
+
 #include <sdlora/core/error.hpp>  // SDLORA_THROW, ConfigError
-#include <sstream>                // std::istringstream
-#include <stdexcept>              // std::logic_error
-#include <string>                 // std::string, std::stoll, std::stod
-#include <vector>                 // std::vector
 
 namespace sdlora::train {
 

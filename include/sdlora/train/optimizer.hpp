@@ -9,23 +9,26 @@
 /// round once, which is at least as accurate as torch's float accumulation (they agree to ~1 ulp).
 #pragma once
 
-#include <algorithm>                   // std::max, std::min
-#include <cmath>                       // std::abs, std::pow, std::sqrt
-#include <cstdint>                     // std::int64_t
-#include <map>                         // std::map
-#include <memory>                      // std::unique_ptr
-#include <nlohmann/json.hpp>           // nlohmann::json
-#include <optional>                    // std::optional
+#include <algorithm>    // std::max, std::min
+#include <cmath>        // std::abs, std::pow, std::sqrt
+#include <cstdint>      // std::int64_t
+#include <map>          // std::map
+#include <memory>       // std::unique_ptr
+#include <optional>     // std::optional
+#include <set>          // std::set
+#include <string>       // std::string
+#include <string_view>  // std::string_view
+#include <type_traits>  // std::is_same_v
+#include <utility>      // std::move
+#include <vector>       // std::vector
+
+#include <nlohmann/json.hpp>  // nlohmann::json
+
 #include <sdlora/core/backend.hpp>     // Cpu
 #include <sdlora/core/error.hpp>       // SDLORA_EXPECTS, SDLORA_THROW
 #include <sdlora/core/tensor.hpp>      // Tensor
 #include <sdlora/io/safetensors.hpp>   // io::SafetensorsWriter, io::SafetensorsFile
 #include <sdlora/train/param_ref.hpp>  // ParamRef
-#include <string>                      // std::string
-#include <string_view>                 // std::string_view
-#include <type_traits>                 // std::is_same_v
-#include <utility>                     // std::move
-#include <vector>                      // std::vector
 
 namespace sdlora::train {
 
@@ -131,12 +134,12 @@ class Optimizer {
   /// Every tensor key of a loaded state must belong to one of our parameters: a state from another run's
   /// parameter set is refused rather than silently half-applied.
   void check_no_strangers(OptimizerState<T> const& s, std::vector<std::string> const& suffixes) const {
-    for (auto const& [key, t] : s.tensors) {
-      bool known = false;
-      for (auto const& p : params_)
-        for (auto const& suffix : suffixes) known = known || key == p.name + "." + suffix;
-      if (!known) SDLORA_THROW(FormatError, "[optimizer] state tensor '" << key << "' belongs to no parameter");
-    }
+    std::set<std::string> known;
+    for (auto const& p : params_)
+      for (auto const& suffix : suffixes) known.insert(p.name + "." + suffix);
+    for (auto const& [key, t] : s.tensors)
+      if (!known.count(key))
+        SDLORA_THROW(FormatError, "[optimizer] state tensor '" << key << "' belongs to no parameter");
   }
 
   std::vector<ParamRef<T, B>> params_;

@@ -4,10 +4,11 @@
 /// instead.
 #pragma once
 
+#include <string>  // std::string
+#include <vector>  // std::vector
+
 #include <sdlora/core/backend.hpp>  // Cpu
 #include <sdlora/nn/module.hpp>     // nn::Parameter, nn::for_each_parameter
-#include <string>                   // std::string
-#include <vector>                   // std::vector
 
 namespace sdlora::train {
 

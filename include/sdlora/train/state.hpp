@@ -15,23 +15,25 @@
 #include <fcntl.h>   // open, O_RDONLY, O_DIRECTORY
 #include <unistd.h>  // fsync, close
 
-#include <algorithm>                   // std::sort
-#include <cerrno>                      // errno
-#include <cstdint>                     // std::int64_t, std::uint64_t
-#include <cstring>                     // std::strerror
-#include <filesystem>                  // std::filesystem
-#include <fstream>                     // std::ofstream, std::ifstream
-#include <map>                         // std::map
-#include <nlohmann/json.hpp>           // nlohmann::json
-#include <optional>                    // std::optional
+#include <algorithm>   // std::sort
+#include <cerrno>      // errno
+#include <cstdint>     // std::int64_t, std::uint64_t
+#include <cstring>     // std::strerror
+#include <filesystem>  // std::filesystem
+#include <fstream>     // std::ofstream, std::ifstream
+#include <map>         // std::map
+#include <optional>    // std::optional
+#include <string>      // std::string
+#include <utility>     // std::pair
+#include <vector>      // std::vector
+
+#include <nlohmann/json.hpp>  // nlohmann::json
+
 #include <sdlora/core/error.hpp>       // IoError, FormatError
 #include <sdlora/core/tensor.hpp>      // Tensor
 #include <sdlora/io/safetensors.hpp>   // io::SafetensorsWriter, io::SafetensorsFile
 #include <sdlora/train/optimizer.hpp>  // OptimizerState, save_optimizer_state, load_optimizer_state
 #include <sdlora/train/param_ref.hpp>  // ParamRef
-#include <string>                      // std::string
-#include <utility>                     // std::pair
-#include <vector>                      // std::vector
 
 namespace sdlora::train {
 

@@ -1,0 +1,381 @@
+/// @file trainer.hpp
+/// @brief The training step of diffusers' LoRA recipes (train_text_to_image_lora.py, train_dreambooth_lora.py,
+/// textual_inversion.py) on a loaded Stable Diffusion: LoRA injection (UNet and optionally text encoder) or new
+/// token rows (Textual Inversion), noise/timestep sampling from one torch-compatible generator, the epsilon /
+/// v-prediction target, MSE with optional min-SNR-γ weighting or prior preservation, gradient accumulation, grad
+/// clipping, optimizer and LR schedule, and the state a checkpoint needs. Include <sdlora/train.hpp> instead.
+#pragma once
+
+#include <cstdint>  // std::int64_t
+#include <map>      // std::map
+#include <memory>   // std::unique_ptr
+#include <string>   // std::string
+#include <vector>   // std::vector
+
+#include <sdlora/core/rng.hpp>              // TorchGenerator
+#include <sdlora/lora/format.hpp>           // lora::collect, save_kohya, save_peft
+#include <sdlora/lora/inject.hpp>           // lora::inject, freeze_base
+#include <sdlora/models/checkpoint.hpp>     // models::StableDiffusion
+#include <sdlora/pipeline/stages.hpp>       // pipeline::tokenize
+#include <sdlora/schedulers/factory.hpp>    // schedulers::make_scheduler
+#include <sdlora/train/grad_clip.hpp>       // clip_grad_norm
+#include <sdlora/train/loss.hpp>            // mse_loss, weighted_mse_loss, prior_preservation_loss
+#include <sdlora/train/lr_schedule.hpp>     // LrSchedule
+#include <sdlora/train/optimizer.hpp>       // make_optimizer
+#include <sdlora/train/param_ref.hpp>       // trainable_parameters
+#include <sdlora/train/state.hpp>           // TrainingState
+
+namespace sdlora::train {
+
+enum class Method { Lora, DreamBooth, TextualInversion };
+
+inline Method method_from_name(std::string const& name) {
+  if (name == "lora") return Method::Lora;
+  if (name == "dreambooth") return Method::DreamBooth;
+  if (name == "textual_inversion") return Method::TextualInversion;
+  SDLORA_THROW(ConfigError, "[train] unknown method '" << name << "' (expected lora, dreambooth or textual_inversion)");
+}
+
+/// Everything that decides what a training step computes (flag names follow diffusers' scripts).
+struct TrainerOptions {
+  Method method = Method::Lora;
+  // LoRA
+  int rank = 4;
+  std::optional<double> alpha;                        // absent: alpha = rank (diffusers' scripts)
+  double lora_dropout = 0.0;
+  std::string target_modules = "to_q|to_k|to_v|to_out\\.0";  // UNet leaves (PEFT end-of-name match)
+  bool train_conv = false;                            // also LoCon on matching convolutions
+  lora::LoraInit init = lora::LoraInit::Gaussian;     // diffusers' scripts: init_lora_weights="gaussian"
+  bool train_text_encoder = false;
+  std::string text_target_modules = "q_proj|k_proj|v_proj|out_proj";
+  double text_encoder_lr = 0.0;                       // 0: the UNet's learning rate
+  // Textual Inversion
+  std::string placeholder_token;                      // e.g. "<erica>"
+  std::string initializer_token;                      // e.g. "toy" (must be one token)
+  int num_vectors = 1;
+  // Objective
+  std::string prediction_type;                        // "" = the checkpoint scheduler's
+  double snr_gamma = 0.0;                             // 0: plain MSE
+  double noise_offset = 0.0;
+  double prior_loss_weight = 1.0;                     // DreamBooth with prior preservation
+  bool with_prior_preservation = false;
+  // Optimisation
+  OptimizerOptions optimizer;
+  LrScheduleOptions lr_schedule;
+  int gradient_accumulation_steps = 1;
+  double max_grad_norm = 1.0;                         // <= 0: no clipping
+  bool gradient_checkpointing = false;
+  std::uint64_t seed = 0;
+};
+
+/// One micro-batch: latents already multiplied by the VAE scaling factor, token ids, and (optionally) the noise
+/// and timesteps; empty ones are drawn from the trainer's generator in diffusers' order.
+struct MicroBatch {
+  Tensor<float, Cpu> latents;          // (N, C, h, w)
+  Tensor<std::int32_t, Cpu> input_ids;  // (N, 77)
+  Tensor<float, Cpu> noise;            // (N, C, h, w) or empty
+  std::vector<std::int64_t> timesteps;  // N values or empty
+};
+
+/// What one optimizer step reports.
+struct StepReport {
+  double loss = 0;       // mean over the micro-batches
+  double grad_norm = 0;  // before clipping
+  double lr = 0;         // the UNet learning rate used for this step
+};
+
+/// The LoRA / DreamBooth / Textual Inversion trainer over a loaded model (which it modifies: adapters are attached,
+/// base weights frozen, token rows added).
+template <class T>
+class Trainer {
+ public:
+  Trainer(Context<Cpu>& ctx, models::StableDiffusion<T, Cpu>& sd, TrainerOptions options)
+      : ctx_(ctx), sd_(sd), o_(std::move(options)), generator_(o_.seed) {
+    if (o_.gradient_accumulation_steps < 1)
+      SDLORA_THROW(ConfigError, "[train] gradient_accumulation_steps must be >= 1, got " << o_.gradient_accumulation_steps);
+    nlohmann::json sched = sd_.scheduler_config;
+    if (!o_.prediction_type.empty()) sched["prediction_type"] = o_.prediction_type;
+    noise_scheduler_ = schedulers::make_scheduler("ddpm", sched);
+    std::string const pt = sched.value("prediction_type", std::string("epsilon"));
+    if (pt == "epsilon") prediction_ = PredictionType::Epsilon;
+    else if (pt == "v_prediction") prediction_ = PredictionType::VPrediction;
+    else SDLORA_THROW(ConfigError, "[train] prediction_type '" << pt << "' is not supported for training");
+
+    nn::set_trainable(sd_.unet, false);
+    nn::set_trainable(sd_.text_encoder, false);
+    if (o_.method == Method::TextualInversion) setup_textual_inversion();
+    else setup_lora();
+    sd_.unet.set_gradient_checkpointing(o_.gradient_checkpointing);
+
+    unet_params_ = trainable_parameters<T>(sd_.unet, "unet");
+    text_params_ = trainable_parameters<T>(sd_.text_encoder, "text_encoder");
+    if (unet_params_.empty() && text_params_.empty()) SDLORA_THROW(ConfigError, "[train] nothing to train");
+    if (!unet_params_.empty()) unet_opt_ = make_optimizer<T>(o_.optimizer, unet_params_);
+    if (!text_params_.empty()) {
+      OptimizerOptions te = o_.optimizer;
+      if (o_.method == Method::TextualInversion) te.lr = o_.optimizer.lr;
+      else if (o_.text_encoder_lr > 0) te.lr = o_.text_encoder_lr;
+      text_opt_ = make_optimizer<T>(te, text_params_);
+    }
+    LrScheduleOptions ls = o_.lr_schedule;
+    ls.base_lr = o_.optimizer.lr;
+    schedule_ = std::make_unique<LrSchedule>(ls);
+  }
+
+  TrainerOptions const& options() const { return o_; }
+  std::int64_t global_step() const { return global_step_; }
+  TorchGenerator& generator() { return generator_; }
+  schedulers::Scheduler const& noise_scheduler() const { return *noise_scheduler_; }
+  /// Every trainable parameter, UNet first, under "unet." / "text_encoder." names.
+  std::vector<ParamRef<T, Cpu>> parameters() const {
+    auto all = unet_params_;
+    all.insert(all.end(), text_params_.begin(), text_params_.end());
+    return all;
+  }
+  /// Textual Inversion: the ids of the added token rows.
+  std::vector<int> const& placeholder_ids() const { return placeholder_ids_; }
+  std::vector<std::string> const& placeholder_tokens() const { return placeholder_tokens_; }
+
+  /// Fills the micro-batch's missing noise and timesteps from the generator, in diffusers' order:
+  /// noise = randn(latents.shape); noise += offset * randn(N, C, 1, 1); timesteps = randint(0, T, (N,)).
+  void draw_noise(MicroBatch& b) {
+    if (b.noise.empty()) {
+      b.noise = generator_.randn(b.latents.shape());
+      if (o_.noise_offset != 0.0) {
+        Index const n = b.latents.dim(0), c = b.latents.dim(1), hw = b.latents.dim(2) * b.latents.dim(3);
+        auto off = generator_.randn(Shape{n, c, 1, 1});
+        for (Index i = 0; i < n * c; ++i)
+          for (Index k = 0; k < hw; ++k) b.noise(i * hw + k) += float(o_.noise_offset) * off(i);
+      }
+    }
+    if (b.timesteps.empty()) {
+      auto t = generator_.randint(0, noise_scheduler_->num_train_timesteps(), Shape{b.latents.dim(0)});
+      b.timesteps.assign(t.span().begin(), t.span().end());
+    }
+  }
+
+  /// Forward and backward of one micro-batch; gradients accumulate (scaled by 1 / accumulation steps, as
+  /// accelerate's backward does). Returns the unscaled loss.
+  double forward_backward(MicroBatch b) {
+    draw_noise(b);
+    Index const n = b.latents.dim(0);
+    SDLORA_EXPECTS(b.input_ids.rank() == 2 && b.input_ids.dim(0) == n,
+                   "[train] " << n << " latents but input_ids " << b.input_ids.shape());
+    SDLORA_EXPECTS(Index(b.timesteps.size()) == n && b.noise.shape() == b.latents.shape(),
+                   "[train] noise " << b.noise.shape() << " / " << b.timesteps.size() << " timesteps for latents "
+                                    << b.latents.shape());
+    auto const noisy = noise_scheduler_->add_noise(b.latents.view(), b.noise.view(),
+                                                   std::span<std::int64_t const>(b.timesteps));
+    Tensor<float, Cpu> const target = prediction_ == PredictionType::Epsilon
+                                          ? b.noise
+                                          : noise_scheduler_->get_velocity(b.latents.view(), b.noise.view(),
+                                                                           std::span<std::int64_t const>(b.timesteps));
+    bool const text_trains = !text_params_.empty();
+    auto const mode_text = text_trains ? nn::Mode::Train : nn::Mode::Infer;
+    auto text = sd_.text_encoder.forward(ctx_, b.input_ids, mode_text);
+    Tensor<T, Cpu> ts(Shape{n});
+    for (Index i = 0; i < n; ++i) ts(i) = T(b.timesteps[std::size_t(i)]);
+    // The UNet keeps activations only when its own parameters train or gradients must reach the text encoder.
+    auto const mode_unet = nn::Mode::Train;
+    auto pred = sd_.unet.forward(ctx_, convert<T>(noisy.view()).view(), ts.view(), text.last_hidden_state.view(),
+                                 mode_unet);
+    auto const tgt = convert<T>(target.view());
+    LossAndGrad<T> loss;
+    if (o_.with_prior_preservation) {
+      loss = prior_preservation_loss<T>(pred.view(), tgt.view(), o_.prior_loss_weight);
+    } else if (o_.snr_gamma > 0) {
+      auto const snr = compute_snr(TensorView<float const, Cpu>(noise_scheduler_->alphas_cumprod().data(),
+                                                                Shape{Index(noise_scheduler_->alphas_cumprod().size())}),
+                                   std::span<std::int64_t const>(b.timesteps));
+      auto const w = min_snr_weights(snr, o_.snr_gamma, prediction_);
+      loss = weighted_mse_loss<T>(pred.view(), tgt.view(), std::span<float const>(w));
+    } else {
+      loss = mse_loss<T>(pred.view(), tgt.view());
+    }
+    if (o_.gradient_accumulation_steps > 1)
+      ops::scale<T, Cpu>(ctx_, loss.grad.view(), 1.0 / o_.gradient_accumulation_steps);
+    auto g = sd_.unet.backward(ctx_, loss.grad.view());
+    if (text_trains) sd_.text_encoder.backward(ctx_, g.dencoder_hidden_states.view());
+    return loss.value;
+  }
+
+  /// Clips, steps the optimizers at the scheduled learning rate, restores frozen embedding rows (Textual
+  /// Inversion), zeroes gradients and advances the step.
+  StepReport optimizer_step() {
+    StepReport r;
+    auto all = parameters();
+    r.grad_norm = o_.max_grad_norm > 0 ? clip_grad_norm(all, o_.max_grad_norm) : double(grad_norm(all));
+    double const mult = schedule_->multiplier(global_step_);
+    r.lr = o_.optimizer.lr * mult;
+    if (unet_opt_) {
+      unet_opt_->set_lr(o_.optimizer.lr * mult);
+      unet_opt_->step();
+      unet_opt_->zero_grad();
+    }
+    if (text_opt_) {
+      double const base = o_.method != Method::TextualInversion && o_.text_encoder_lr > 0 ? o_.text_encoder_lr
+                                                                                          : o_.optimizer.lr;
+      text_opt_->set_lr(base * mult);
+      text_opt_->step();
+      text_opt_->zero_grad();
+    }
+    if (o_.method == Method::TextualInversion) restore_frozen_rows();
+    ++global_step_;
+    return r;
+  }
+
+  /// One optimizer step over `gradient_accumulation_steps` micro-batches.
+  StepReport step(std::vector<MicroBatch> micro) {
+    SDLORA_EXPECTS(int(micro.size()) == o_.gradient_accumulation_steps,
+                   "[train] " << micro.size() << " micro-batches for " << o_.gradient_accumulation_steps
+                              << " accumulation steps");
+    double loss = 0;
+    for (auto& m : micro) loss += forward_backward(std::move(m));
+    auto r = optimizer_step();
+    r.loss = loss / double(micro.size());
+    return r;
+  }
+
+  /// The state a checkpoint holds (parameters, optimizer moments, step, generator state); the caller adds the
+  /// data order and settings.
+  TrainingState<T> state() const {
+    TrainingState<T> s;
+    s.global_step = global_step_;
+    s.lr_schedule_step = global_step_;
+    s.parameters = capture_parameters(parameters());
+    if (unet_opt_) merge_optimizer(s.optimizer, unet_opt_->state_dict());
+    if (text_opt_) merge_optimizer(s.optimizer, text_opt_->state_dict());
+    auto const bytes = generator_.torch_state_bytes();
+    std::vector<std::uint64_t> words((bytes.size() + 7) / 8, 0);
+    for (std::size_t i = 0; i < bytes.size(); ++i) words[i / 8] |= std::uint64_t(bytes[i]) << (8 * (i % 8));
+    s.rng["noise"] = words;
+    s.rng["noise_bytes"] = {bytes.size()};
+    return s;
+  }
+  /// Restores what state() captured.
+  void load_state(TrainingState<T> const& s) {
+    restore_parameters(parameters(), s.parameters);
+    if (unet_opt_) unet_opt_->load_state_dict(split_optimizer(s.optimizer, unet_params_));
+    if (text_opt_) text_opt_->load_state_dict(split_optimizer(s.optimizer, text_params_));
+    global_step_ = s.global_step;
+    auto const words = s.rng.at("noise");
+    std::size_t const n = std::size_t(s.rng.at("noise_bytes").at(0));
+    std::vector<std::uint8_t> bytes(n);
+    for (std::size_t i = 0; i < n; ++i) bytes[i] = std::uint8_t(words[i / 8] >> (8 * (i % 8)));
+    generator_.set_torch_state_bytes(bytes);
+  }
+
+  /// The trained LoRA (UNet and text encoder adapters) as one file description.
+  lora::LoraFile lora_file() {
+    auto f = lora::collect(sd_.unet, "unet");
+    auto te = lora::collect(sd_.text_encoder, "text_encoder");
+    f.entries.insert(f.entries.end(), std::make_move_iterator(te.entries.begin()),
+                     std::make_move_iterator(te.entries.end()));
+    return f;
+  }
+
+  /// Textual Inversion: the learned vectors (num_vectors, dim).
+  Tensor<T, Cpu> learned_embeddings() const {
+    Index const dim = sd_.text_encoder.config().hidden_size;
+    Tensor<T, Cpu> out(Shape{Index(placeholder_ids_.size()), dim});
+    for (std::size_t i = 0; i < placeholder_ids_.size(); ++i)
+      std::copy_n(sd_.text_encoder.token_embedding.weight.value.data() + placeholder_ids_[i] * dim, dim,
+                  out.data() + Index(i) * dim);
+    return out;
+  }
+
+ private:
+  void setup_lora() {
+    lora::InjectOptions io;
+    io.target = o_.target_modules;
+    io.rank = o_.rank;
+    io.alpha = o_.alpha;
+    io.dropout = o_.lora_dropout;
+    io.init = o_.init;
+    io.seed = o_.seed;
+    io.include_conv = o_.train_conv;
+    auto report = lora::inject(sd_.unet, io);
+    if (report.layers == 0)
+      SDLORA_THROW(ConfigError, "[train] target_modules '" << o_.target_modules << "' matches no UNet layer");
+    if (o_.train_text_encoder) {
+      io.target = o_.text_target_modules;
+      io.seed = o_.seed + 1;
+      io.include_conv = false;
+      auto te = lora::inject(sd_.text_encoder, io);
+      if (te.layers == 0)
+        SDLORA_THROW(ConfigError, "[train] text target modules '" << o_.text_target_modules
+                                                                  << "' match no text-encoder layer");
+    }
+  }
+
+  void setup_textual_inversion() {
+    auto& tok = sd_.tokenizer;
+    if (o_.placeholder_token.empty()) SDLORA_THROW(ConfigError, "[textual_inversion] --placeholder_token is required");
+    if (o_.num_vectors < 1) SDLORA_THROW(ConfigError, "[textual_inversion] --num_vectors must be >= 1");
+    placeholder_tokens_ = {o_.placeholder_token};
+    for (int i = 1; i < o_.num_vectors; ++i) placeholder_tokens_.push_back(o_.placeholder_token + "_" + std::to_string(i));
+    for (auto const& t : placeholder_tokens_)
+      if (tok.token_to_id(t))
+        SDLORA_THROW(ConfigError, "[textual_inversion] placeholder token '" << t
+                                      << "' is already in the vocabulary: choose another");
+    auto const init = tok.encode(o_.initializer_token);  // BOS ... EOS
+    if (init.size() != 3)
+      SDLORA_THROW(ConfigError, "[textual_inversion] initializer token '" << o_.initializer_token << "' is "
+                                    << (init.size() < 3 ? 0 : init.size() - 2) << " tokens; it must be exactly one");
+    Index const first = Index(tok.size());
+    tok.add_tokens(placeholder_tokens_);
+    SDLORA_EXPECTS(Index(sd_.text_encoder.token_embedding.num_embeddings()) == first,
+                   "[textual_inversion] the tokenizer (" << first << ") and the embedding ("
+                                                         << sd_.text_encoder.token_embedding.num_embeddings()
+                                                         << ") disagree on the vocabulary size");
+    sd_.text_encoder.add_tokens(Index(placeholder_tokens_.size()), init[1]);
+    for (std::size_t i = 0; i < placeholder_tokens_.size(); ++i) placeholder_ids_.push_back(int(first) + int(i));
+    auto& emb = sd_.text_encoder.token_embedding;
+    emb.weight.set_trainable(true);
+    emb.grad_row_begin = first;
+    frozen_rows_ = Tensor<T, Cpu>::from_view(emb.weight.value.slice(0, first));
+  }
+
+  /// diffusers' textual_inversion.py: after each step, every row but the new ones gets its original value back.
+  void restore_frozen_rows() {
+    auto& w = sd_.text_encoder.token_embedding.weight.value;
+    std::copy_n(frozen_rows_.data(), frozen_rows_.numel(), w.data());
+  }
+
+  static void merge_optimizer(OptimizerState<T>& into, OptimizerState<T> const& from) {
+    if (into.type.empty()) into.type = from.type;
+    for (auto const& [k, v] : from.tensors) into.tensors[k] = v;
+    for (auto const& [k, v] : from.scalars) into.scalars[k] = v;
+  }
+  static OptimizerState<T> split_optimizer(OptimizerState<T> const& all, std::vector<ParamRef<T, Cpu>> const& params) {
+    OptimizerState<T> out;
+    out.type = all.type;
+    auto mine = [&](std::string const& k) {
+      for (auto const& p : params)
+        if (k.rfind(p.name + ".", 0) == 0) return true;
+      return false;
+    };
+    auto per_param = [](std::string const& k) { return k.rfind("unet.", 0) == 0 || k.rfind("text_encoder.", 0) == 0; };
+    for (auto const& [k, v] : all.tensors)
+      if (mine(k)) out.tensors[k] = v;
+    for (auto const& [k, v] : all.scalars)
+      if (mine(k) || !per_param(k)) out.scalars[k] = v;  // hyperparameters ("lr") belong to both
+    return out;
+  }
+
+  Context<Cpu>& ctx_;
+  models::StableDiffusion<T, Cpu>& sd_;
+  TrainerOptions o_;
+  TorchGenerator generator_;
+  std::unique_ptr<schedulers::Scheduler> noise_scheduler_;
+  PredictionType prediction_ = PredictionType::Epsilon;
+  std::vector<ParamRef<T, Cpu>> unet_params_, text_params_;
+  std::unique_ptr<Optimizer<T, Cpu>> unet_opt_, text_opt_;
+  std::unique_ptr<LrSchedule> schedule_;
+  std::int64_t global_step_ = 0;
+  std::vector<int> placeholder_ids_;
+  std::vector<std::string> placeholder_tokens_;
+  Tensor<T, Cpu> frozen_rows_;  // (V, dim): Textual Inversion restores these rows after every step
+};
+
+}  // namespace sdlora::train
