@@ -1,0 +1,125 @@
+#include <catch2/catch.hpp>
+
+#include <sdlora/pipeline.hpp>
+#include <sdlora/train/trainer.hpp>
+
+#include "support.hpp"
+
+using namespace sdlora;
+
+namespace {
+// Fixture parameter names come from torch's named_parameters(); transformers 5 drops the "text_model." prefix.
+std::string fixture_name(std::string name) {
+  auto const at = name.find("text_model.");
+  if (at != std::string::npos) name.erase(at, 11);
+  return name;
+}
+
+train::MicroBatch fixture_batch(io::SafetensorsFile const& ref) {
+  train::MicroBatch b;
+  b.latents = ref.load<float>("latents");
+  b.noise = ref.load<float>("noise");
+  b.input_ids = ref.load<std::int32_t>("input_ids");
+  auto t = ref.load<std::int64_t>("timesteps");
+  b.timesteps.assign(t.span().begin(), t.span().end());
+  return b;
+}
+
+// One step of a diffusers recipe: loss and gradients (rel L2 <= 1e-4: a whole fp32 model forward and backward),
+// then the parameters after one clipped AdamW step (<= 1e-5).
+void check_one_step(std::string const& name, train::TrainerOptions o) {
+  Context<Cpu> ctx;
+  auto sd = models::load_stable_diffusion<float>(test::fixture("models/tiny-sd1"));
+  io::SafetensorsFile ref(test::fixture("train/one_step_" + name + ".safetensors"));
+  o.optimizer.lr = 1e-4;
+  o.optimizer.weight_decay = 1e-2;
+  train::Trainer<float> trainer(ctx, sd, o);
+  auto params = trainer.parameters();
+  REQUIRE_FALSE(params.empty());
+  for (auto const& p : params) {
+    INFO(p.name);
+    REQUIRE(ref.contains("before." + fixture_name(p.name)));
+    p.param->value = ref.load<float>("before." + fixture_name(p.name), p.param->shape());
+  }
+  double const loss = trainer.forward_backward(fixture_batch(ref));
+  CHECK(loss == Approx(double(ref.load<float>("loss")(0))).epsilon(1e-4));
+  for (auto const& p : params) {
+    INFO(p.name);
+    CHECK(test::rel_l2(p.param->grad, ref.load<float>("grad." + fixture_name(p.name))) < 1e-4);
+  }
+  trainer.optimizer_step();
+  for (auto const& p : params) {
+    INFO(p.name);
+    CHECK(test::rel_l2(p.param->value, ref.load<float>("after." + fixture_name(p.name))) < 1e-5);
+  }
+}
+}  // namespace
+
+TEST_CASE("One LoRA training step matches diffusers' train_text_to_image_lora recipe", "[train][conformance]") {
+  train::TrainerOptions o;
+  o.rank = 4;
+  o.alpha = 4;
+  check_one_step("lora", o);
+}
+
+TEST_CASE("One min-SNR-5 LoRA step matches diffusers", "[train][conformance]") {
+  train::TrainerOptions o;
+  o.snr_gamma = 5.0;
+  check_one_step("lora_snr", o);
+}
+
+TEST_CASE("One DreamBooth step with prior preservation and text-encoder LoRA matches diffusers",
+          "[train][conformance]") {
+  train::TrainerOptions o;
+  o.method = train::Method::DreamBooth;
+  o.with_prior_preservation = true;
+  o.prior_loss_weight = 1.0;
+  o.train_text_encoder = true;
+  check_one_step("dreambooth_prior", o);
+}
+
+TEST_CASE("One Textual Inversion step matches diffusers' textual_inversion recipe", "[train][conformance]") {
+  Context<Cpu> ctx;
+  auto sd = models::load_stable_diffusion<float>(test::fixture("models/tiny-sd1"));
+  io::SafetensorsFile ref(test::fixture("train/one_step_textual_inversion.safetensors"));
+  train::TrainerOptions o;
+  o.method = train::Method::TextualInversion;
+  o.placeholder_token = "<erica>";
+  o.initializer_token = "toy";
+  o.optimizer.lr = 5e-4;
+  o.optimizer.weight_decay = 1e-2;
+  o.max_grad_norm = 0;  // textual_inversion.py does not clip
+  train::Trainer<float> trainer(ctx, sd, o);
+  REQUIRE(trainer.placeholder_ids() == std::vector<int>{std::stoi(ref.metadata().at("new_id"))});
+  // The prompts tokenise to the fixture's ids, placeholder included.
+  auto ids = pipeline::tokenize(sd.tokenizer, {"a photo of a <erica>", "a rendering of a <erica>"});
+  auto expected_ids = ref.load<std::int32_t>("input_ids");
+  for (Index i = 0; i < ids.numel(); ++i) REQUIRE(ids(i) == expected_ids(i));
+  CHECK(test::rel_l2(trainer.learned_embeddings(), ref.load<float>("before.row").reshaped(Shape{1, 8})) == 0.0);
+  auto const before_other = Tensor<float>::from_view(sd.text_encoder.token_embedding.weight.value.slice(0, 10));
+
+  double const loss = trainer.forward_backward(fixture_batch(ref));
+  CHECK(loss == Approx(double(ref.load<float>("loss")(0))).epsilon(1e-4));
+  auto const& grad = sd.text_encoder.token_embedding.weight.grad;
+  Tensor<float> row(Shape{8});
+  for (Index c = 0; c < 8; ++c) row(c) = grad.at({trainer.placeholder_ids()[0], c});
+  CHECK(test::rel_l2(row, ref.load<float>("grad.row")) < 1e-4);
+  trainer.optimizer_step();
+  CHECK(test::rel_l2(trainer.learned_embeddings(), ref.load<float>("after.row").reshaped(Shape{1, 8})) < 1e-5);
+  // Every other row is unchanged (weight decay undone, as diffusers restores them).
+  auto const after_other = sd.text_encoder.token_embedding.weight.value.slice(0, 10);
+  for (Index i = 0; i < before_other.numel(); ++i) REQUIRE(after_other.data()[i] == before_other(i));
+}
+
+TEST_CASE("Textual Inversion rejects tokens already in the vocabulary and multi-token initializers", "[train]") {
+  Context<Cpu> ctx;
+  auto sd = models::load_stable_diffusion<float>(test::fixture("models/tiny-sd1"));
+  train::TrainerOptions o;
+  o.method = train::Method::TextualInversion;
+  o.placeholder_token = "cat";
+  o.initializer_token = "toy";
+  CHECK_THROWS_WITH(train::Trainer<float>(ctx, sd, o), Catch::Contains("'cat'") && Catch::Contains("already"));
+  o.placeholder_token = "<new>";
+  o.initializer_token = "stuffed toy";
+  CHECK_THROWS_WITH(train::Trainer<float>(ctx, sd, o), Catch::Contains("exactly one"));
+}
