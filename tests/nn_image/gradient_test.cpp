@@ -20,7 +20,8 @@ constexpr double kFiniteDifferenceTolerance = 1e-6;
 /// Fills every parameter of a module with deterministic values in [-1, 1).
 template <class M>
 void randomize(M& module, std::uint32_t seed) {
-  nn::for_each_parameter(module, [&](std::string const&, auto& p) { p.value = random_tensor<double>(p.shape(), seed++); });
+  nn::for_each_parameter(module,
+                         [&](std::string const&, auto& p) { p.value = random_tensor<double>(p.shape(), seed++); });
 }
 
 /// Checks dx and the gradient of every parameter of `module` at x for the loss <forward(x), dy> with random dy.

@@ -18,7 +18,7 @@ class SiLU {
   Tensor<T, B> forward(Context<B>& ctx, TensorView<T const, B> x, Mode mode = Mode::Infer) {
     auto y = Tensor<T, B>::uninitialized(x.shape());
     ops::silu_forward<T, B>(ctx, y.view(), x);
-    if (mode == Mode::Train) saved_.x = Tensor<T, B>::from_view(x);
+    if (keeps_saved(mode)) saved_.x = Tensor<T, B>::from_view(x);
     return y;
   }
 

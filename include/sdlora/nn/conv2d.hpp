@@ -44,7 +44,7 @@ class Conv2d {
                               has_bias() ? bias.value.view() : TensorView<T const, B>(), geometry);
     for (auto& a : adapters)
       if (a->enabled) a->forward(ctx, y.view(), x, mode);
-    if (mode == Mode::Train) {
+    if (keeps_saved(mode)) {
       saved_.x_shape = x.shape();
       if (weight.trainable) saved_.x = Tensor<T, B>::from_view(x);
     }

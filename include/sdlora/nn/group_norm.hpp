@@ -46,7 +46,7 @@ class GroupNorm {
     auto mean = Tensor<T, B>::uninitialized(Shape{x.dim(0), num_groups});
     auto rstd = Tensor<T, B>::uninitialized(Shape{x.dim(0), num_groups});
     ops::group_norm_forward<T, B>(ctx, op(), y.view(), mean.view(), rstd.view(), x, gamma(), beta());
-    if (mode == Mode::Train) {
+    if (keeps_saved(mode)) {
       saved_.x = Tensor<T, B>::from_view(x);
       saved_.mean = std::move(mean);
       saved_.rstd = std::move(rstd);

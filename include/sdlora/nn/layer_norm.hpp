@@ -38,7 +38,7 @@ class LayerNorm {
     auto mean = Tensor<T, B>::uninitialized(Shape{rows});
     auto rstd = Tensor<T, B>::uninitialized(Shape{rows});
     ops::layer_norm_forward<T, B>(ctx, ops::LayerNorm{eps}, y.view(), mean.view(), rstd.view(), x, gamma(), beta());
-    if (mode == Mode::Train) {
+    if (keeps_saved(mode)) {
       saved_.x = Tensor<T, B>::from_view(x);
       saved_.mean = std::move(mean);
       saved_.rstd = std::move(rstd);

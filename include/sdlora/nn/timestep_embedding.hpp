@@ -47,7 +47,8 @@ class TimestepEmbedding {
   TimestepEmbedding() = default;
   /// TimestepEmbedding(in_channels, time_embed_dim, out_dim = time_embed_dim, bias = true)
   TimestepEmbedding(Index in_channels, Index time_embed_dim, Index out_dim = 0, bool bias = true)
-      : linear_1(in_channels, time_embed_dim, bias), linear_2(time_embed_dim, out_dim > 0 ? out_dim : time_embed_dim, bias) {}
+      : linear_1(in_channels, time_embed_dim, bias),
+        linear_2(time_embed_dim, out_dim > 0 ? out_dim : time_embed_dim, bias) {}
 
   Linear<T, B> linear_1;
   Linear<T, B> linear_2;
@@ -58,7 +59,7 @@ class TimestepEmbedding {
     auto a = Tensor<T, B>::uninitialized(h.shape());
     ops::silu_forward<T, B>(ctx, a.view(), h.view());
     auto y = linear_2.forward(ctx, a.view(), mode);
-    if (mode == Mode::Train) saved_.h = std::move(h);
+    if (keeps_saved(mode)) saved_.h = std::move(h);
     return y;
   }
 

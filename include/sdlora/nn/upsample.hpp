@@ -21,7 +21,8 @@ class Upsample2D {
   Upsample2D(Index channels, bool use_conv, Index out_channels = 0, Index kernel_size = 3, Index padding = 1,
              bool bias = true)
       : channels(channels), use_conv(use_conv) {
-    if (use_conv) conv = Conv2d<T, B>(channels, out_channels > 0 ? out_channels : channels, kernel_size, 1, padding, bias);
+    if (use_conv)
+      conv = Conv2d<T, B>(channels, out_channels > 0 ? out_channels : channels, kernel_size, 1, padding, bias);
   }
 
   Conv2d<T, B> conv;  // present when use_conv
@@ -38,7 +39,7 @@ class Upsample2D {
     Index const wo = output_size[1] > 0 ? output_size[1] : 2 * x.dim(3);
     auto up = Tensor<T, B>::uninitialized(Shape{x.dim(0), x.dim(1), ho, wo});  // (N, C, H', W')
     ops::upsample_nearest_forward<T, B>(ctx, up.view(), x);
-    if (mode == Mode::Train) saved_.x_shape = x.shape();
+    if (keeps_saved(mode)) saved_.x_shape = x.shape();
     return use_conv ? conv.forward(ctx, up.view(), mode) : up;
   }
 

@@ -58,12 +58,12 @@ void im2col(Context<Cpu>& ctx, T* cols, T const* x, ConvDims const& d, Conv2dGeo
     std::fill_n(dst, oh_lo * d.wo, T(0));
     for (Index oh = oh_lo; oh < oh_hi; ++oh) {
       T* out = dst + oh * d.wo;
-      T const* in = src + (oh * s - g.pad.top + i) * d.w - g.pad.left + j;  // in[ow * s] is tap (i, j) of (oh, ow)
+      Index const base = (oh * s - g.pad.top + i) * d.w - g.pad.left + j;  // src[base + ow * s]: tap (i, j) at (oh, ow)
       std::fill_n(out, ow_lo, T(0));
       if (s == 1) {
-        for (Index ow = ow_lo; ow < ow_hi; ++ow) out[ow] = in[ow];
+        for (Index ow = ow_lo; ow < ow_hi; ++ow) out[ow] = src[base + ow];
       } else {
-        for (Index ow = ow_lo; ow < ow_hi; ++ow) out[ow] = in[ow * s];
+        for (Index ow = ow_lo; ow < ow_hi; ++ow) out[ow] = src[base + ow * s];
       }
       std::fill(out + ow_hi, out + d.wo, T(0));
     }
@@ -88,8 +88,8 @@ void col2im_add(Context<Cpu>& ctx, T* dx, T const* dcols, ConvDims const& d, Con
         T const* src = dcols + ((c * d.kh + i) * d.kw + j) * p;
         for (Index oh = oh_lo; oh < oh_hi; ++oh) {
           T const* in = src + oh * d.wo;
-          T* out = dst + (oh * s - g.pad.top + i) * d.w - g.pad.left + j;
-          for (Index ow = ow_lo; ow < ow_hi; ++ow) out[ow * s] += in[ow];
+          Index const base = (oh * s - g.pad.top + i) * d.w - g.pad.left + j;
+          for (Index ow = ow_lo; ow < ow_hi; ++ow) dst[base + ow * s] += in[ow];
         }
       }
     }
