@@ -18,6 +18,10 @@
 #include <sdlora/backend/cpu/reduce.hpp>
 #include <sdlora/ops/bias.hpp>
 #include <sdlora/backend/cpu/bias.hpp>
+#include <sdlora/ops/concat.hpp>
+#include <sdlora/ops/layout.hpp>
+#include <sdlora/backend/cpu/concat.hpp>
+#include <sdlora/backend/cpu/layout.hpp>
 #include <sdlora/ops/activation.hpp>
 #include <sdlora/ops/conv.hpp>
 #include <sdlora/ops/norm.hpp>
@@ -70,3 +74,12 @@
 #include <sdlora/tokenizer/clip_tokenizer.hpp>
 
 #include <sdlora/train.hpp>
+
+#include <sdlora/schedulers/config.hpp>
+#include <sdlora/schedulers/numerics.hpp>
+#include <sdlora/schedulers/scheduler.hpp>
+#include <sdlora/schedulers/ddpm.hpp>
+#include <sdlora/schedulers/pndm.hpp>
+#include <sdlora/schedulers/euler.hpp>
+#include <sdlora/schedulers/dpm_solver.hpp>
+#include <sdlora/schedulers/factory.hpp>
