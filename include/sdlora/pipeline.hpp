@@ -6,6 +6,8 @@
 
 #include <sdlora/lora/format.hpp>
 #include <sdlora/models/checkpoint.hpp>
+#include <sdlora/pipeline/embeddings.hpp>
+#include <sdlora/pipeline/lora.hpp>
 #include <sdlora/pipeline/stages.hpp>
 #include <sdlora/pipeline/txt2img.hpp>
 #include <sdlora/schedulers/factory.hpp>

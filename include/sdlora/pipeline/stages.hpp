@@ -9,6 +9,7 @@
 #include <vector>   // std::vector
 
 #include <sdlora/core/rng.hpp>          // TorchGenerator
+#include <sdlora/pipeline/embeddings.hpp> // expand_prompt
 #include <sdlora/models/checkpoint.hpp> // StableDiffusion
 #include <sdlora/ops/concat.hpp>        // ops::concat_channels
 
@@ -26,11 +27,14 @@ inline Tensor<std::int32_t, Cpu> tokenize(tokenizer::ClipTokenizer const& tok, s
 }
 
 /// Text embeddings (N, 77, C) as diffusers' encode_prompt computes them: the text encoder's last hidden state, or
-/// with clip_skip = k the hidden state k layers before the last, passed through the final LayerNorm.
+/// with clip_skip = k the hidden state k layers before the last, passed through the final LayerNorm. Multi-vector
+/// Textual Inversion tokens are expanded first (expand_prompt, diffusers' maybe_convert_prompt).
 template <class T, class B>
 Tensor<T, B> encode_prompts(Context<B>& ctx, models::StableDiffusion<T, B>& sd, std::vector<std::string> const& prompts,
                             int clip_skip = 0) {
-  auto ids = tokenize(sd.tokenizer, prompts);
+  std::vector<std::string> expanded;
+  for (auto const& p : prompts) expanded.push_back(expand_prompt(sd.tokenizer, p));
+  auto ids = tokenize(sd.tokenizer, expanded);
   return std::move(sd.text_encoder.forward(ctx, ids, nn::Mode::Infer, clip_skip).last_hidden_state);
 }
 
