@@ -50,3 +50,13 @@ TEST_CASE("Views slice the first axis, index, reshape and copy out contiguously"
   auto r = t.reshaped(Shape{12});
   CHECK(r(11) == 11.0f);
 }
+
+TEST_CASE("An empty tensor copies to an empty tensor", "[core]") {
+  Tensor<float> empty;
+  Tensor<float> copy = empty;
+  CHECK(copy.empty());
+  CHECK(copy.data() == nullptr);
+  std::vector<Tensor<float>> many;
+  many.assign(3, Tensor<float>());
+  CHECK(many[2].empty());
+}

@@ -113,7 +113,9 @@ class Tensor {
   }
   static Tensor zeros(Shape shape) { return Tensor(shape); }
 
-  Tensor(Tensor const& other) : Tensor(uninitialized(other.shape_)) {
+  Tensor(Tensor const& other) {
+    if (other.data_ == nullptr) return;  // an empty tensor copies to an empty tensor
+    *this = uninitialized(other.shape_);
     BackendMemory<B>::copy(data_, other.data_, bytes());
   }
   Tensor(Tensor&& other) noexcept
