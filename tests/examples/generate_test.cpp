@@ -1,0 +1,236 @@
+/// @file generate_test.cpp
+/// @brief End-to-end tests of the sdlora-generate program on the tiny SD1 model: help text, one-line errors with
+/// exit codes, reproducible PNG bytes, the A1111 `parameters` chunk, LoRA scale sweeps, Textual Inversion and
+/// img2img. The executable's path comes from CMake (SDLORA_GENERATE_EXE).
+#include <catch2/catch.hpp>
+
+#include <sys/wait.h>  // WEXITSTATUS
+#include <unistd.h>    // getpid
+
+#include <algorithm>   // std::count
+#include <cstdlib>     // std::system
+#include <filesystem>  // std::filesystem
+#include <fstream>     // std::ifstream
+#include <sstream>     // std::ostringstream
+#include <string>      // std::string
+#include <vector>      // std::vector
+
+#include <sdlora/pipeline.hpp>  // pipeline::save_embedding
+
+#include "support.hpp"
+
+using namespace sdlora;
+namespace fs = std::filesystem;
+
+namespace {
+
+struct Result {
+  int code = -1;
+  std::string out, err;
+};
+
+fs::path scratch() {
+  static fs::path const dir = [] {
+    fs::path d = fs::temp_directory_path() / ("sdlora_generate_test_" + std::to_string(::getpid()));
+    fs::remove_all(d);
+    fs::create_directories(d);
+    return d;
+  }();
+  return dir;
+}
+
+std::string read_bytes(fs::path const& p) {
+  std::ifstream in(p, std::ios::binary);
+  std::ostringstream os;
+  os << in.rdbuf();
+  return os.str();
+}
+
+/// Runs the program with `args` (already shell-quoted where needed), capturing stdout and stderr.
+Result run(std::string const& args) {
+  static int n = 0;
+  fs::path const out = scratch() / ("stdout" + std::to_string(n)), err = scratch() / ("stderr" + std::to_string(n));
+  ++n;
+  std::string const cmd = std::string("'") + SDLORA_GENERATE_EXE + "' " + args + " > '" + out.string() + "' 2> '" +
+                          err.string() + "'";
+  int const status = std::system(cmd.c_str());
+  Result r;
+  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  r.out = read_bytes(out);
+  r.err = read_bytes(err);
+  return r;
+}
+
+std::string tiny() { return "--model '" + test::fixture("models/tiny-sd1") + "'"; }
+/// A fast generation of the tiny model: 16x16 pixels, 3 steps.
+std::string fast(std::string const& prompt = "a photo of a cat") {
+  return tiny() + " --prompt '" + prompt + "' --steps 3 --width 16 --height 16 --sampler euler --threads 2";
+}
+long lines(std::string const& s) { return std::count(s.begin(), s.end(), '\n'); }
+
+std::string parameters_of(fs::path const& png) {
+  for (auto const& [k, v] : io::read_png_text(png.string()))
+    if (k == "parameters") return v;
+  return "";
+}
+
+}  // namespace
+
+TEST_CASE("sdlora-generate --help documents every flag", "[examples][e2e]") {
+  auto r = run("--help");
+  REQUIRE(r.code == 0);
+  for (char const* flag : {"--model", "--config-dir", "--prompt", "--negative-prompt", "--steps", "--cfg", "--sampler",
+                           "--karras", "--seed", "--width", "--height", "--batch", "--count", "--lora",
+                           "--merge-lora", "--lora-scales", "--init-image", "--strength", "--clip-skip",
+                           "--embedding", "--out", "--threads", "--help"}) {
+    INFO(flag);
+    CHECK(r.out.find(std::string(flag) + " ") != std::string::npos);
+  }
+  for (char const* sampler : {"ddpm", "ddim", "pndm", "euler", "euler_a", "dpmpp_2m"}) CHECK(r.out.find(sampler) != std::string::npos);
+}
+
+TEST_CASE("sdlora-generate errors are one line with a non-zero exit", "[examples][e2e]") {
+  SECTION("unknown flag: usage error, exit 2") {
+    auto r = run(fast() + " --bogus-flag 3");
+    CHECK(r.code == 2);
+    CHECK(lines(r.err) == 1);
+    CHECK(r.err.find("bogus") != std::string::npos);
+  }
+  SECTION("missing model names the path") {
+    auto r = run("--model /no/such/model --prompt x");
+    CHECK(r.code != 0);
+    CHECK(lines(r.err) == 1);
+    CHECK(r.err.find("/no/such/model") != std::string::npos);
+  }
+  SECTION("a size that is not a multiple of the VAE factor") {
+    auto r = run(tiny() + " --prompt x --steps 3 --width 15 --height 16 --out '" + (scratch() / "bad.png").string() + "'");
+    CHECK(r.code == 2);
+    CHECK(lines(r.err) == 1);
+    CHECK(r.err.find("multiples of 2") != std::string::npos);
+    CHECK(r.err.find("15x16") != std::string::npos);
+    CHECK_FALSE(fs::exists(scratch() / "bad.png"));
+  }
+  SECTION("unknown sampler") {
+    auto r = run(tiny() + " --prompt x --steps 3 --width 16 --height 16 --sampler heun");
+    CHECK(r.code == 2);
+    CHECK(lines(r.err) == 1);
+    CHECK(r.err.find("heun") != std::string::npos);
+  }
+  SECTION("a flag given twice") {
+    auto r = run(fast() + " --steps 4");
+    CHECK(r.code == 2);
+    CHECK(lines(r.err) == 1);
+    CHECK(r.err.find("steps") != std::string::npos);
+  }
+  SECTION("missing LoRA and embedding files") {
+    auto r = run(fast() + " --lora /no/such/lora.safetensors:0.5");
+    CHECK(r.code != 0);
+    CHECK(lines(r.err) == 1);
+    CHECK(r.err.find("/no/such/lora.safetensors") != std::string::npos);
+    r = run(fast() + " --embedding /no/such/emb.safetensors");
+    CHECK(r.code != 0);
+    CHECK(r.err.find("/no/such/emb.safetensors") != std::string::npos);
+  }
+}
+
+TEST_CASE("sdlora-generate: the same seed gives byte-identical PNGs carrying the parameters", "[examples][e2e]") {
+  fs::path const a = scratch() / "a.png", b = scratch() / "b.png", c = scratch() / "c.png";
+  auto ra = run(fast() + " --seed 42 --negative-prompt 'blurry' --out '" + a.string() + "'");
+  REQUIRE(ra.code == 0);
+  auto rb = run(fast() + " --seed 42 --negative-prompt 'blurry' --out '" + b.string() + "'");
+  REQUIRE(rb.code == 0);
+  CHECK(read_bytes(a) == read_bytes(b));
+  auto rc = run(fast() + " --seed 43 --negative-prompt 'blurry' --out '" + c.string() + "'");
+  REQUIRE(rc.code == 0);
+  CHECK(read_bytes(a) != read_bytes(c));
+
+  std::string const p = parameters_of(a);
+  INFO(p);
+  CHECK(p.rfind("a photo of a cat\nNegative prompt: blurry\n", 0) == 0);
+  CHECK(p.find("Steps: 3, Sampler: Euler, CFG scale: 7.5, Seed: 42, Size: 16x16, Model: tiny-sd1") !=
+        std::string::npos);
+  CHECK(p.find("sdlora: ") != std::string::npos);
+  // Progress goes to stderr as plain lines (not a terminal here).
+  CHECK(ra.err.find("generate 3/3") != std::string::npos);
+  CHECK(ra.err.find('\r') == std::string::npos);
+}
+
+TEST_CASE("sdlora-generate writes batches and counts with their own seeds", "[examples][e2e]") {
+  fs::path const dir = scratch() / "many";
+  auto r = run(fast() + " --seed 5 --batch 2 --count 2 --out '" + dir.string() + "'");
+  REQUIRE(r.code == 0);
+  for (char const* name : {"00000-5.png", "00001-5.png", "00002-6.png", "00003-6.png"}) {
+    INFO(name);
+    REQUIRE(fs::exists(dir / name));
+  }
+  CHECK(parameters_of(dir / "00003-6.png").find("Seed: 6, Size: 16x16, Model: tiny-sd1, Batch size: 2, Batch pos: 1") !=
+        std::string::npos);
+  auto const pattern = scratch() / "pat_{i}.png";
+  r = run(fast() + " --seed 5 --count 2 --out '" + pattern.string() + "'");
+  REQUIRE(r.code == 0);
+  CHECK(fs::exists(scratch() / "pat_0.png"));
+  CHECK(fs::exists(scratch() / "pat_1.png"));
+}
+
+TEST_CASE("sdlora-generate --lora-scales writes one column per scale", "[examples][e2e]") {
+  std::string const lora = test::fixture("pipeline/lora_kohya.safetensors");
+  fs::path const grid = scratch() / "sweep.png", plain = scratch() / "plain.png";
+  auto r = run(fast() + " --seed 42 --lora '" + lora + "' --lora-scales 0,0.5,1 --out '" + grid.string() + "'");
+  REQUIRE(r.code == 0);
+  auto const g = io::load_image(grid.string());
+  CHECK(g.dim(2) == 3 * 16);
+  CHECK(g.dim(1) == 16);
+  CHECK(parameters_of(grid).find("Lora scales: \"0,0.5,1\"") != std::string::npos);
+  for (int i = 0; i < 3; ++i) REQUIRE(fs::exists(scratch() / ("sweep-" + std::to_string(i) + ".png")));
+  CHECK(parameters_of(scratch() / "sweep-1.png").find("Lora: lora_kohya:0.5") != std::string::npos);
+
+  // Scale 0 is the model without LoRA; scale 1 differs from it.
+  REQUIRE(run(fast() + " --seed 42 --out '" + plain.string() + "'").code == 0);
+  auto const p = io::load_image(plain.string());
+  auto const s0 = io::load_image((scratch() / "sweep-0.png").string());
+  auto const s1 = io::load_image((scratch() / "sweep-2.png").string());
+  CHECK(test::rel_l2(s0, p) == 0.0);
+  CHECK(test::rel_l2(s1, p) > 1e-3);
+
+  // Merged sweeps give the same images up to the merge's rounding (8-bit pixels: at most one level apart).
+  fs::path const merged = scratch() / "sweep_merged.png";
+  REQUIRE(run(fast() + " --seed 42 --lora '" + lora + "' --lora-scales 0,0.5,1 --merge-lora --out '" + merged.string() +
+              "'").code == 0);
+  CHECK(test::rel_l2(io::load_image(merged.string()), g) < 1e-2);
+}
+
+TEST_CASE("sdlora-generate --embedding makes a Textual Inversion token usable", "[examples][e2e]") {
+  // One token (diffusers layout) and a two-vector one (expanded to "<tok2> <tok2>_1" in the prompt).
+  fs::path const one = scratch() / "tok.safetensors", two = scratch() / "tok2.safetensors";
+  pipeline::save_embedding(one.string(), "<sdlora-tok>", test::random_tensor<float>(Shape{1, 8}, 3).view());
+  pipeline::save_embedding(two.string(), "<sdlora-two>", test::random_tensor<float>(Shape{2, 8}, 4).view());
+  fs::path const with = scratch() / "with.png", without = scratch() / "without.png", multi = scratch() / "multi.png";
+  auto r = run(fast("a photo of <sdlora-tok>") + " --seed 1 --embedding '" + one.string() + "' --out '" +
+               with.string() + "'");
+  REQUIRE(r.code == 0);
+  REQUIRE(run(fast("a photo of <sdlora-tok>") + " --seed 1 --out '" + without.string() + "'").code == 0);
+  CHECK(test::rel_l2(io::load_image(with.string()), io::load_image(without.string())) > 1e-3);
+  CHECK(parameters_of(with).find("TI: <sdlora-tok>") != std::string::npos);
+
+  r = run(fast("a photo of <sdlora-two>") + " --seed 1 --embedding '" + two.string() + "' --embedding '" +
+          one.string() + "' --out '" + multi.string() + "'");
+  REQUIRE(r.code == 0);
+  CHECK(test::rel_l2(io::load_image(multi.string()), io::load_image(with.string())) > 1e-3);
+
+  // The same token twice is refused.
+  r = run(fast() + " --embedding '" + one.string() + "' --embedding '" + one.string() + "'");
+  CHECK(r.code != 0);
+  CHECK(r.err.find("already in the vocabulary") != std::string::npos);
+}
+
+TEST_CASE("sdlora-generate --init-image runs img2img at a size rounded to the VAE factor", "[examples][e2e]") {
+  fs::path const init = scratch() / "init.png", out = scratch() / "i2i.png";
+  io::save_png(init.string(), test::random_tensor<float>(Shape{3, 19, 17}, 9).view());
+  auto r = run(tiny() + " --prompt 'a cat' --steps 4 --strength 0.5 --init-image '" + init.string() + "' --out '" +
+               out.string() + "' --seed 3");
+  REQUIRE(r.code == 0);
+  auto const img = io::load_image(out.string());
+  CHECK(img.dim(1) == 18);
+  CHECK(img.dim(2) == 16);
+  CHECK(parameters_of(out).find("Denoising strength: 0.5") != std::string::npos);
+}
