@@ -1,0 +1,350 @@
+/// @file run.hpp
+/// @brief A whole training run: the data order over epochs, latents (cached when augmentation is deterministic),
+/// micro-batches, prior-preservation batches, checkpoints every N steps with `--resume` continuing bit-exactly,
+/// validation images, loss.csv and a loss-curve PNG, and the final LoRA / embedding files.
+/// Include <sdlora/train.hpp> instead.
+#pragma once
+
+#include <chrono>      // std::chrono::steady_clock
+#include <cstdint>     // std::uint64_t
+#include <filesystem>  // std::filesystem
+#include <fstream>     // std::ofstream
+#include <map>         // std::map
+#include <ostream>     // std::ostream
+#include <sstream>     // std::ostringstream
+#include <string>      // std::string
+#include <vector>      // std::vector
+
+#include <nlohmann/json.hpp>  // nlohmann::json
+
+#include <sdlora/io/image.hpp>          // io::save_png
+#include <sdlora/io/safetensors.hpp>    // io::SafetensorsWriter
+#include <sdlora/pipeline/stages.hpp>   // pipeline::tokenize, encode_images
+#include <sdlora/pipeline/txt2img.hpp>  // pipeline::txt2img (validation)
+#include <sdlora/train/plot.hpp>        // plot_curve
+#include <sdlora/train/progress.hpp>    // Progress
+#include <sdlora/train/state.hpp>       // save_checkpoint, load_checkpoint
+#include <sdlora/train/trainer.hpp>     // Trainer
+
+namespace sdlora::train {
+
+/// One training example: an image (3, H, W) in [-1, 1] at the training resolution and its caption.
+struct TrainExample {
+  Tensor<float, Cpu> image;
+  std::string caption;
+};
+
+/// Where a run's examples come from (an image folder, QuickDraw bitmaps, DreamBooth instance or class images).
+class ExampleSource {
+ public:
+  virtual ~ExampleSource() = default;
+  virtual std::int64_t size() const = 0;
+  /// Example `index`; any randomness (crop, flip, caption template) must come from `seed` alone, so that a resumed
+  /// run sees the same examples.
+  virtual TrainExample get(std::int64_t index, std::uint64_t seed) = 0;
+  /// Whether get() depends on its seed (random crop / flip); latents are cached only when it does not.
+  virtual bool random_augmentation() const = 0;
+  /// The caption alone (used with cached latents); override when loading the image is the expensive part.
+  virtual std::string caption(std::int64_t index, std::uint64_t seed) { return get(index, seed).caption; }
+};
+
+/// splitmix64 of a combination: the per-example seeds of a run.
+inline std::uint64_t mix_seed(std::uint64_t a, std::uint64_t b, std::uint64_t c = 0) {
+  std::uint64_t z = a * 0x9E3779B97F4A7C15ull ^ (b + 0x632BE59BD9B4E019ull) * 0xBF58476D1CE4E5B9ull ^
+                    (c + 0x94D049BB133111EBull) * 0xD6E8FEB86659FD93ull;
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+
+/// The settings of a run beyond the training step itself.
+struct RunOptions {
+  TrainerOptions trainer;
+  std::string output_dir = "sdlora-output";
+  std::string output_name = "sdlora_lora";  // kohya file name (without .safetensors)
+  int train_batch_size = 1;
+  std::int64_t max_train_steps = 100;
+  std::int64_t checkpointing_steps = 0;      // 0: no intermediate checkpoints
+  std::size_t checkpoints_total_limit = 0;   // 0: keep all
+  std::string resume_from_checkpoint;        // "", "latest" or a checkpoint directory
+  double caption_dropout = 0.0;              // probability of training on the empty caption
+  bool cache_latents = true;                 // when augmentation is deterministic
+  std::vector<std::string> validation_prompts;
+  std::int64_t validation_steps = 0;         // 0: only at the end (when prompts are given)
+  int validation_steps_count = 20;           // denoising steps of validation images
+  std::string save_format = "kohya";         // kohya | peft | both
+  DType save_dtype = DType::F32;
+  std::int64_t log_every = 10;               // plain-text progress lines
+  nlohmann::json settings = nlohmann::json::object();  // recorded in checkpoints and file metadata
+};
+
+/// What a run did.
+struct RunResult {
+  std::int64_t steps = 0;             // optimizer steps at the end
+  std::int64_t resumed_from = 0;      // step the run started from
+  double seconds = 0;                 // wall time of this invocation's steps
+  std::vector<double> losses;         // this invocation's per-step losses
+  std::int64_t trainable_parameters = 0;
+  std::vector<std::string> files;     // written outputs (LoRA / embeddings / loss curve)
+};
+
+namespace detail {
+namespace fs = std::filesystem;
+
+/// Rewrites loss.csv keeping the header and the rows of steps <= `step` (a resumed run continues the file).
+inline void truncate_loss_csv(fs::path const& path, std::int64_t step) {
+  if (!fs::exists(path)) return;
+  std::ifstream in(path);
+  std::vector<std::string> keep;
+  std::string line;
+  while (std::getline(in, line)) {
+    if (keep.empty()) {
+      keep.push_back(line);
+      continue;
+    }
+    if (std::stoll(line.substr(0, line.find(','))) <= step) keep.push_back(line);
+  }
+  in.close();
+  std::ofstream out(path, std::ios::trunc);
+  for (auto const& l : keep) out << l << '\n';
+}
+
+inline std::vector<double> read_losses(fs::path const& path) {
+  std::vector<double> out;
+  std::ifstream in(path);
+  std::string line;
+  std::getline(in, line);
+  while (std::getline(in, line)) {
+    std::size_t const a = line.find(','), b = line.find(',', a + 1);
+    if (a != std::string::npos) out.push_back(std::stod(line.substr(a + 1, b - a - 1)));
+  }
+  return out;
+}
+
+inline std::string dtype_label(DType d) { return d == DType::F16 ? "fp16" : d == DType::BF16 ? "bf16" : "fp32"; }
+}  // namespace detail
+
+/// Runs (or resumes) training to `o.max_train_steps` optimizer steps.
+template <class T>
+RunResult run_training(Context<Cpu>& ctx, models::StableDiffusion<T, Cpu>& sd, ExampleSource& data,
+                       RunOptions const& o, ExampleSource* class_data = nullptr, std::ostream& log = std::cerr) {
+  namespace fs = std::filesystem;
+  if (data.size() <= 0) SDLORA_THROW(ConfigError, "[train] the dataset is empty");
+  if (o.train_batch_size < 1) SDLORA_THROW(ConfigError, "[train] train_batch_size must be >= 1");
+  if (o.max_train_steps < 1) SDLORA_THROW(ConfigError, "[train] max_train_steps must be >= 1");
+  if (o.trainer.with_prior_preservation && (!class_data || class_data->size() == 0))
+    SDLORA_THROW(ConfigError, "[train] prior preservation needs class images");
+  fs::create_directories(o.output_dir);
+  fs::path const out_dir(o.output_dir);
+  std::uint64_t const seed = o.trainer.seed;
+
+  Trainer<T> trainer(ctx, sd, o.trainer);
+  RunResult result;
+  for (auto const& p : trainer.parameters()) result.trainable_parameters += p.param->value.numel();
+
+  // Data order: one permutation per epoch, from the seed and the epoch only.
+  std::int64_t epoch = 0, position = 0;
+  std::vector<std::int64_t> order;
+  auto new_order = [&] {
+    TorchGenerator g(mix_seed(seed, 0x0D17A0, std::uint64_t(epoch)));
+    order = g.randperm(data.size());
+    position = 0;
+  };
+
+  // Resume.
+  if (!o.resume_from_checkpoint.empty()) {
+    std::optional<std::string> dir = o.resume_from_checkpoint == "latest" ? latest_checkpoint(o.output_dir)
+                                                                         : std::optional(o.resume_from_checkpoint);
+    if (dir) {
+      auto state = load_checkpoint<T>(*dir);
+      trainer.load_state(state);
+      epoch = state.epoch;
+      order = state.data_order;
+      position = state.data_position;
+      result.resumed_from = state.global_step;
+      log << "resumed from " << *dir << " at step " << state.global_step << "\n";
+    } else {
+      log << "no checkpoint in " << o.output_dir << ": starting a new run\n";
+    }
+  }
+  if (order.empty()) new_order();
+  fs::path const csv = out_dir / "loss.csv";
+  if (result.resumed_from > 0) detail::truncate_loss_csv(csv, result.resumed_from);
+  else std::ofstream(csv, std::ios::trunc) << "step,loss,lr\n";
+
+  // Latents: cached per example when augmentation is deterministic; VAE sampling noise from the example's seed.
+  std::map<std::int64_t, Tensor<float, Cpu>> cache, class_cache;
+  auto latents_of = [&](ExampleSource& src, std::map<std::int64_t, Tensor<float, Cpu>>& c, std::int64_t index,
+                        std::uint64_t example_seed, std::string& caption) {
+    bool const cacheable = o.cache_latents && !src.random_augmentation();
+    auto const hit = c.find(index);
+    if (cacheable && hit != c.end()) {
+      caption = src.caption(index, example_seed);
+      return hit->second;
+    }
+    TrainExample ex = src.get(index, example_seed);
+    caption = ex.caption;
+    Index const h = ex.image.dim(1), w = ex.image.dim(2);
+    auto batch = std::move(ex.image).reshaped(Shape{1, 3, h, w});
+    TorchGenerator g(cacheable ? mix_seed(seed, 0x1A7E, std::uint64_t(index)) : example_seed);
+    auto z = convert<float>(pipeline::encode_images<T, Cpu>(ctx, sd.vae, convert<T>(batch.view()).view(), g).view());
+    if (cacheable) c[index] = z;
+    return z;
+  };
+
+  auto draw_micro_batch = [&]() {
+    std::vector<Tensor<float, Cpu>> lat;
+    std::vector<std::string> captions;
+    std::vector<std::int64_t> class_indices;
+    for (int b = 0; b < o.train_batch_size; ++b) {
+      if (position >= std::int64_t(order.size())) {
+        ++epoch;
+        new_order();
+      }
+      std::int64_t const index = order[std::size_t(position)];
+      std::uint64_t const ex_seed = mix_seed(seed, std::uint64_t(epoch), std::uint64_t(position));
+      std::string caption;
+      lat.push_back(latents_of(data, cache, index, ex_seed, caption));
+      // Caption dropout: a uniform number from the example's seed.
+      if (o.caption_dropout > 0 && double(mix_seed(ex_seed, 0xCA9) >> 11) / double(1ull << 53) < o.caption_dropout)
+        caption.clear();
+      captions.push_back(caption);
+      class_indices.push_back((epoch * std::int64_t(order.size()) + position));
+      ++position;
+    }
+    if (o.trainer.with_prior_preservation) {  // the class half follows the instance half
+      for (int b = 0; b < o.train_batch_size; ++b) {
+        std::int64_t const k = class_indices[std::size_t(b)] % class_data->size();
+        std::string caption;
+        lat.push_back(latents_of(*class_data, class_cache, k, mix_seed(seed, 0xC1A55, std::uint64_t(k)), caption));
+        captions.push_back(caption);
+      }
+    }
+    MicroBatch m;
+    Index const n = Index(lat.size());
+    m.latents = Tensor<float, Cpu>(Shape{n, lat[0].dim(1), lat[0].dim(2), lat[0].dim(3)});
+    for (Index i = 0; i < n; ++i) {
+      SDLORA_EXPECTS(lat[std::size_t(i)].numel() * n == m.latents.numel(),
+                     "[train] examples of different sizes in one batch: " << lat[0].shape() << " vs "
+                                                                          << lat[std::size_t(i)].shape());
+      std::copy_n(lat[std::size_t(i)].data(), lat[std::size_t(i)].numel(), m.latents.data() + i * lat[0].numel());
+    }
+    m.input_ids = pipeline::tokenize(sd.tokenizer, captions);
+    return m;
+  };
+
+  auto save_state = [&](std::int64_t step) {
+    auto state = trainer.state();
+    state.epoch = epoch;
+    state.data_order = order;
+    state.data_position = position;
+    state.settings = o.settings;
+    std::string const dir = save_checkpoint(o.output_dir, state);
+    if (o.checkpoints_total_limit > 0) keep_last(o.output_dir, o.checkpoints_total_limit);
+    log << "\nsaved " << dir << " (step " << step << ")\n";
+  };
+
+  auto validate = [&](std::int64_t step) {
+    if (o.validation_prompts.empty()) return;
+    fs::create_directories(out_dir / "validation");
+    for (std::size_t i = 0; i < o.validation_prompts.size(); ++i) {
+      pipeline::GenerateOptions g;
+      g.prompt = o.validation_prompts[i];
+      g.steps = o.validation_steps_count;
+      int const size = int(o.settings.value("resolution", 512));
+      g.width = g.height = size;
+      g.seed = seed;
+      auto img = pipeline::txt2img(ctx, sd, g);
+      std::ostringstream name;
+      name << "step-" << step << "-" << i << ".png";
+      io::save_png((out_dir / "validation" / name.str()).string(), img.images[0], io::ImageRange::MinusOneToOne,
+                   {{"parameters", g.prompt + "\nSteps: " + std::to_string(g.steps) + ", Seed: " +
+                                       std::to_string(g.seed) + ", Training step: " + std::to_string(step)}});
+    }
+  };
+
+  ProgressOptions po;
+  po.label = "train";
+  po.total = o.max_train_steps;
+  po.initial = trainer.global_step();
+  po.every = o.log_every;
+  Progress progress(po, log);
+  auto const start = std::chrono::steady_clock::now();
+  while (trainer.global_step() < o.max_train_steps) {
+    std::vector<MicroBatch> micro;
+    for (int a = 0; a < o.trainer.gradient_accumulation_steps; ++a) micro.push_back(draw_micro_batch());
+    auto const r = trainer.step(std::move(micro));
+    std::int64_t const step = trainer.global_step();
+    if (!std::isfinite(r.loss))
+      SDLORA_THROW(Error, "[train] loss became " << r.loss << " at step " << step
+                                                 << ": lower the learning rate (the last checkpoint is intact)");
+    result.losses.push_back(r.loss);
+    std::ofstream(csv, std::ios::app) << step << ',' << r.loss << ',' << r.lr << '\n';
+    progress.update(step, {{"loss", r.loss}, {"lr", r.lr}});
+    if (o.checkpointing_steps > 0 && step % o.checkpointing_steps == 0 && step < o.max_train_steps) save_state(step);
+    if (o.validation_steps > 0 && step % o.validation_steps == 0 && step < o.max_train_steps) validate(step);
+  }
+  progress.finish();
+  result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  result.steps = trainer.global_step();
+  if (o.checkpointing_steps > 0) save_state(result.steps);  // the final state, so a longer run can continue it
+
+  // Outputs.
+  std::map<std::string, std::string> meta;
+  meta["ss_base_model_version"] = sd.base_model == "sd2" ? "sd_v2" : "sd_v1";
+  meta["ss_sd_model_name"] = fs::path(sd.source).filename().string();
+  meta["ss_steps"] = std::to_string(result.steps);
+  meta["ss_network_dim"] = std::to_string(o.trainer.rank);
+  meta["ss_network_alpha"] = std::to_string(o.trainer.alpha.value_or(double(o.trainer.rank)));
+  meta["ss_num_train_images"] = std::to_string(data.size());
+  meta["ss_resolution"] = std::to_string(int(o.settings.value("resolution", 512)));
+  meta["ss_learning_rate"] = std::to_string(o.trainer.optimizer.lr);
+  meta["ss_seed"] = std::to_string(seed);
+  meta["ss_training_comment"] = "trained with sdlora";
+  meta["sdlora_settings"] = o.settings.dump();
+  if (o.trainer.method == Method::TextualInversion) {
+    auto const vectors = convert<float>(trainer.learned_embeddings().view());
+    io::SafetensorsWriter diffusers;  // diffusers: {token: (num_vectors, dim)}
+    diffusers.add(o.trainer.placeholder_token, vectors);
+    for (auto const& [k, v] : meta) diffusers.set_metadata(k, v);
+    std::string const a = (out_dir / "learned_embeds.safetensors").string();
+    diffusers.write(a);
+    io::SafetensorsWriter a1111;  // A1111: {"emb_params": (num_vectors, dim)}, token = file stem
+    a1111.add("emb_params", vectors);
+    a1111.set_metadata("name", o.trainer.placeholder_token);
+    std::string stem = o.trainer.placeholder_token;
+    for (char& c : stem)
+      if (!std::isalnum(static_cast<unsigned char>(c)) && c != '-' && c != '_') c = '_';
+    std::string const b = (out_dir / (stem + ".a1111.safetensors")).string();
+    a1111.write(b);
+    result.files = {a, b};
+  } else {
+    auto file = trainer.lora_file();
+    if (o.save_format == "kohya" || o.save_format == "both") {
+      lora::KohyaSaveOptions ko;
+      ko.base_model_version = meta["ss_base_model_version"];
+      ko.dtype = o.save_dtype;
+      ko.metadata = meta;
+      std::string const path = (out_dir / (o.output_name + ".safetensors")).string();
+      lora::save_kohya(path, file, ko);
+      result.files.push_back(path);
+    }
+    if (o.save_format == "peft" || o.save_format == "both") {
+      lora::PeftSaveOptions po2;
+      po2.dtype = o.save_dtype;
+      po2.metadata = meta;
+      std::string const path = (out_dir / "pytorch_lora_weights.safetensors").string();
+      lora::save_peft(path, file, po2);
+      result.files.push_back(path);
+    }
+    if (o.save_format != "kohya" && o.save_format != "peft" && o.save_format != "both")
+      SDLORA_THROW(ConfigError, "[train] save format '" << o.save_format << "' (expected kohya, peft or both)");
+  }
+  std::string const png = (out_dir / "loss.png").string();
+  io::save_png(png, plot_curve(detail::read_losses(csv)), io::ImageRange::ZeroToOne, {{"Title", "training loss"}});
+  result.files.push_back(png);
+  if (!o.validation_prompts.empty()) validate(result.steps);
+  return result;
+}
+
+}  // namespace sdlora::train
