@@ -67,7 +67,6 @@ struct RunOptions {
   std::int64_t checkpointing_steps = 0;      // 0: no intermediate checkpoints
   std::size_t checkpoints_total_limit = 0;   // 0: keep all
   std::string resume_from_checkpoint;        // "", "latest" or a checkpoint directory
-  double caption_dropout = 0.0;              // probability of training on the empty caption
   bool cache_latents = true;                 // when augmentation is deterministic
   std::vector<std::string> validation_prompts;
   std::int64_t validation_steps = 0;         // 0: only at the end (when prompts are given)
@@ -203,11 +202,8 @@ RunResult run_training(Context<Cpu>& ctx, models::StableDiffusion<T, Cpu>& sd, E
       }
       std::int64_t const index = order[std::size_t(position)];
       std::uint64_t const ex_seed = mix_seed(seed, std::uint64_t(epoch), std::uint64_t(position));
-      std::string caption;
+      std::string caption;  // caption dropout, if any, is the source's (from the example's seed)
       lat.push_back(latents_of(data, cache, index, ex_seed, caption));
-      // Caption dropout: a uniform number from the example's seed.
-      if (o.caption_dropout > 0 && double(mix_seed(ex_seed, 0xCA9) >> 11) / double(1ull << 53) < o.caption_dropout)
-        caption.clear();
       captions.push_back(caption);
       class_indices.push_back((epoch * std::int64_t(order.size()) + position));
       ++position;

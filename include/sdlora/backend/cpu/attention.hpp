@@ -24,14 +24,18 @@ namespace sdlora::ops {
 
 template <>
 struct Impl<Attention, Cpu> {
+  /// Below this many multiply-adds (B * H * Lq * Lk * D) a parallel region costs more than it saves.
+  static constexpr Index kParallelWork = Index(1) << 18;
+
   template <HostCompute T>
   static void forward(Context<Cpu>& ctx, Attention const& op, TensorView<T, Cpu> o, TensorView<T, Cpu> lse,
                       TensorView<T const, Cpu> q, TensorView<T const, Cpu> k, TensorView<T const, Cpu> v) {
     Geometry const g(op, q, k);
     Index const tiles_q = (g.lq + g.bq - 1) / g.bq;
     Index const tasks = g.batch * g.heads * tiles_q;
+    Index const work = g.batch * g.heads * g.lq * g.lk * g.d;
     T const inf = std::numeric_limits<T>::infinity();
-#pragma omp parallel num_threads(ctx.threads()) if (tasks > 1)
+#pragma omp parallel num_threads(ctx.threads()) if (tasks > 1 && work > kParallelWork)
     {
       Mat<T> s(g.bq, g.bk), acc(g.bq, g.d);  // (bq, bk) scores then probabilities; (bq, D) unnormalised output
       Vec<T> m(g.bq), l(g.bq);               // (bq) running row max and row sum of exp(s - m)
@@ -84,6 +88,7 @@ struct Impl<Attention, Cpu> {
     Index const heads_total = g.batch * g.heads;
     Index const tiles_q = (g.lq + g.bq - 1) / g.bq, tiles_k = (g.lk + g.bk - 1) / g.bk;
     int const threads = ctx.threads();
+    Index const work = heads_total * g.lq * g.lk * g.d;
 
     // D_i = rowsum(dout_i * o_i) for every (batch, head, query row).
     auto delta = Tensor<T, Cpu>::uninitialized(Shape{g.batch, g.heads, g.lq});  // (B, H, Lq)
@@ -99,7 +104,7 @@ struct Impl<Attention, Cpu> {
 
     if (heads_total >= threads || threads == 1) {
       // One task per (batch, head): no other task writes its dq, dk, dv slices.
-#pragma omp parallel num_threads(threads) if (heads_total > 1)
+#pragma omp parallel num_threads(threads) if (heads_total > 1 && work > kParallelWork)
       {
         Scratch<T> scratch(g);
 #pragma omp for schedule(dynamic)
@@ -119,7 +124,7 @@ struct Impl<Attention, Cpu> {
       return;
     }
     // Pass 1: dk, dv per (batch, head, key tile).
-#pragma omp parallel num_threads(threads)
+#pragma omp parallel num_threads(threads) if (work > kParallelWork)
     {
       Scratch<T> scratch(g);
 #pragma omp for schedule(dynamic)
@@ -135,7 +140,7 @@ struct Impl<Attention, Cpu> {
       }
     }
     // Pass 2: dq per (batch, head, query tile).
-#pragma omp parallel num_threads(threads)
+#pragma omp parallel num_threads(threads) if (work > kParallelWork)
     {
       Scratch<T> scratch(g);
 #pragma omp for schedule(dynamic)

@@ -56,7 +56,8 @@ struct Impl<Gemm, Cpu> {
     };
     // Many small matrices: one per thread (Eigen then runs single-threaded inside a parallel region).
     // Few large ones: Eigen parallelises each product itself.
-    if (batch >= ctx.threads() && batch > 1) {
+    Index const work = batch * c.dim(-2) * c.dim(-1) * (op.trans_a ? a.dim(-2) : a.dim(-1));
+    if (batch >= ctx.threads() && batch > 1 && work > (Index(1) << 18)) {
 #pragma omp parallel for schedule(static) num_threads(ctx.threads())
       for (Index i = 0; i < batch; ++i) one(i);
     } else {
