@@ -11,3 +11,7 @@
 #include <sdlora/train/param_ref.hpp>
 #include <sdlora/train/progress.hpp>
 #include <sdlora/train/state.hpp>
+#include <sdlora/train/bucketing.hpp>
+#include <sdlora/train/dataset.hpp>
+#include <sdlora/train/latent_cache.hpp>
+#include <sdlora/train/sample_data.hpp>
