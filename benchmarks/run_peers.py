@@ -1,0 +1,202 @@
+"""Peer measurements for benchmarks/RESULTS.md: Hugging Face diffusers (+PEFT) on PyTorch CPU, eager, at Stable
+Diffusion 1.5's architecture with random weights (configs written out here, nothing downloaded). Development only
+(needs /work/venv: torch, diffusers, transformers, peft); CI never runs it. Prints one JSON line per measurement in
+the same fields as build-*/benchmarks/sd15_bench.
+
+  run_peers.py unet [latent=32] [batch=2] [repeats=3]
+  run_peers.py vae [latent=32] [repeats=3]
+  run_peers.py train [latent=32] [checkpointing=0] [repeats=3]   diffusers' train_text_to_image_lora recipe (as
+                                                                tools/fixtures/make_pipeline.py's lora_step)
+  run_peers.py lora_size [out_dir=/tmp]
+  run_peers.py write_model DIR                                  a random-weight SD 1.5 diffusers folder (fp32) for
+                                                                stable-diffusion.cpp; DIR must be outside the repo
+"""
+import json
+import os
+import sys
+import time
+
+import torch
+
+THREADS = int(os.environ.get("BENCH_THREADS", "2"))
+torch.set_num_threads(THREADS)
+
+
+def peak_rss_mb():
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return float(line.split()[1]) / 1024
+    return 0.0
+
+
+def rss_mb():
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return float(line.split()[1]) / 1024
+    return 0.0
+
+
+def reset_peak_rss():
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+def time_it(repeats, fn):
+    fn()  # warm-up
+    s = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        s.append(time.perf_counter() - t0)
+    s.sort()
+    return s[0], s[len(s) // 2]
+
+
+def report(bench, shape, best, median, repeats, peak, base, **extra):
+    d = {"bench": bench, "impl": "diffusers", "shape": shape, "seconds": round(best, 4),
+         "median_seconds": round(median, 4), "repeats": repeats, "peak_rss_mb": round(peak),
+         "model_rss_mb": round(base), "threads": torch.get_num_threads(), "dtype": "float32",
+         "torch": torch.__version__}
+    d.update(extra)
+    print(json.dumps(d), flush=True)
+
+
+def sd15_unet():
+    from diffusers import UNet2DConditionModel
+    # diffusers' defaults are SD 1.5's UNet except the cross-attention width (1280 -> CLIP ViT-L's 768).
+    return UNet2DConditionModel(sample_size=64, cross_attention_dim=768)
+
+
+def sd15_vae():
+    from diffusers import AutoencoderKL
+    return AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2,
+                         block_out_channels=(128, 256, 512, 512), sample_size=512,
+                         down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4)
+
+
+def sd15_text():
+    from transformers import CLIPTextConfig, CLIPTextModel
+    return CLIPTextModel(CLIPTextConfig(vocab_size=49408, hidden_size=768, intermediate_size=3072,
+                                        num_hidden_layers=12, num_attention_heads=12, max_position_embeddings=77,
+                                        hidden_act="quick_gelu", projection_dim=768))
+
+
+def sd15_scheduler():
+    from diffusers import DDPMScheduler
+    return DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
+                         prediction_type="epsilon", clip_sample=False)
+
+
+def bench_unet(latent=32, batch=2, repeats=3):
+    torch.manual_seed(0)
+    unet = sd15_unet().eval()
+    x = torch.randn(batch, 4, latent, latent)
+    ctx = torch.randn(batch, 77, 768)
+    t = torch.full((batch,), 981.0)
+    base = rss_mb()
+    reset_peak_rss()
+    with torch.no_grad():
+        best, med = time_it(repeats, lambda: unet(x, t, ctx).sample)
+    report("unet_forward", f"{batch}x4x{latent}x{latent} ctx {batch}x77x768", best, med, repeats, peak_rss_mb(), base)
+
+
+def bench_vae(latent=32, repeats=3):
+    torch.manual_seed(0)
+    vae = sd15_vae().eval()
+    z = torch.randn(1, 4, latent, latent)
+    base = rss_mb()
+    reset_peak_rss()
+    with torch.no_grad():
+        best, med = time_it(repeats, lambda: vae.decode(z).sample)
+    report("vae_decode", f"1x4x{latent}x{latent} -> 1x3x{latent * 8}x{latent * 8}", best, med, repeats,
+           peak_rss_mb(), base)
+
+
+def bench_train(latent=32, checkpointing=0, repeats=3):
+    import torch.nn.functional as F
+    from peft import LoraConfig
+    torch.manual_seed(0)
+    unet, text, sched = sd15_unet(), sd15_text(), sd15_scheduler()
+    unet.requires_grad_(False)
+    text.requires_grad_(False)
+    unet.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian",
+                                target_modules=["to_k", "to_q", "to_v", "to_out.0"]))
+    if checkpointing:
+        unet.enable_gradient_checkpointing()
+    unet.train()
+    params = [p for p in unet.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8)
+    latents = torch.randn(1, 4, latent, latent)
+    ids = torch.tensor([[49406] + [320 + 7 * i for i in range(1, 10)] + [49407] * 67])
+
+    def step():
+        noise = torch.randn_like(latents)
+        timesteps = torch.randint(0, 1000, (1,))
+        noisy = sched.add_noise(latents, noise, timesteps)
+        ehs = text(ids)[0]
+        pred = unet(noisy, timesteps, ehs).sample
+        loss = F.mse_loss(pred, noise, reduction="mean")
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        opt.zero_grad()
+
+    base = rss_mb()
+    reset_peak_rss()
+    best, med = time_it(repeats, step)
+    report("lora_train_step_checkpointing" if checkpointing else "lora_train_step",
+           f"1x4x{latent}x{latent} rank 4 attn", best, med, repeats, peak_rss_mb(), base,
+           trainable_params=sum(p.numel() for p in params), peft=__import__("peft").__version__)
+
+
+def bench_lora_size(out_dir="/tmp"):
+    from diffusers.utils.state_dict_utils import convert_state_dict_to_kohya
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+    from safetensors.torch import save_file
+    torch.manual_seed(0)
+    unet = sd15_unet()
+    unet.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian",
+                                target_modules=["to_k", "to_q", "to_v", "to_out.0"]))
+    sd = get_peft_model_state_dict(unet)
+    n = sum(v.numel() for v in sd.values())
+    peft_sd = {"unet." + k: v for k, v in sd.items()}  # the keys diffusers' save_lora_weights writes
+    kohya_sd = convert_state_dict_to_kohya(peft_sd)
+    for name, layout in [("peft", peft_sd), ("kohya", kohya_sd)]:
+        for dtype, tag in [(torch.float16, "fp16"), (torch.float32, "fp32")]:
+            path = os.path.join(out_dir, f"diffusers_bench_{name}_{tag}.safetensors")
+            save_file({k: v.detach().to(dtype).contiguous() for k, v in layout.items()}, path)
+            size = os.path.getsize(path)
+            os.remove(path)
+            print(json.dumps({"bench": "lora_file_size", "impl": "diffusers", "layout": f"{name}_{tag}",
+                              "bytes": size, "mb": round(size / 1e6, 3), "lora_params": n, "rank": 4}), flush=True)
+
+
+def write_model(out):
+    """A random-weight SD 1.5 in diffusers' folder layout (unet, vae, text_encoder) for stable-diffusion.cpp."""
+    from safetensors.torch import save_file
+    if os.path.abspath(out).startswith(os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))):
+        raise SystemExit("write_model: write outside the repository (e.g. /tmp/sd15-random)")
+    torch.manual_seed(0)
+    for sub, model, fname in [("unet", sd15_unet(), "diffusion_pytorch_model.safetensors"),
+                              ("vae", sd15_vae(), "diffusion_pytorch_model.safetensors"),
+                              ("text_encoder", sd15_text(), "model.safetensors")]:
+        os.makedirs(os.path.join(out, sub), exist_ok=True)
+        sd = {k: v.contiguous() for k, v in model.state_dict().items()}
+        if sub == "text_encoder":  # transformers 5 names drop the "text_model." prefix the LDM converters expect
+            sd = {(k if k.startswith("text_model.") else "text_model." + k): v for k, v in sd.items()}
+        save_file(sd, os.path.join(out, sub, fname))
+        del model
+    print(json.dumps({"wrote": out}), flush=True)
+
+
+if __name__ == "__main__":
+    what, args = sys.argv[1], sys.argv[2:]
+    if what == "write_model":
+        write_model(args[0])
+    elif what == "lora_size":
+        bench_lora_size(*args)
+    else:
+        {"unet": bench_unet, "vae": bench_vae, "train": bench_train}[what](*[int(a) for a in args])

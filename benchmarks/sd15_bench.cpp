@@ -1,0 +1,231 @@
+/// @file sd15_bench.cpp
+/// @brief Whole-model CPU benchmarks at Stable Diffusion 1.5's architecture with random weights (configs from the
+/// presets, nothing downloaded): the UNet forward at a CFG batch, the VAE decode of one latent, one LoRA training
+/// step through train::Trainer (rank 4 on the attention projections, AdamW, with or without gradient
+/// checkpointing), and the size of the rank-4 LoRA file in kohya / PEFT layout. One JSON line per measurement with
+/// wall seconds (best and median of `repeats` after one warm-up), the process's peak RSS for that measurement and
+/// the thread count. benchmarks/run.sh runs the same measurements in diffusers (run_peers.py) and sd.cpp.
+///   usage: sd15_bench unet   [latent=32] [batch=2] [repeats=3]
+///          sd15_bench vae    [latent=32] [repeats=3]
+///          sd15_bench train  [latent=32] [checkpointing=0] [repeats=3]
+///          sd15_bench lora_size [out_dir=/tmp]
+#include <algorithm>   // std::sort, std::min
+#include <chrono>      // std::chrono::steady_clock
+#include <cmath>       // std::sqrt
+#include <cstdint>     // std::uint64_t
+#include <cstdio>      // std::printf
+#include <cstdlib>     // std::atoi
+#include <filesystem>  // std::filesystem::file_size
+#include <fstream>     // std::ifstream, std::ofstream
+#include <string>      // std::string
+#include <vector>      // std::vector
+
+#include <sdlora/pipeline.hpp>       // models::StableDiffusion, UNet, VAE, CLIP (pulls in sdlora.hpp)
+#include <sdlora/train/trainer.hpp>  // train::Trainer
+
+using namespace sdlora;
+
+namespace {
+
+/// Kilobytes of a "VmHWM:" / "VmRSS:" line of /proc/self/status (0 where unavailable).
+double status_kb(std::string const& key) {
+  std::ifstream f("/proc/self/status");
+  std::string line;
+  while (std::getline(f, line))
+    if (line.rfind(key, 0) == 0) return std::atof(line.c_str() + key.size());
+  return 0;
+}
+double peak_rss_mb() { return status_kb("VmHWM:") / 1024.0; }
+double rss_mb() { return status_kb("VmRSS:") / 1024.0; }
+/// Resets the peak RSS to the current RSS (Linux >= 4.0), so that a measurement's peak excludes model building.
+void reset_peak_rss() { std::ofstream("/proc/self/clear_refs") << "5"; }
+
+/// Fills a tensor with a deterministic uniform(-bound, bound) sequence (splitmix64 per element; parallel).
+template <class T>
+void fill_uniform(Tensor<T, Cpu>& t, double bound, std::uint64_t seed) {
+  T* const p = t.data();
+  Index const n = t.numel();
+#pragma omp parallel for schedule(static)
+  for (Index i = 0; i < n; ++i) {
+    std::uint64_t z = seed * 0x9E3779B97F4A7C15ull + std::uint64_t(i) + 1;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    z ^= z >> 31;
+    double const u = double(z >> 11) * 0x1.0p-53;  // [0, 1)
+    p[i] = T((2 * u - 1) * bound);
+  }
+}
+
+/// Random weights like torch's default init: weights (rank >= 2) uniform(+-1/sqrt(fan_in)); rank-1 parameters
+/// (biases, norm scales/offsets) keep their constructed values, which do not change the work done.
+template <class M>
+void randomize(M& module, std::uint64_t seed) {
+  nn::for_each_parameter(module, [&](std::string const&, auto& p) {
+    if (p.value.rank() < 2) return;
+    double const fan_in = double(p.value.numel()) / double(p.value.dim(0));
+    fill_uniform(p.value, 1.0 / std::sqrt(fan_in), seed++);
+  });
+}
+
+struct Timing {
+  double best = 0, median = 0;
+  int repeats = 0;
+};
+
+template <class F>
+Timing time_it(int repeats, F&& f) {
+  f();  // warm-up: first-touch allocation, OpenMP pool start
+  std::vector<double> s;
+  for (int r = 0; r < repeats; ++r) {
+    auto const t0 = std::chrono::steady_clock::now();
+    f();
+    s.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  }
+  std::sort(s.begin(), s.end());
+  return {s.front(), s[s.size() / 2], repeats};
+}
+
+void report(std::string const& bench, std::string const& shape, Timing const& t, double peak_mb, double base_mb,
+            int threads, std::string const& extra = "") {
+  std::printf("{\"bench\": \"%s\", \"impl\": \"sdlora\", \"shape\": \"%s\", \"seconds\": %.4f, \"median_seconds\": "
+              "%.4f, \"repeats\": %d, \"peak_rss_mb\": %.0f, \"model_rss_mb\": %.0f, \"threads\": %d, "
+              "\"dtype\": \"float32\"%s}\n",
+              bench.c_str(), shape.c_str(), t.best, t.median, t.repeats, peak_mb, base_mb, threads, extra.c_str());
+  std::fflush(stdout);
+}
+
+std::string dims(Index n, Index c, Index h, Index w) {
+  return std::to_string(n) + "x" + std::to_string(c) + "x" + std::to_string(h) + "x" + std::to_string(w);
+}
+
+int bench_unet(Index latent, Index batch, int repeats) {
+  Context<Cpu> ctx;
+  models::UNet2DConditionModel<float> unet(models::UNetConfig::sd15());
+  randomize(unet, 1);
+  Tensor<float> sample(Shape{batch, 4, latent, latent}), context(Shape{batch, 77, 768}), t(Shape{batch});
+  fill_uniform(sample, 1.0, 100);
+  fill_uniform(context, 1.0, 101);
+  for (Index i = 0; i < batch; ++i) t(i) = 981.0f;
+  double const base = rss_mb();
+  reset_peak_rss();
+  auto const timing = time_it(repeats, [&] { unet.forward(ctx, sample.view(), t.view(), context.view()); });
+  report("unet_forward", dims(batch, 4, latent, latent) + " ctx " + std::to_string(batch) + "x77x768", timing,
+         peak_rss_mb(), base, ctx.threads());
+  return 0;
+}
+
+int bench_vae(Index latent, int repeats) {
+  Context<Cpu> ctx;
+  models::AutoencoderKL<float> vae(models::VaeConfig::sd());
+  randomize(vae, 2);
+  Tensor<float> z(Shape{1, 4, latent, latent});
+  fill_uniform(z, 1.0, 102);
+  double const base = rss_mb();
+  reset_peak_rss();
+  auto const timing = time_it(repeats, [&] { vae.decode(ctx, z.view()); });
+  report("vae_decode", dims(1, 4, latent, latent) + " -> " + dims(1, 3, latent * 8, latent * 8), timing,
+         peak_rss_mb(), base, ctx.threads());
+  return 0;
+}
+
+/// diffusers' SD 1.5 scheduler_config.json (the DDPM noise schedule the training scripts build from it).
+nlohmann::json sd15_scheduler() {
+  return {{"_class_name", "PNDMScheduler"}, {"beta_start", 0.00085}, {"beta_end", 0.012},
+          {"beta_schedule", "scaled_linear"}, {"num_train_timesteps", 1000}, {"prediction_type", "epsilon"},
+          {"set_alpha_to_one", false}, {"skip_prk_steps", true}, {"steps_offset", 1}, {"clip_sample", false}};
+}
+
+int bench_train(Index latent, bool checkpointing, int repeats) {
+  Context<Cpu> ctx;
+  models::StableDiffusion<float, Cpu> sd;  // no VAE (cached latents) and no tokenizer (ids given)
+  sd.text_encoder = models::ClipTextModel<float>(models::ClipTextConfig::sd15());
+  sd.unet = models::UNet2DConditionModel<float>(models::UNetConfig::sd15());
+  sd.scheduler_config = sd15_scheduler();
+  randomize(sd.text_encoder, 3);
+  randomize(sd.unet, 4);
+  train::TrainerOptions o;  // diffusers' train_text_to_image_lora.py: rank 4, alpha 4, gaussian init, AdamW 1e-4
+  o.rank = 4;
+  o.alpha = 4;
+  o.gradient_checkpointing = checkpointing;
+  o.max_grad_norm = 1.0;
+  train::Trainer<float> trainer(ctx, sd, o);
+  std::size_t lora_params = 0;
+  for (auto const& p : trainer.parameters()) lora_params += std::size_t(p.param->value.numel());
+  train::MicroBatch batch;
+  batch.latents = Tensor<float>(Shape{1, 4, latent, latent});
+  fill_uniform(batch.latents, 1.0, 103);
+  batch.input_ids = Tensor<std::int32_t, Cpu>(Shape{1, 77});
+  for (Index i = 0; i < 77; ++i) batch.input_ids(i) = i == 0 ? 49406 : i < 10 ? std::int32_t(320 + 7 * i) : 49407;
+  double const base = rss_mb();
+  reset_peak_rss();
+  auto const timing = time_it(repeats, [&] { trainer.step({batch}); });
+  report(checkpointing ? "lora_train_step_checkpointing" : "lora_train_step",
+         dims(1, 4, latent, latent) + " rank 4 attn", timing, peak_rss_mb(), base, ctx.threads(),
+         ", \"trainable_params\": " + std::to_string(lora_params));
+  return 0;
+}
+
+int bench_lora_size(std::string const& dir) {
+  Context<Cpu> ctx;
+  models::UNet2DConditionModel<float> unet(models::UNetConfig::sd15());
+  lora::InjectOptions io;  // rank 4 on to_q, to_k, to_v, to_out.0 of every attention (SD 1.5: 16 transformers)
+  io.rank = 4;
+  io.alpha = 4;
+  auto const r = lora::inject(unet, io);
+  std::size_t params = 0;
+  nn::for_each_parameter(unet, [&](std::string const& name, auto& p) {
+    if (name.find("lora_") == std::string::npos) return;
+    fill_uniform(p.value, 0.01, 5);  // lora_B starts at zero; non-zero factors as after training
+    params += std::size_t(p.value.numel());
+  });
+  auto const file = lora::collect(unet, "unet");
+  struct Out {
+    std::string name;
+    std::string path;
+    bool kohya;
+    DType dtype;
+  };
+  std::vector<Out> const outs{{"kohya_fp16", dir + "/sdlora_bench_kohya_fp16.safetensors", true, DType::F16},
+                              {"kohya_fp32", dir + "/sdlora_bench_kohya_fp32.safetensors", true, DType::F32},
+                              {"peft_fp16", dir + "/sdlora_bench_peft_fp16.safetensors", false, DType::F16},
+                              {"peft_fp32", dir + "/sdlora_bench_peft_fp32.safetensors", false, DType::F32}};
+  for (auto const& o : outs) {
+    if (o.kohya) {
+      lora::KohyaSaveOptions ko;
+      ko.dtype = o.dtype;
+      lora::save_kohya(o.path, file, ko);
+    } else {
+      lora::PeftSaveOptions po;
+      po.dtype = o.dtype;
+      lora::save_peft(o.path, file, po);
+    }
+    auto const bytes = std::filesystem::file_size(o.path);
+    std::printf("{\"bench\": \"lora_file_size\", \"impl\": \"sdlora\", \"layout\": \"%s\", \"bytes\": %llu, "
+                "\"mb\": %.3f, \"layers\": %zu, \"lora_params\": %zu, \"rank\": 4}\n",
+                o.name.c_str(), static_cast<unsigned long long>(bytes), double(bytes) / 1e6, std::size_t(r.layers),
+                params);
+    std::filesystem::remove(o.path);
+  }
+  std::fflush(stdout);
+  (void)ctx;
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string const what = argc > 1 ? argv[1] : "";
+  auto arg = [&](int i, int fallback) { return argc > i ? std::atoi(argv[i]) : fallback; };
+  try {
+    if (what == "unet") return bench_unet(arg(2, 32), arg(3, 2), arg(4, 3));
+    if (what == "vae") return bench_vae(arg(2, 32), arg(3, 3));
+    if (what == "train") return bench_train(arg(2, 32), arg(3, 0) != 0, arg(4, 3));
+    if (what == "lora_size") return bench_lora_size(argc > 2 ? argv[2] : "/tmp");
+  } catch (std::exception const& e) {
+    std::fprintf(stderr, "sd15_bench %s: %s\n", what.c_str(), e.what());
+    return 1;
+  }
+  std::fprintf(stderr, "usage: sd15_bench unet [latent] [batch] [repeats] | vae [latent] [repeats] | "
+                       "train [latent] [checkpointing 0/1] [repeats] | lora_size [out_dir]\n");
+  return 2;
+}
