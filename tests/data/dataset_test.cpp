@@ -169,8 +169,8 @@ TEST_CASE("QuickDraw bitmaps: caption template, inversion, bicubic upscale, max 
   TorchGenerator g(0);
   auto ex = d.get(1, g);
   REQUIRE(ex.image.shape() == Shape{3, 64, 64});
-  // Inside the block (source (14, 9) -> (50.5 / 28 * ... ) centre of the block at 64 px) white, far away black, all
-  // channels equal, and the cubic's overshoot clamped to [-1, 1].
+  // Row 1's block covers source pixels x 5..12, y 10..17 (centre (14, 9)), i.e. about (32, 21) at 64 px (scale 64/28):
+  // white there, black far away, all channels equal, and the cubic's overshoot clamped to [-1, 1].
   auto px = [&](Tensor<float, Cpu> const& im, Index c, Index y, Index x) { return im((c * 64 + y) * 64 + x); };
   CHECK(px(ex.image, 0, 32, 21) == Approx(1.0f));
   CHECK(px(ex.image, 0, 5, 60) == Approx(-1.0f));
