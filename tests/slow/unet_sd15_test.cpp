@@ -86,6 +86,8 @@ TEST_CASE("The full-size SD 1.5 UNet runs one 64x64 forward with bounded extra m
   CHECK(std > 1e-3);  // a dead path (a zeroed block, a skipped residual) would collapse the output
   CHECK(std < 1e3);
   // Activations of an inference forward at 64x64: the largest live set is a few (1, 320..640, 64, 64) maps plus the
-  // skips (~60 MB) and one attention's q/k/v at 4096 tokens; 1.5 GB flags a forward that keeps what it does not need.
-  if (weights_mb > 0) CHECK(peak_mb - weights_mb < 1536);
+  // skips (~60 MB), one 3x3 im2col buffer (C*9*H*W floats: 47 MB for 320 channels at 64x64) and one attention's
+  // q/k/v at 4096 tokens. Measured +239 MB (2 threads); 768 MB flags a forward that keeps what
+  // it does not need (saved activations in Infer mode, leaked skips).
+  if (weights_mb > 0) CHECK(peak_mb - weights_mb < 768);
 }
