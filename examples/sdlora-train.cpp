@@ -220,9 +220,12 @@ int run(int argc, char** argv) {
   if (a.model.empty()) SDLORA_THROW(ConfigError, "--pretrained_model is required");
   if (!a.instance_data_dir.empty() && a.method == "lora") a.method = "dreambooth";
   auto const method = train::method_from_name(a.method);
-  std::string const data_dir = method == train::Method::Lora ? a.train_data_dir : a.instance_data_dir;
+  // LoRA reads --train_data_dir, DreamBooth --instance_data_dir, Textual Inversion either (diffusers'
+  // textual_inversion.py calls it --train_data_dir).
+  std::string data_dir = method == train::Method::DreamBooth ? a.instance_data_dir : a.train_data_dir;
+  if (method == train::Method::TextualInversion && data_dir.empty()) data_dir = a.instance_data_dir;
   if (data_dir.empty())
-    SDLORA_THROW(ConfigError, (method == train::Method::Lora ? "--train_data_dir" : "--instance_data_dir")
+    SDLORA_THROW(ConfigError, (method == train::Method::DreamBooth ? "--instance_data_dir" : "--train_data_dir")
                                   << " is required for --method " << a.method);
   if (!fs::exists(data_dir)) SDLORA_THROW(IoError, "data folder " << data_dir << " does not exist");
   if (method == train::Method::DreamBooth && a.instance_prompt.empty())

@@ -46,3 +46,36 @@ TEST_CASE("A missing or misshapen UNet weight is named in the load error", "[mod
                     Catch::Contains("conv_in.weight") && Catch::Contains("attn2.to_k.weight") &&
                         Catch::Contains("(8, 12)") && Catch::Contains("1 missing keys"));
 }
+
+TEST_CASE("Gradient checkpointing gives bit-identical UNet gradients", "[models][unet]") {
+  // Checkpointed blocks keep only their inputs and recompute their forward inside backward: the same float
+  // operations in the same order, so every gradient must be equal bit for bit.
+  Context<Cpu> ctx;
+  io::SafetensorsFile ref(test::fixture("models/tiny-sd1-outputs.safetensors"));
+  auto sample = ref.load<float>("unet.sample");
+  auto ts = ref.load<float>("unet.timesteps");
+  auto text = ref.load<float>("unet.encoder_hidden_states");
+  auto dy = ref.load<float>("unet.grad_upstream");
+  auto run = [&](bool checkpointing) {
+    auto unet = load_unet("sd1");
+    nn::set_trainable(unet, true);
+    unet.set_gradient_checkpointing(checkpointing);
+    unet.forward(ctx, sample, ts, text, nn::Mode::Train);
+    auto g = unet.backward(ctx, dy);
+    std::vector<float> all(g.dsample.span().begin(), g.dsample.span().end());
+    all.insert(all.end(), g.dencoder_hidden_states.span().begin(), g.dencoder_hidden_states.span().end());
+    nn::for_each_parameter(unet, [&](std::string const&, auto& p) {
+      all.insert(all.end(), p.grad.span().begin(), p.grad.span().end());
+    });
+    return all;
+  };
+  auto const plain = run(false);
+  auto const checkpointed = run(true);
+  REQUIRE(plain.size() == checkpointed.size());
+  std::size_t nonzero = 0;
+  for (std::size_t i = 0; i < plain.size(); ++i) {
+    REQUIRE(plain[i] == checkpointed[i]);
+    nonzero += plain[i] != 0.0f;
+  }
+  CHECK(nonzero > plain.size() / 2);
+}

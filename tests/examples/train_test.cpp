@@ -1,0 +1,120 @@
+/// @file train_test.cpp
+/// @brief End-to-end tests of the sdlora-train program on the tiny model and procedural sample data: help, flag
+/// errors, a short run with its outputs, resume with a larger --max_train_steps, and Textual Inversion outputs.
+#include <catch2/catch.hpp>
+
+#include <sys/wait.h>  // WIFEXITED
+#include <unistd.h>    // getpid
+
+#include <cstdlib>     // std::system
+#include <filesystem>  // std::filesystem
+#include <fstream>     // std::ifstream
+#include <sstream>     // std::ostringstream
+
+#include <sdlora/train/sample_data.hpp>
+
+#include "support.hpp"
+
+using namespace sdlora;
+namespace fs = std::filesystem;
+
+namespace {
+struct Result {
+  int code = -1;
+  std::string out, err;
+};
+
+fs::path scratch() {
+  static fs::path const dir = [] {
+    fs::path d = fs::temp_directory_path() / ("sdlora_train_test_" + std::to_string(::getpid()));
+    fs::remove_all(d);
+    fs::create_directories(d);
+    train::SampleDataOptions o;
+    o.images = 4;
+    o.image_size = 24;
+    o.scribbles_per_class = 4;
+    train::write_sample_data((d / "samples").string(), o);
+    return d;
+  }();
+  return dir;
+}
+
+std::string slurp(fs::path const& p) {
+  std::ifstream in(p, std::ios::binary);
+  std::ostringstream os;
+  os << in.rdbuf();
+  return os.str();
+}
+
+Result run(std::string const& args) {
+  static int n = 0;
+  fs::path const out = scratch() / ("stdout" + std::to_string(n)), err = scratch() / ("stderr" + std::to_string(n));
+  ++n;
+  std::string const cmd = std::string("'") + SDLORA_TRAIN_EXE + "' " + args + " > '" + out.string() + "' 2> '" +
+                          err.string() + "'";
+  int const status = std::system(cmd.c_str());
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, slurp(out), slurp(err)};
+}
+
+std::string base(std::string const& out_dir) {
+  return "--pretrained-model '" + test::fixture("models/tiny-sd1") + "' --train-data-dir '" +
+         (scratch() / "samples" / "images").string() + "' --resolution 16 --output-dir '" +
+         (scratch() / out_dir).string() + "' --threads 1 --seed 3";
+}
+}  // namespace
+
+TEST_CASE("sdlora-train --help lists the diffusers-named flags", "[examples][e2e]") {
+  auto r = run("--help");
+  CHECK(r.code == 0);
+  for (char const* flag : {"--pretrained_model", "--train_data_dir", "--resolution", "--train_batch_size",
+                           "--gradient_accumulation_steps", "--max_train_steps", "--learning_rate", "--lr_scheduler",
+                           "--lr_warmup_steps", "--rank", "--snr_gamma", "--checkpointing_steps",
+                           "--resume_from_checkpoint", "--validation_prompt", "--seed", "--output_dir", "--config",
+                           "--instance_data_dir", "--with_prior_preservation", "--placeholder_token", "--method"})
+    CHECK(r.out.find(flag) != std::string::npos);
+}
+
+TEST_CASE("sdlora-train reports bad flags and missing inputs in one line", "[examples][e2e]") {
+  auto r = run("--no-such-flag 3");
+  CHECK(r.code == 2);
+  CHECK(std::count(r.err.begin(), r.err.end(), '\n') == 1);
+  r = run("--pretrained-model '" + test::fixture("models/tiny-sd1") + "' --train-data-dir /no/such/folder");
+  CHECK(r.code != 0);
+  CHECK(r.err.find("/no/such/folder") != std::string::npos);
+  r = run(base("bad_sched") + " --lr-scheduler sometimes");
+  CHECK(r.code != 0);
+  CHECK(r.err.find("sometimes") != std::string::npos);
+}
+
+TEST_CASE("sdlora-train writes the LoRA, loss.csv and checkpoints, and a larger --max_train_steps continues",
+          "[examples][e2e]") {
+  auto r = run(base("short") + " --max-train-steps 4 --checkpointing-steps 2 --save-format both");
+  INFO(r.err);
+  REQUIRE(r.code == 0);
+  fs::path const dir = scratch() / "short";
+  CHECK(fs::exists(dir / "sdlora_lora.safetensors"));
+  CHECK(fs::exists(dir / "pytorch_lora_weights.safetensors"));
+  CHECK(fs::exists(dir / "checkpoint-4"));
+  CHECK(fs::exists(dir / "loss.png"));
+  CHECK(slurp(dir / "loss.csv").rfind("step,loss,lr\n", 0) == 0);
+  r = run(base("short") + " --max-train-steps 6 --checkpointing-steps 2 --resume-from-checkpoint latest");
+  INFO(r.err);
+  REQUIRE(r.code == 0);
+  CHECK(r.out.find("(4 -> 6)") != std::string::npos);
+  std::string const csv = slurp(dir / "loss.csv");
+  CHECK(std::count(csv.begin(), csv.end(), '\n') == 7);  // header + steps 1..6
+  io::SafetensorsFile f((dir / "sdlora_lora.safetensors").string());
+  CHECK(f.metadata().at("ss_steps") == "6");
+}
+
+TEST_CASE("sdlora-train --method textual_inversion writes both embedding formats", "[examples][e2e]") {
+  auto r = run(base("ti") + " --method textual_inversion --placeholder-token '<shape>' --initializer-token toy "
+                            "--max-train-steps 2 --learning-rate 1e-2 --checkpointing-steps 0");
+  INFO(r.err);
+  REQUIRE(r.code == 0);
+  CHECK(fs::exists(scratch() / "ti" / "learned_embeds.safetensors"));
+  CHECK(fs::exists(scratch() / "ti" / "_shape_.a1111.safetensors"));
+  r = run(base("ti2") + " --method textual_inversion --placeholder-token cat --initializer-token toy");
+  CHECK(r.code != 0);
+  CHECK(r.err.find("already in the vocabulary") != std::string::npos);
+}
