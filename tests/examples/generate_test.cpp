@@ -4,11 +4,7 @@
 /// img2img. The executable's path comes from CMake (SDLORA_GENERATE_EXE).
 #include <catch2/catch.hpp>
 
-#include <sys/wait.h>  // WEXITSTATUS
-#include <unistd.h>    // getpid
-
 #include <algorithm>   // std::count
-#include <cstdlib>     // std::system
 #include <filesystem>  // std::filesystem
 #include <fstream>     // std::ifstream
 #include <sstream>     // std::ostringstream
@@ -17,6 +13,7 @@
 
 #include <sdlora/pipeline.hpp>  // pipeline::save_embedding
 
+#include "examples/program.hpp"
 #include "support.hpp"
 
 using namespace sdlora;
@@ -24,14 +21,12 @@ namespace fs = std::filesystem;
 
 namespace {
 
-struct Result {
-  int code = -1;
-  std::string out, err;
-};
+using Result = test::ProgramResult;
+using test::read_bytes;
 
 fs::path scratch() {
   static fs::path const dir = [] {
-    fs::path d = fs::temp_directory_path() / ("sdlora_generate_test_" + std::to_string(::getpid()));
+    fs::path d = test::scratch_dir("sdlora_generate_test");
     fs::remove_all(d);
     fs::create_directories(d);
     return d;
@@ -39,27 +34,7 @@ fs::path scratch() {
   return dir;
 }
 
-std::string read_bytes(fs::path const& p) {
-  std::ifstream in(p, std::ios::binary);
-  std::ostringstream os;
-  os << in.rdbuf();
-  return os.str();
-}
-
-/// Runs the program with `args` (already shell-quoted where needed), capturing stdout and stderr.
-Result run(std::string const& args) {
-  static int n = 0;
-  fs::path const out = scratch() / ("stdout" + std::to_string(n)), err = scratch() / ("stderr" + std::to_string(n));
-  ++n;
-  std::string const cmd = std::string("'") + SDLORA_GENERATE_EXE + "' " + args + " > '" + out.string() + "' 2> '" +
-                          err.string() + "'";
-  int const status = std::system(cmd.c_str());
-  Result r;
-  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  r.out = read_bytes(out);
-  r.err = read_bytes(err);
-  return r;
-}
+Result run(std::string const& args) { return test::run_program(SDLORA_GENERATE_EXE, args, scratch()); }
 
 std::string tiny() { return "--model '" + test::fixture("models/tiny-sd1") + "'"; }
 /// A fast generation of the tiny model: 16x16 pixels, 3 steps.

@@ -3,30 +3,23 @@
 /// errors, a short run with its outputs, resume with a larger --max_train_steps, and Textual Inversion outputs.
 #include <catch2/catch.hpp>
 
-#include <sys/wait.h>  // WIFEXITED
-#include <unistd.h>    // getpid
-
-#include <cstdlib>     // std::system
 #include <filesystem>  // std::filesystem
-#include <fstream>     // std::ifstream
-#include <sstream>     // std::ostringstream
 
 #include <sdlora/train/sample_data.hpp>
 
+#include "examples/program.hpp"
 #include "support.hpp"
 
 using namespace sdlora;
 namespace fs = std::filesystem;
 
 namespace {
-struct Result {
-  int code = -1;
-  std::string out, err;
-};
+using Result = test::ProgramResult;
+using test::read_bytes;
 
 fs::path scratch() {
   static fs::path const dir = [] {
-    fs::path d = fs::temp_directory_path() / ("sdlora_train_test_" + std::to_string(::getpid()));
+    fs::path d = test::scratch_dir("sdlora_train_test");
     fs::remove_all(d);
     fs::create_directories(d);
     train::SampleDataOptions o;
@@ -39,22 +32,7 @@ fs::path scratch() {
   return dir;
 }
 
-std::string slurp(fs::path const& p) {
-  std::ifstream in(p, std::ios::binary);
-  std::ostringstream os;
-  os << in.rdbuf();
-  return os.str();
-}
-
-Result run(std::string const& args) {
-  static int n = 0;
-  fs::path const out = scratch() / ("stdout" + std::to_string(n)), err = scratch() / ("stderr" + std::to_string(n));
-  ++n;
-  std::string const cmd = std::string("'") + SDLORA_TRAIN_EXE + "' " + args + " > '" + out.string() + "' 2> '" +
-                          err.string() + "'";
-  int const status = std::system(cmd.c_str());
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, slurp(out), slurp(err)};
-}
+Result run(std::string const& args) { return test::run_program(SDLORA_TRAIN_EXE, args, scratch()); }
 
 std::string base(std::string const& out_dir) {
   return "--pretrained-model '" + test::fixture("models/tiny-sd1") + "' --train-data-dir '" +
@@ -96,12 +74,12 @@ TEST_CASE("sdlora-train writes the LoRA, loss.csv and checkpoints, and a larger 
   CHECK(fs::exists(dir / "pytorch_lora_weights.safetensors"));
   CHECK(fs::exists(dir / "checkpoint-4"));
   CHECK(fs::exists(dir / "loss.png"));
-  CHECK(slurp(dir / "loss.csv").rfind("step,loss,lr\n", 0) == 0);
+  CHECK(read_bytes(dir / "loss.csv").rfind("step,loss,lr\n", 0) == 0);
   r = run(base("short") + " --max-train-steps 6 --checkpointing-steps 2 --resume-from-checkpoint latest");
   INFO(r.err);
   REQUIRE(r.code == 0);
   CHECK(r.out.find("(4 -> 6)") != std::string::npos);
-  std::string const csv = slurp(dir / "loss.csv");
+  std::string const csv = read_bytes(dir / "loss.csv");
   CHECK(std::count(csv.begin(), csv.end(), '\n') == 7);  // header + steps 1..6
   io::SafetensorsFile f((dir / "sdlora_lora.safetensors").string());
   CHECK(f.metadata().at("ss_steps") == "6");

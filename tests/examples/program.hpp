@@ -1,0 +1,47 @@
+/// @file program.hpp
+/// @brief Running an example program from a test: a per-process scratch folder, the command's exit code and its
+/// captured stdout / stderr.
+#pragma once
+
+#include <sys/wait.h>  // WIFEXITED, WEXITSTATUS
+#include <unistd.h>    // getpid
+
+#include <cstdlib>     // std::system
+#include <filesystem>  // std::filesystem
+#include <fstream>     // std::ifstream
+#include <sstream>     // std::ostringstream
+#include <string>      // std::string
+
+namespace sdlora::test {
+
+struct ProgramResult {
+  int code = -1;
+  std::string out, err;
+};
+
+/// A folder of its own for this test process (created empty on first use), named after `stem`.
+inline std::filesystem::path scratch_dir(std::string const& stem) {
+  namespace fs = std::filesystem;
+  fs::path d = fs::temp_directory_path() / (stem + "_" + std::to_string(::getpid()));
+  if (!fs::exists(d)) fs::create_directories(d);
+  return d;
+}
+
+inline std::string read_bytes(std::filesystem::path const& p) {
+  std::ifstream in(p, std::ios::binary);
+  std::ostringstream os;
+  os << in.rdbuf();
+  return os.str();
+}
+
+/// Runs `exe args` (args already shell-quoted), capturing stdout and stderr into files under `dir`.
+inline ProgramResult run_program(std::string const& exe, std::string const& args, std::filesystem::path const& dir) {
+  static int n = 0;
+  auto const out = dir / ("stdout" + std::to_string(n)), err = dir / ("stderr" + std::to_string(n));
+  ++n;
+  std::string const cmd = "'" + exe + "' " + args + " > '" + out.string() + "' 2> '" + err.string() + "'";
+  int const status = std::system(cmd.c_str());
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, read_bytes(out), read_bytes(err)};
+}
+
+}  // namespace sdlora::test
