@@ -85,10 +85,9 @@ class DownBlock {
 
   template <class V>
   void visit(std::string const& name, V&& visitor) {
-    for (std::size_t j = 0; j < resnets.size(); ++j) resnets[j].visit(nn::join(name, "resnets." + std::to_string(j)), visitor);
-    for (std::size_t j = 0; j < attentions.size(); ++j)
-      attentions[j].visit(nn::join(name, "attentions." + std::to_string(j)), visitor);
-    if (!downsamplers.empty()) downsamplers[0].visit(nn::join(name, "downsamplers.0"), visitor);
+    nn::visit_each(name, "resnets", resnets, visitor);
+    nn::visit_each(name, "attentions", attentions, visitor);
+    nn::visit_each(name, "downsamplers", downsamplers, visitor);
   }
 };
 
@@ -126,8 +125,8 @@ class MidBlock {
   }
   template <class V>
   void visit(std::string const& name, V&& visitor) {
-    for (std::size_t j = 0; j < resnets.size(); ++j) resnets[j].visit(nn::join(name, "resnets." + std::to_string(j)), visitor);
-    attentions[0].visit(nn::join(name, "attentions.0"), visitor);
+    nn::visit_each(name, "resnets", resnets, visitor);
+    nn::visit_each(name, "attentions", attentions, visitor);
   }
 };
 
@@ -205,10 +204,9 @@ class UpBlock {
 
   template <class V>
   void visit(std::string const& name, V&& visitor) {
-    for (std::size_t j = 0; j < resnets.size(); ++j) resnets[j].visit(nn::join(name, "resnets." + std::to_string(j)), visitor);
-    for (std::size_t j = 0; j < attentions.size(); ++j)
-      attentions[j].visit(nn::join(name, "attentions." + std::to_string(j)), visitor);
-    if (!upsamplers.empty()) upsamplers[0].visit(nn::join(name, "upsamplers.0"), visitor);
+    nn::visit_each(name, "resnets", resnets, visitor);
+    nn::visit_each(name, "attentions", attentions, visitor);
+    nn::visit_each(name, "upsamplers", upsamplers, visitor);
   }
 
  private:
@@ -357,11 +355,9 @@ class UNet2DConditionModel {
   void visit(std::string const& name, V&& visitor) {
     conv_in.visit(nn::join(name, "conv_in"), visitor);
     time_embedding.visit(nn::join(name, "time_embedding"), visitor);
-    for (std::size_t i = 0; i < down_blocks.size(); ++i)
-      down_blocks[i].visit(nn::join(name, "down_blocks." + std::to_string(i)), visitor);
+    nn::visit_each(name, "down_blocks", down_blocks, visitor);
     mid_block.visit(nn::join(name, "mid_block"), visitor);
-    for (std::size_t i = 0; i < up_blocks.size(); ++i)
-      up_blocks[i].visit(nn::join(name, "up_blocks." + std::to_string(i)), visitor);
+    nn::visit_each(name, "up_blocks", up_blocks, visitor);
     conv_norm_out.visit(nn::join(name, "conv_norm_out"), visitor);
     conv_out.visit(nn::join(name, "conv_out"), visitor);
   }

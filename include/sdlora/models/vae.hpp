@@ -70,16 +70,28 @@ class VaeMidBlock {
   }
   template <class V>
   void visit(std::string const& name, V&& visitor) {
-    for (std::size_t j = 0; j < resnets.size(); ++j) resnets[j].visit(nn::join(name, "resnets." + std::to_string(j)), visitor);
-    if (!attentions.empty()) attentions[0].visit(nn::join(name, "attentions.0"), visitor);
+    nn::visit_each(name, "resnets", resnets, visitor);
+    nn::visit_each(name, "attentions", attentions, visitor);
   }
 };
 
-/// A VAE down or up block: resnets then an optional resampler.
+/// A VAE down or up block: resnets then an optional resampler ("downsamplers.0" / "upsamplers.0").
 template <class T, class B, class Resample>
 struct VaeBlock {
   std::vector<ResnetBlock2D<T, B>> resnets;
-  std::vector<Resample> samplers;  // "downsamplers" / "upsamplers": at most one
+  std::vector<Resample> samplers;  // at most one
+  std::string samplers_name;       // "downsamplers" or "upsamplers"
+
+  Tensor<T, B> forward(Context<B>& ctx, Tensor<T, B> h) {
+    for (auto& r : resnets) h = r.forward(ctx, h.view(), {});
+    for (auto& s : samplers) h = s.forward(ctx, h.view());
+    return h;
+  }
+  template <class V>
+  void visit(std::string const& name, V&& visitor) {
+    nn::visit_each(name, "resnets", resnets, visitor);
+    nn::visit_each(name, samplers_name, samplers, visitor);
+  }
 };
 
 /// reference: diffusers/models/autoencoders/vae.py, Encoder
@@ -94,7 +106,7 @@ class VaeEncoder {
     for (std::size_t i = 0; i < ch.size(); ++i) {
       Index const in = out;
       out = ch[i];
-      VaeBlock<T, B, nn::Downsample2D<T, B>> block;
+      VaeBlock<T, B, nn::Downsample2D<T, B>> block{{}, {}, "downsamplers"};
       for (int j = 0; j < c.layers_per_block; ++j)
         block.resnets.emplace_back(j == 0 ? in : out, out, 0, c.norm_num_groups, 1e-6);
       if (i + 1 < ch.size()) block.samplers.emplace_back(out, true, out, 0);  // padding 0: pad (0, 1, 0, 1)
@@ -113,10 +125,7 @@ class VaeEncoder {
   /// (N, 2 * latent_channels, H / f, W / f): mean and logvar stacked on the channel axis
   Tensor<T, B> forward(Context<B>& ctx, TensorView<T const, B> x) {
     auto h = conv_in.forward(ctx, x);
-    for (auto& block : down_blocks) {
-      for (auto& r : block.resnets) h = r.forward(ctx, h.view(), {});
-      for (auto& s : block.samplers) h = s.forward(ctx, h.view());
-    }
+    for (auto& block : down_blocks) h = block.forward(ctx, std::move(h));
     h = mid_block.forward(ctx, h.view());
     h = conv_norm_out.forward(ctx, h.view());
     h = act_.forward(ctx, h.view());
@@ -125,12 +134,7 @@ class VaeEncoder {
   template <class V>
   void visit(std::string const& name, V&& visitor) {
     conv_in.visit(nn::join(name, "conv_in"), visitor);
-    for (std::size_t i = 0; i < down_blocks.size(); ++i) {
-      std::string const b = nn::join(name, "down_blocks." + std::to_string(i));
-      for (std::size_t j = 0; j < down_blocks[i].resnets.size(); ++j)
-        down_blocks[i].resnets[j].visit(nn::join(b, "resnets." + std::to_string(j)), visitor);
-      for (auto& s : down_blocks[i].samplers) s.visit(nn::join(b, "downsamplers.0"), visitor);
-    }
+    nn::visit_each(name, "down_blocks", down_blocks, visitor);
     mid_block.visit(nn::join(name, "mid_block"), visitor);
     conv_norm_out.visit(nn::join(name, "conv_norm_out"), visitor);
     conv_out.visit(nn::join(name, "conv_out"), visitor);
@@ -153,7 +157,7 @@ class VaeDecoder {
     for (std::size_t i = 0; i < ch.size(); ++i) {
       Index const prev = out;
       out = ch[ch.size() - 1 - i];
-      VaeBlock<T, B, nn::Upsample2D<T, B>> block;
+      VaeBlock<T, B, nn::Upsample2D<T, B>> block{{}, {}, "upsamplers"};
       for (int j = 0; j < c.layers_per_block + 1; ++j)
         block.resnets.emplace_back(j == 0 ? prev : out, out, 0, c.norm_num_groups, 1e-6);
       if (i + 1 < ch.size()) block.samplers.emplace_back(out, true, out);
@@ -172,10 +176,7 @@ class VaeDecoder {
   Tensor<T, B> forward(Context<B>& ctx, TensorView<T const, B> z) {
     auto h = conv_in.forward(ctx, z);
     h = mid_block.forward(ctx, h.view());
-    for (auto& block : up_blocks) {
-      for (auto& r : block.resnets) h = r.forward(ctx, h.view(), {});
-      for (auto& s : block.samplers) h = s.forward(ctx, h.view());
-    }
+    for (auto& block : up_blocks) h = block.forward(ctx, std::move(h));
     h = conv_norm_out.forward(ctx, h.view());
     h = act_.forward(ctx, h.view());
     return conv_out.forward(ctx, h.view());
@@ -184,12 +185,7 @@ class VaeDecoder {
   void visit(std::string const& name, V&& visitor) {
     conv_in.visit(nn::join(name, "conv_in"), visitor);
     mid_block.visit(nn::join(name, "mid_block"), visitor);
-    for (std::size_t i = 0; i < up_blocks.size(); ++i) {
-      std::string const b = nn::join(name, "up_blocks." + std::to_string(i));
-      for (std::size_t j = 0; j < up_blocks[i].resnets.size(); ++j)
-        up_blocks[i].resnets[j].visit(nn::join(b, "resnets." + std::to_string(j)), visitor);
-      for (auto& s : up_blocks[i].samplers) s.visit(nn::join(b, "upsamplers.0"), visitor);
-    }
+    nn::visit_each(name, "up_blocks", up_blocks, visitor);
     conv_norm_out.visit(nn::join(name, "conv_norm_out"), visitor);
     conv_out.visit(nn::join(name, "conv_out"), visitor);
   }

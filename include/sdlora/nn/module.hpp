@@ -79,6 +79,12 @@ struct Adapter {
 template <class T, class B>
 using AdapterList = std::vector<std::shared_ptr<Adapter<T, B>>>;
 
+/// Visits `items[i]` as "<prefix>.<field>.<i>" (diffusers' ModuleList naming).
+template <class Seq, class V>
+void visit_each(std::string const& prefix, std::string const& field, Seq& items, V&& visitor) {
+  for (std::size_t i = 0; i < items.size(); ++i) items[i].visit(join(prefix, field + "." + std::to_string(i)), visitor);
+}
+
 /// Calls f(full_name, parameter) for every parameter of a module tree, adapters' parameters included.
 template <class Module, class F>
 void for_each_parameter(Module& module, F&& f, std::string const& prefix = "") {
