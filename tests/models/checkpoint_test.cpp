@@ -1,5 +1,6 @@
 #include <catch2/catch.hpp>
 
+#include <filesystem>
 #include <fstream>
 
 #include <sdlora/models/checkpoint.hpp>
@@ -51,7 +52,7 @@ TEST_CASE("The SD 2.x single file (OpenCLIP text layout, linear projections) loa
 
 TEST_CASE("Loading errors name the file and the keys", "[models][checkpoint]") {
   CHECK_THROWS_AS(models::load_stable_diffusion<float>("no/such/model"), IoError);
-  std::string const ckpt = "model.ckpt";
+  std::string const ckpt = (std::filesystem::temp_directory_path() / "sdlora_model.ckpt").string();
   std::ofstream(ckpt) << "pickle";
   CHECK_THROWS_WITH(models::load_stable_diffusion<float>(ckpt), Catch::Contains("pickle") && Catch::Contains(ckpt));
   // A single file without config folder assumes SD 1.5's full-size architecture: every shape mismatches.
