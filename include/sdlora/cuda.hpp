@@ -1,6 +1,7 @@
 /// @file cuda.hpp
 /// @brief The umbrella header of the CUDA backend: Tensor<T, Cuda> memory (caching allocator, to_device, to_host),
-/// Context<Cuda>, error checks, and ops::Impl<Op, Cuda> for gemm, map/zip, reductions and bias. Host C++: compiles
+/// Context<Cuda>, error checks, and ops::Impl<Op, Cuda> for gemm, map/zip, reductions, bias and the layer ops (conv,
+/// norms, softmax, attention, GELU/GEGLU, SiLU, upsampling, timestep embedding, embedding, dropout, concat, layout). Host C++: compiles
 /// with g++ or nvcc and needs the CUDA toolkit headers (cuda_runtime_api.h, cublas_v2.h, cublasLt.h), never Eigen.
 ///
 /// Link CUDA::cudart, CUDA::cublas and CUDA::cublasLt (the sdlora::cuda CMake target does), and compile exactly one
@@ -17,3 +18,17 @@
 #include <sdlora/backend/cuda/elementwise.hpp>  // Impl<Map, Cuda>, Impl<Zip, Cuda>
 #include <sdlora/backend/cuda/gemm.hpp>         // Impl<Gemm, Cuda>
 #include <sdlora/backend/cuda/reduce.hpp>       // Impl<Reduce, Cuda>
+
+// Layer ops
+#include <sdlora/backend/cuda/activation.hpp>  // Impl<Silu, Cuda>
+#include <sdlora/backend/cuda/attention.hpp>   // Impl<Attention, Cuda>
+#include <sdlora/backend/cuda/concat.hpp>      // Impl<ConcatChannels, Cuda>
+#include <sdlora/backend/cuda/conv.hpp>        // Impl<Conv2d, Cuda>
+#include <sdlora/backend/cuda/dropout.hpp>     // Impl<Dropout, Cuda>
+#include <sdlora/backend/cuda/embedding.hpp>   // Impl<Embedding, Cuda>
+#include <sdlora/backend/cuda/gelu.hpp>        // Impl<Geglu, Cuda>; gelu / quick_gelu map and zip instances
+#include <sdlora/backend/cuda/layout.hpp>      // Impl<TransposeLastTwo, Cuda>
+#include <sdlora/backend/cuda/norm.hpp>        // Impl<GroupNorm, Cuda>, Impl<LayerNorm, Cuda>
+#include <sdlora/backend/cuda/softmax.hpp>     // Impl<Softmax, Cuda>
+#include <sdlora/backend/cuda/timestep.hpp>    // Impl<TimestepSinusoidal, Cuda>
+#include <sdlora/backend/cuda/upsample.hpp>    // Impl<UpsampleNearest, Cuda>

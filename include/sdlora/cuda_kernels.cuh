@@ -19,6 +19,18 @@
 #include <sdlora/backend/cuda/kernels/elementwise.cuh>  // launch_map, launch_zip
 #include <sdlora/backend/cuda/kernels/reduce.cuh>       // launch_reduce
 
+// Layer ops
+#include <sdlora/backend/cuda/kernels/attention.cuh>  // launch_attention_forward, launch_attention_backward
+#include <sdlora/backend/cuda/kernels/conv.cuh>       // launch_im2col, launch_col2im
+#include <sdlora/backend/cuda/kernels/dropout.cuh>    // launch_dropout
+#include <sdlora/backend/cuda/kernels/embedding.cuh>  // launch_embedding_forward, launch_embedding_backward
+#include <sdlora/backend/cuda/kernels/gelu.cuh>       // launch_geglu_forward, launch_geglu_backward
+#include <sdlora/backend/cuda/kernels/layout.cuh>     // launch_transpose_last_two
+#include <sdlora/backend/cuda/kernels/norm.cuh>       // GroupNorm, LayerNorm launchers
+#include <sdlora/backend/cuda/kernels/softmax.cuh>    // launch_softmax_forward, launch_softmax_backward
+#include <sdlora/backend/cuda/kernels/timestep.cuh>   // launch_timestep_sinusoidal
+#include <sdlora/backend/cuda/kernels/upsample.cuh>   // launch_upsample_nearest_forward / _backward
+
 // The instances declared `extern template` by the backend/cuda/*.hpp headers.
 SDLORA_CUDA_ELEMENTWISE_INSTANCES(SDLORA_CUDA_INSTANTIATE_MAP, SDLORA_CUDA_INSTANTIATE_ZIP)
 SDLORA_CUDA_INSTANTIATE_REDUCE(float)
@@ -29,3 +41,17 @@ SDLORA_CUDA_INSTANTIATE_BIAS(float)
 SDLORA_CUDA_INSTANTIATE_BIAS(double)
 SDLORA_CUDA_INSTANTIATE_BIAS(::sdlora::half)
 SDLORA_CUDA_INSTANTIATE_BIAS(::sdlora::bfloat16)
+
+// Layer ops: every storage type (float, double, half, bfloat16).
+SDLORA_CUDA_STORAGE_TYPES(SDLORA_CUDA_INSTANTIATE_ATTENTION)
+SDLORA_CUDA_STORAGE_TYPES(SDLORA_CUDA_INSTANTIATE_CONV)
+SDLORA_CUDA_STORAGE_TYPES(SDLORA_CUDA_INSTANTIATE_DROPOUT)
+SDLORA_CUDA_STORAGE_TYPES(SDLORA_CUDA_INSTANTIATE_EMBEDDING)
+SDLORA_CUDA_STORAGE_TYPES(SDLORA_CUDA_INSTANTIATE_GEGLU)
+SDLORA_CUDA_STORAGE_TYPES(SDLORA_CUDA_INSTANTIATE_GELU)
+SDLORA_CUDA_STORAGE_TYPES(SDLORA_CUDA_INSTANTIATE_LAYOUT)
+SDLORA_CUDA_STORAGE_TYPES(SDLORA_CUDA_INSTANTIATE_NORM)
+SDLORA_CUDA_STORAGE_TYPES(SDLORA_CUDA_INSTANTIATE_SILU)
+SDLORA_CUDA_STORAGE_TYPES(SDLORA_CUDA_INSTANTIATE_SOFTMAX)
+SDLORA_CUDA_STORAGE_TYPES(SDLORA_CUDA_INSTANTIATE_TIMESTEP)
+SDLORA_CUDA_STORAGE_TYPES(SDLORA_CUDA_INSTANTIATE_UPSAMPLE)

@@ -19,3 +19,6 @@ inline int grid_size(Index n) { return int(std::min<Index>((n + kBlockSize - 1) 
 inline int reduce_blocks(Index n) { return int(std::min<Index>(grid_size(n), kMaxReduceBlocks)); }
 
 }  // namespace sdlora::ops::gpu
+
+/// Applies M to every storage type the CUDA kernels are instantiated for (explicit instantiation lists).
+#define SDLORA_CUDA_STORAGE_TYPES(M) M(float) M(double) M(::sdlora::half) M(::sdlora::bfloat16)

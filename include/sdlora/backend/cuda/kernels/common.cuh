@@ -1,6 +1,6 @@
 /// @file common.cuh
 /// @brief What every sdlora CUDA kernel uses: the nvcc-only guard, launch geometry (launch.hpp), loads and
-/// stores that widen half/bfloat16 to float and round back to nearest even, and a block-wide reduction in double.
+/// stores that widen half/bfloat16 to float and round back to nearest even, block-wide reductions in double, and typed dynamic shared memory.
 /// nvcc only. Include <sdlora/cuda_kernels.cuh> instead.
 #pragma once
 
@@ -73,6 +73,28 @@ SDLORA_DEVICE double block_reduce(double v, Op op, unsigned thread, unsigned blo
     for (int offset = kWarpSize / 2; offset > 0; offset /= 2) v = op(v, __shfl_down_sync(0xffffffffu, v, offset));
   }
   return v;
+}
+
+/// Reduces `v` over the block with `op` and returns the result to EVERY thread. `scratch` holds block_size / 32 + 1
+/// doubles of shared memory; the call ends with a barrier, so the next call may reuse `scratch` at once. Every thread
+/// of the block must call it.
+template <class Op>
+SDLORA_DEVICE double block_allreduce(double v, Op op, unsigned thread, unsigned block_size, double* scratch) {
+  unsigned const warps = block_size / kWarpSize;
+  v = block_reduce(v, op, thread, block_size, scratch);
+  if (thread == 0) scratch[warps] = v;
+  __syncthreads();
+  double const result = scratch[warps];
+  __syncthreads();
+  return result;
+}
+
+/// Dynamic shared memory of a kernel as an array of U (one declaration for every instantiation: `extern __shared__`
+/// arrays of different types under one name would conflict).
+template <class U>
+SDLORA_DEVICE U* dynamic_shared() {
+  extern __shared__ __align__(16) unsigned char sdlora_dynamic_shared[];
+  return reinterpret_cast<U*>(sdlora_dynamic_shared);
 }
 
 }  // namespace sdlora::ops::gpu
