@@ -298,6 +298,8 @@ int run(int argc, char** argv) {
   o.checkpoints_total_limit = std::size_t(a.checkpoints_total_limit);
   o.resume_from_checkpoint = a.resume_from_checkpoint;
   o.cache_latents = !a.no_cache_latents;
+  // VAE samples of unaugmented images are kept on disk: a resumed or repeated run skips the encoding.
+  o.latent_cache_file = (fs::path(a.output_dir) / "latent_cache.safetensors").string();
   o.validation_prompts = a.validation_prompts;
   o.validation_steps = a.validation_steps;
   o.validation_steps_count = a.validation_inference_steps;

@@ -4,6 +4,8 @@
 #include <fstream>
 
 #include <sdlora/all.hpp>
+#include <sdlora/train/dataset.hpp>
+#include <sdlora/train/sources.hpp>
 
 #include "support.hpp"
 
@@ -142,4 +144,39 @@ TEST_CASE("Saved kohya and PEFT files load back and give identical images", "[tr
   io::SafetensorsFile k("run_save/sdlora_lora.safetensors");
   CHECK(k.metadata().at("ss_network_dim") == "4");
   CHECK(k.metadata().at("ss_base_model_version") == "sd_v1");
+}
+
+TEST_CASE("Latents cached on disk are reused by a second run and give the same weights", "[train][e2e]") {
+  // A dataset folder (the on-disk cache needs content hashes); the second run must hit the cache for every image
+  // and, since cached samples equal recomputed ones, end with bit-identical LoRA weights.
+  Context<Cpu> ctx;
+  fs::remove_all("cache_data");
+  fs::create_directories("cache_data");
+  Squares squares;
+  for (int i = 0; i < 4; ++i) {
+    auto ex = squares.get(i, 0);
+    io::save_png("cache_data/sq" + std::to_string(i) + ".png", ex.image);
+    std::ofstream("cache_data/sq" + std::to_string(i) + ".txt") << ex.caption;
+  }
+  train::DatasetOptions d;
+  d.path = "cache_data";
+  d.resolution = 16;
+  std::vector<float> weights[2];
+  for (int run = 0; run < 2; ++run) {
+    fs::remove_all("run_cache_out");
+    auto sd = models::load_stable_diffusion<float>(test::fixture("models/tiny-sd1"));
+    train::DatasetSource source(train::open_dataset(d));
+    auto o = options("run_cache_out", 3);
+    o.latent_cache_file = "cache_latents.safetensors";
+    if (run == 0) fs::remove("cache_latents.safetensors");
+    std::ostringstream log;
+    auto const r = train::run_training(ctx, sd, source, o, nullptr, log);
+    CHECK(r.latents_from_disk == (run == 0 ? 0 : 4));
+    weights[run] = lora_values("run_cache_out/sdlora_lora.safetensors");
+    REQUIRE(fs::exists("cache_latents.safetensors"));
+  }
+  io::SafetensorsFile cache("cache_latents.safetensors");
+  CHECK(cache.size() == 4);
+  REQUIRE(weights[0].size() == weights[1].size());
+  for (std::size_t i = 0; i < weights[0].size(); ++i) REQUIRE(weights[0][i] == weights[1][i]);
 }

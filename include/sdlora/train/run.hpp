@@ -10,6 +10,8 @@
 #include <filesystem>  // std::filesystem
 #include <fstream>     // std::ofstream
 #include <map>         // std::map
+#include <memory>      // std::unique_ptr
+#include <optional>    // std::optional
 #include <ostream>     // std::ostream
 #include <sstream>     // std::ostringstream
 #include <string>      // std::string
@@ -21,6 +23,7 @@
 #include <sdlora/io/safetensors.hpp>    // io::SafetensorsWriter
 #include <sdlora/pipeline/stages.hpp>   // pipeline::tokenize, encode_images
 #include <sdlora/pipeline/txt2img.hpp>  // pipeline::txt2img (validation)
+#include <sdlora/train/latent_cache.hpp>  // LatentCache, latent_key
 #include <sdlora/train/plot.hpp>        // plot_curve
 #include <sdlora/train/progress.hpp>    // Progress
 #include <sdlora/train/state.hpp>       // save_checkpoint, load_checkpoint
@@ -46,6 +49,9 @@ class ExampleSource {
   virtual bool random_augmentation() const = 0;
   /// The caption alone (used with cached latents); override when loading the image is the expensive part.
   virtual std::string caption(std::int64_t index, std::uint64_t seed) { return get(index, seed).caption; }
+  /// A hash of everything the (unaugmented) image of `index` depends on, for the on-disk latent cache; nothing when
+  /// the source cannot tell (its latents are then cached in memory only).
+  virtual std::optional<std::uint64_t> content_hash(std::int64_t /*index*/) const { return std::nullopt; }
 };
 
 /// splitmix64 of a combination: the per-example seeds of a run.
@@ -68,6 +74,7 @@ struct RunOptions {
   std::size_t checkpoints_total_limit = 0;   // 0: keep all
   std::string resume_from_checkpoint;        // "", "latest" or a checkpoint directory
   bool cache_latents = true;                 // when augmentation is deterministic
+  std::string latent_cache_file;             // "" = memory only; else one .safetensors per run (class images: +_class)
   std::vector<std::string> validation_prompts;
   std::int64_t validation_steps = 0;         // 0: only at the end (when prompts are given)
   int validation_steps_count = 20;           // denoising steps of validation images
@@ -85,6 +92,7 @@ struct RunResult {
   std::vector<double> losses;         // this invocation's per-step losses
   std::int64_t trainable_parameters = 0;
   std::vector<std::string> files;     // written outputs (LoRA / embeddings / loss curve)
+  std::int64_t latents_from_disk = 0;  // examples whose latents came from the on-disk cache
 };
 
 namespace detail {
@@ -171,15 +179,38 @@ RunResult run_training(Context<Cpu>& ctx, models::StableDiffusion<T, Cpu>& sd, E
   if (result.resumed_from > 0) detail::truncate_loss_csv(csv, result.resumed_from);
   else std::ofstream(csv, std::ios::trunc) << "step,loss,lr\n";
 
-  // Latents: cached per example when augmentation is deterministic; VAE sampling noise from the example's seed.
+  // Latents: cached per example when augmentation is deterministic (in memory, and on disk when a cache file is
+  // given and the source can hash its images); VAE sampling noise from the example's seed.
   std::map<std::int64_t, Tensor<float, Cpu>> cache, class_cache;
-  auto latents_of = [&](ExampleSource& src, std::map<std::int64_t, Tensor<float, Cpu>>& c, std::int64_t index,
-                        std::uint64_t example_seed, std::string& caption) {
+  std::unique_ptr<LatentCache> disk, class_disk;
+  // The identity covers what the cached samples depend on besides the image: the VAE and the noise seed.
+  std::string const vae_identity = sd.source + "#vae#seed=" + std::to_string(seed);
+  if (!o.latent_cache_file.empty() && o.cache_latents) {
+    disk = std::make_unique<LatentCache>(o.latent_cache_file, vae_identity);
+    if (class_data) {
+      fs::path const p(o.latent_cache_file);
+      class_disk = std::make_unique<LatentCache>((p.parent_path() / (p.stem().string() + "_class" + p.extension().string()))
+                                                     .string(), vae_identity + "#class");
+    }
+  }
+  auto latents_of = [&](ExampleSource& src, std::map<std::int64_t, Tensor<float, Cpu>>& c, LatentCache* d,
+                        std::int64_t index, std::uint64_t example_seed, std::string& caption) {
     bool const cacheable = o.cache_latents && !src.random_augmentation();
     auto const hit = c.find(index);
     if (cacheable && hit != c.end()) {
       caption = src.caption(index, example_seed);
       return hit->second;
+    }
+    std::optional<std::uint64_t> key;
+    if (cacheable && d) {
+      if (auto h = src.content_hash(index)) key = latent_key(*h, d->vae_identity());
+      if (key)
+        if (auto z = d->lookup(*key)) {
+          caption = src.caption(index, example_seed);
+          c[index] = *z;
+          ++result.latents_from_disk;
+          return std::move(*z);
+        }
     }
     TrainExample ex = src.get(index, example_seed);
     caption = ex.caption;
@@ -188,7 +219,12 @@ RunResult run_training(Context<Cpu>& ctx, models::StableDiffusion<T, Cpu>& sd, E
     TorchGenerator g(cacheable ? mix_seed(seed, 0x1A7E, std::uint64_t(index)) : example_seed);
     auto z = convert<float>(pipeline::encode_images<T, Cpu>(ctx, sd.vae, convert<T>(batch.view()).view(), g).view());
     if (cacheable) c[index] = z;
+    if (key) d->store(*key, z);
     return z;
+  };
+  auto flush_caches = [&] {
+    if (disk) disk->flush();
+    if (class_disk) class_disk->flush();
   };
 
   auto draw_micro_batch = [&]() {
@@ -203,7 +239,7 @@ RunResult run_training(Context<Cpu>& ctx, models::StableDiffusion<T, Cpu>& sd, E
       std::int64_t const index = order[std::size_t(position)];
       std::uint64_t const ex_seed = mix_seed(seed, std::uint64_t(epoch), std::uint64_t(position));
       std::string caption;  // caption dropout, if any, is the source's (from the example's seed)
-      lat.push_back(latents_of(data, cache, index, ex_seed, caption));
+      lat.push_back(latents_of(data, cache, disk.get(), index, ex_seed, caption));
       captions.push_back(caption);
       class_indices.push_back((epoch * std::int64_t(order.size()) + position));
       ++position;
@@ -212,7 +248,8 @@ RunResult run_training(Context<Cpu>& ctx, models::StableDiffusion<T, Cpu>& sd, E
       for (int b = 0; b < o.train_batch_size; ++b) {
         std::int64_t const k = class_indices[std::size_t(b)] % class_data->size();
         std::string caption;
-        lat.push_back(latents_of(*class_data, class_cache, k, mix_seed(seed, 0xC1A55, std::uint64_t(k)), caption));
+        lat.push_back(latents_of(*class_data, class_cache, class_disk.get(), k, mix_seed(seed, 0xC1A55, std::uint64_t(k)),
+                                 caption));
         captions.push_back(caption);
       }
     }
@@ -230,6 +267,7 @@ RunResult run_training(Context<Cpu>& ctx, models::StableDiffusion<T, Cpu>& sd, E
   };
 
   auto save_state = [&](std::int64_t step) {
+    flush_caches();
     auto state = trainer.state();
     state.epoch = epoch;
     state.data_order = order;
@@ -281,6 +319,7 @@ RunResult run_training(Context<Cpu>& ctx, models::StableDiffusion<T, Cpu>& sd, E
     if (o.validation_steps > 0 && step % o.validation_steps == 0 && step < o.max_train_steps) validate(step);
   }
   progress.finish();
+  flush_caches();
   result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   result.steps = trainer.global_step();
   if (o.checkpointing_steps > 0) save_state(result.steps);  // the final state, so a longer run can continue it

@@ -36,6 +36,7 @@ class DatasetSource : public ExampleSource {
     }
     return dataset_.caption(index);
   }
+  std::optional<std::uint64_t> content_hash(std::int64_t index) const override { return dataset_.content_hash(index); }
 
  private:
   Dataset dataset_;
@@ -77,6 +78,7 @@ class TemplateSource : public ExampleSource {
     out.replace(out.find("{}"), 2, placeholder_);
     return out;
   }
+  std::optional<std::uint64_t> content_hash(std::int64_t index) const override { return inner_.content_hash(index); }
 
  private:
   DatasetSource inner_;
