@@ -99,7 +99,7 @@ po::options_description options(Args& a) {
     ("resolution", po::value(&a.resolution)->value_name("PX")->default_value(512), "training resolution (a multiple of the VAE factor)")
     ("random_crop", po::bool_switch(&a.random_crop), "random instead of center crop")
     ("random_flip", po::bool_switch(&a.random_flip), "random horizontal flips")
-    ("enable_bucket", po::bool_switch(&a.bucketing), "kohya aspect-ratio buckets (needs --train_batch_size 1)")
+    ("enable_bucket", po::bool_switch(&a.bucketing), "kohya aspect-ratio buckets (each batch from one bucket)")
     ("strict", po::bool_switch(&a.strict), "fail on unreadable or tiny images instead of skipping them")
     ("caption_dropout", po::value(&a.caption_dropout)->value_name("P")->default_value(0.0), "probability of the empty caption")
     ("train_batch_size", po::value(&a.train_batch_size)->value_name("N")->default_value(1), "examples per micro-batch")
@@ -232,8 +232,6 @@ int run(int argc, char** argv) {
     SDLORA_THROW(ConfigError, "--instance_prompt is required for DreamBooth (e.g. 'a photo of sks toy')");
   if (a.with_prior_preservation && (a.class_data_dir.empty() || a.class_prompt.empty()))
     SDLORA_THROW(ConfigError, "--with_prior_preservation needs --class_data_dir and --class_prompt");
-  if (a.bucketing && a.train_batch_size != 1)
-    SDLORA_THROW(ConfigError, "--enable_bucket needs --train_batch_size 1 (batches of one bucket are not built yet)");
   if (a.threads > 0) omp_set_num_threads(a.threads);
 
   Context<Cpu> ctx;

@@ -52,6 +52,11 @@ class ExampleSource {
   /// A hash of everything the (unaugmented) image of `index` depends on, for the on-disk latent cache; nothing when
   /// the source cannot tell (its latents are then cached in memory only).
   virtual std::optional<std::uint64_t> content_hash(std::int64_t /*index*/) const { return std::nullopt; }
+  /// One epoch's order of indices drawn from `g`; sources with aspect-ratio buckets keep every run of `batch_size`
+  /// entries (starting at a multiple of it) within one bucket.
+  virtual std::vector<std::int64_t> epoch_order(TorchGenerator& g, int /*batch_size*/) const {
+    return g.randperm(size());
+  }
 };
 
 /// splitmix64 of a combination: the per-example seeds of a run.
@@ -154,7 +159,7 @@ RunResult run_training(Context<Cpu>& ctx, models::StableDiffusion<T, Cpu>& sd, E
   std::vector<std::int64_t> order;
   auto new_order = [&] {
     TorchGenerator g(mix_seed(seed, 0x0D17A0, std::uint64_t(epoch)));
-    order = g.randperm(data.size());
+    order = data.epoch_order(g, o.train_batch_size);
     position = 0;
   };
 

@@ -37,6 +37,9 @@ class DatasetSource : public ExampleSource {
     return dataset_.caption(index);
   }
   std::optional<std::uint64_t> content_hash(std::int64_t index) const override { return dataset_.content_hash(index); }
+  std::vector<std::int64_t> epoch_order(TorchGenerator& g, int batch_size) const override {
+    return train::epoch_order(dataset_, g, batch_size);
+  }
 
  private:
   Dataset dataset_;
@@ -79,6 +82,9 @@ class TemplateSource : public ExampleSource {
     return out;
   }
   std::optional<std::uint64_t> content_hash(std::int64_t index) const override { return inner_.content_hash(index); }
+  std::vector<std::int64_t> epoch_order(TorchGenerator& g, int batch_size) const override {
+    return inner_.epoch_order(g, batch_size);
+  }
 
  private:
   DatasetSource inner_;
