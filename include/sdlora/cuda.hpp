@@ -1,8 +1,9 @@
 /// @file cuda.hpp
 /// @brief The umbrella header of the CUDA backend: Tensor<T, Cuda> memory (caching allocator, to_device, to_host),
 /// Context<Cuda>, error checks, and ops::Impl<Op, Cuda> for gemm, map/zip, reductions, bias and the layer ops (conv,
-/// norms, softmax, attention, GELU/GEGLU, SiLU, upsampling, timestep embedding, embedding, dropout, concat, layout). Host C++: compiles
-/// with g++ or nvcc and needs the CUDA toolkit headers (cuda_runtime_api.h, cublas_v2.h, cublasLt.h), never Eigen.
+/// norms, softmax, attention, GELU/GEGLU, SiLU, upsampling, timestep embedding, embedding, dropout, concat, layout).
+/// Host C++: compiles with g++ or nvcc and needs the CUDA toolkit headers (cuda_runtime_api.h, cublas_v2.h,
+/// cublasLt.h), never Eigen.
 ///
 /// Link CUDA::cudart, CUDA::cublas and CUDA::cublasLt (the sdlora::cuda CMake target does), and compile exactly one
 /// .cu file of your program with nvcc that includes <sdlora/cuda_kernels.cuh>: it defines the kernels these ops call.

@@ -62,14 +62,16 @@ struct AttentionSmem {
 inline constexpr AttentionSmem kAttentionForwardSmem{2, 1, 1, 3};     // q, o accumulator; k or v; s; m, l, alpha
 inline constexpr AttentionSmem kAttentionBackwardKvSmem{2, 4, 2, 2};  // q, dout; k, v, dk, dv; p, ds; lse, delta
 inline constexpr AttentionSmem kAttentionBackwardQSmem{3, 2, 1, 2};   // q, dout, dq; k, v; ds; lse, delta
-inline constexpr std::size_t kAttentionSmemBudget = 48 * 1024;  // the default per-block limit of every GPU
+inline constexpr std::size_t kAttentionSmemBudget = 48 * 1024;        // the default per-block limit of every GPU
 
 /// The largest tiles (from 64 x 64, halving the larger side) whose shared memory fits the budget.
 inline AttentionTile attention_tile(AttentionSmem const& smem, Index d, std::size_t elem) {
   AttentionTile t{64, 64};
   while (smem.bytes(t, d, elem) > kAttentionSmemBudget && (t.bq > 1 || t.bk > 1)) {
-    if (t.bk >= t.bq && t.bk > 1) t.bk /= 2;
-    else t.bq /= 2;
+    if (t.bk >= t.bq && t.bk > 1)
+      t.bk /= 2;
+    else
+      t.bq /= 2;
   }
   SDLORA_EXPECTS(smem.bytes(t, d, elem) <= kAttentionSmemBudget,
                  "[attention] head dimension " << d << " is too large for the CUDA kernels' shared memory");
@@ -80,9 +82,11 @@ template <class T>
 AttentionDims attention_dims(Attention const& op, Index batch, Index lq, Index lk, Index width) {
   std::size_t const elem = sizeof(T) == 8 ? 8 : 4;  // the compute type: double, or float for float/half/bfloat16
   Index const d = op.head_dim(width);
-  return {batch, op.heads, lq, lk, d, op.resolved_scale(width), op.causal,
-          attention_tile(kAttentionForwardSmem, d, elem), attention_tile(kAttentionBackwardKvSmem, d, elem),
-          attention_tile(kAttentionBackwardQSmem, d, elem)};
+  AttentionDims g{batch, op.heads, lq, lk, d, op.resolved_scale(width), op.causal, {}, {}, {}};
+  g.forward = attention_tile(kAttentionForwardSmem, d, elem);
+  g.backward_kv = attention_tile(kAttentionBackwardKvSmem, d, elem);
+  g.backward_q = attention_tile(kAttentionBackwardQSmem, d, elem);
+  return g;
 }
 
 /// o, lse (B, H, Lq) from q, k, v. Defined in kernels/attention.cuh.
@@ -133,16 +137,16 @@ struct Impl<Attention, Cuda> {
 }  // namespace sdlora::ops
 
 /// The launchers of one storage type, after PREFIX (`extern template` to declare, `template` to instantiate).
-#define SDLORA_CUDA_ATTENTION_LAUNCHERS(PREFIX, T)                                                                  \
-  PREFIX void ::sdlora::ops::gpu::launch_attention_forward<T>(                                                     \
-      cudaStream_t, ::sdlora::ops::gpu::AttentionDims const&, ::sdlora::ops::gpu::AttentionRows<T>, T*,            \
-      ::sdlora::ops::gpu::AttentionRows<T const>, ::sdlora::ops::gpu::AttentionRows<T const>,                      \
-      ::sdlora::ops::gpu::AttentionRows<T const>);                                                                 \
-  PREFIX void ::sdlora::ops::gpu::launch_attention_backward<T>(                                                    \
-      cudaStream_t, ::sdlora::ops::gpu::AttentionDims const&, ::sdlora::ops::gpu::AttentionRows<T>,                \
-      ::sdlora::ops::gpu::AttentionRows<T>, ::sdlora::ops::gpu::AttentionRows<T>,                                  \
-      ::sdlora::ops::gpu::AttentionRows<T const>, ::sdlora::ops::gpu::AttentionRows<T const>,                      \
-      ::sdlora::ops::gpu::AttentionRows<T const>, ::sdlora::ops::gpu::AttentionRows<T const>, T const*,            \
+#define SDLORA_CUDA_ATTENTION_LAUNCHERS(PREFIX, T)                                                      \
+  PREFIX void ::sdlora::ops::gpu::launch_attention_forward<T>(                                          \
+      cudaStream_t, ::sdlora::ops::gpu::AttentionDims const&, ::sdlora::ops::gpu::AttentionRows<T>, T*, \
+      ::sdlora::ops::gpu::AttentionRows<T const>, ::sdlora::ops::gpu::AttentionRows<T const>,           \
+      ::sdlora::ops::gpu::AttentionRows<T const>);                                                      \
+  PREFIX void ::sdlora::ops::gpu::launch_attention_backward<T>(                                         \
+      cudaStream_t, ::sdlora::ops::gpu::AttentionDims const&, ::sdlora::ops::gpu::AttentionRows<T>,     \
+      ::sdlora::ops::gpu::AttentionRows<T>, ::sdlora::ops::gpu::AttentionRows<T>,                       \
+      ::sdlora::ops::gpu::AttentionRows<T const>, ::sdlora::ops::gpu::AttentionRows<T const>,           \
+      ::sdlora::ops::gpu::AttentionRows<T const>, ::sdlora::ops::gpu::AttentionRows<T const>, T const*, \
       ::sdlora::ops::gpu::AttentionRows<T const>, double*);
 #define SDLORA_CUDA_DECLARE_ATTENTION(T) SDLORA_CUDA_ATTENTION_LAUNCHERS(extern template, T)
 SDLORA_CUDA_STORAGE_TYPES(SDLORA_CUDA_DECLARE_ATTENTION)

@@ -37,10 +37,10 @@ struct Impl<ConcatChannels, Cuda> {
                         Index rows) {
     if (rows == 0 || width == 0) return;
     std::size_t const e = sizeof(T);
-    SDLORA_CUDA_CHECK(cudaMemcpy2DAsync(dst, std::size_t(dst_pitch) * e, src, std::size_t(src_pitch) * e,
-                                        std::size_t(width) * e, std::size_t(rows), cudaMemcpyDeviceToDevice,
-                                        ctx.stream()),
-                      "concat_channels");
+    SDLORA_CUDA_CHECK(
+        cudaMemcpy2DAsync(dst, std::size_t(dst_pitch) * e, src, std::size_t(src_pitch) * e, std::size_t(width) * e,
+                          std::size_t(rows), cudaMemcpyDeviceToDevice, ctx.stream()),
+        "concat_channels");
   }
 };
 

@@ -79,8 +79,8 @@ struct Impl<Conv2d, Cuda> {
   }
 
   template <class T>
-  static void backward_input(Context<Cuda>& ctx, Conv2d const& op, TensorView<T, Cuda> dx,
-                             TensorView<T const, Cuda> dy, TensorView<T const, Cuda> w) {
+  static void backward_input(Context<Cuda>& ctx, Conv2d const& op, TensorView<T, Cuda> dx, TensorView<T const, Cuda> dy,
+                             TensorView<T const, Cuda> w) {
     gpu::ConvDims const d = gpu::conv_dims(dx.shape(), w.shape(), dy.shape(), op.geometry);
     Index const n = dx.dim(0), k = d.k(), p = d.p();
     TensorView<T const, Cuda> const wm(w.data(), Shape{d.o, k});  // (O, C*kh*kw)
@@ -123,8 +123,7 @@ struct Impl<Conv2d, Cuda> {
 
  private:
   static bool pointwise(gpu::ConvDims const& d) {
-    return d.kh == 1 && d.kw == 1 && d.stride == 1 && d.pad_top == 0 && d.pad_left == 0 && d.ho == d.h &&
-           d.wo == d.w;
+    return d.kh == 1 && d.kw == 1 && d.stride == 1 && d.pad_top == 0 && d.pad_left == 0 && d.ho == d.h && d.wo == d.w;
   }
 };
 

@@ -26,8 +26,8 @@ template <class T>
 void launch_embedding_forward(cudaStream_t stream, T* y, T const* weight, std::int32_t const* ids, Index n, Index d);
 /// dweight (V, d)[ids[i]] += dy (n, d)[i] for ids[i] >= row_begin, in token order per column.
 template <class T>
-void launch_embedding_backward(cudaStream_t stream, T* dweight, T const* dy, std::int32_t const* ids, Index n,
-                               Index d, Index row_begin);
+void launch_embedding_backward(cudaStream_t stream, T* dweight, T const* dy, std::int32_t const* ids, Index n, Index d,
+                               Index row_begin);
 
 /// A device copy of the host ids, queued on `stream` (the source is staged before the call returns).
 inline Tensor<std::int32_t, Cuda> upload_ids(cudaStream_t stream, std::span<std::int32_t const> ids) {
@@ -61,7 +61,7 @@ struct Impl<Embedding, Cuda> {
 
 /// The launchers of one storage type, after PREFIX (`extern template` to declare, `template` to instantiate).
 #define SDLORA_CUDA_EMBEDDING_LAUNCHERS(PREFIX, T)                                                              \
-  PREFIX void ::sdlora::ops::gpu::launch_embedding_forward<T>(cudaStream_t, T*, T const*, std::int32_t const*, \
+  PREFIX void ::sdlora::ops::gpu::launch_embedding_forward<T>(cudaStream_t, T*, T const*, std::int32_t const*,  \
                                                               ::sdlora::Index, ::sdlora::Index);                \
   PREFIX void ::sdlora::ops::gpu::launch_embedding_backward<T>(cudaStream_t, T*, T const*, std::int32_t const*, \
                                                                ::sdlora::Index, ::sdlora::Index, ::sdlora::Index);

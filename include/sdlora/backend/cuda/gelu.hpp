@@ -43,18 +43,18 @@ struct Impl<Geglu, Cuda> {
 }  // namespace sdlora::ops
 
 /// The launchers of one storage type, after PREFIX (`extern template` to declare, `template` to instantiate).
-#define SDLORA_CUDA_GEGLU_LAUNCHERS(PREFIX, T)                                                                    \
-  PREFIX void ::sdlora::ops::gpu::launch_geglu_forward<T>(cudaStream_t, ::sdlora::ops::GeluApproximation, T*,    \
-                                                          T const*, ::sdlora::Index, ::sdlora::Index);           \
-  PREFIX void ::sdlora::ops::gpu::launch_geglu_backward<T>(cudaStream_t, ::sdlora::ops::GeluApproximation, T*,   \
+#define SDLORA_CUDA_GEGLU_LAUNCHERS(PREFIX, T)                                                                 \
+  PREFIX void ::sdlora::ops::gpu::launch_geglu_forward<T>(cudaStream_t, ::sdlora::ops::GeluApproximation, T*,  \
+                                                          T const*, ::sdlora::Index, ::sdlora::Index);         \
+  PREFIX void ::sdlora::ops::gpu::launch_geglu_backward<T>(cudaStream_t, ::sdlora::ops::GeluApproximation, T*, \
                                                            T const*, T const*, ::sdlora::Index, ::sdlora::Index);
 #define SDLORA_CUDA_DECLARE_GEGLU(T) SDLORA_CUDA_GEGLU_LAUNCHERS(extern template, T)
 SDLORA_CUDA_STORAGE_TYPES(SDLORA_CUDA_DECLARE_GEGLU)
 
 /// The map/zip instances of gelu_forward / gelu_backward / quick_gelu_forward / quick_gelu_backward for type T.
-#define SDLORA_CUDA_GELU_INSTANCES(MAP, ZIP, T)                                                        \
-  MAP(T, ::sdlora::ops::fn::Gelu) MAP(T, ::sdlora::ops::fn::GeluTanh) MAP(T, ::sdlora::ops::fn::QuickGelu) \
-  ZIP(T, ::sdlora::ops::fn::GeluBackward) ZIP(T, ::sdlora::ops::fn::GeluTanhBackward)                  \
-  ZIP(T, ::sdlora::ops::fn::QuickGeluBackward)
+#define SDLORA_CUDA_GELU_INSTANCES(MAP, ZIP, T)                                                                    \
+  MAP(T, ::sdlora::ops::fn::Gelu)                                                                                  \
+  MAP(T, ::sdlora::ops::fn::GeluTanh) MAP(T, ::sdlora::ops::fn::QuickGelu) ZIP(T, ::sdlora::ops::fn::GeluBackward) \
+      ZIP(T, ::sdlora::ops::fn::GeluTanhBackward) ZIP(T, ::sdlora::ops::fn::QuickGeluBackward)
 #define SDLORA_CUDA_DECLARE_GELU(T) SDLORA_CUDA_GELU_INSTANCES(SDLORA_CUDA_DECLARE_MAP, SDLORA_CUDA_DECLARE_ZIP, T)
 SDLORA_CUDA_STORAGE_TYPES(SDLORA_CUDA_DECLARE_GELU)

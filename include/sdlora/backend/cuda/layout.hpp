@@ -30,8 +30,8 @@ struct Impl<TransposeLastTwo, Cuda> {
 }  // namespace sdlora::ops
 
 /// The launcher of one storage type, after PREFIX (`extern template` to declare, `template` to instantiate).
-#define SDLORA_CUDA_LAYOUT_LAUNCHERS(PREFIX, T)                                                                 \
-  PREFIX void ::sdlora::ops::gpu::launch_transpose_last_two<T>(cudaStream_t, T*, T const*, ::sdlora::Index,    \
+#define SDLORA_CUDA_LAYOUT_LAUNCHERS(PREFIX, T)                                                             \
+  PREFIX void ::sdlora::ops::gpu::launch_transpose_last_two<T>(cudaStream_t, T*, T const*, ::sdlora::Index, \
                                                                ::sdlora::Index, ::sdlora::Index);
 #define SDLORA_CUDA_DECLARE_LAYOUT(T) SDLORA_CUDA_LAYOUT_LAUNCHERS(extern template, T)
 SDLORA_CUDA_STORAGE_TYPES(SDLORA_CUDA_DECLARE_LAYOUT)

@@ -36,8 +36,7 @@ void launch_group_norm_forward(cudaStream_t stream, GroupNormDims const& d, T* y
 /// dx (N, C, S); dgamma, dbeta (C) += (each may be null); sums (2, N, C) doubles of scratch.
 template <class T>
 void launch_group_norm_backward(cudaStream_t stream, GroupNormDims const& d, T* dx, T* dgamma, T* dbeta, T const* dy,
-                                T const* x, T const* mean, T const* rstd, T const* gamma, T const* beta,
-                                double* sums);
+                                T const* x, T const* mean, T const* rstd, T const* gamma, T const* beta, double* sums);
 /// y, mean (rows), rstd (rows) from x (rows, D); gamma, beta (D) may be null.
 template <class T>
 void launch_layer_norm_forward(cudaStream_t stream, LayerNormDims const& d, T* y, T* mean, T* rstd, T const* x,
@@ -69,8 +68,8 @@ struct Impl<GroupNorm, Cuda> {
   template <class T>
   static void backward(Context<Cuda>& ctx, GroupNorm const& op, TensorView<T, Cuda> dx, TensorView<T, Cuda> dgamma,
                        TensorView<T, Cuda> dbeta, TensorView<T const, Cuda> dy, TensorView<T const, Cuda> x,
-                       TensorView<T const, Cuda> mean, TensorView<T const, Cuda> rstd,
-                       TensorView<T const, Cuda> gamma, TensorView<T const, Cuda> beta) {
+                       TensorView<T const, Cuda> mean, TensorView<T const, Cuda> rstd, TensorView<T const, Cuda> gamma,
+                       TensorView<T const, Cuda> beta) {
     gpu::GroupNormDims const d = dims(op, x);
     auto sums = Tensor<double, Cuda>::uninitialized(Shape{2, d.n, d.c});  // (2, N, C) sum dz, sum dz xhat
     gpu::launch_group_norm_backward<T>(ctx.stream(), d, dx.data(), dgamma.data(), dbeta.data(), dy.data(), x.data(),
@@ -115,17 +114,18 @@ struct Impl<LayerNorm, Cuda> {
 }  // namespace sdlora::ops
 
 /// The launchers of one storage type, after PREFIX (`extern template` to declare, `template` to instantiate).
-#define SDLORA_CUDA_NORM_LAUNCHERS(PREFIX, T)                                                                        \
+#define SDLORA_CUDA_NORM_LAUNCHERS(PREFIX, T)                                                                          \
   PREFIX void ::sdlora::ops::gpu::launch_group_norm_forward<T>(cudaStream_t, ::sdlora::ops::gpu::GroupNormDims const&, \
-                                                               T*, T*, T*, T const*, T const*, T const*);           \
-  PREFIX void ::sdlora::ops::gpu::launch_group_norm_backward<T>(                                                     \
-      cudaStream_t, ::sdlora::ops::gpu::GroupNormDims const&, T*, T*, T*, T const*, T const*, T const*, T const*,    \
-      T const*, T const*, double*);                                                                                  \
+                                                               T*, T*, T*, T const*, T const*, T const*);              \
+  PREFIX void ::sdlora::ops::gpu::launch_group_norm_backward<T>(                                                       \
+      cudaStream_t, ::sdlora::ops::gpu::GroupNormDims const&, T*, T*, T*, T const*, T const*, T const*, T const*,      \
+      T const*, T const*, double*);                                                                                    \
   PREFIX void ::sdlora::ops::gpu::launch_layer_norm_forward<T>(cudaStream_t, ::sdlora::ops::gpu::LayerNormDims const&, \
-                                                               T*, T*, T*, T const*, T const*, T const*);           \
-  PREFIX void ::sdlora::ops::gpu::launch_layer_norm_backward_input<T>(                                               \
-      cudaStream_t, ::sdlora::ops::gpu::LayerNormDims const&, T*, T const*, T const*, T const*, T const*, T const*);  \
-  PREFIX void ::sdlora::ops::gpu::launch_layer_norm_backward_params<T>(                                              \
-      cudaStream_t, ::sdlora::ops::gpu::LayerNormDims const&, T*, T*, T const*, T const*, T const*, T const*, double*);
+                                                               T*, T*, T*, T const*, T const*, T const*);              \
+  PREFIX void ::sdlora::ops::gpu::launch_layer_norm_backward_input<T>(                                                 \
+      cudaStream_t, ::sdlora::ops::gpu::LayerNormDims const&, T*, T const*, T const*, T const*, T const*, T const*);   \
+  PREFIX void ::sdlora::ops::gpu::launch_layer_norm_backward_params<T>(                                                \
+      cudaStream_t, ::sdlora::ops::gpu::LayerNormDims const&, T*, T*, T const*, T const*, T const*, T const*,          \
+      double*);
 #define SDLORA_CUDA_DECLARE_NORM(T) SDLORA_CUDA_NORM_LAUNCHERS(extern template, T)
 SDLORA_CUDA_STORAGE_TYPES(SDLORA_CUDA_DECLARE_NORM)

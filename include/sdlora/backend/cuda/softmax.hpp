@@ -41,8 +41,8 @@ struct Impl<Softmax, Cuda> {
 
 /// The launchers of one storage type, after PREFIX (`extern template` to declare, `template` to instantiate).
 #define SDLORA_CUDA_SOFTMAX_LAUNCHERS(PREFIX, T)                                                                    \
-  PREFIX void ::sdlora::ops::gpu::launch_softmax_forward<T>(cudaStream_t, T*, T const*, ::sdlora::Index,           \
-                                                            ::sdlora::Index);                                     \
+  PREFIX void ::sdlora::ops::gpu::launch_softmax_forward<T>(cudaStream_t, T*, T const*, ::sdlora::Index,            \
+                                                            ::sdlora::Index);                                       \
   PREFIX void ::sdlora::ops::gpu::launch_softmax_backward<T>(cudaStream_t, T*, T const*, T const*, ::sdlora::Index, \
                                                              ::sdlora::Index);
 #define SDLORA_CUDA_DECLARE_SOFTMAX(T) SDLORA_CUDA_SOFTMAX_LAUNCHERS(extern template, T)

@@ -34,8 +34,9 @@ struct Impl<TimestepSinusoidal, Cuda> {
   static void run(Context<Cuda>& ctx, TimestepSinusoidal const& op, TensorView<T, Cuda> out,
                   TensorView<T const, Cuda> timesteps) {
     Index const dim = out.dim(1);
-    gpu::TimestepDims const d{out.dim(0), dim, -std::log(op.max_period), double(dim / 2) - op.downscale_freq_shift,
-                              op.scale, op.flip_sin_to_cos};
+    gpu::TimestepDims const d{
+        out.dim(0),        dim, -std::log(op.max_period), double(dim / 2) - op.downscale_freq_shift, op.scale,
+        op.flip_sin_to_cos};
     gpu::launch_timestep_sinusoidal<T>(ctx.stream(), d, out.data(), timesteps.data());
   }
 };
@@ -43,7 +44,7 @@ struct Impl<TimestepSinusoidal, Cuda> {
 }  // namespace sdlora::ops
 
 /// The launchers of one storage type, after PREFIX (`extern template` to declare, `template` to instantiate).
-#define SDLORA_CUDA_TIMESTEP_LAUNCHERS(PREFIX, T)                                                                \
+#define SDLORA_CUDA_TIMESTEP_LAUNCHERS(PREFIX, T)                                                                      \
   PREFIX void ::sdlora::ops::gpu::launch_timestep_sinusoidal<T>(cudaStream_t, ::sdlora::ops::gpu::TimestepDims const&, \
                                                                 T*, T const*);
 #define SDLORA_CUDA_DECLARE_TIMESTEP(T) SDLORA_CUDA_TIMESTEP_LAUNCHERS(extern template, T)

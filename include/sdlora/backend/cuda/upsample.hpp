@@ -31,8 +31,8 @@ template <>
 struct Impl<UpsampleNearest, Cuda> {
   template <class T>
   static void forward(Context<Cuda>& ctx, TensorView<T, Cuda> y, TensorView<T const, Cuda> x) {
-    gpu::launch_upsample_nearest_forward<T>(
-        ctx.stream(), {x.dim(0) * x.dim(1), x.dim(2), x.dim(3), y.dim(2), y.dim(3)}, y.data(), x.data());
+    gpu::launch_upsample_nearest_forward<T>(ctx.stream(), {x.dim(0) * x.dim(1), x.dim(2), x.dim(3), y.dim(2), y.dim(3)},
+                                            y.data(), x.data());
   }
   template <class T>
   static void backward(Context<Cuda>& ctx, TensorView<T, Cuda> dx, TensorView<T const, Cuda> dy) {
@@ -44,10 +44,10 @@ struct Impl<UpsampleNearest, Cuda> {
 }  // namespace sdlora::ops
 
 /// The launchers of one storage type, after PREFIX (`extern template` to declare, `template` to instantiate).
-#define SDLORA_CUDA_UPSAMPLE_LAUNCHERS(PREFIX, T)                                                             \
-  PREFIX void ::sdlora::ops::gpu::launch_upsample_nearest_forward<T>(                                        \
-      cudaStream_t, ::sdlora::ops::gpu::UpsampleDims const&, T*, T const*);                                  \
-  PREFIX void ::sdlora::ops::gpu::launch_upsample_nearest_backward<T>(                                       \
+#define SDLORA_CUDA_UPSAMPLE_LAUNCHERS(PREFIX, T)                           \
+  PREFIX void ::sdlora::ops::gpu::launch_upsample_nearest_forward<T>(       \
+      cudaStream_t, ::sdlora::ops::gpu::UpsampleDims const&, T*, T const*); \
+  PREFIX void ::sdlora::ops::gpu::launch_upsample_nearest_backward<T>(      \
       cudaStream_t, ::sdlora::ops::gpu::UpsampleDims const&, T*, T const*);
 #define SDLORA_CUDA_DECLARE_UPSAMPLE(T) SDLORA_CUDA_UPSAMPLE_LAUNCHERS(extern template, T)
 SDLORA_CUDA_STORAGE_TYPES(SDLORA_CUDA_DECLARE_UPSAMPLE)

@@ -273,8 +273,8 @@ void launch_attention_forward(cudaStream_t stream, AttentionDims const& g, Atten
   if (g.batch * g.heads * g.lq == 0) return;
   std::size_t const smem = kAttentionForwardSmem.bytes(g.forward, g.d, sizeof(compute_t<T>));
   Index const blocks = g.batch * g.heads * ((g.lq + g.forward.bq - 1) / g.forward.bq);
-  attention_forward_kernel<T><<<attention_grid("attention", blocks), kAttentionThreads, smem, stream>>>(g, o, lse, q,
-                                                                                                       k, v);
+  attention_forward_kernel<T>
+      <<<attention_grid("attention", blocks), kAttentionThreads, smem, stream>>>(g, o, lse, q, k, v);
   SDLORA_CUDA_CHECK(cudaGetLastError(), "attention");
 }
 
@@ -286,21 +286,22 @@ void launch_attention_backward(cudaStream_t stream, AttentionDims const& g, Atte
   Index const rows = g.batch * g.heads * g.lq;
   if (rows == 0) return;
   Index const warps = kAttentionThreads / kWarpSize;
-  attention_delta_kernel<T><<<attention_grid("attention.backward", (rows + warps - 1) / warps), kAttentionThreads, 0,
-                              stream>>>(g, o, dout, delta);
+  attention_delta_kernel<T>
+      <<<attention_grid("attention.backward", (rows + warps - 1) / warps), kAttentionThreads, 0, stream>>>(g, o, dout,
+                                                                                                           delta);
   SDLORA_CUDA_CHECK(cudaGetLastError(), "attention.backward");
 
   std::size_t const elem = sizeof(compute_t<T>);
   Index const kv_blocks = g.batch * g.heads * ((g.lk + g.backward_kv.bk - 1) / g.backward_kv.bk);
-  attention_backward_kv_kernel<T><<<attention_grid("attention.backward", kv_blocks), kAttentionThreads,
-                                    kAttentionBackwardKvSmem.bytes(g.backward_kv, g.d, elem), stream>>>(
-      g, dk, dv, q, k, v, lse, dout, delta);
+  attention_backward_kv_kernel<T>
+      <<<attention_grid("attention.backward", kv_blocks), kAttentionThreads,
+         kAttentionBackwardKvSmem.bytes(g.backward_kv, g.d, elem), stream>>>(g, dk, dv, q, k, v, lse, dout, delta);
   SDLORA_CUDA_CHECK(cudaGetLastError(), "attention.backward");
 
   Index const q_blocks = g.batch * g.heads * ((g.lq + g.backward_q.bq - 1) / g.backward_q.bq);
-  attention_backward_q_kernel<T><<<attention_grid("attention.backward", q_blocks), kAttentionThreads,
-                                   kAttentionBackwardQSmem.bytes(g.backward_q, g.d, elem), stream>>>(
-      g, dq, q, k, v, lse, dout, delta);
+  attention_backward_q_kernel<T>
+      <<<attention_grid("attention.backward", q_blocks), kAttentionThreads,
+         kAttentionBackwardQSmem.bytes(g.backward_q, g.d, elem), stream>>>(g, dq, q, k, v, lse, dout, delta);
   SDLORA_CUDA_CHECK(cudaGetLastError(), "attention.backward");
 }
 

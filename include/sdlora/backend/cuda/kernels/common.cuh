@@ -1,6 +1,7 @@
 /// @file common.cuh
 /// @brief What every sdlora CUDA kernel uses: the nvcc-only guard, launch geometry (launch.hpp), loads and
-/// stores that widen half/bfloat16 to float and round back to nearest even, block-wide reductions in double, and typed dynamic shared memory.
+/// stores that widen half/bfloat16 to float and round back to nearest even, block-wide reductions in double, and
+/// typed dynamic shared memory.
 /// nvcc only. Include <sdlora/cuda_kernels.cuh> instead.
 #pragma once
 

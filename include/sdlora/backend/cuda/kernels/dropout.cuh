@@ -20,8 +20,8 @@ __global__ void dropout_kernel(Dropout op, double keep_scale, T* y, T const* x, 
     PhiloxBlock const words = philox_block(op.seed, op.counter, std::uint64_t(blk));
     Index const end = n < blk * 4 + 4 ? n : blk * 4 + 4;
     for (Index i = blk * 4; i < end; ++i)
-      y[i] = double(philox_uniform(words.v[i - blk * 4])) >= op.p ? store<T>(load(x[i]) * C(keep_scale))
-                                                                   : store<T>(C(0));
+      y[i] =
+          double(philox_uniform(words.v[i - blk * 4])) >= op.p ? store<T>(load(x[i]) * C(keep_scale)) : store<T>(C(0));
   }
 }
 

@@ -39,8 +39,8 @@ void launch_embedding_forward(cudaStream_t stream, T* y, T const* weight, std::i
 }
 
 template <class T>
-void launch_embedding_backward(cudaStream_t stream, T* dweight, T const* dy, std::int32_t const* ids, Index n,
-                               Index d, Index row_begin) {
+void launch_embedding_backward(cudaStream_t stream, T* dweight, T const* dy, std::int32_t const* ids, Index n, Index d,
+                               Index row_begin) {
   if (n * d == 0) return;
   embedding_backward_kernel<T><<<grid_size(d), kBlockSize, 0, stream>>>(dweight, dy, ids, n, d, row_begin);
   SDLORA_CUDA_CHECK(cudaGetLastError(), "embedding.backward");

@@ -40,7 +40,8 @@ void launch_geglu_forward(cudaStream_t stream, GeluApproximation approximate, T*
   if (total == 0) return;
   if (approximate == GeluApproximation::Tanh)
     geglu_forward_kernel<<<grid_size(total), kBlockSize, 0, stream>>>(y, h, rows, n, fn::GeluTanh{});
-  else geglu_forward_kernel<<<grid_size(total), kBlockSize, 0, stream>>>(y, h, rows, n, fn::Gelu{});
+  else
+    geglu_forward_kernel<<<grid_size(total), kBlockSize, 0, stream>>>(y, h, rows, n, fn::Gelu{});
   SDLORA_CUDA_CHECK(cudaGetLastError(), "geglu");
 }
 

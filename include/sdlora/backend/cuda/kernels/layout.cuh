@@ -44,8 +44,8 @@ void launch_transpose_last_two(cudaStream_t stream, T* y, T const* x, Index n, I
   SDLORA_EXPECTS(col_tiles <= 0x7fffffff && grid_z <= 65535,
                  "[transpose] (" << n << ", " << rows << ", " << cols << ") exceeds the grid limit");
   dim3 const grid{unsigned(col_tiles), unsigned(grid_y), unsigned(grid_z)};
-  transpose_last_two_kernel<T><<<grid, dim3(kTransposeTile, kTransposeRows), 0, stream>>>(y, x, n, rows, cols,
-                                                                                         row_tiles, grid_y);
+  transpose_last_two_kernel<T>
+      <<<grid, dim3(kTransposeTile, kTransposeRows), 0, stream>>>(y, x, n, rows, cols, row_tiles, grid_y);
   SDLORA_CUDA_CHECK(cudaGetLastError(), "transpose");
 }
 

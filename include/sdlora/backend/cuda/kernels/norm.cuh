@@ -216,15 +216,14 @@ template <class T>
 void launch_group_norm_forward(cudaStream_t stream, GroupNormDims const& d, T* y, T* mean, T* rstd, T const* x,
                                T const* gamma, T const* beta) {
   if (d.n * d.c * d.s == 0) return;
-  group_norm_forward_kernel<T><<<norm_grid("group_norm", d.n * d.groups), kNormGroupThreads, 0, stream>>>(
-      d, y, mean, rstd, x, gamma, beta);
+  group_norm_forward_kernel<T>
+      <<<norm_grid("group_norm", d.n * d.groups), kNormGroupThreads, 0, stream>>>(d, y, mean, rstd, x, gamma, beta);
   SDLORA_CUDA_CHECK(cudaGetLastError(), "group_norm");
 }
 
 template <class T>
 void launch_group_norm_backward(cudaStream_t stream, GroupNormDims const& d, T* dx, T* dgamma, T* dbeta, T const* dy,
-                                T const* x, T const* mean, T const* rstd, T const* gamma, T const* beta,
-                                double* sums) {
+                                T const* x, T const* mean, T const* rstd, T const* gamma, T const* beta, double* sums) {
   if (d.n * d.c * d.s == 0) return;
   group_norm_backward_kernel<T><<<norm_grid("group_norm.backward", d.n * d.groups), kNormGroupThreads, 0, stream>>>(
       d, dx, dy, x, mean, rstd, gamma, beta, sums);
@@ -239,8 +238,8 @@ template <class T>
 void launch_layer_norm_forward(cudaStream_t stream, LayerNormDims const& d, T* y, T* mean, T* rstd, T const* x,
                                T const* gamma, T const* beta) {
   if (d.rows == 0) return;
-  layer_norm_forward_kernel<T><<<norm_grid("layer_norm", d.rows), kNormRowThreads, 0, stream>>>(d, y, mean, rstd, x,
-                                                                                                 gamma, beta);
+  layer_norm_forward_kernel<T>
+      <<<norm_grid("layer_norm", d.rows), kNormRowThreads, 0, stream>>>(d, y, mean, rstd, x, gamma, beta);
   SDLORA_CUDA_CHECK(cudaGetLastError(), "layer_norm");
 }
 
@@ -248,8 +247,8 @@ template <class T>
 void launch_layer_norm_backward_input(cudaStream_t stream, LayerNormDims const& d, T* dx, T const* dy, T const* x,
                                       T const* mean, T const* rstd, T const* gamma) {
   if (d.rows == 0) return;
-  layer_norm_backward_input_kernel<T><<<norm_grid("layer_norm.backward", d.rows), kNormRowThreads, 0, stream>>>(
-      d, dx, dy, x, mean, rstd, gamma);
+  layer_norm_backward_input_kernel<T>
+      <<<norm_grid("layer_norm.backward", d.rows), kNormRowThreads, 0, stream>>>(d, dx, dy, x, mean, rstd, gamma);
   SDLORA_CUDA_CHECK(cudaGetLastError(), "layer_norm.backward");
 }
 
