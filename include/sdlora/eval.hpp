@@ -1,0 +1,12 @@
+/// @file eval.hpp
+/// @brief Umbrella header for evaluation: the CLIP and DINO encoders as transformers folders, their image
+/// preprocessing, and the metrics (CLIP score, CLIP-I, DINO, SSIM). Library headers never include it.
+#pragma once
+
+#include <sdlora/sdlora.hpp>
+
+#include <sdlora/eval/encoders.hpp>
+#include <sdlora/eval/metrics.hpp>
+#include <sdlora/eval/preprocess.hpp>
+#include <sdlora/models/clip_vision.hpp>
+#include <sdlora/models/vit.hpp>
