@@ -9,7 +9,8 @@
 #include <cstring>   // std::memcpy, std::memset
 #include <new>       // std::bad_alloc
 
-#include <sdlora/core/config.hpp>  // SDLORA_HAS_OPENMP
+#include <sdlora/backend/cpu/isa.hpp>  // cpu::Isa
+#include <sdlora/core/config.hpp>       // SDLORA_HAS_OPENMP
 
 #if SDLORA_HAS_OPENMP
 #include <omp.h>  // omp_get_max_threads
@@ -63,8 +64,10 @@ struct Context;
 
 template <>
 struct Context<Cpu> {
-  /// Threads for OpenMP loops and Eigen GEMMs; 0 means the OpenMP default.
+  /// Threads for the OpenMP loops of every op; 0 means the OpenMP default (the cores the process may use).
   int num_threads = 0;
+  /// The highest vector instruction set the kernels may use; kAuto: the best the CPU has (or SDLORA_ISA's cap).
+  cpu::Isa isa = cpu::Isa::kAuto;
 
   int threads() const {
 #if SDLORA_HAS_OPENMP

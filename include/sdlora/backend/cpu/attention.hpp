@@ -1,6 +1,6 @@
 /// @file attention.hpp
-/// @brief CPU kernels of ops/attention.hpp: Eigen products on per-head strided maps, OpenMP over
-/// (batch, head, tile). Include <sdlora/sdlora.hpp> instead.
+/// @brief CPU kernels of ops/attention.hpp: single-threaded products on per-head strided maps (the packed GEMM for
+/// float, Eigen for double), OpenMP over (batch, head, tile). Include <sdlora/sdlora.hpp> instead.
 ///
 /// Forward: one task per (batch, head, query tile); an online softmax over key tiles keeps a running row max m,
 /// row sum l and unnormalised output, so memory per task is one (block_q, block_k) score tile.
@@ -12,11 +12,13 @@
 
 #include <algorithm>  // std::min
 #include <cmath>      // std::exp, std::log
-#include <limits>     // std::numeric_limits
+#include <limits>       // std::numeric_limits
+#include <type_traits>  // std::is_same_v, std::decay_t
 
 #include <Eigen/Core>  // Eigen::Matrix, Eigen::Map, Eigen::Block
 
 #include <sdlora/backend/cpu/gemm.hpp>     // cpu::MatrixMap, cpu::ConstMatrixMap
+#include <sdlora/backend/cpu/sgemm.hpp>    // cpu::sgemm
 #include <sdlora/backend/cpu/softmax.hpp>  // Impl<Softmax, Cpu>::row
 #include <sdlora/ops/attention.hpp>        // Attention, Impl
 
@@ -53,7 +55,7 @@ struct Impl<Attention, Cpu> {
           auto const kj = head(k, b, h, j0, nk, g.d);  // (nk, D)
           auto const vj = head(v, b, h, j0, nk, g.d);  // (nk, D)
           Eigen::Block<Mat<T>> st = s.topLeftCorner(nq, nk);
-          st.noalias() = T(g.scale) * (qi * kj.transpose());
+          product(ctx, st, qi, false, kj, true, T(g.scale), false);
           if (g.causal) mask_tile(st, i0, j0);
           for (Index r = 0; r < nq; ++r) {
             T const m_new = std::max(m(r), st.row(r).maxCoeff());
@@ -67,7 +69,7 @@ struct Impl<Attention, Cpu> {
             acc.row(r) *= alpha;
             m(r) = m_new;
           }
-          acc.topRows(nq).noalias() += st * vj;
+          product(ctx, acc.topRows(nq), st, false, vj, false, T(1), true);
         }
         auto oi = head(o, b, h, i0, nq, g.d);  // (nq, D)
         T* lse_row = lse.data() + (b * g.heads + h) * g.lq + i0;
@@ -100,7 +102,7 @@ struct Impl<Attention, Cpu> {
       T* dst = delta.data() + bh * g.lq;
       for (Index r = 0; r < g.lq; ++r) dst[r] = oh.row(r).dot(doh.row(r));
     }
-    TileArgs<T> const args{g, q, k, v, lse, dout, delta.data()};
+    TileArgs<T> const args{ctx, g, q, k, v, lse, dout, delta.data()};
 
     if (heads_total >= threads || threads == 1) {
       // One task per (batch, head): no other task writes its dq, dk, dv slices.
@@ -166,17 +168,40 @@ struct Impl<Attention, Cpu> {
     for (Index bh = 0; bh < heads_total; ++bh) {
       Index const b = bh / g.heads, h = bh % g.heads;
       Mat<T> s(g.lq, g.lk);  // (Lq, Lk) scores, then probabilities
-      s.noalias() = T(g.scale) * (head(q, b, h, 0, g.lq, g.d) * head(k, b, h, 0, g.lk, g.d).transpose());
+      product(ctx, s, head(q, b, h, 0, g.lq, g.d), false, head(k, b, h, 0, g.lk, g.d), true, T(g.scale), false);
       Eigen::Block<Mat<T>> all = s.topLeftCorner(g.lq, g.lk);
       if (g.causal) mask_tile(all, 0, 0);
       for (Index r = 0; r < g.lq; ++r) Impl<Softmax, Cpu>::row(s.data() + r * g.lk, s.data() + r * g.lk, g.lk);
-      head(o, b, h, 0, g.lq, g.d).noalias() = s * head(v, b, h, 0, g.lk, g.d);
+      product(ctx, head(o, b, h, 0, g.lq, g.d), s, false, head(v, b, h, 0, g.lk, g.d), false, T(1), false);
     }
   }
 
  private:
   template <class T>
   using Mat = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+
+  /// c = alpha * op(a) @ op(b) (+ c with `accumulate`) on the calling thread: the packed GEMM for float (its
+  /// run-time ISA path), Eigen for double. a, b, c are row-major Eigen maps or blocks.
+  template <class MC, class MA, class MB>
+  static void product(Context<Cpu> const& ctx, MC&& c, MA const& a, bool trans_a, MB const& b, bool trans_b,
+                      typename std::decay_t<MC>::Scalar alpha, bool accumulate) {
+    using T = typename std::decay_t<MC>::Scalar;
+    if constexpr (std::is_same_v<T, float>) {
+      Context<Cpu> serial{.num_threads = 1, .isa = ctx.isa};
+      sdlora::cpu::sgemm(serial, 1, c.rows(), c.cols(), trans_a ? a.rows() : a.cols(), {a.data(), a.outerStride(), trans_a},
+                         0, {b.data(), b.outerStride(), trans_b}, 0, c.data(), c.outerStride(), 0, alpha,
+                         accumulate ? 1.f : 0.f);
+    } else {
+      auto run = [&](auto const& pa, auto const& pb) {
+        if (accumulate) c.noalias() += alpha * (pa * pb);
+        else c.noalias() = alpha * (pa * pb);
+      };
+      if (trans_a && trans_b) run(a.transpose(), b.transpose());
+      else if (trans_a) run(a.transpose(), b);
+      else if (trans_b) run(a, b.transpose());
+      else run(a, b);
+    }
+  }
   template <class T>
   using Vec = Eigen::Matrix<T, Eigen::Dynamic, 1>;
   template <class T>
@@ -229,6 +254,7 @@ struct Impl<Attention, Cpu> {
   };
   template <class T>
   struct TileArgs {
+    Context<Cpu> const& ctx;  // the kernel path (each tile's products run on its own thread)
     Geometry const& g;
     TensorView<T const, Cpu> q, k, v, lse, dout;
     T const* delta;  // (B, H, Lq) rowsum(dout * o)
@@ -252,15 +278,15 @@ struct Impl<Attention, Cpu> {
     T const scale = T(g.scale);
 
     Eigen::Block<Mat<T>> p = scratch.p.topLeftCorner(nq, nk);  // (nq, nk)
-    p.noalias() = scale * (qi * kj.transpose());
+    product(a.ctx, p, qi, false, kj, true, scale, false);
     if (g.causal) mask_tile(p, i0, j0);
     for (Index r = 0; r < nq; ++r) p.row(r) = (p.row(r).array() - lse_row[r]).exp().matrix();
     Eigen::Block<Mat<T>> ds = scratch.dp.topLeftCorner(nq, nk);  // (nq, nk) dP, then dS
-    ds.noalias() = doi * vj.transpose();
+    product(a.ctx, ds, doi, false, vj, true, T(1), false);
     for (Index r = 0; r < nq; ++r) ds.row(r) = (p.row(r).array() * (ds.row(r).array() - delta_row[r])).matrix();
-    if (dv) dv->middleRows(dkv_row0, nk).noalias() += p.transpose() * doi;
-    if (dk) dk->middleRows(dkv_row0, nk).noalias() += scale * (ds.transpose() * qi);
-    if (dq) dq->middleRows(dq_row0, nq).noalias() += scale * (ds * kj);
+    if (dv) product(a.ctx, dv->middleRows(dkv_row0, nk), p, true, doi, false, T(1), true);
+    if (dk) product(a.ctx, dk->middleRows(dkv_row0, nk), ds, true, qi, false, scale, true);
+    if (dq) product(a.ctx, dq->middleRows(dq_row0, nq), ds, false, kj, false, scale, true);
   }
 };
 

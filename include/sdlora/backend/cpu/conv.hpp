@@ -1,13 +1,23 @@
 /// @file conv.hpp
-/// @brief CPU kernels of ops/conv.hpp: im2col / col2im (OpenMP over rows or channels) around Eigen GEMMs, one image
-/// at a time so the column buffer stays C*kh*kw x H_out*W_out. A 1x1, stride-1, unpadded convolution is a plain
-/// GEMM on the image itself. Include <sdlora/sdlora.hpp> instead.
+/// @brief CPU kernels of ops/conv.hpp. Include <sdlora/sdlora.hpp> instead.
+///
+/// float: implicit GEMM. The packed GEMM (sgemm.hpp) reads the column matrix straight from the image while it packs
+/// its panels, so no column buffer exists and memory does not grow with the image beyond the activations:
+///   forward          y (O, P) = w (O, C*kh*kw) @ cols(x) (C*kh*kw, P)
+///   weight gradient  dw (O, C*kh*kw) += dy (O, P) @ cols(x)^T (P, C*kh*kw)
+///   input gradient   dx (C, H*W) = w' (C, O*kh*kw) @ cols(dy, padded by k - 1 - pad) (O*kh*kw, H*W) for stride 1,
+///                    with w' the kernel flipped in space and transposed in (O, C); strided convolutions use
+///                    dcols = w^T dy and col2im (their dcols is a quarter of the input's size or less).
+/// double (finite-difference tests): explicit im2col / col2im around Eigen GEMMs, one image at a time.
+/// A 1x1, stride-1, unpadded convolution is a plain GEMM on the image itself.
 #pragma once
 
-#include <algorithm>  // std::max, std::min, std::fill_n
+#include <algorithm>    // std::clamp, std::max, std::min, std::fill_n
+#include <type_traits>  // std::is_same_v
 
 #include <sdlora/backend/cpu/bias.hpp>  // Impl<Bias, Cpu>
-#include <sdlora/backend/cpu/gemm.hpp>  // Impl<Gemm, Cpu>
+#include <sdlora/backend/cpu/gemm.hpp>   // Impl<Gemm, Cpu>
+#include <sdlora/backend/cpu/sgemm.hpp>  // cpu::gemm_packed, cpu::matrix_packer_a
 #include <sdlora/ops/bias.hpp>          // bias_add_channels
 #include <sdlora/ops/conv.hpp>          // Conv2d, Conv2dGeometry, Impl
 #include <sdlora/ops/gemm.hpp>          // gemm
@@ -15,6 +25,9 @@
 namespace sdlora::ops {
 
 namespace cpu {
+
+using sdlora::cpu::gemm_packed;
+using sdlora::cpu::matrix_packer_a;
 
 /// The sizes of one convolution, read once from the operands.
 struct ConvDims {
@@ -96,6 +109,116 @@ void col2im_add(Context<Cpu>& ctx, T* dx, T const* dcols, ConvDims const& d, Con
   }
 }
 
+/// Packs panels of the column matrix cols(img) (C*kh*kw, P) of an image (C, H, W) for the packed GEMM, without
+/// materialising it: element (row (c, i, j), column p = (oh, ow)) is img[c, oh * stride - pad_top + i,
+/// ow * stride - pad_left + j], zero outside the image. `grid_w` is the output width.
+struct ImageColumns {
+  float const* img;
+  Index c, h, w, kh, kw, stride, pad_top, pad_left, grid_w;
+
+  /// Writes `count` consecutive columns starting at p (all in one output row or across rows) of row (c, i, j) to
+  /// out[t * step], t = 0 .. count.
+  void row_segment(float* out, Index step, Index row, Index p, Index count) const {
+    Index const ch = row / (kh * kw), i = (row / kw) % kh, j = row % kw;
+    float const* plane = img + ch * h * w;
+    Index oh = p / grid_w, ow = p % grid_w;
+    for (Index t = 0; t < count;) {
+      Index const run = std::min(count - t, grid_w - ow);  // columns left in this output row
+      Index const ih = oh * stride - pad_top + i, iw0 = ow * stride - pad_left + j;
+      float* o = out + t * step;
+      if (ih < 0 || ih >= h) {
+        for (Index u = 0; u < run; ++u) o[u * step] = 0.f;
+      } else if (stride == 1) {  // a contiguous run of the input row, zero where it leaves the image
+        Index const lo = std::clamp<Index>(-iw0, 0, run), hi = std::clamp<Index>(w - iw0, lo, run);
+        float const* src = plane + ih * w + iw0;
+        for (Index u = 0; u < lo; ++u) o[u * step] = 0.f;
+        for (Index u = lo; u < hi; ++u) o[u * step] = src[u];
+        for (Index u = hi; u < run; ++u) o[u * step] = 0.f;
+      } else {
+        float const* src = plane + ih * w;
+        for (Index u = 0; u < run; ++u) {
+          Index const iw = iw0 + u * stride;
+          o[u * step] = iw >= 0 && iw < w ? src[iw] : 0.f;
+        }
+      }
+      t += run;
+      ow += run;
+      if (ow == grid_w) ow = 0, ++oh;
+    }
+  }
+
+  /// B packer for cols(img) as the (K = rows, N = columns) operand: panels of `nr` columns over rows [k0, k0 + kc).
+  void pack_as_b(float* dst, Index k0, Index kc, Index n0, Index nc, Index nr) const {
+    for (Index q = 0; q < nc; q += nr, dst += nr * kc) {
+      Index const width = std::min(nr, nc - q);
+      for (Index d = 0; d < kc; ++d) {
+        row_segment(dst + d * nr, 1, k0 + d, n0 + q, width);
+        std::fill(dst + d * nr + width, dst + (d + 1) * nr, 0.f);
+      }
+    }
+  }
+
+  /// B packer for cols(img)^T as the (K = columns, N = rows) operand: panels of `nr` rows over columns [k0, k0 + kc).
+  void pack_transposed_as_b(float* dst, Index k0, Index kc, Index n0, Index nc, Index nr) const {
+    for (Index q = 0; q < nc; q += nr, dst += nr * kc) {
+      Index const width = std::min(nr, nc - q);
+      for (Index r = 0; r < width; ++r) row_segment(dst + r, nr, n0 + q + r, k0, kc);
+      for (Index r = width; r < nr; ++r)
+        for (Index d = 0; d < kc; ++d) dst[d * nr + r] = 0.f;
+    }
+  }
+};
+
+/// Implicit-GEMM convolution for float (see the file comment).
+struct ImplicitConv {
+  static void forward(Context<Cpu>& ctx, Conv2dGeometry const& g, ConvDims const& d, Index n, float* y,
+                      float const* x, float const* w, bool accumulate) {
+    Index const k = d.k(), p = d.p();
+    auto pack_b = [&](float* dst, Index bi, Index k0, Index kc, Index n0, Index nc, Index nr) {
+      ImageColumns{x + bi * d.c * d.h * d.w, d.c, d.h, d.w, d.kh, d.kw, g.stride, g.pad.top, g.pad.left, d.wo}
+          .pack_as_b(dst, k0, kc, n0, nc, nr);
+    };
+    gemm_packed(ctx, n, d.o, p, k, matrix_packer_a({w, k, false}, 0), pack_b,
+                [&](Index bi) { return y + bi * d.o * p; }, p, 1.f, accumulate ? 1.f : 0.f);
+  }
+
+  static void backward_weight(Context<Cpu>& ctx, Conv2dGeometry const& g, ConvDims const& d, Index n, float* dw,
+                              float const* dy, float const* x) {
+    Index const k = d.k(), p = d.p();
+    for (Index i = 0; i < n; ++i) {  // images in order: dw sums them in the same order on any thread count
+      ImageColumns const cols{x + i * d.c * d.h * d.w, d.c, d.h, d.w, d.kh, d.kw, g.stride, g.pad.top, g.pad.left,
+                              d.wo};
+      auto pack_b = [&](float* dst, Index, Index k0, Index kc, Index n0, Index nc, Index nr) {
+        cols.pack_transposed_as_b(dst, k0, kc, n0, nc, nr);
+      };
+      gemm_packed(ctx, 1, d.o, k, p, matrix_packer_a({dy + i * d.o * p, p, false}, 0), pack_b,
+                  [&](Index) { return dw; }, k, 1.f, 1.f);
+    }
+  }
+
+  /// Stride 1 only: the input gradient is a convolution of dy with the flipped, transposed kernel.
+  static void backward_input(Context<Cpu>& ctx, Conv2dGeometry const& g, ConvDims const& d, Index n, float* dx,
+                             float const* dy, float const* w, bool accumulate) {
+    Index const kt = d.o * d.kh * d.kw, hw = d.h * d.w;
+    auto wt = Tensor<float, Cpu>::uninitialized(Shape{d.c, kt});  // (C, O*kh*kw) flipped in space
+    float* wtp = wt.data();
+#pragma omp parallel for schedule(static) num_threads(ctx.threads()) if (d.c * kt > 65536)
+    for (Index c = 0; c < d.c; ++c)
+      for (Index o = 0; o < d.o; ++o)
+        for (Index i = 0; i < d.kh; ++i)
+          for (Index j = 0; j < d.kw; ++j)
+            wtp[c * kt + (o * d.kh + i) * d.kw + j] =
+                w[((o * d.c + c) * d.kh + (d.kh - 1 - i)) * d.kw + (d.kw - 1 - j)];
+    auto pack_b = [&](float* dst, Index bi, Index k0, Index kc, Index n0, Index nc, Index nr) {
+      ImageColumns{dy + bi * d.o * d.p(), d.o, d.ho, d.wo, d.kh, d.kw, 1, d.kh - 1 - g.pad.top,
+                   d.kw - 1 - g.pad.left, d.w}
+          .pack_as_b(dst, k0, kc, n0, nc, nr);
+    };
+    gemm_packed(ctx, n, d.c, hw, kt, matrix_packer_a({wtp, kt, false}, 0), pack_b,
+                [&](Index bi) { return dx + bi * d.c * hw; }, hw, 1.f, accumulate ? 1.f : 0.f);
+  }
+};
+
 }  // namespace cpu
 
 template <>
@@ -106,6 +229,13 @@ struct Impl<Conv2d, Cpu> {
     cpu::ConvDims const d = cpu::conv_dims(x.shape(), w.shape(), y.shape());
     Index const n = x.dim(0), k = d.k(), p = d.p();
     bool const pointwise = cpu::is_pointwise(d, op.geometry);
+    if constexpr (std::is_same_v<T, float>) {
+      if (!pointwise) {
+        cpu::ImplicitConv::forward(ctx, op.geometry, d, n, y.data(), x.data(), w.data(), op.accumulate);
+        if (b.data() != nullptr) bias_add_channels<T, Cpu>(ctx, y, b);
+        return;
+      }
+    }
     auto cols = pointwise ? Tensor<T, Cpu>() : Tensor<T, Cpu>::uninitialized(Shape{k, p});  // (C*kh*kw, P)
     TensorView<T const, Cpu> const wm(w.data(), Shape{d.o, k});                                // (O, C*kh*kw)
     for (Index i = 0; i < n; ++i) {
@@ -124,6 +254,12 @@ struct Impl<Conv2d, Cpu> {
     cpu::ConvDims const d = cpu::conv_dims(dx.shape(), w.shape(), dy.shape());
     Index const n = dx.dim(0), k = d.k(), p = d.p(), image = d.c * d.h * d.w;
     bool const pointwise = cpu::is_pointwise(d, op.geometry);
+    if constexpr (std::is_same_v<T, float>) {
+      if (!pointwise && op.geometry.stride == 1) {
+        cpu::ImplicitConv::backward_input(ctx, op.geometry, d, n, dx.data(), dy.data(), w.data(), op.accumulate);
+        return;
+      }
+    }
     auto dcols = pointwise ? Tensor<T, Cpu>() : Tensor<T, Cpu>::uninitialized(Shape{k, p});  // (C*kh*kw, P)
     TensorView<T const, Cpu> const wm(w.data(), Shape{d.o, k});                                 // (O, C*kh*kw)
     for (Index i = 0; i < n; ++i) {
@@ -146,6 +282,12 @@ struct Impl<Conv2d, Cpu> {
     cpu::ConvDims const d = cpu::conv_dims(x.shape(), dw.shape(), dy.shape());
     Index const n = x.dim(0), k = d.k(), p = d.p();
     bool const pointwise = cpu::is_pointwise(d, op.geometry);
+    if constexpr (std::is_same_v<T, float>) {
+      if (!pointwise) {
+        cpu::ImplicitConv::backward_weight(ctx, op.geometry, d, n, dw.data(), dy.data(), x.data());
+        return;
+      }
+    }
     auto cols = pointwise ? Tensor<T, Cpu>() : Tensor<T, Cpu>::uninitialized(Shape{k, p});  // (C*kh*kw, P)
     TensorView<T, Cpu> const dwm(dw.data(), Shape{d.o, k});                                    // (O, C*kh*kw)
     for (Index i = 0; i < n; ++i) {

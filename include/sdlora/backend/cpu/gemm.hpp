@@ -1,11 +1,15 @@
 /// @file gemm.hpp
-/// @brief CPU batched GEMM through Eigen (multi-threaded by OpenMP inside Eigen, or across the batch).
+/// @brief CPU batched GEMM: float through sdlora's packed GEMM (backend/cpu/sgemm.hpp: run-time ISA dispatch, one
+/// OpenMP loop over independent output tiles); double (gradient checks) through Eigen, single-threaded per matrix.
 /// Include <sdlora/sdlora.hpp> instead.
 #pragma once
 
+#include <type_traits>  // std::is_same_v
+
 #include <Eigen/Core>  // Eigen::Map, Eigen::OuterStride
 
-#include <sdlora/ops/gemm.hpp>  // Gemm, Impl
+#include <sdlora/backend/cpu/sgemm.hpp>  // cpu::sgemm
+#include <sdlora/ops/gemm.hpp>              // Gemm, Impl
 
 namespace sdlora::ops {
 
@@ -36,6 +40,13 @@ struct Impl<Gemm, Cpu> {
   static void run(Context<Cpu>& ctx, Gemm const& op, TensorView<T, Cpu> c, TensorView<T const, Cpu> a,
                   TensorView<T const, Cpu> b) {
     Index const batch = c.rank() == 3 ? c.dim(0) : 1;
+    if constexpr (std::is_same_v<T, float>) {
+      Index const k = op.trans_a ? a.dim(-2) : a.dim(-1);
+      sdlora::cpu::sgemm(ctx, batch, c.dim(-2), c.dim(-1), k, {a.data(), a.stride(-2), op.trans_a},
+                 a.rank() == 3 ? a.stride(0) : 0, {b.data(), b.stride(-2), op.trans_b}, b.rank() == 3 ? b.stride(0) : 0,
+                 c.data(), c.stride(-2), c.rank() == 3 ? c.stride(0) : 0, float(op.alpha), float(op.beta));
+      return;
+    }
     auto one = [&](Index i) {
       auto cm = cpu::matrix(c, i);
       auto am = cpu::matrix(a, a.rank() == 3 ? i : 0);
@@ -54,15 +65,10 @@ struct Impl<Gemm, Cpu> {
         else cm.noalias() += alpha * (am.transpose() * bm.transpose());
       }
     };
-    // Many small matrices: one per thread (Eigen then runs single-threaded inside a parallel region).
-    // Few large ones: Eigen parallelises each product itself.
+    // One matrix per task, each single-threaded inside Eigen (no nested parallelism, no spin-waiting partner).
     Index const work = batch * c.dim(-2) * c.dim(-1) * (op.trans_a ? a.dim(-2) : a.dim(-1));
-    if (batch >= ctx.threads() && batch > 1 && work > (Index(1) << 18)) {
-#pragma omp parallel for schedule(static) num_threads(ctx.threads())
-      for (Index i = 0; i < batch; ++i) one(i);
-    } else {
-      for (Index i = 0; i < batch; ++i) one(i);
-    }
+#pragma omp parallel for schedule(dynamic) num_threads(ctx.threads()) if (batch > 1 && work > (Index(1) << 18))
+    for (Index i = 0; i < batch; ++i) one(i);
   }
 };
 

@@ -1,0 +1,306 @@
+/// @file sgemm.hpp
+/// @brief The CPU's float GEMM: packed panels and register-blocked micro-kernels (portable, AVX2+FMA, AVX-512) chosen
+/// once per process at run time, driven over independent output tiles by one OpenMP loop. Include
+/// <sdlora/sdlora.hpp> instead.
+///
+/// C (M, N) = alpha * A (M, K) @ B (K, N) + beta * C. The operands are read only through packing functions, so a
+/// convolution packs its column matrix straight from the image (implicit GEMM, backend/cpu/conv.hpp) and no
+/// operand has to exist as a matrix. The algorithm is the classic one (Goto & van de Geijn, "Anatomy of
+/// high-performance matrix multiplication", 2008): for each depth block of kKc, a (kc, nt) block of B is packed into
+/// NR-wide panels, then (mc, kc) blocks of A into MR-tall panels, and the micro-kernel multiplies one A panel by one
+/// B panel into an (MR, NR) tile of C held in registers.
+///
+/// Threads: one task per (batch, M chunk, N tile) of C, handed out dynamically, each packing its own panels; no two
+/// tasks write the same element and the depth is never split, so every element is summed in the same order whatever
+/// the thread count (results are identical for 1 and N threads) and no thread ever waits for another's panel.
+#pragma once
+
+#include <algorithm>  // std::min, std::max, std::fill_n
+#include <cstring>    // std::memcpy
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>  // _mm512_*, _mm256_*
+#define SDLORA_X86_KERNELS 1
+#else
+#define SDLORA_X86_KERNELS 0
+#endif
+
+#include <sdlora/backend/cpu/isa.hpp>  // Isa, resolve_isa
+#include <sdlora/core/backend.hpp>     // Context<Cpu>, BackendMemory<Cpu>
+#include <sdlora/core/shape.hpp>       // Index
+
+namespace sdlora::cpu {
+
+/// c (MR, NR) = alpha * sum_k a[k] (MR) outer b[k] (NR) + beta * c, with a packed (kc, MR) and b packed (kc, NR);
+/// beta == 0 never reads c.
+using MicroKernel = void (*)(Index kc, float const* a, float const* b, float* c, Index ldc, float alpha, float beta);
+
+/// A micro-kernel and its register tile.
+struct GemmKernel {
+  Isa isa;
+  Index mr, nr;
+  MicroKernel run;
+};
+
+namespace kernels {
+
+/// Portable path: loops the compiler vectorises for the baseline ISA.
+template <Index MR, Index NR>
+void micro_portable(Index kc, float const* a, float const* b, float* c, Index ldc, float alpha, float beta) {
+  float acc[MR][NR] = {};
+  for (Index k = 0; k < kc; ++k, a += MR, b += NR)
+    for (Index r = 0; r < MR; ++r)
+      for (Index j = 0; j < NR; ++j) acc[r][j] += a[r] * b[j];
+  for (Index r = 0; r < MR; ++r)
+    for (Index j = 0; j < NR; ++j)
+      c[r * ldc + j] = beta == 0.f ? alpha * acc[r][j] : alpha * acc[r][j] + beta * c[r * ldc + j];
+}
+
+#if SDLORA_X86_KERNELS
+// The x86 kernels name every accumulator (macros below) so that they live in registers at any optimisation level.
+
+/// AVX2 + FMA: a 6 x 16 tile in 12 ymm accumulators, two ymm of B and one broadcast of A per row per step.
+__attribute__((target("avx2,fma"))) inline void micro_avx2(Index kc, float const* a, float const* b, float* c,
+                                                            Index ldc, float alpha, float beta) {
+#define SDLORA_ROW(r) __m256 c##r##0 = _mm256_setzero_ps(), c##r##1 = _mm256_setzero_ps();
+  SDLORA_ROW(0) SDLORA_ROW(1) SDLORA_ROW(2) SDLORA_ROW(3) SDLORA_ROW(4) SDLORA_ROW(5)
+#undef SDLORA_ROW
+  for (Index k = 0; k < kc; ++k, a += 6, b += 16) {
+    __m256 const b0 = _mm256_loadu_ps(b), b1 = _mm256_loadu_ps(b + 8);
+#define SDLORA_ROW(r)                                \
+  {                                                  \
+    __m256 const ar = _mm256_broadcast_ss(a + r);    \
+    c##r##0 = _mm256_fmadd_ps(ar, b0, c##r##0);      \
+    c##r##1 = _mm256_fmadd_ps(ar, b1, c##r##1);      \
+  }
+    SDLORA_ROW(0) SDLORA_ROW(1) SDLORA_ROW(2) SDLORA_ROW(3) SDLORA_ROW(4) SDLORA_ROW(5)
+#undef SDLORA_ROW
+  }
+  __m256 const va = _mm256_set1_ps(alpha), vb = _mm256_set1_ps(beta);
+  // (a lambda would not inherit the function's target attribute)
+#define SDLORA_STORE(p, v)                                                                    \
+  _mm256_storeu_ps(p, beta != 0.f ? _mm256_fmadd_ps(vb, _mm256_loadu_ps(p), _mm256_mul_ps(va, v)) \
+                                 : _mm256_mul_ps(va, v));
+#define SDLORA_ROW(r)                  \
+  SDLORA_STORE(c + r * ldc, c##r##0)   \
+  SDLORA_STORE(c + r * ldc + 8, c##r##1)
+  SDLORA_ROW(0) SDLORA_ROW(1) SDLORA_ROW(2) SDLORA_ROW(3) SDLORA_ROW(4) SDLORA_ROW(5)
+#undef SDLORA_ROW
+#undef SDLORA_STORE
+}
+
+/// AVX-512: a 12 x 32 tile in 24 zmm accumulators (of 32 registers), two zmm of B and one broadcast of A per row.
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma"))) inline void micro_avx512(
+    Index kc, float const* a, float const* b, float* c, Index ldc, float alpha, float beta) {
+#define SDLORA_ROW(r) __m512 c##r##0 = _mm512_setzero_ps(), c##r##1 = _mm512_setzero_ps();
+  SDLORA_ROW(0) SDLORA_ROW(1) SDLORA_ROW(2) SDLORA_ROW(3) SDLORA_ROW(4) SDLORA_ROW(5)
+  SDLORA_ROW(6) SDLORA_ROW(7) SDLORA_ROW(8) SDLORA_ROW(9) SDLORA_ROW(10) SDLORA_ROW(11)
+#undef SDLORA_ROW
+  for (Index k = 0; k < kc; ++k, a += 12, b += 32) {
+    __m512 const b0 = _mm512_loadu_ps(b), b1 = _mm512_loadu_ps(b + 16);
+#define SDLORA_ROW(r)                              \
+  {                                                \
+    __m512 const ar = _mm512_set1_ps(a[r]);        \
+    c##r##0 = _mm512_fmadd_ps(ar, b0, c##r##0);    \
+    c##r##1 = _mm512_fmadd_ps(ar, b1, c##r##1);    \
+  }
+    SDLORA_ROW(0) SDLORA_ROW(1) SDLORA_ROW(2) SDLORA_ROW(3) SDLORA_ROW(4) SDLORA_ROW(5)
+    SDLORA_ROW(6) SDLORA_ROW(7) SDLORA_ROW(8) SDLORA_ROW(9) SDLORA_ROW(10) SDLORA_ROW(11)
+#undef SDLORA_ROW
+  }
+  __m512 const va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta);
+  // (a lambda would not inherit the function's target attribute)
+#define SDLORA_STORE(p, v)                                                                    \
+  _mm512_storeu_ps(p, beta != 0.f ? _mm512_fmadd_ps(vb, _mm512_loadu_ps(p), _mm512_mul_ps(va, v)) \
+                                 : _mm512_mul_ps(va, v));
+#define SDLORA_ROW(r)                  \
+  SDLORA_STORE(c + r * ldc, c##r##0)   \
+  SDLORA_STORE(c + r * ldc + 16, c##r##1)
+  SDLORA_ROW(0) SDLORA_ROW(1) SDLORA_ROW(2) SDLORA_ROW(3) SDLORA_ROW(4) SDLORA_ROW(5)
+  SDLORA_ROW(6) SDLORA_ROW(7) SDLORA_ROW(8) SDLORA_ROW(9) SDLORA_ROW(10) SDLORA_ROW(11)
+#undef SDLORA_ROW
+#undef SDLORA_STORE
+}
+#endif
+
+}  // namespace kernels
+
+/// The micro-kernel for a path (resolved against the CPU: never one it cannot run).
+inline GemmKernel gemm_kernel(Isa requested) {
+  switch (resolve_isa(requested)) {
+#if SDLORA_X86_KERNELS
+    case Isa::kAvx512: return {Isa::kAvx512, 12, 32, &kernels::micro_avx512};
+    case Isa::kAvx2: return {Isa::kAvx2, 6, 16, &kernels::micro_avx2};
+#endif
+    default: return {Isa::kPortable, 4, 16, &kernels::micro_portable<4, 16>};
+  }
+}
+
+/// Blocking: the depth block keeps a (kKc, NR) B panel and an (MR, kKc) A panel in L1; an (kMc, kKc) A block and a
+/// (kKc, kNc) B block stay in a 1 MB L2.
+inline constexpr Index kKc = 256;
+inline constexpr Index kMc = 144;  // a multiple of every MR (4, 6, 12)
+inline constexpr Index kNc = 384;  // a multiple of every NR (16, 32)
+
+/// A row-major or transposed matrix operand: element (r, c) of op(X) is p[r * ld + c], or p[c * ld + r] if trans.
+struct MatrixOperand {
+  float const* p;
+  Index ld;
+  bool trans;
+  float at(Index r, Index c) const { return trans ? p[c * ld + r] : p[r * ld + c]; }
+};
+
+/// Packs rows [r0, r0 + rows) x depth [d0, d0 + depth) of an operand read as (row, depth) into panels of `width`
+/// rows: panel q holds depth-major (depth, width) values, zero past the last row. A's rows are M, B's are N. The loop
+/// order follows whichever index is contiguous in memory.
+inline void pack_panels(float* dst, MatrixOperand const& x, Index r0, Index rows, Index d0, Index depth, Index width) {
+  for (Index q = 0; q < rows; q += width, dst += width * depth) {
+    Index const w = std::min(width, rows - q);
+    if (!x.trans) {  // depth contiguous: read each row along the depth, write with stride `width`
+      for (Index i = 0; i < w; ++i) {
+        float const* src = x.p + (r0 + q + i) * x.ld + d0;
+        for (Index d = 0; d < depth; ++d) dst[d * width + i] = src[d];
+      }
+    } else {  // rows contiguous: copy `w` consecutive values per depth step
+      for (Index d = 0; d < depth; ++d) std::memcpy(dst + d * width, x.p + (d0 + d) * x.ld + r0 + q, sizeof(float) * w);
+    }
+    if (w < width)
+      for (Index d = 0; d < depth; ++d) std::fill_n(dst + d * width + w, width - w, 0.f);
+  }
+}
+
+/// A (M, K) operand packer: (dst, batch index, m0, mc, k0, kc, MR).
+inline auto matrix_packer_a(MatrixOperand a, Index batch_stride) {
+  return [a, batch_stride](float* dst, Index bi, Index m0, Index mc, Index k0, Index kc, Index mr) {
+    pack_panels(dst, MatrixOperand{a.p + bi * batch_stride, a.ld, a.trans}, m0, mc, k0, kc, mr);
+  };
+}
+
+/// A (K, N) operand packer: (dst, batch index, k0, kc, n0, nc, NR). Packs op(B)^T's rows (N) over the depth (K).
+inline auto matrix_packer_b(MatrixOperand b, Index batch_stride) {
+  return [b, batch_stride](float* dst, Index bi, Index k0, Index kc, Index n0, Index nc, Index nr) {
+    // Read as (n, k): element (n, k) of op(B)^T is op(B)(k, n), i.e. the transposed operand with trans flipped.
+    pack_panels(dst, MatrixOperand{b.p + bi * batch_stride, b.ld, !b.trans}, n0, nc, k0, kc, nr);
+  };
+}
+
+/// Scratch of one thread: one packed A block and one packed B block, allocated on the thread's first GEMM and kept
+/// (540 KB) so that no GEMM call allocates or faults in pages.
+class PackBuffers {
+ public:
+  PackBuffers()
+      : a_(static_cast<float*>(BackendMemory<Cpu>::allocate(sizeof(float) * kMc * kKc))),
+        b_(static_cast<float*>(BackendMemory<Cpu>::allocate(sizeof(float) * kNc * kKc))) {}
+  PackBuffers(PackBuffers const&) = delete;
+  PackBuffers& operator=(PackBuffers const&) = delete;
+  ~PackBuffers() {
+    BackendMemory<Cpu>::deallocate(a_);
+    BackendMemory<Cpu>::deallocate(b_);
+  }
+  float* a() const { return a_; }
+  float* b() const { return b_; }
+
+  /// The calling thread's buffers.
+  static PackBuffers const& local() {
+    thread_local PackBuffers const buffers;
+    return buffers;
+  }
+
+ private:
+  float* a_;  // (kMc / MR panels, kKc, MR)
+  float* b_;  // (kNc / NR panels, kKc, NR)
+};
+
+/// How C is cut into tasks.
+struct GemmTiling {
+  Index m_chunk, n_tile, m_chunks, n_tiles;
+  Index tasks(Index batch) const { return batch * m_chunks * n_tiles; }
+};
+
+/// Whole rows of C per task when the N tiles alone give every thread several tasks; otherwise M chunks of kMc rows,
+/// then narrower N tiles (down to 4 register tiles), until there are about 4 tasks per thread.
+inline GemmTiling gemm_tiling(Index batch, Index m, Index n, int threads, Index nr) {
+  Index const want = threads > 1 ? Index(4) * threads : 1;
+  GemmTiling t{m, kNc, 1, (n + kNc - 1) / kNc};
+  if (t.tasks(batch) >= want) return t;
+  t.m_chunk = std::min(m, kMc);
+  t.m_chunks = (m + t.m_chunk - 1) / t.m_chunk;
+  while (t.tasks(batch) < want && t.n_tile > 4 * nr) {
+    t.n_tile = std::max(4 * nr, (t.n_tile / 2 + nr - 1) / nr * nr);
+    t.n_tiles = (n + t.n_tile - 1) / t.n_tile;
+  }
+  return t;
+}
+
+/// c(bi) (M, N) with row stride ldc = alpha * A @ B + beta * c for every batch index bi, A and B read through the
+/// packers. beta == 0 never reads c.
+template <class PackA, class PackB, class COut>
+void gemm_packed(Context<Cpu>& ctx, Index batch, Index m, Index n, Index k, PackA const& pack_a, PackB const& pack_b,
+                 COut const& c_at, Index ldc, float alpha, float beta) {
+  if (batch == 0 || m == 0 || n == 0) return;
+  GemmKernel const kern = gemm_kernel(ctx.isa);
+  if (k == 0) {  // C = beta * C
+    for (Index bi = 0; bi < batch; ++bi)
+      for (Index r = 0; r < m; ++r)
+        for (Index j = 0; j < n; ++j) c_at(bi)[r * ldc + j] = beta == 0.f ? 0.f : beta * c_at(bi)[r * ldc + j];
+    return;
+  }
+  int const threads = ctx.threads();
+  GemmTiling const tiling = gemm_tiling(batch, m, n, threads, kern.nr);
+  Index const tasks = tiling.tasks(batch);
+  bool const parallel = threads > 1 && tasks > 1 && double(batch) * m * n * k > double(1 << 17);
+
+  auto run_task = [&](PackBuffers const& buf, Index t) {
+    Index const bi = t / (tiling.m_chunks * tiling.n_tiles), rest = t % (tiling.m_chunks * tiling.n_tiles);
+    Index const ms = (rest / tiling.n_tiles) * tiling.m_chunk, me = std::min(m, ms + tiling.m_chunk);
+    Index const ns = (rest % tiling.n_tiles) * tiling.n_tile, nt = std::min(tiling.n_tile, n - ns);
+    float* const c = c_at(bi);
+    alignas(64) float edge[12 * 32];  // (MR, NR) tile for the ragged edges
+    for (Index nb = ns; nb < ns + nt; nb += kNc) {
+      Index const nc = std::min(kNc, ns + nt - nb);
+      for (Index pc = 0; pc < k; pc += kKc) {
+        Index const kc = std::min(kKc, k - pc);
+        float const beta_k = pc == 0 ? beta : 1.f;
+        pack_b(buf.b(), bi, pc, kc, nb, nc, kern.nr);
+        for (Index ic = ms; ic < me; ic += kMc) {
+          Index const mc = std::min(kMc, me - ic);
+          pack_a(buf.a(), bi, ic, mc, pc, kc, kern.mr);
+          for (Index jr = 0; jr < nc; jr += kern.nr) {
+            Index const nr = std::min(kern.nr, nc - jr);
+            float const* bp = buf.b() + jr * kc;
+            for (Index ir = 0; ir < mc; ir += kern.mr) {
+              Index const mr = std::min(kern.mr, mc - ir);
+              float const* ap = buf.a() + ir * kc;
+              float* cp = c + (ic + ir) * ldc + nb + jr;
+              if (mr == kern.mr && nr == kern.nr) {
+                kern.run(kc, ap, bp, cp, ldc, alpha, beta_k);
+                continue;
+              }
+              kern.run(kc, ap, bp, edge, kern.nr, alpha, 0.f);
+              for (Index r = 0; r < mr; ++r)
+                for (Index j = 0; j < nr; ++j)
+                  cp[r * ldc + j] = beta_k == 0.f ? edge[r * kern.nr + j] : edge[r * kern.nr + j] + beta_k * cp[r * ldc + j];
+            }
+          }
+        }
+      }
+    }
+  };
+
+  if (!parallel) {
+    for (Index t = 0; t < tasks; ++t) run_task(PackBuffers::local(), t);
+    return;
+  }
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
+  for (Index t = 0; t < tasks; ++t) run_task(PackBuffers::local(), t);
+}
+
+/// C (batch?, M, N) = alpha * op(A) @ op(B) + beta * C for plain row-major operands (batch stride 0 broadcasts).
+inline void sgemm(Context<Cpu>& ctx, Index batch, Index m, Index n, Index k, MatrixOperand a, Index a_batch_stride,
+                  MatrixOperand b, Index b_batch_stride, float* c, Index ldc, Index c_batch_stride, float alpha,
+                  float beta) {
+  gemm_packed(ctx, batch, m, n, k, matrix_packer_a(a, a_batch_stride), matrix_packer_b(b, b_batch_stride),
+              [c, c_batch_stride](Index bi) { return c + bi * c_batch_stride; }, ldc, alpha, beta);
+}
+
+}  // namespace sdlora::cpu
