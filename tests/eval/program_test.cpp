@@ -1,0 +1,153 @@
+/// @file program_test.cpp
+/// @brief End-to-end tests of the sdlora-eval program on the tiny CLIP / ViT fixtures: each metric command's JSON
+/// against the transformers / torchmetrics references, and the one-line errors with their exit codes (wrong prompt
+/// count, unreadable image, missing model file). The executable's path comes from CMake (SDLORA_EVAL_EXE).
+#include <catch2/catch.hpp>
+
+#include <algorithm>   // std::count
+#include <cmath>       // std::fabs
+#include <filesystem>  // std::filesystem
+#include <fstream>     // std::ofstream
+#include <string>      // std::string
+
+#include <nlohmann/json.hpp>  // nlohmann::json
+
+#include <sdlora/io/safetensors.hpp>  // io::SafetensorsFile
+
+#include "examples/program.hpp"
+#include "support.hpp"
+
+using namespace sdlora;
+namespace fs = std::filesystem;
+
+namespace {
+
+fs::path scratch() {
+  static fs::path const dir = [] {
+    fs::path d = test::scratch_dir("sdlora_eval_test");
+    fs::remove_all(d);
+    fs::create_directories(d);
+    return d;
+  }();
+  return dir;
+}
+
+test::ProgramResult run(std::string const& args) { return test::run_program(SDLORA_EVAL_EXE, args, scratch()); }
+
+std::string fx(std::string const& name) { return "'" + test::fixture("eval/" + name) + "'"; }
+long lines(std::string const& s) { return std::count(s.begin(), s.end(), '\n'); }
+double expected(std::string const& key) {
+  io::SafetensorsFile ref(test::fixture("eval/expected.safetensors"));
+  return ref.load<double>(key)(0);
+}
+
+}  // namespace
+
+TEST_CASE("sdlora-eval prints every command's metric as JSON, matching the references", "[examples][e2e]") {
+  // Tolerances as in eval_test.cpp: CLIP score 0.05 (0-100 scale), CLIP-I / DINO 1e-3, SSIM 1e-5.
+  struct Case {
+    std::string args, metric, key;
+    double tol;
+    std::size_t n;
+  };
+  Case const cases[] = {
+      {"clip-score --clip " + fx("clip") + " --images " + fx("generated") + " --prompts " + fx("prompts.txt") +
+           " --batch 2",
+       "clip_score", "metric.clip_score", 0.05, 5},
+      {"clip-i --clip " + fx("clip") + " --images " + fx("generated") + " --reference " + fx("reference"), "clip_i",
+       "metric.clip_i_all", 1e-3, 5},
+      {"clip-i --clip " + fx("clip") + " --images " + fx("generated") + " --reference " + fx("reference") +
+           " --pairing index",
+       "clip_i", "metric.clip_i_index", 1e-3, 5},
+      {"dino --dino " + fx("dino") + " --images " + fx("generated") + " --reference " + fx("reference"), "dino",
+       "metric.dino_all", 1e-3, 5},
+      {"ssim --images " + fx("generated") + " --reference " + fx("reference"), "ssim", "metric.ssim", 1e-5, 5},
+  };
+  for (auto const& c : cases) {
+    auto const r = run(c.args + " --json");
+    INFO(c.args << "\nstderr: " << r.err);
+    REQUIRE(r.code == 0);
+    REQUIRE(lines(r.out) == 1);
+    auto const j = nlohmann::json::parse(r.out);
+    CHECK(j["metric"] == c.metric);
+    CHECK(j["n"] == c.n);
+    CHECK(j["per_image"].size() == c.n);
+    CHECK(std::fabs(j["value"].get<double>() - expected(c.key)) < c.tol);
+  }
+  auto const plain = run("ssim --images " + fx("generated") + " --reference " + fx("reference"));
+  CHECK(plain.code == 0);
+  CHECK(plain.out.rfind("ssim: 0.44", 0) == 0);
+}
+
+TEST_CASE("sdlora-eval --metadata reads prompts by file name", "[examples][e2e]") {
+  fs::path const csv = scratch() / "metadata.csv";
+  {
+    std::ofstream out(csv);
+    out << "file_name,text\n";
+    std::ifstream in(test::fixture("eval/prompts.txt"));
+    std::string line;
+    for (int i = 0; std::getline(in, line); ++i) out << "g" << (4 - i) << ".png,\"" << line << "\"\n";
+  }
+  // Rows pair g4 with prompt 0, g3 with prompt 1, ...: looked up by file name, the score must differ from the
+  // in-order reference; then the in-order table must reproduce it.
+  auto const r = run("clip-score --clip " + fx("clip") + " --images " + fx("generated") + " --metadata '" +
+                     csv.string() + "' --json");
+  REQUIRE(r.code == 0);
+  auto const j = nlohmann::json::parse(r.out);
+  CHECK(std::fabs(j["value"].get<double>() - expected("metric.clip_score")) > 0.1);
+  {
+    std::ofstream out(csv);
+    out << "file_name,text\n";
+    std::ifstream in(test::fixture("eval/prompts.txt"));
+    std::string line;
+    for (int i = 0; std::getline(in, line); ++i) out << "g" << i << ".png,\"" << line << "\"\n";
+  }
+  auto const ok = run("clip-score --clip " + fx("clip") + " --images " + fx("generated") + " --metadata '" +
+                      csv.string() + "' --json");
+  REQUIRE(ok.code == 0);
+  CHECK(std::fabs(nlohmann::json::parse(ok.out)["value"].get<double>() - expected("metric.clip_score")) < 0.05);
+}
+
+TEST_CASE("sdlora-eval errors are one line with a non-zero exit code", "[examples][e2e]") {
+  // Wrong prompt count.
+  fs::path const prompts = scratch() / "three.txt";
+  std::ofstream(prompts) << "a\nb\nc\n";
+  auto r = run("clip-score --clip " + fx("clip") + " --images " + fx("generated") + " --prompts '" +
+               prompts.string() + "'");
+  CHECK(r.code == 2);
+  CHECK(lines(r.err) == 1);
+  CHECK(r.err.find("3 prompts for 5 images") != std::string::npos);
+
+  // Unreadable image.
+  fs::path const bad = scratch() / "bad";
+  fs::create_directories(bad);
+  for (auto const& e : fs::directory_iterator(test::fixture("eval/generated")))
+    fs::copy_file(e.path(), bad / e.path().filename(), fs::copy_options::overwrite_existing);
+  std::ofstream(bad / "g9.png") << "not a png";
+  r = run("ssim --images '" + bad.string() + "' --reference '" + bad.string() + "'");
+  CHECK(r.code == 1);
+  CHECK(lines(r.err) == 1);
+  CHECK(r.err.find("g9.png") != std::string::npos);
+
+  // Missing model file.
+  fs::path const clip = scratch() / "clip";
+  fs::create_directories(clip);
+  for (auto const& e : fs::directory_iterator(test::fixture("eval/clip")))
+    if (e.path().filename() != "model.safetensors")
+      fs::copy_file(e.path(), clip / e.path().filename(), fs::copy_options::overwrite_existing);
+  r = run("clip-i --clip '" + clip.string() + "' --images " + fx("generated") + " --reference " + fx("reference"));
+  CHECK(r.code == 1);
+  CHECK(lines(r.err) == 1);
+  CHECK(r.err.find("model.safetensors not found") != std::string::npos);
+  CHECK(r.err.find("Hugging Face Hub") != std::string::npos);
+
+  // Usage errors.
+  r = run("dino --images " + fx("generated") + " --reference " + fx("reference"));
+  CHECK(r.code == 2);
+  CHECK(r.err.find("--dino is required") != std::string::npos);
+  r = run("ssim --images " + fx("generated") + " --reference " + fx("reference") + " --pairing index");
+  CHECK(r.code == 2);  // ssim has no --pairing
+  CHECK(lines(r.err) == 1);
+  r = run("nonsense");
+  CHECK(r.code == 2);
+}
