@@ -1,6 +1,7 @@
 /// @file sdlora-eval.cpp
 /// @brief sdlora-eval: CLIP score, CLIP image similarity (CLIP-I), DINO similarity and SSIM of image folders, with
-/// transformers CLIPModel / ViTModel folders as the encoders, computed as torchmetrics and the DreamBooth paper do.
+/// transformers CLIPModel / ViTModel folders as the encoders, computed as torchmetrics and the DreamBooth paper do;
+/// a LoRA-scale sweep (generate, score, plot, grid) and a comparison table of several output folders.
 /// Reference: docs/cli.md.
 #include <algorithm>   // std::sort
 #include <cctype>      // std::tolower
@@ -8,7 +9,9 @@
 #include <fstream>     // std::ifstream
 #include <iomanip>     // std::setprecision
 #include <iostream>    // std::cout, std::cerr
+#include <cmath>       // std::nan, std::isfinite, std::floor
 #include <map>         // std::map
+#include <optional>    // std::optional
 #include <string>      // std::string
 #include <vector>      // std::vector
 
@@ -16,8 +19,9 @@
 
 #include <nlohmann/json.hpp>  // nlohmann::json
 
-#include <sdlora/eval.hpp>              // eval::ClipEncoder, eval::DinoEncoder, eval::clip_score, eval::ssim
-#include <sdlora/train/dataset.hpp>     // train::detail::read_metadata
+#include <sdlora/eval.hpp>           // eval::ClipEncoder, eval::DinoEncoder, eval::clip_score, eval::ssim, eval::line_plot
+#include <sdlora/pipeline.hpp>       // models::load_stable_diffusion, pipeline::apply_loras, pipeline::txt2img
+#include <sdlora/train/dataset.hpp>  // train::detail::read_metadata
 
 #include "common/cli.hpp"  // cli::normalize_flags, cli::parse, cli::run_main
 
@@ -40,43 +44,86 @@ constexpr char kUsage[] =
     "              mean cosine of DINO ViT class tokens (DreamBooth's DINO)\n"
     "  ssim        --images DIR --reference DIR\n"
     "              SSIM of image pairs in file-name order (torchmetrics defaults: Gaussian 11, sigma 1.5)\n"
-    "Every command prints one line, or with --json one object {\"metric\", \"value\", \"n\", \"per_image\"}.\n"
+    "  sweep       --model M --lora FILE --prompts FILE --reference DIR --clip DIR [--dino DIR]\n"
+    "              [--unseen-prompts FILE] [--scales 0,0.25,..,1] [--seeds 1,2] --out DIR\n"
+    "              generates every prompt at every LoRA scale with fixed seeds; writes results.csv, plot.png\n"
+    "              (CLIP score and CLIP-I / DINO vs scale) and grid.png (columns labelled with the scales)\n"
+    "  compare     --clip DIR [--dino DIR] --prompts FILE --reference DIR --run NAME=DIR ... --out DIR\n"
+    "              one table (results.csv, results.md) of CLIP score, CLIP-I, DINO and SSIM per output folder\n"
+    "Metric commands print one line, or with --json one object {\"metric\", \"value\", \"n\", \"per_image\"}.\n"
     "--clip is a transformers CLIPModel folder (e.g. openai/clip-vit-large-patch14 from the Hugging Face Hub);\n"
     "--dino a ViTModel folder (e.g. facebook/dino-vits16). Errors print one line: exit 2 for usage, 1 otherwise.\n";
 
-/// Flags shared by the metric commands (each command requires its own subset).
+/// Flags of all commands (each command offers and requires its own subset).
 struct Args {
   std::string clip, dino, images, reference, prompts, metadata, pairing = "all";
   bool json = false;
   int batch = 8;
   int threads = 0;
+  // sweep
+  std::string model, lora, unseen_prompts, scales = "0,0.25,0.5,0.75,1", seeds = "0", out, sampler;
+  int steps = 30, width = 0, height = 0;
+  double cfg = 7.5;
+  // compare
+  std::vector<std::string> runs;
 };
 
 po::options_description options(std::string const& command, Args& a) {
   po::options_description d("Usage: sdlora-eval " + command + " [options]\n\nOptions", 120, 60);
+  bool const metric = command == "clip-score" || command == "clip-i" || command == "dino" || command == "ssim";
+  bool const experiment = command == "sweep" || command == "compare";
   // clang-format off
   d.add_options()
     ("help,h", "show this help and exit")
-    ("images", po::value(&a.images)->value_name("DIR"), "the images to score (PNG/JPEG/BMP), in file-name order")
-    ("json", po::bool_switch(&a.json), "print one JSON object {\"metric\", \"value\", \"n\", \"per_image\"}")
     ("threads", po::value(&a.threads)->value_name("N")->default_value(0), "CPU threads (0: all)");
+  if (metric)
+    d.add_options()
+      ("images", po::value(&a.images)->value_name("DIR"), "the images to score (PNG/JPEG/BMP), in file-name order")
+      ("json", po::bool_switch(&a.json), "print one JSON object {\"metric\", \"value\", \"n\", \"per_image\"}");
   if (command != "ssim")
     d.add_options()("batch", po::value(&a.batch)->value_name("N")->default_value(8), "images per encoder batch");
-  if (command == "clip-score" || command == "clip-i")
+  if (command != "dino" && command != "ssim")
     d.add_options()("clip", po::value(&a.clip)->value_name("DIR"), "a transformers CLIPModel folder (config.json, "
                     "model.safetensors, preprocessor_config.json, vocab.json, merges.txt)");
-  if (command == "dino")
-    d.add_options()("dino", po::value(&a.dino)->value_name("DIR"), "a transformers ViTModel folder (config.json, "
-                    "model.safetensors, preprocessor_config.json), e.g. facebook/dino-vits16");
+  // Boost copies descriptions, so these temporaries may end with the statement.
+  std::string const dino_help = std::string("a transformers ViTModel folder (config.json, model.safetensors, "
+                                            "preprocessor_config.json), e.g. facebook/dino-vits16") +
+                                (experiment ? " (optional: adds the DINO column)" : "");
+  std::string const prompts_help =
+      "one prompt per line" +
+      std::string(command == "clip-score" ? ", one per image in file-name order"
+                  : command == "sweep"    ? " (the prompts the LoRA was meant for)"
+                                          : "; each folder holds k images per prompt, grouped by prompt in file-name order");
+  if (command == "dino" || experiment)
+    d.add_options()("dino", po::value(&a.dino)->value_name("DIR"), dino_help.c_str());
+  if (command == "clip-score" || experiment)
+    d.add_options()("prompts", po::value(&a.prompts)->value_name("FILE"), prompts_help.c_str());
   if (command == "clip-score")
-    d.add_options()
-      ("prompts", po::value(&a.prompts)->value_name("FILE"), "one prompt per line, one per image in file-name order")
-      ("metadata", po::value(&a.metadata)->value_name("CSV"), "a diffusers ImageFolder metadata.csv (file_name, text)");
-  if (command == "clip-i" || command == "dino" || command == "ssim")
+    d.add_options()("metadata", po::value(&a.metadata)->value_name("CSV"), "a diffusers ImageFolder metadata.csv (file_name, text)");
+  if (command != "clip-score")
     d.add_options()("reference", po::value(&a.reference)->value_name("DIR"), "the reference (instance / style) images");
   if (command == "clip-i" || command == "dino")
     d.add_options()("pairing", po::value(&a.pairing)->value_name("all|index")->default_value("all"),
                     "all: every image x every reference (DreamBooth); index: image i with reference i");
+  if (experiment)
+    d.add_options()("out", po::value(&a.out)->value_name("DIR"), "output folder (results.csv, ...); created if needed");
+  if (command == "sweep")
+    d.add_options()
+      ("model", po::value(&a.model)->value_name("PATH"), "checkpoint: a diffusers folder or an SD 1.x / 2.x .safetensors file")
+      ("lora", po::value(&a.lora)->value_name("FILE"), "the LoRA file (kohya or diffusers / PEFT) to sweep")
+      ("scales", po::value(&a.scales)->value_name("S1,S2,..")->default_value(a.scales), "LoRA scales")
+      ("unseen-prompts", po::value(&a.unseen_prompts)->value_name("FILE"), "a second prompt set (e.g. prompts unlike the "
+                                                                           "training captions), one line each")
+      ("seeds", po::value(&a.seeds)->value_name("N1,N2,..")->default_value(a.seeds), "seeds; every prompt at every scale with each")
+      ("steps", po::value(&a.steps)->value_name("N")->default_value(30), "denoising steps")
+      ("cfg", po::value(&a.cfg)->value_name("S")->default_value(7.5), "classifier-free guidance scale")
+      ("sampler", po::value(&a.sampler)->value_name("NAME"), "ddpm | ddim | pndm | euler | euler_a | dpmpp_2m (default: the "
+                                                             "checkpoint's scheduler)")
+      ("width", po::value(&a.width)->value_name("W"), "image width (default: the model's native size)")
+      ("height", po::value(&a.height)->value_name("H"), "image height (default: the model's native size)");
+  if (command == "compare")
+    d.add_options()("run", po::value(&a.runs)->value_name("NAME=DIR")->composing(), "a folder of generated images and "
+                    "its name in the table (base, lora, dreambooth, ti, ...); repeatable");
   // clang-format on
   return d;
 }
@@ -116,18 +163,26 @@ eval::Progress progress_line(char const* what, std::size_t batch) {
   };
 }
 
+/// The non-empty lines of a text file (a prompt list).
+std::vector<std::string> read_lines(std::string const& path, char const* flag) {
+  std::ifstream in(path);
+  if (!in) SDLORA_THROW(IoError, "--" << flag << " " << path << " cannot be read");
+  std::vector<std::string> out;
+  for (std::string line; std::getline(in, line);) {
+    if (!line.empty() && line.back() == '\r') line.pop_back();
+    if (!line.empty()) out.push_back(line);
+  }
+  if (out.empty()) SDLORA_THROW(ConfigError, "--" << flag << " " << path << " holds no prompts");
+  return out;
+}
+
 /// Prompts for `images`: one line each from --prompts, or looked up by file name in --metadata.
 std::vector<std::string> read_prompts(Args const& a, std::vector<fs::path> const& images) {
   if (a.prompts.empty() == a.metadata.empty())
     SDLORA_THROW(ConfigError, "clip-score needs exactly one of --prompts FILE and --metadata metadata.csv");
   std::vector<std::string> out;
   if (!a.prompts.empty()) {
-    std::ifstream in(a.prompts);
-    if (!in) SDLORA_THROW(IoError, "--prompts " << a.prompts << " cannot be read");
-    for (std::string line; std::getline(in, line);) {
-      if (!line.empty() && line.back() == '\r') line.pop_back();
-      if (!line.empty()) out.push_back(line);
-    }
+    out = read_lines(a.prompts, "prompts");
     if (out.size() != images.size())
       SDLORA_THROW(ConfigError, "--prompts " << a.prompts << " has " << out.size() << " prompts for "
                                              << images.size() << " images in " << a.images
@@ -219,14 +274,266 @@ eval::MetricResult run_ssim(Args const& a) {
   return r;
 }
 
+// ---- experiments --------------------------------------------------------------------------------------------
+
+/// The encoders an experiment scores with: CLIP always, DINO when --dino is given.
+struct Scorers {
+  eval::ClipEncoder clip;
+  std::optional<eval::DinoEncoder> dino;
+  Tensor<float, Cpu> clip_ref, dino_ref;  // (M, D) reference embeddings
+  std::size_t batch = 8;
+
+  static Scorers load(Args const& a, std::vector<Tensor<std::uint8_t, Cpu>> const& refs) {
+    Scorers s{eval::ClipEncoder::load(a.clip), std::nullopt, {}, {}, std::size_t(a.batch)};
+    s.clip_ref = s.clip.encode_images(refs, s.batch, progress_line("encoded references", s.batch));
+    if (!a.dino.empty()) {
+      s.dino = eval::DinoEncoder::load(a.dino);
+      s.dino_ref = s.dino->encode_images(refs, s.batch, progress_line("encoded references", s.batch));
+    }
+    return s;
+  }
+};
+
+/// One row of an experiment's table.
+struct Row {
+  std::string name;  // prompt set (sweep) or run (compare)
+  double scale = 0;  // sweep only
+  std::size_t n = 0;
+  double clip_score = 0, clip_i = 0, dino = std::nan(""), ssim = std::nan("");
+};
+
+/// CLIP score of images vs their prompts, CLIP-I and DINO (all pairs) vs the references.
+Row score(Scorers& s, std::vector<Tensor<std::uint8_t, Cpu>> const& images, std::vector<std::string> const& prompts) {
+  Row r;
+  r.n = images.size();
+  auto const e = s.clip.encode_images(images, s.batch, progress_line("encoded", s.batch));
+  r.clip_score = eval::clip_score(e.view(), s.clip.encode_texts(prompts).view()).value;
+  r.clip_i = eval::embedding_similarity("clip_i", e.view(), s.clip_ref.view(), eval::Pairing::All).value;
+  if (s.dino) {
+    auto const d = s.dino->encode_images(images, s.batch, progress_line("encoded", s.batch));
+    r.dino = eval::embedding_similarity("dino", d.view(), s.dino_ref.view(), eval::Pairing::All).value;
+  }
+  return r;
+}
+
+/// Mean cosine between distinct references (the ceiling a generated image's similarity can be compared with).
+double self_similarity(Tensor<float, Cpu> const& e) {
+  double total = 0;
+  Index pairs = 0;
+  for (Index i = 0; i < e.dim(0); ++i)
+    for (Index j = 0; j < e.dim(0); ++j)
+      if (i != j) total += eval::cosine(e.view(), i, e.view(), j), ++pairs;
+  return pairs ? total / double(pairs) : std::nan("");
+}
+
+std::string cell(double v) { return std::isfinite(v) ? eval::short_number(v) : ""; }
+
+/// Images (H, W, 3) uint8 -> (3, H, W) in [0, 1] for figures.
+Tensor<float, Cpu> to_unit(Tensor<std::uint8_t, Cpu> const& px) { return io::from_uint8(px.view(), io::ImageRange::ZeroToOne); }
+
+int run_sweep(Args const& a) {
+  // Cheap checks first.
+  if (a.model.empty() || !fs::exists(a.model)) SDLORA_THROW(IoError, "--model '" << a.model << "' does not exist");
+  if (a.lora.empty() || !fs::exists(a.lora)) SDLORA_THROW(IoError, "--lora '" << a.lora << "' does not exist");
+  if (a.prompts.empty()) SDLORA_THROW(ConfigError, "--prompts is required (one prompt per line)");
+  if (a.out.empty()) SDLORA_THROW(ConfigError, "--out is required (a folder for results.csv, plot.png, grid.png)");
+  if (a.steps <= 0) SDLORA_THROW(ConfigError, "--steps must be positive, got " << a.steps);
+  require_dir(a.clip, "clip", "a transformers CLIPModel folder");
+  if (!a.dino.empty()) require_dir(a.dino, "dino", "a transformers ViTModel folder");
+  std::vector<double> const scales = cli::parse_list(a.scales, "scales");
+  std::vector<std::uint64_t> seeds;
+  for (double v : cli::parse_list(a.seeds, "seeds")) {
+    if (v < 0 || v != std::floor(v)) SDLORA_THROW(ConfigError, "--seeds: '" << v << "' is not a non-negative integer");
+    seeds.push_back(std::uint64_t(v));
+  }
+  std::vector<std::pair<std::string, std::vector<std::string>>> sets{{"prompts", read_lines(a.prompts, "prompts")}};
+  if (!a.unseen_prompts.empty()) sets.emplace_back("unseen", read_lines(a.unseen_prompts, "unseen-prompts"));
+  auto const refs = load_all(list_images(a.reference, "reference"));
+
+  // Generate: every set x prompt x seed x scale, the LoRA as an adapter whose multiplier changes per column.
+  Context<Cpu> ctx;
+  ctx.num_threads = a.threads;
+  auto sd = models::load_stable_diffusion<float>(a.model, models::LoadOptions{});
+  auto loaded = pipeline::apply_loras(sd, {pipeline::LoraSpec{a.lora, 1.0}}, lora::ApplyMode::Adapter);
+  int const f = sd.vae_scale();
+  pipeline::GenerateOptions g;
+  g.steps = a.steps;
+  g.guidance_scale = a.cfg;
+  g.sampler = a.sampler;
+  g.width = a.width > 0 ? a.width : sd.unet.config().sample_size * f;
+  g.height = a.height > 0 ? a.height : sd.unet.config().sample_size * f;
+  fs::create_directories(fs::path(a.out) / "images");
+  // images[set][scale] with their prompts, in (prompt, seed) order; grid cells in (set, prompt, seed, scale) order.
+  std::vector<std::vector<std::vector<Tensor<std::uint8_t, Cpu>>>> images(sets.size(),
+                                                                         std::vector<std::vector<Tensor<std::uint8_t, Cpu>>>(scales.size()));
+  std::vector<std::vector<std::string>> prompts_of(sets.size());
+  std::vector<Tensor<float, Cpu>> cells;
+  std::vector<std::string> row_labels;
+  std::size_t const total = [&] {
+    std::size_t n = 0;
+    for (auto const& set : sets) n += set.second.size() * seeds.size() * scales.size();
+    return n;
+  }();
+  std::size_t done = 0;
+  for (std::size_t si = 0; si < sets.size(); ++si)
+    for (std::size_t pi = 0; pi < sets[si].second.size(); ++pi)
+      for (std::uint64_t seed : seeds) {
+        g.prompt = sets[si].second[pi];
+        g.seed = seed;
+        prompts_of[si].push_back(g.prompt);
+        row_labels.push_back(sets[si].first.substr(0, 6) + " " + std::to_string(pi + 1) + " s" + std::to_string(seed));
+        for (std::size_t k = 0; k < scales.size(); ++k) {
+          pipeline::set_lora_scale(sd, loaded[0], scales[k]);
+          auto const out = pipeline::txt2img(ctx, sd, g);  // (1, 3, H, W) in [-1, 1]
+          auto const px = io::to_uint8(out.images[0], io::ImageRange::MinusOneToOne);  // (H, W, 3), as the PNG
+          std::string const name = sets[si].first + "-p" + std::to_string(pi + 1) + "-seed" + std::to_string(seed) +
+                                   "-scale" + eval::short_number(scales[k]) + ".png";
+          io::save_png((fs::path(a.out) / "images" / name).string(), out.images[0], io::ImageRange::MinusOneToOne);
+          cells.push_back(to_unit(px));
+          images[si][k].push_back(px);
+          std::cerr << kProgram << ": generated " << ++done << "/" << total << " (" << name << ")\n";
+        }
+      }
+  sd = {};  // the encoders need the memory more than the diffusion model now
+
+  // Score every (set, scale) and the references themselves.
+  Scorers sc = Scorers::load(a, refs);
+  std::vector<Row> rows;
+  for (std::size_t si = 0; si < sets.size(); ++si)
+    for (std::size_t k = 0; k < scales.size(); ++k) {
+      Row r = score(sc, images[si][k], prompts_of[si]);
+      r.name = sets[si].first;
+      r.scale = scales[k];
+      rows.push_back(r);
+    }
+  double const ref_clip_i = self_similarity(sc.clip_ref);
+  double const ref_dino = sc.dino ? self_similarity(sc.dino_ref) : std::nan("");
+
+  // results.csv
+  std::ofstream csv(fs::path(a.out) / "results.csv");
+  csv << "prompt_set,scale,n,clip_score,clip_i,dino\n";
+  for (auto const& r : rows)
+    csv << r.name << "," << eval::short_number(r.scale) << "," << r.n << "," << cell(r.clip_score) << ","
+        << cell(r.clip_i) << "," << cell(r.dino) << "\n";
+  csv << "reference,," << refs.size() << ",," << cell(ref_clip_i) << "," << cell(ref_dino) << "\n";
+  csv.close();
+  if (!csv) SDLORA_THROW(IoError, "cannot write " << (fs::path(a.out) / "results.csv").string());
+
+  // plot.png: CLIP score (prompt fidelity) above, image similarity to the references below.
+  std::vector<eval::Series> text_series, image_series;
+  for (auto const& set : sets) {
+    eval::Series t{"clip score (" + set.first + ")", {}, {}}, c{"clip-i (" + set.first + ")", {}, {}},
+        d{"dino (" + set.first + ")", {}, {}};
+    for (auto const& r : rows)
+      if (r.name == set.first) {
+        t.x.push_back(r.scale), t.y.push_back(r.clip_score);
+        c.x.push_back(r.scale), c.y.push_back(r.clip_i);
+        d.x.push_back(r.scale), d.y.push_back(r.dino);
+      }
+    text_series.push_back(t);
+    image_series.push_back(c);
+    if (sc.dino) image_series.push_back(d);
+  }
+  if (std::isfinite(ref_clip_i)) image_series.push_back({"clip-i among references", {}, {ref_clip_i}, true});
+  if (std::isfinite(ref_dino)) image_series.push_back({"dino among references", {}, {ref_dino}, true});
+  auto const top = eval::line_plot(text_series, {"CLIP score vs LoRA scale", "LoRA scale", "CLIP score", 640, 360});
+  auto const bottom = eval::line_plot(image_series, {"Similarity to the references", "LoRA scale", "cosine", 640, 360});
+  Tensor<float, Cpu> plot(Shape{3, 720, 640});  // (3, H, W): the two panels stacked
+  for (Index k = 0; k < 3; ++k)
+    for (Index y = 0; y < 360; ++y)
+      for (Index x = 0; x < 640; ++x) {
+        plot.at({k, y, x}) = top.at({k, y, x});
+        plot.at({k, 360 + y, x}) = bottom.at({k, y, x});
+      }
+  io::save_png((fs::path(a.out) / "plot.png").string(), plot.view(), io::ImageRange::ZeroToOne);
+
+  // grid.png: one row per (set, prompt, seed), one column per scale.
+  std::vector<std::string> columns;
+  for (double v : scales) columns.push_back(eval::short_number(v));
+  auto const grid = eval::labelled_grid(cells, Index(scales.size()), columns, row_labels, "LoRA scale");
+  io::save_png((fs::path(a.out) / "grid.png").string(), grid.view(), io::ImageRange::ZeroToOne);
+
+  for (auto const& r : rows)
+    std::cout << r.name << " scale " << eval::short_number(r.scale) << ": clip_score " << cell(r.clip_score)
+              << ", clip_i " << cell(r.clip_i) << (sc.dino ? ", dino " + cell(r.dino) : std::string()) << "\n";
+  std::cerr << kProgram << ": wrote " << done << " images, results.csv, plot.png and grid.png to " << a.out << "\n";
+  return 0;
+}
+
+int run_compare(Args const& a) {
+  if (a.runs.empty()) SDLORA_THROW(ConfigError, "compare needs at least one --run NAME=DIR");
+  if (a.out.empty()) SDLORA_THROW(ConfigError, "--out is required (a folder for results.csv and results.md)");
+  if (a.prompts.empty()) SDLORA_THROW(ConfigError, "--prompts is required (one prompt per line)");
+  require_dir(a.clip, "clip", "a transformers CLIPModel folder");
+  if (!a.dino.empty()) require_dir(a.dino, "dino", "a transformers ViTModel folder");
+  auto const prompts = read_lines(a.prompts, "prompts");
+  std::vector<std::pair<std::string, std::vector<fs::path>>> runs;
+  for (auto const& spec : a.runs) {
+    std::size_t const eq = spec.find('=');
+    if (eq == std::string::npos || eq == 0 || eq + 1 == spec.size())
+      SDLORA_THROW(ConfigError, "--run '" << spec << "' is not NAME=DIR");
+    auto files = list_images(spec.substr(eq + 1), "run");
+    if (files.size() % prompts.size() != 0)
+      SDLORA_THROW(ConfigError, "--run " << spec << " holds " << files.size() << " images for " << prompts.size()
+                                         << " prompts (k images per prompt, grouped by prompt in file-name order)");
+    runs.emplace_back(spec.substr(0, eq), std::move(files));
+  }
+  auto const ref_files = list_images(a.reference, "reference");
+  auto const refs = load_all(ref_files);
+  std::vector<Tensor<float, Cpu>> ref_unit;  // (3, h, w) in [0, 1] for SSIM
+  for (auto const& f : ref_files) ref_unit.push_back(io::load_image(f.string(), io::ImageRange::ZeroToOne));
+
+  Scorers sc = Scorers::load(a, refs);
+  std::vector<Row> rows;
+  for (auto const& [name, files] : runs) {
+    auto const images = load_all(files);
+    std::size_t const k = files.size() / prompts.size();
+    std::vector<std::string> per_image;
+    for (std::size_t i = 0; i < files.size(); ++i) per_image.push_back(prompts[i / k]);
+    Row r = score(sc, images, per_image);
+    r.name = name;
+    // SSIM to the references: every image x every reference, the reference resized (Pillow bicubic) if needed.
+    double total = 0;
+    for (auto const& img : images) {
+      auto const x = to_unit(img);  // (3, H, W)
+      for (std::size_t j = 0; j < refs.size(); ++j) {
+        Tensor<float, Cpu> y = ref_unit[j];
+        if (!(y.shape() == x.shape()))
+          y = to_unit(eval::pil_resize(refs[j].view(), x.dim(1), x.dim(2), eval::Resample::Bicubic));
+        total += eval::ssim(x.view(), y.view());
+      }
+    }
+    r.ssim = total / double(images.size() * refs.size());
+    rows.push_back(r);
+  }
+
+  fs::create_directories(a.out);
+  std::ofstream csv(fs::path(a.out) / "results.csv"), md(fs::path(a.out) / "results.md");
+  csv << "run,n,clip_score,clip_i,dino,ssim\n";
+  md << "| run | n | CLIP score | CLIP-I | DINO | SSIM |\n|---|---:|---:|---:|---:|---:|\n";
+  for (auto const& r : rows) {
+    csv << r.name << "," << r.n << "," << cell(r.clip_score) << "," << cell(r.clip_i) << "," << cell(r.dino) << ","
+        << cell(r.ssim) << "\n";
+    md << "| " << r.name << " | " << r.n << " | " << cell(r.clip_score) << " | " << cell(r.clip_i) << " | "
+       << (std::isfinite(r.dino) ? cell(r.dino) : "-") << " | " << cell(r.ssim) << " |\n";
+  }
+  csv.close();
+  md.close();
+  if (!csv || !md) SDLORA_THROW(IoError, "cannot write results.csv / results.md in " << a.out);
+  std::cout << std::ifstream(fs::path(a.out) / "results.md").rdbuf();
+  return 0;
+}
+
 int run(int argc, char** argv) {
   if (argc < 2 || std::string(argv[1]) == "--help" || std::string(argv[1]) == "-h") {
     std::cout << kUsage;
     return argc < 2 ? 2 : 0;
   }
   std::string const command = argv[1];
-  if (command != "clip-score" && command != "clip-i" && command != "dino" && command != "ssim")
-    SDLORA_THROW(ConfigError, "unknown command '" << command << "' (clip-score, clip-i, dino, ssim; see --help)");
+  if (command != "clip-score" && command != "clip-i" && command != "dino" && command != "ssim" && command != "sweep" &&
+      command != "compare")
+    SDLORA_THROW(ConfigError, "unknown command '" << command
+                                                  << "' (clip-score, clip-i, dino, ssim, sweep, compare; see --help)");
   Args a;
   auto const desc = options(command, a);
   auto const vm = cli::parse(desc, cli::normalize_flags(argc - 1, argv + 1, '-'));
@@ -237,6 +544,8 @@ int run(int argc, char** argv) {
   if (a.batch <= 0) SDLORA_THROW(ConfigError, "--batch must be positive, got " << a.batch);
   if (a.threads < 0) SDLORA_THROW(ConfigError, "--threads must be >= 0, got " << a.threads);
   if (a.threads > 0) omp_set_num_threads(a.threads);
+  if (command == "sweep") return run_sweep(a);
+  if (command == "compare") return run_compare(a);
   eval::MetricResult const r = command == "clip-score" ? run_clip_score(a)
                                : command == "ssim"     ? run_ssim(a)
                                                        : run_similarity(command, a);

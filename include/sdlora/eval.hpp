@@ -7,6 +7,7 @@
 
 #include <sdlora/eval/encoders.hpp>
 #include <sdlora/eval/metrics.hpp>
+#include <sdlora/eval/plot.hpp>
 #include <sdlora/eval/preprocess.hpp>
 #include <sdlora/models/clip_vision.hpp>
 #include <sdlora/models/vit.hpp>

@@ -242,3 +242,36 @@ TEST_CASE("a missing model file gives one line naming it and where such folders 
     CHECK(msg.find('\n') == std::string::npos);
   }
 }
+
+TEST_CASE("plots: ticks, text, series pixels and labelled grids", "[eval][plot]") {
+  auto const t = eval::nice_ticks(0.0, 1.0);
+  REQUIRE(t.size() == 6);  // 0, 0.2, ..., 1
+  CHECK(t[1] == Approx(0.2));
+  CHECK(eval::nice_ticks(13.2, 22.7) == std::vector<double>{14, 16, 18, 20, 22});
+  CHECK(eval::short_number(0.25) == "0.25");
+  CHECK(eval::short_number(12.0578) == "12.06");
+
+  Tensor<float, Cpu> canvas(Shape{3, 10, 30});
+  canvas.fill(1.0f);
+  eval::draw_text(canvas, 0, 0, "1.5");
+  float ink = 0;
+  for (Index i = 0; i < canvas.numel(); ++i) ink += 1.0f - canvas(i);
+  CHECK(ink > 10);                                 // the glyphs are drawn
+  CHECK(canvas.at({0, 0, 2}) < 0.5f);              // '1' has its top stroke in column 2
+  CHECK(canvas.at({0, 4, 7}) == Approx(1.0f));     // '.' (the cell at x = 6) is empty above row 5
+  CHECK(canvas.at({0, 5, 7}) < 0.5f);              // and inked at rows 5-6, columns 1-2 of its cell
+  CHECK(canvas.at({0, 6, 8}) < 0.5f);
+
+  eval::Series const s{"a", {0, 1, 2}, {0, 1, 0}};
+  auto const img = eval::line_plot({s}, {"t", "x", "y", 640, 400});
+  REQUIRE(img.shape() == Shape{3, 400, 640});
+  // The peak (1, 1): x in the middle of [70, 620], y at 1 on a [-0.05, 1.05] axis over rows [30, 355].
+  Index const x = std::lround(70 + 0.5 * 550), y = std::lround(355 - 1.05 / 1.1 * 325);
+  for (Index k = 0; k < 3; ++k) CHECK(img.at({k, y, x}) == Approx(eval::kPalette[0][std::size_t(k)]));
+
+  std::vector<Tensor<float, Cpu>> cells(4, Tensor<float, Cpu>(Shape{3, 8, 8}));
+  auto const grid = eval::labelled_grid(cells, 2, {"0", "1"}, {"row one", "row two"}, "scale");
+  CHECK(grid.dim(2) == (eval::text_width("row one") + 8) + 2 * (8 + 4) + 4);
+  CHECK(grid.dim(1) == (eval::kTextHeight + 8) + 2 * (8 + 4) + 4);
+  CHECK_THROWS(eval::labelled_grid(cells, 3, {}));
+}

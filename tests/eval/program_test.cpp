@@ -7,11 +7,13 @@
 #include <algorithm>   // std::count
 #include <cmath>       // std::fabs
 #include <filesystem>  // std::filesystem
-#include <fstream>     // std::ofstream
+#include <fstream>     // std::ofstream, std::ifstream
+#include <sstream>     // std::stringstream
 #include <string>      // std::string
 
 #include <nlohmann/json.hpp>  // nlohmann::json
 
+#include <sdlora/io/image.hpp>        // io::load_image
 #include <sdlora/io/safetensors.hpp>  // io::SafetensorsFile
 
 #include "examples/program.hpp"
@@ -150,4 +152,91 @@ TEST_CASE("sdlora-eval errors are one line with a non-zero exit code", "[example
   CHECK(lines(r.err) == 1);
   r = run("nonsense");
   CHECK(r.code == 2);
+}
+
+TEST_CASE("sdlora-eval sweep generates, scores, plots and grids on the tiny model", "[examples][e2e]") {
+  fs::path const out = scratch() / "sweep";
+  std::ofstream(scratch() / "seen.txt") << "a photo of a cat\n";
+  std::ofstream(scratch() / "unseen.txt") << "a red dog\n";
+  auto const r = run("sweep --model '" + test::fixture("models/tiny-sd1") + "' --lora '" +
+                     test::fixture("pipeline/lora_kohya.safetensors") + "' --scales 0,1 --seeds 3 --prompts '" +
+                     (scratch() / "seen.txt").string() + "' --unseen-prompts '" + (scratch() / "unseen.txt").string() +
+                     "' --reference " + fx("reference") + " --clip " + fx("clip") + " --dino " + fx("dino") +
+                     " --steps 2 --width 16 --height 16 --threads 2 --out '" + out.string() + "'");
+  INFO(r.err);
+  REQUIRE(r.code == 0);
+  std::ifstream csv(out / "results.csv");
+  std::vector<std::string> rows;
+  for (std::string line; std::getline(csv, line);) rows.push_back(line);
+  REQUIRE(rows.size() == 6);  // header, 2 sets x 2 scales, the references
+  CHECK(rows[0] == "prompt_set,scale,n,clip_score,clip_i,dino");
+  CHECK(rows[1].rfind("prompts,0,1,", 0) == 0);
+  CHECK(rows[4].rfind("unseen,1,1,", 0) == 0);
+  CHECK(rows[5].rfind("reference,,5,,0.", 0) == 0);
+  // The LoRA changes the images: scale 0 and 1 differ.
+  auto const s0 = io::load_image((out / "images" / "prompts-p1-seed3-scale0.png").string());
+  auto const s1 = io::load_image((out / "images" / "prompts-p1-seed3-scale1.png").string());
+  CHECK(test::rel_l2(s0, s1) > 1e-3);
+  auto const plot = io::load_image((out / "plot.png").string());
+  CHECK(plot.shape() == Shape{3, 720, 640});
+  auto const grid = io::load_image((out / "grid.png").string());
+  CHECK(grid.dim(2) > 2 * 16);  // row labels and two scale columns
+  CHECK(grid.dim(1) > 2 * 16);  // column labels and two rows
+  // Scores are reproducible: the same command gives the same table.
+  auto const again = run("sweep --model '" + test::fixture("models/tiny-sd1") + "' --lora '" +
+                         test::fixture("pipeline/lora_kohya.safetensors") + "' --scales 0,1 --seeds 3 --prompts '" +
+                         (scratch() / "seen.txt").string() + "' --unseen-prompts '" +
+                         (scratch() / "unseen.txt").string() + "' --reference " + fx("reference") + " --clip " +
+                         fx("clip") + " --dino " + fx("dino") +
+                         " --steps 2 --width 16 --height 16 --threads 2 --out '" + (scratch() / "sweep2").string() +
+                         "'");
+  REQUIRE(again.code == 0);
+  CHECK(test::read_bytes(out / "results.csv") == test::read_bytes(scratch() / "sweep2" / "results.csv"));
+}
+
+TEST_CASE("sdlora-eval sweep and compare reject bad input with one line", "[examples][e2e]") {
+  auto r = run("sweep --model /no/such/model --lora x --prompts x --reference x --clip x --out x");
+  CHECK(r.code == 1);
+  CHECK(lines(r.err) == 1);
+  CHECK(r.err.find("/no/such/model") != std::string::npos);
+  r = run("compare --clip " + fx("clip") + " --prompts " + fx("prompts.txt") + " --reference " + fx("reference") +
+          " --run nodir --out '" + (scratch() / "cmp-bad").string() + "'");
+  CHECK(r.code == 2);
+  CHECK(r.err.find("NAME=DIR") != std::string::npos);
+  std::ofstream(scratch() / "two.txt") << "a\nb\n";
+  r = run("compare --clip " + fx("clip") + " --prompts '" + (scratch() / "two.txt").string() + "' --reference " +
+          fx("reference") + " --run g=" + fx("generated") + " --out '" + (scratch() / "cmp-bad").string() + "'");
+  CHECK(r.code == 2);
+  CHECK(r.err.find("5 images for 2 prompts") != std::string::npos);
+}
+
+TEST_CASE("sdlora-eval compare tabulates every metric per run", "[examples][e2e]") {
+  fs::path const out = scratch() / "compare";
+  auto const r = run("compare --clip " + fx("clip") + " --dino " + fx("dino") + " --prompts " + fx("prompts.txt") +
+                     " --reference " + fx("reference") + " --run base=" + fx("generated") + " --run ref=" +
+                     fx("reference") + " --out '" + out.string() + "'");
+  INFO(r.err);
+  REQUIRE(r.code == 0);
+  std::ifstream csv(out / "results.csv");
+  std::string header, base, ref;
+  std::getline(csv, header);
+  std::getline(csv, base);
+  std::getline(csv, ref);
+  CHECK(header == "run,n,clip_score,clip_i,dino,ssim");
+  // The base row reproduces the single-metric references (CLIP-I and DINO over all pairs), rounded to 4 digits.
+  std::vector<double> v;
+  std::stringstream ss(base.substr(base.find(',') + 1));
+  for (std::string f; std::getline(ss, f, ',');) v.push_back(std::stod(f));
+  REQUIRE(v.size() == 5);
+  CHECK(v[0] == 5);
+  CHECK(std::fabs(v[1] - expected("metric.clip_score")) < 0.05);
+  CHECK(std::fabs(v[2] - expected("metric.clip_i_all")) < 1e-3);
+  CHECK(std::fabs(v[3] - expected("metric.dino_all")) < 1e-3);
+  CHECK(v[4] > 0);
+  CHECK(v[4] < 1);
+  auto const md = test::read_bytes(out / "results.md");
+  CHECK(md.find("| run | n | CLIP score | CLIP-I | DINO | SSIM |") == 0);
+  CHECK(md.find("| base | 5 |") != std::string::npos);
+  CHECK(md.find("| ref | 5 |") != std::string::npos);
+  CHECK(r.out == md);
 }
