@@ -4,7 +4,10 @@
 /// preprocessed pixels, image/text embeddings, CLIP score, CLIP-I, DINO and SSIM.
 #include <catch2/catch.hpp>
 
-#include <cmath>    // std::fabs
+#include <unistd.h>  // getpid
+
+#include <cmath>       // std::fabs
+#include <filesystem>  // std::filesystem
 #include <fstream>  // std::ifstream
 #include <string>   // std::string
 #include <vector>   // std::vector
@@ -274,4 +277,25 @@ TEST_CASE("plots: ticks, text, series pixels and labelled grids", "[eval][plot]"
   CHECK(grid.dim(2) == (eval::text_width("row one") + 8) + 2 * (8 + 4) + 4);
   CHECK(grid.dim(1) == (eval::kTextHeight + 8) + 2 * (8 + 4) + 4);
   CHECK_THROWS(eval::labelled_grid(cells, 3, {}));
+}
+
+TEST_CASE("a CLIPModel folder may ship tokenizer.json instead of vocab.json + merges.txt", "[eval][clip]") {
+  auto const split = tokenizer::ClipTokenizer::from_folder(dir("clip"));
+  auto const one = tokenizer::ClipTokenizer::from_tokenizer_json(dir("tokenizer.json"));
+  for (auto const& p : prompts()) CHECK(one.encode(p) == split.encode(p));
+  CHECK(one.encode("a photo").size() == 4);  // BOS a</w> photo</w> EOS: the merges are used
+
+  namespace fs = std::filesystem;
+  fs::path const d = fs::temp_directory_path() / ("sdlora_eval_tokjson_" + std::to_string(::getpid()));
+  fs::remove_all(d);
+  fs::create_directories(d);
+  for (char const* f : {"config.json", "model.safetensors", "preprocessor_config.json"})
+    fs::copy_file(dir(std::string("clip/") + f), d / f);
+  fs::copy_file(dir("tokenizer.json"), d / "tokenizer.json");
+  auto clip = eval::ClipEncoder::load(d.string());
+  io::SafetensorsFile ref(dir("expected.safetensors"));
+  CHECK(test::rel_l2(clip.encode_texts(prompts()), ref.load<float>("clip.text_embeds")) < 1e-4);
+  fs::remove(d / "tokenizer.json");
+  CHECK_THROWS_WITH(eval::ClipEncoder::load(d.string()), Catch::Contains("vocab.json not found"));
+  fs::remove_all(d);
 }

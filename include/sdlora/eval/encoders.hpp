@@ -53,20 +53,26 @@ Tensor<float, Cpu> encode_batches(std::vector<Tensor<std::uint8_t, Cpu>> const& 
 }
 }  // namespace detail
 
-/// A transformers CLIPModel folder: config.json, model.safetensors, preprocessor_config.json, vocab.json and
-/// merges.txt (the openai/clip-vit-* layout on the Hugging Face Hub).
+/// A transformers CLIPModel folder: config.json, model.safetensors, preprocessor_config.json, and vocab.json +
+/// merges.txt or tokenizer.json (the openai/clip-vit-* layout on the Hugging Face Hub).
 class ClipEncoder {
  public:
   static ClipEncoder load(std::string const& dir) {
     using models::require_model_file;
     char const* ex = models::kClipModelExample;
     std::string const pre = require_model_file(dir, "preprocessor_config.json", "CLIPModel", ex);
-    require_model_file(dir, "vocab.json", "CLIPModel", ex);
-    require_model_file(dir, "merges.txt", "CLIPModel", ex);
+    bool const split_files = std::filesystem::exists(std::filesystem::path(dir) / "vocab.json") ||
+                             !std::filesystem::exists(std::filesystem::path(dir) / "tokenizer.json");
+    if (split_files) {  // the error names vocab.json when neither form is there
+      require_model_file(dir, "vocab.json", "CLIPModel", ex);
+      require_model_file(dir, "merges.txt", "CLIPModel", ex);
+    }
     ClipEncoder e;
     e.model = models::load_clip_model<float>(dir);
     e.preprocessor = ImageProcessorConfig::from_file(pre);
-    e.tokenizer = tokenizer::ClipTokenizer::from_folder(dir);
+    e.tokenizer = split_files ? tokenizer::ClipTokenizer::from_folder(dir)
+                              : tokenizer::ClipTokenizer::from_tokenizer_json(
+                                    (std::filesystem::path(dir) / "tokenizer.json").string());
     return e;
   }
 

@@ -204,6 +204,39 @@ class ClipTokenizer {
     return ClipTokenizer(std::move(vocab), std::move(merges));
   }
 
+  /// From a Hugging Face `tokenizer.json` (tokenizers' BPE model: model.vocab {token: id}, model.merges as "a b"
+  /// strings or [a, b] pairs), as CLIPModel folders on the Hub may ship instead of vocab.json + merges.txt.
+  static ClipTokenizer from_tokenizer_json(std::string const& path) {
+    nlohmann::json j;
+    try {
+      j = nlohmann::json::parse(detail::read_file(path));
+    } catch (nlohmann::json::exception const& e) {
+      SDLORA_THROW(FormatError, "[tokenizer] " << path << ": " << e.what());
+    }
+    auto const model = j.find("model");
+    if (model == j.end() || !model->is_object() || model->value("type", "BPE") != "BPE" ||
+        !model->contains("vocab") || !model->contains("merges"))
+      SDLORA_THROW(FormatError, "[tokenizer] " << path << ": not a BPE tokenizer.json (model.vocab, model.merges)");
+    nlohmann::json const& v = (*model)["vocab"];
+    std::vector<std::string> vocab(v.size());
+    for (auto it = v.begin(); it != v.end(); ++it) {
+      auto const id = it.value().get<std::int64_t>();
+      if (id < 0 || id >= std::int64_t(vocab.size()) || !vocab[std::size_t(id)].empty())
+        SDLORA_THROW(FormatError, "[tokenizer] " << path << ": vocab ids must be 0.." << vocab.size() - 1
+                                                 << " without gaps; '" << it.key() << "' has " << id);
+      vocab[std::size_t(id)] = it.key();
+    }
+    std::vector<std::pair<std::string, std::string>> merges;
+    int n = 0;
+    for (auto const& m : (*model)["merges"]) {
+      ++n;
+      if (m.is_array() && m.size() == 2) merges.emplace_back(m[0].get<std::string>(), m[1].get<std::string>());
+      else if (m.is_string()) merges.push_back(split_merge(m.get<std::string>(), path, n));
+      else SDLORA_THROW(FormatError, "[tokenizer] " << path << ": merge " << n << " is neither \"a b\" nor [a, b]");
+    }
+    return ClipTokenizer(std::move(vocab), std::move(merges));
+  }
+
   /// From a diffusers `tokenizer/` folder: vocab.json, merges.txt, and if present added_tokens.json and
   /// special_tokens_map.json / tokenizer_config.json (pad_token: SD 2.x pads with "!").
   static ClipTokenizer from_folder(std::string const& dir) {
