@@ -299,3 +299,37 @@ TEST_CASE("a CLIPModel folder may ship tokenizer.json instead of vocab.json + me
   CHECK_THROWS_WITH(eval::ClipEncoder::load(d.string()), Catch::Contains("vocab.json not found"));
   fs::remove_all(d);
 }
+
+TEST_CASE("CLIP vision presets match the Hub's openai/clip-vit-* configs", "[eval][clip]") {
+  // Values from the config.json files of openai/clip-vit-base-patch32, -base-patch16, -large-patch14 and
+  // -large-patch14-336; position counts (1 + (image / patch)^2) are those checkpoints' position_embedding rows.
+  struct Want {
+    models::ClipVisionConfig got;
+    int hidden, inter, layers, heads, patch, image, positions;
+  };
+  for (auto const& w : {Want{models::ClipVisionConfig::vit_b32(), 768, 3072, 12, 12, 32, 224, 50},
+                        Want{models::ClipVisionConfig::vit_b16(), 768, 3072, 12, 12, 16, 224, 197},
+                        Want{models::ClipVisionConfig::vit_l14(), 1024, 4096, 24, 16, 14, 224, 257},
+                        Want{models::ClipVisionConfig::vit_l14_336(), 1024, 4096, 24, 16, 14, 336, 577}}) {
+    CHECK(w.got.hidden_size == w.hidden);
+    CHECK(w.got.intermediate_size == w.inter);
+    CHECK(w.got.num_hidden_layers == w.layers);
+    CHECK(w.got.num_attention_heads == w.heads);
+    CHECK(w.got.patch_size == w.patch);
+    CHECK(w.got.image_size == w.image);
+    CHECK(w.got.num_positions() == w.positions);
+    CHECK(w.got.hidden_act == "quick_gelu");
+  }
+  auto const c = models::ClipModelConfig::from_json(
+      nlohmann::json::parse(R"({"projection_dim": 768, "text_config": {"hidden_size": 768},
+                                "vision_config": {"hidden_size": 1024, "num_attention_heads": 16, "patch_size": 14}})"));
+  CHECK(c.projection_dim == 768);
+  CHECK(c.vision.num_positions() == 257);
+  CHECK_THROWS_WITH(models::ClipVisionConfig::from_json(nlohmann::json::parse(R"({"image_size": 30, "patch_size": 8})")),
+                    Catch::Contains("not a multiple of patch_size"));
+  // ViT (DINO) defaults differ: gelu, eps 1e-12, patch 16.
+  auto const v = models::vit_config_from_json(nlohmann::json::object());
+  CHECK(v.hidden_act == "gelu");
+  CHECK(v.layer_norm_eps == 1e-12);
+  CHECK(v.patch_size == 16);
+}
