@@ -64,6 +64,31 @@ TEST_CASE("Pillow resampling coefficients are normalised and cover the support",
   for (Index i = 0; i < r.numel(); ++i) REQUIRE(int(r(i)) == 77);
 }
 
+TEST_CASE("pil_resize equals Pillow 13's Image.resize for every convolution filter", "[eval][preprocess][conformance]") {
+  // Exact (integer pipeline). Cases: 40x40 -> 17x23 (both shrink, horizontal pass first), 20x24 -> 45x31 (both
+  // grow), 64x33 -> 20x50 and -> 9x30 (height shrinks by more than twice the width: vertical pass first).
+  io::SafetensorsFile ref(dir("expected.safetensors"));
+  auto const images = all_images();
+  struct Case {
+    char const* name;
+    std::size_t src;
+  };
+  for (auto const& [filter, resample] : {std::pair{"bilinear", eval::Resample::Bilinear},
+                                         std::pair{"bicubic", eval::Resample::Bicubic},
+                                         std::pair{"lanczos", eval::Resample::Lanczos},
+                                         std::pair{"box", eval::Resample::Box},
+                                         std::pair{"hamming", eval::Resample::Hamming}})
+    for (auto const& c : {Case{"down", 0}, Case{"up", 1}, Case{"mixed", 3}, Case{"tall", 3}}) {
+      auto const want = ref.load<std::uint8_t>(std::string("resize.") + filter + "." + c.name);  // (h, w, 3)
+      auto const got = eval::pil_resize(images[c.src].view(), want.dim(0), want.dim(1), resample);
+      REQUIRE(got.shape() == want.shape());
+      Index differ = 0;
+      for (Index i = 0; i < got.numel(); ++i) differ += got(i) != want(i);
+      INFO(filter << " " << c.name << ": " << differ << " of " << got.numel() << " values differ");
+      CHECK(differ == 0);
+    }
+}
+
 TEST_CASE("CLIP and ViT preprocessing match transformers' PIL image processors", "[eval][preprocess][conformance]") {
   // Tolerance: within one 8-bit level (the bound); the pipeline is integer until the rescale, so we also
   // report how many values differ at all.

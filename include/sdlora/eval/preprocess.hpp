@@ -51,7 +51,7 @@ inline PilFilter pil_filter(Resample r) {
                 if (x == 0.0) return 1.0;
                 if (x >= 1.0 || x <= -1.0) return 0.0;
                 x *= std::numbers::pi;
-                return std::sin(x) / x * (0.54 + 0.46 * std::cos(x));
+                return std::sin(x) / x * (double(0.54f) + double(0.46f) * std::cos(x));  // Pillow: float literals
               }};
     case Resample::Bicubic:
       return {2.0, [](double x) {  // Keys' cubic with a = -0.5
