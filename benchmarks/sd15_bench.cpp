@@ -45,15 +45,14 @@ template <class T>
 void fill_uniform(Tensor<T, Cpu>& t, double bound, std::uint64_t seed) {
   T* const p = t.data();
   Index const n = t.numel();
-#pragma omp parallel for schedule(static)
-  for (Index i = 0; i < n; ++i) {
+  cpu::parallel_for(Context<Cpu>{}, n, true, [&](Index i) {
     std::uint64_t z = seed * 0x9E3779B97F4A7C15ull + std::uint64_t(i) + 1;
     z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
     z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
     z ^= z >> 31;
     double const u = double(z >> 11) * 0x1.0p-53;  // [0, 1)
     p[i] = T((2 * u - 1) * bound);
-  }
+  });
 }
 
 /// Random weights like torch's default init: weights (rank >= 2) uniform(+-1/sqrt(fan_in)); rank-1 parameters
@@ -74,7 +73,7 @@ struct Timing {
 
 template <class F>
 Timing time_it(int repeats, F&& f) {
-  f();  // warm-up: first-touch allocation, OpenMP pool start
+  f();  // warm-up: first-touch allocation, thread pool start
   std::vector<double> s;
   for (int r = 0; r < repeats; ++r) {
     auto const t0 = std::chrono::steady_clock::now();

@@ -15,7 +15,6 @@
 #include <string>      // std::string
 #include <vector>      // std::vector
 
-#include <omp.h>  // omp_set_num_threads
 
 #include <nlohmann/json.hpp>  // nlohmann::json
 
@@ -543,7 +542,7 @@ int run(int argc, char** argv) {
   }
   if (a.batch <= 0) SDLORA_THROW(ConfigError, "--batch must be positive, got " << a.batch);
   if (a.threads < 0) SDLORA_THROW(ConfigError, "--threads must be >= 0, got " << a.threads);
-  if (a.threads > 0) omp_set_num_threads(a.threads);
+  cpu::set_default_thread_count(a.threads);  // every Context<Cpu> the program makes
   if (command == "sweep") return run_sweep(a);
   if (command == "compare") return run_compare(a);
   eval::MetricResult const r = command == "clip-score" ? run_clip_score(a)

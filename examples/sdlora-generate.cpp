@@ -14,7 +14,6 @@
 #include <string>      // std::string
 #include <vector>      // std::vector
 
-#include <omp.h>  // omp_set_num_threads
 
 #include <sdlora/io/image.hpp>        // io::load_image, io::resize, io::save_png, io::make_grid
 #include <sdlora/pipeline.hpp>        // pipeline::txt2img, img2img, apply_loras, read_embedding, add_embedding
@@ -226,7 +225,7 @@ int run(int argc, char** argv) {
     if (!fs::exists(path)) SDLORA_THROW(IoError, "--embedding " << path << " does not exist");
   if (!a.init_image.empty() && !fs::exists(a.init_image))
     SDLORA_THROW(IoError, "--init-image " << a.init_image << " does not exist");
-  if (a.threads > 0) omp_set_num_threads(a.threads);
+  cpu::set_default_thread_count(a.threads);  // every Context<Cpu> the program makes
 
   Context<Cpu> ctx;
   ctx.num_threads = a.threads;

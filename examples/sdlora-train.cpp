@@ -9,7 +9,6 @@
 #include <string>      // std::string
 #include <vector>      // std::vector
 
-#include <omp.h>  // omp_set_num_threads
 
 #include <sdlora/all.hpp>                // models, pipeline, train
 #include <sdlora/train/dataset.hpp>      // train::open_dataset
@@ -232,7 +231,7 @@ int run(int argc, char** argv) {
     SDLORA_THROW(ConfigError, "--instance_prompt is required for DreamBooth (e.g. 'a photo of sks toy')");
   if (a.with_prior_preservation && (a.class_data_dir.empty() || a.class_prompt.empty()))
     SDLORA_THROW(ConfigError, "--with_prior_preservation needs --class_data_dir and --class_prompt");
-  if (a.threads > 0) omp_set_num_threads(a.threads);
+  cpu::set_default_thread_count(a.threads);  // every Context<Cpu> the program makes
 
   Context<Cpu> ctx;
   models::LoadOptions lo;

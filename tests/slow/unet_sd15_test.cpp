@@ -40,14 +40,13 @@ void randomize(M& module) {
     Index const n = p.value.numel();
     double const bound = 1.0 / std::sqrt(double(n) / double(p.value.dim(0)));
     std::uint64_t const s = seed++;
-#pragma omp parallel for schedule(static)
-    for (Index i = 0; i < n; ++i) {
+    cpu::parallel_for(Context<Cpu>{}, n, true, [&](Index i) {
       std::uint64_t z = s * 0x9E3779B97F4A7C15ull + std::uint64_t(i) + 1;
       z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
       z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
       z ^= z >> 31;
       d[i] = float((2.0 * double(z >> 11) * 0x1.0p-53 - 1.0) * bound);
-    }
+    });
   });
 }
 

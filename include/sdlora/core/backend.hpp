@@ -9,16 +9,11 @@
 #include <cstring>   // std::memcpy, std::memset
 #include <new>       // std::bad_alloc
 
-#include <sdlora/backend/cpu/isa.hpp>  // cpu::Isa
-#include <sdlora/core/config.hpp>       // SDLORA_HAS_OPENMP
-
-#if SDLORA_HAS_OPENMP
-#include <omp.h>  // omp_get_max_threads
-#endif
+#include <sdlora/backend/cpu/isa.hpp>  // cpu::Isa, cpu::default_thread_count
 
 namespace sdlora {
 
-/// The host backend: Eigen GEMMs, OpenMP loops.
+/// The host backend: sdlora's packed GEMM and kernels on its own thread pool (backend/cpu/parallel.hpp).
 struct Cpu {};
 /// The NVIDIA backend: cuBLAS(Lt) and sdlora kernels. Its memory functions live in <sdlora/cuda.hpp>.
 /// CamelCase on purpose: a lowercase `cuda` inside namespace sdlora would hide ::cuda::std under nvcc.
@@ -64,18 +59,12 @@ struct Context;
 
 template <>
 struct Context<Cpu> {
-  /// Threads for the OpenMP loops of every op; 0 means the OpenMP default (the cores the process may use).
+  /// Threads of the pool that runs every op; 0: cpu::default_thread_count() (the cores the process may use).
   int num_threads = 0;
   /// The highest vector instruction set the kernels may use; kAuto: the best the CPU has (or SDLORA_ISA's cap).
   cpu::Isa isa = cpu::Isa::kAuto;
 
-  int threads() const {
-#if SDLORA_HAS_OPENMP
-    return num_threads > 0 ? num_threads : omp_get_max_threads();
-#else
-    return 1;
-#endif
-  }
+  int threads() const { return num_threads > 0 ? num_threads : cpu::default_thread_count(); }
 };
 
 }  // namespace sdlora

@@ -10,8 +10,3 @@
 #define SDLORA_DEVICE inline
 #endif
 
-#if defined(_OPENMP)
-#define SDLORA_HAS_OPENMP 1
-#else
-#define SDLORA_HAS_OPENMP 0
-#endif

@@ -38,6 +38,7 @@
 #include <utility>      // std::swap
 #include <vector>       // std::vector
 
+#include <sdlora/backend/cpu/parallel.hpp>  // cpu::parallel_for
 #include <sdlora/core/config.hpp>  // SDLORA_HOST_DEVICE
 #include <sdlora/core/error.hpp>   // SDLORA_EXPECTS, FormatError
 #include <sdlora/core/shape.hpp>   // Shape, Index
@@ -154,11 +155,10 @@ class Philox4x32 {
     Index const n = out.numel();
     T* p = out.data();
     State const s = state_;
-#pragma omp parallel for if (n > (Index(1) << 16))
-    for (Index b = 0; b < (n + 3) / 4; ++b) {
+    sdlora::cpu::parallel_for(Context<Cpu>{}, (n + 3) / 4, n > (Index(1) << 16), [&](Index b) {
       PhiloxBlock const w = philox_block(s.seed, s.subsequence, s.offset + std::uint64_t(b));
       for (int k = 0; k < 4 && 4 * b + k < n; ++k) p[4 * b + k] = T(philox_uniform(w.v[k]));
-    }
+    });
     state_.offset += std::uint64_t((n + 3) / 4);
   }
   /// Fills `out` with mean + std * N(0, 1); advances by ceil(numel / 4) blocks.
@@ -168,14 +168,13 @@ class Philox4x32 {
     Index const n = out.numel();
     T* p = out.data();
     State const s = state_;
-#pragma omp parallel for if (n > (Index(1) << 14))
-    for (Index b = 0; b < (n + 3) / 4; ++b) {
+    sdlora::cpu::parallel_for(Context<Cpu>{}, (n + 3) / 4, n > (Index(1) << 14), [&](Index b) {
       PhiloxBlock const w = philox_block(s.seed, s.subsequence, s.offset + std::uint64_t(b));
       float z[4];
       philox_box_muller(w.v[0], w.v[1], z[0], z[1]);
       philox_box_muller(w.v[2], w.v[3], z[2], z[3]);
       for (int k = 0; k < 4 && 4 * b + k < n; ++k) p[4 * b + k] = mean + std * T(z[k]);
-    }
+    });
     state_.offset += std::uint64_t((n + 3) / 4);
   }
   Tensor<float, Cpu> uniform(Shape shape) {

@@ -24,6 +24,7 @@
 
 #include <nlohmann/json.hpp>  // nlohmann::json
 
+#include <sdlora/backend/cpu/parallel.hpp>  // cpu::parallel_for
 #include <sdlora/core/backend.hpp>     // Cpu
 #include <sdlora/core/error.hpp>       // SDLORA_EXPECTS, SDLORA_THROW
 #include <sdlora/core/tensor.hpp>      // Tensor
@@ -200,8 +201,7 @@ class AdamW final : public Optimizer<T, B> {
       T* m = s.exp_avg.data();     // (numel)
       T* v = s.exp_avg_sq.data();  // (numel)
       Index const n = p.value.numel();
-#pragma omp parallel for if (n > kParallelMin)
-      for (Index i = 0; i < n; ++i) {
+      sdlora::cpu::parallel_for(Context<Cpu>{}, n, n > kParallelMin, [&](Index i) {
         T xi = x[i];
         if (decays) xi = xi * decay;
         T const gi = g[i];
@@ -209,7 +209,7 @@ class AdamW final : public Optimizer<T, B> {
         v[i] = v[i] * b2 + c2 * gi * gi;
         T const denom = std::sqrt(v[i]) / bias2_sqrt + eps;
         x[i] = xi + neg_step_size * m[i] / denom;
-      }
+      });
     }
   }
 
@@ -303,8 +303,7 @@ class Sgd final : public Optimizer<T, B> {
       T* b = buf.data();           // (numel) or null without momentum
       Index const n = p.value.numel();
       bool const decays = o_.weight_decay != 0, has_momentum = o_.momentum != 0;
-#pragma omp parallel for if (n > kParallelMin)
-      for (Index i = 0; i < n; ++i) {
+      sdlora::cpu::parallel_for(Context<Cpu>{}, n, n > kParallelMin, [&](Index i) {
         T d = g[i];
         if (decays) d = d + wd * x[i];  // grad.add(param, alpha=weight_decay)
         if (has_momentum) {
@@ -312,7 +311,7 @@ class Sgd final : public Optimizer<T, B> {
           d = o_.nesterov ? d + mom * b[i] : b[i];
         }
         x[i] = x[i] + neg_lr * d;  // param.add_(grad, alpha=-lr)
-      }
+      });
     }
   }
 

@@ -1,12 +1,13 @@
 /// @file activation.hpp
 /// @brief CPU kernels of ops/activation.hpp: the formulas of fn::Silu / fn::SiluBackward on Eigen arrays (vectorised
-/// exp), in chunks spread over OpenMP threads. Include <sdlora/sdlora.hpp> instead.
+/// exp), in chunks spread over the thread pool. Include <sdlora/sdlora.hpp> instead.
 #pragma once
 
 #include <algorithm>  // std::min
 
 #include <Eigen/Core>  // Eigen::Array, Eigen::Map
 
+#include <sdlora/backend/cpu/parallel.hpp>  // cpu::parallel_for
 #include <sdlora/ops/activation.hpp>  // Silu, Impl
 
 namespace sdlora::ops {
@@ -40,22 +41,20 @@ struct Impl<Silu, Cpu> {
   template <HostCompute T>
   static void forward(Context<Cpu>& ctx, TensorView<T, Cpu> y, TensorView<T const, Cpu> x) {
     Index const n = x.numel(), chunks = (n + cpu::kSiluChunk - 1) / cpu::kSiluChunk;
-#pragma omp parallel for schedule(static) num_threads(ctx.threads()) if (n > 32768)
-    for (Index c = 0; c < chunks; ++c) {
+    sdlora::cpu::parallel_for(ctx, chunks, n > 32768, [&](Index c) {
       Index const begin = c * cpu::kSiluChunk, len = std::min(cpu::kSiluChunk, n - begin);
       cpu::silu_span(y.data() + begin, x.data() + begin, len);
-    }
+    });
   }
 
   template <HostCompute T>
   static void backward(Context<Cpu>& ctx, TensorView<T, Cpu> dx, TensorView<T const, Cpu> dy,
                        TensorView<T const, Cpu> x) {
     Index const n = x.numel(), chunks = (n + cpu::kSiluChunk - 1) / cpu::kSiluChunk;
-#pragma omp parallel for schedule(static) num_threads(ctx.threads()) if (n > 32768)
-    for (Index c = 0; c < chunks; ++c) {
+    sdlora::cpu::parallel_for(ctx, chunks, n > 32768, [&](Index c) {
       Index const begin = c * cpu::kSiluChunk, len = std::min(cpu::kSiluChunk, n - begin);
       cpu::silu_backward_span(dx.data() + begin, dy.data() + begin, x.data() + begin, len);
-    }
+    });
   }
 };
 

@@ -1,6 +1,6 @@
 /// @file attention.hpp
 /// @brief CPU kernels of ops/attention.hpp: single-threaded products on per-head strided maps (the packed GEMM for
-/// float, Eigen for double), OpenMP over (batch, head, tile). Include <sdlora/sdlora.hpp> instead.
+/// float, Eigen for double), the thread pool over (batch, head, tile). Include <sdlora/sdlora.hpp> instead.
 ///
 /// Forward: one task per (batch, head, query tile); an online softmax over key tiles keeps a running row max m,
 /// row sum l and unnormalised output, so memory per task is one (block_q, block_k) score tile.
@@ -13,11 +13,14 @@
 #include <algorithm>  // std::min
 #include <cmath>      // std::exp, std::log
 #include <limits>       // std::numeric_limits
+#include <optional>     // std::optional
 #include <type_traits>  // std::is_same_v, std::decay_t
+#include <vector>       // std::vector
 
 #include <Eigen/Core>  // Eigen::Matrix, Eigen::Map, Eigen::Block
 
 #include <sdlora/backend/cpu/gemm.hpp>     // cpu::MatrixMap, cpu::ConstMatrixMap
+#include <sdlora/backend/cpu/parallel.hpp> // cpu::parallel_tasks
 #include <sdlora/backend/cpu/sgemm.hpp>    // cpu::sgemm
 #include <sdlora/backend/cpu/softmax.hpp>  // Impl<Softmax, Cpu>::row
 #include <sdlora/ops/attention.hpp>        // Attention, Impl
@@ -37,12 +40,20 @@ struct Impl<Attention, Cpu> {
     Index const tasks = g.batch * g.heads * tiles_q;
     Index const work = g.batch * g.heads * g.lq * g.lk * g.d;
     T const inf = std::numeric_limits<T>::infinity();
-#pragma omp parallel num_threads(ctx.threads()) if (tasks > 1 && work > kParallelWork)
-    {
-      Mat<T> s(g.bq, g.bk), acc(g.bq, g.d);  // (bq, bk) scores then probabilities; (bq, D) unnormalised output
-      Vec<T> m(g.bq), l(g.bq);               // (bq) running row max and row sum of exp(s - m)
-#pragma omp for schedule(dynamic)
-      for (Index t = 0; t < tasks; ++t) {
+    struct ForwardScratch {
+      Mat<T> s, acc;  // (bq, bk) scores then probabilities; (bq, D) unnormalised output
+      Vec<T> m, l;    // (bq) running row max and row sum of exp(s - m)
+    };
+    Context<Cpu> const& run_on = tasks > 1 && work > kParallelWork ? ctx : serial_context(ctx);
+    std::vector<std::optional<ForwardScratch>> scratch(std::size_t(run_on.threads()));
+    sdlora::cpu::parallel_tasks(run_on, tasks, [&](Index t, int worker) {
+      auto& mine = scratch[std::size_t(worker)];
+      if (!mine) mine.emplace(ForwardScratch{Mat<T>(g.bq, g.bk), Mat<T>(g.bq, g.d), Vec<T>(g.bq), Vec<T>(g.bq)});
+      Mat<T>& s = mine->s;
+      Mat<T>& acc = mine->acc;
+      Vec<T>& m = mine->m;
+      Vec<T>& l = mine->l;
+      {
         Index const bh = t / tiles_q, b = bh / g.heads, h = bh % g.heads;
         Index const i0 = (t % tiles_q) * g.bq, nq = std::min(g.bq, g.lq - i0);
         auto const qi = head(q, b, h, i0, nq, g.d);  // (nq, D)
@@ -78,7 +89,7 @@ struct Impl<Attention, Cpu> {
           lse_row[r] = m(r) + std::log(l(r));
         }
       }
-    }
+    });
   }
 
   template <HostCompute T>
@@ -94,23 +105,21 @@ struct Impl<Attention, Cpu> {
 
     // D_i = rowsum(dout_i * o_i) for every (batch, head, query row).
     auto delta = Tensor<T, Cpu>::uninitialized(Shape{g.batch, g.heads, g.lq});  // (B, H, Lq)
-#pragma omp parallel for schedule(static) num_threads(threads) if (heads_total * g.lq * g.d > 32768)
-    for (Index bh = 0; bh < heads_total; ++bh) {
+    sdlora::cpu::parallel_for(ctx, heads_total, heads_total * g.lq * g.d > 32768, [&](Index bh) {
       Index const b = bh / g.heads, h = bh % g.heads;
       auto const oh = head(o, b, h, 0, g.lq, g.d);      // (Lq, D)
       auto const doh = head(dout, b, h, 0, g.lq, g.d);  // (Lq, D)
       T* dst = delta.data() + bh * g.lq;
       for (Index r = 0; r < g.lq; ++r) dst[r] = oh.row(r).dot(doh.row(r));
-    }
+    });
     TileArgs<T> const args{ctx, g, q, k, v, lse, dout, delta.data()};
 
     if (heads_total >= threads || threads == 1) {
       // One task per (batch, head): no other task writes its dq, dk, dv slices.
-#pragma omp parallel num_threads(threads) if (heads_total > 1 && work > kParallelWork)
-      {
-        Scratch<T> scratch(g);
-#pragma omp for schedule(dynamic)
-        for (Index bh = 0; bh < heads_total; ++bh) {
+      Context<Cpu> const& run_on = heads_total > 1 && work > kParallelWork ? ctx : serial_context(ctx);
+      ScratchPerWorker<T> scratch(run_on, g);
+      sdlora::cpu::parallel_tasks(run_on, heads_total, [&](Index bh, int worker) {
+        {
           Index const b = bh / g.heads, h = bh % g.heads;
           auto dqh = head(dq, b, h, 0, g.lq, g.d);  // (Lq, D)
           auto dkh = head(dk, b, h, 0, g.lk, g.d);  // (Lk, D)
@@ -120,17 +129,16 @@ struct Impl<Attention, Cpu> {
           dvh.setZero();
           for (Index j0 = 0; j0 < g.lk; j0 += g.bk)
             for (Index i0 = g.causal ? j0 / g.bq * g.bq : 0; i0 < g.lq; i0 += g.bq)
-              tile_backward(args, scratch, b, h, i0, j0, &dqh, i0, &dkh, &dvh, j0);
+              tile_backward(args, scratch.get(worker), b, h, i0, j0, &dqh, i0, &dkh, &dvh, j0);
         }
-      }
+      });
       return;
     }
     // Pass 1: dk, dv per (batch, head, key tile).
-#pragma omp parallel num_threads(threads) if (work > kParallelWork)
-    {
-      Scratch<T> scratch(g);
-#pragma omp for schedule(dynamic)
-      for (Index t = 0; t < heads_total * tiles_k; ++t) {
+    Context<Cpu> const& run_on = work > kParallelWork ? ctx : serial_context(ctx);
+    ScratchPerWorker<T> scratch(run_on, g);
+    sdlora::cpu::parallel_tasks(run_on, heads_total * tiles_k, [&](Index t, int worker) {
+      {
         Index const bh = t / tiles_k, b = bh / g.heads, h = bh % g.heads;
         Index const j0 = (t % tiles_k) * g.bk, nk = std::min(g.bk, g.lk - j0);
         auto dkj = head(dk, b, h, j0, nk, g.d);  // (nk, D)
@@ -138,24 +146,21 @@ struct Impl<Attention, Cpu> {
         dkj.setZero();
         dvj.setZero();
         for (Index i0 = g.causal ? j0 / g.bq * g.bq : 0; i0 < g.lq; i0 += g.bq)
-          tile_backward<T>(args, scratch, b, h, i0, j0, nullptr, 0, &dkj, &dvj, 0);
+          tile_backward<T>(args, scratch.get(worker), b, h, i0, j0, nullptr, 0, &dkj, &dvj, 0);
       }
-    }
+    });
     // Pass 2: dq per (batch, head, query tile).
-#pragma omp parallel num_threads(threads) if (work > kParallelWork)
-    {
-      Scratch<T> scratch(g);
-#pragma omp for schedule(dynamic)
-      for (Index t = 0; t < heads_total * tiles_q; ++t) {
+    sdlora::cpu::parallel_tasks(run_on, heads_total * tiles_q, [&](Index t, int worker) {
+      {
         Index const bh = t / tiles_q, b = bh / g.heads, h = bh % g.heads;
         Index const i0 = (t % tiles_q) * g.bq, nq = std::min(g.bq, g.lq - i0);
         auto dqi = head(dq, b, h, i0, nq, g.d);  // (nq, D)
         dqi.setZero();
         Index const kend = g.causal ? std::min(g.lk, i0 + nq) : g.lk;
         for (Index j0 = 0; j0 < kend; j0 += g.bk)
-          tile_backward<T>(args, scratch, b, h, i0, j0, &dqi, 0, nullptr, nullptr, 0);
+          tile_backward<T>(args, scratch.get(worker), b, h, i0, j0, &dqi, 0, nullptr, nullptr, 0);
       }
-    }
+    });
   }
 
   template <HostCompute T>
@@ -164,8 +169,7 @@ struct Impl<Attention, Cpu> {
                                    TensorView<T const, Cpu> v) {
     Geometry const g(op, q, k);
     Index const heads_total = g.batch * g.heads;
-#pragma omp parallel for schedule(static) num_threads(ctx.threads()) if (heads_total > 1)
-    for (Index bh = 0; bh < heads_total; ++bh) {
+    sdlora::cpu::parallel_for(ctx, heads_total, heads_total > 1, [&](Index bh) {
       Index const b = bh / g.heads, h = bh % g.heads;
       Mat<T> s(g.lq, g.lk);  // (Lq, Lk) scores, then probabilities
       product(ctx, s, head(q, b, h, 0, g.lq, g.d), false, head(k, b, h, 0, g.lk, g.d), true, T(g.scale), false);
@@ -173,7 +177,7 @@ struct Impl<Attention, Cpu> {
       if (g.causal) mask_tile(all, 0, 0);
       for (Index r = 0; r < g.lq; ++r) Impl<Softmax, Cpu>::row(s.data() + r * g.lk, s.data() + r * g.lk, g.lk);
       product(ctx, head(o, b, h, 0, g.lq, g.d), s, false, head(v, b, h, 0, g.lk, g.d), false, T(1), false);
-    }
+    });
   }
 
  private:
@@ -252,6 +256,28 @@ struct Impl<Attention, Cpu> {
     Mat<T> p, dp;  // (bq, bk) probabilities and dout v^T, then dS in place
     explicit Scratch(Geometry const& g) : p(g.bq, g.bk), dp(g.bq, g.bk) {}
   };
+  /// One Scratch per pool worker, made on the worker's first task.
+  template <class T>
+  class ScratchPerWorker {
+   public:
+    ScratchPerWorker(Context<Cpu> const& ctx, Geometry const& g) : g_(g), slots_(std::size_t(ctx.threads())) {}
+    Scratch<T>& get(int worker) {
+      auto& slot = slots_[std::size_t(worker)];
+      if (!slot) slot.emplace(g_);
+      return *slot;
+    }
+
+   private:
+    Geometry const& g_;
+    std::vector<std::optional<Scratch<T>>> slots_;
+  };
+  /// The same kernel path on one thread (for problems too small to split).
+  static Context<Cpu> const& serial_context(Context<Cpu> const& ctx) {
+    thread_local Context<Cpu> serial;
+    serial.num_threads = 1;
+    serial.isa = ctx.isa;
+    return serial;
+  }
   template <class T>
   struct TileArgs {
     Context<Cpu> const& ctx;  // the kernel path (each tile's products run on its own thread)

@@ -4,6 +4,7 @@
 
 #include <vector>  // std::vector
 
+#include <sdlora/backend/cpu/parallel.hpp>  // cpu::parallel_for
 #include <sdlora/ops/bias.hpp>  // Bias, Impl
 
 namespace sdlora::ops {
@@ -16,12 +17,11 @@ struct Impl<Bias, Cpu> {
     Index const c = b.numel(), inner = op.inner, outer = y.numel() / (c * inner);
     T* py = y.data();
     T const* pb = b.data();
-#pragma omp parallel for collapse(2) schedule(static) num_threads(ctx.threads()) if (y.numel() > 32768)
-    for (Index o = 0; o < outer; ++o)
-      for (Index k = 0; k < c; ++k) {
-        T* row = py + (o * c + k) * inner;
-        for (Index i = 0; i < inner; ++i) row[i] += pb[k];
-      }
+    sdlora::cpu::parallel_for(ctx, outer * c, y.numel() > 32768, [&](Index ok) {
+      T* row = py + ok * inner;  // row (o, k) of (outer, C, inner)
+      T const bk = pb[ok % c];
+      for (Index i = 0; i < inner; ++i) row[i] += bk;
+    });
   }
   // db[c] += sum over o, i of dy[o, c, i], accumulated in double for each channel.
   template <class T>
@@ -29,15 +29,14 @@ struct Impl<Bias, Cpu> {
     Index const c = db.numel(), inner = op.inner, outer = dy.numel() / (c * inner);
     T const* pdy = dy.data();
     T* pdb = db.data();
-#pragma omp parallel for schedule(static) num_threads(ctx.threads()) if (dy.numel() > 32768)
-    for (Index k = 0; k < c; ++k) {
+    sdlora::cpu::parallel_for(ctx, c, dy.numel() > 32768, [&](Index k) {
       double s = 0;
       for (Index o = 0; o < outer; ++o) {
         T const* row = pdy + (o * c + k) * inner;
         for (Index i = 0; i < inner; ++i) s += double(row[i]);
       }
       pdb[k] += T(s);
-    }
+    });
   }
 };
 

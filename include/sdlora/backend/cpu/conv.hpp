@@ -60,8 +60,7 @@ inline void valid_range(Index size, Index out, Index stride, Index pad, Index k,
 template <class T>
 void im2col(Context<Cpu>& ctx, T* cols, T const* x, ConvDims const& d, Conv2dGeometry const& g) {
   Index const rows = d.k(), p = d.p(), s = g.stride;
-#pragma omp parallel for schedule(static) num_threads(ctx.threads()) if (rows * p > 32768)
-  for (Index r = 0; r < rows; ++r) {
+  sdlora::cpu::parallel_for(ctx, rows, rows * p > 32768, [&](Index r) {
     Index const c = r / (d.kh * d.kw), i = (r / d.kw) % d.kh, j = r % d.kw;
     T const* src = x + c * d.h * d.w;
     T* dst = cols + r * p;
@@ -81,7 +80,7 @@ void im2col(Context<Cpu>& ctx, T* cols, T const* x, ConvDims const& d, Conv2dGeo
       std::fill(out + ow_hi, out + d.wo, T(0));
     }
     std::fill(dst + oh_hi * d.wo, dst + p, T(0));
-  }
+  });
 }
 
 /// dx (C, H, W) += col2im(dcols (C*kh*kw, H_out*W_out)): the adjoint of im2col. One thread per channel, so no two
@@ -89,8 +88,7 @@ void im2col(Context<Cpu>& ctx, T* cols, T const* x, ConvDims const& d, Conv2dGeo
 template <class T>
 void col2im_add(Context<Cpu>& ctx, T* dx, T const* dcols, ConvDims const& d, Conv2dGeometry const& g) {
   Index const p = d.p(), s = g.stride;
-#pragma omp parallel for schedule(static) num_threads(ctx.threads()) if (d.k() * p > 32768)
-  for (Index c = 0; c < d.c; ++c) {
+  sdlora::cpu::parallel_for(ctx, d.c, d.k() * p > 32768, [&](Index c) {
     T* dst = dx + c * d.h * d.w;
     for (Index i = 0; i < d.kh; ++i) {
       Index oh_lo, oh_hi;
@@ -106,7 +104,7 @@ void col2im_add(Context<Cpu>& ctx, T* dx, T const* dcols, ConvDims const& d, Con
         }
       }
     }
-  }
+  });
 }
 
 /// Packs panels of the column matrix cols(img) (C*kh*kw, P) of an image (C, H, W) for the packed GEMM, without
@@ -202,13 +200,13 @@ struct ImplicitConv {
     Index const kt = d.o * d.kh * d.kw, hw = d.h * d.w;
     auto wt = Tensor<float, Cpu>::uninitialized(Shape{d.c, kt});  // (C, O*kh*kw) flipped in space
     float* wtp = wt.data();
-#pragma omp parallel for schedule(static) num_threads(ctx.threads()) if (d.c * kt > 65536)
-    for (Index c = 0; c < d.c; ++c)
+    sdlora::cpu::parallel_for(ctx, d.c, d.c * kt > 65536, [&](Index c) {
       for (Index o = 0; o < d.o; ++o)
         for (Index i = 0; i < d.kh; ++i)
           for (Index j = 0; j < d.kw; ++j)
             wtp[c * kt + (o * d.kh + i) * d.kw + j] =
                 w[((o * d.c + c) * d.kh + (d.kh - 1 - i)) * d.kw + (d.kw - 1 - j)];
+    });
     auto pack_b = [&](float* dst, Index bi, Index k0, Index kc, Index n0, Index nc, Index nr) {
       ImageColumns{dy + bi * d.o * d.p(), d.o, d.ho, d.wo, d.kh, d.kw, 1, d.kh - 1 - g.pad.top,
                    d.kw - 1 - g.pad.left, d.w}

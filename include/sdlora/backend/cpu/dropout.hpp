@@ -6,6 +6,7 @@
 #include <algorithm>  // std::min
 #include <cstdint>    // std::uint64_t
 
+#include <sdlora/backend/cpu/parallel.hpp>  // cpu::parallel_for
 #include <sdlora/core/rng.hpp>     // philox_block, philox_uniform
 #include <sdlora/ops/dropout.hpp>  // Dropout, Impl
 
@@ -19,14 +20,13 @@ struct Impl<Dropout, Cpu> {
     T* py = y.data();
     T const* px = x.data();
     T const keep_scale = T(1.0 / (1.0 - op.p));
-#pragma omp parallel for schedule(static) num_threads(ctx.threads()) if (n > 32768)
-    for (Index blk = 0; blk < blocks; ++blk) {
+    sdlora::cpu::parallel_for(ctx, blocks, n > 32768, [&](Index blk) {
       // Element i uses word i % 4 of block i / 4: the same as philox_uniform_at(seed, counter, 0, i).
       PhiloxBlock const words = philox_block(op.seed, op.counter, std::uint64_t(blk));
       Index const end = std::min(n, blk * 4 + 4);
       for (Index i = blk * 4; i < end; ++i)
         py[i] = double(philox_uniform(words.v[i - blk * 4])) >= op.p ? px[i] * keep_scale : T(0);
-    }
+    });
   }
 };
 

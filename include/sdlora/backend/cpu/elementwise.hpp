@@ -1,7 +1,8 @@
 /// @file elementwise.hpp
-/// @brief CPU kernels of ops/elementwise.hpp: OpenMP loops over contiguous elements. Include <sdlora/sdlora.hpp>.
+/// @brief CPU kernels of ops/elementwise.hpp: pool loops over contiguous elements. Include <sdlora/sdlora.hpp>.
 #pragma once
 
+#include <sdlora/backend/cpu/parallel.hpp>  // cpu::parallel_for
 #include <sdlora/ops/elementwise.hpp>  // Map, Zip, Impl
 
 namespace sdlora::ops {
@@ -13,8 +14,7 @@ struct Impl<Map, Cpu> {
     T* out = y.data();
     T const* in = x.data();
     Index const n = y.numel();
-#pragma omp parallel for schedule(static) num_threads(ctx.threads()) if (n > 32768)
-    for (Index i = 0; i < n; ++i) out[i] = f(in[i]);
+    sdlora::cpu::parallel_for(ctx, n, n > 32768, [&](Index i) { out[i] = f(in[i]); });
   }
 };
 
@@ -27,8 +27,7 @@ struct Impl<Zip, Cpu> {
     T const* pa = a.data();
     T const* pb = b.data();
     Index const n = y.numel();
-#pragma omp parallel for schedule(static) num_threads(ctx.threads()) if (n > 32768)
-    for (Index i = 0; i < n; ++i) out[i] = f(pa[i], pb[i]);
+    sdlora::cpu::parallel_for(ctx, n, n > 32768, [&](Index i) { out[i] = f(pa[i], pb[i]); });
   }
 };
 

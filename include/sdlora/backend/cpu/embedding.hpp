@@ -6,6 +6,7 @@
 #include <cstdint>    // std::int32_t
 #include <span>       // std::span
 
+#include <sdlora/backend/cpu/parallel.hpp>  // cpu::parallel_for
 #include <sdlora/ops/embedding.hpp>  // Embedding, Impl
 
 namespace sdlora::ops {
@@ -18,8 +19,7 @@ struct Impl<Embedding, Cpu> {
     Index const n = Index(ids.size()), d = weight.dim(1);
     T* py = y.data();
     T const* pw = weight.data();
-#pragma omp parallel for schedule(static) num_threads(ctx.threads()) if (n * d > 32768)
-    for (Index i = 0; i < n; ++i) std::copy_n(pw + Index(ids[i]) * d, d, py + i * d);
+    sdlora::cpu::parallel_for(ctx, n, n * d > 32768, [&](Index i) { std::copy_n(pw + Index(ids[i]) * d, d, py + i * d); });
   }
   // Serial over tokens (repeated ids write the same row); the rows are short and N is a prompt's length.
   template <HostCompute T>

@@ -3,6 +3,7 @@
 /// Include <sdlora/sdlora.hpp> instead.
 #pragma once
 
+#include <sdlora/backend/cpu/parallel.hpp>  // cpu::parallel_for
 #include <sdlora/ops/gelu.hpp>  // Geglu, Impl, fn::Gelu, fn::GeluBackward, fn::GeluTanh, fn::GeluTanhBackward
 
 namespace sdlora::ops {
@@ -28,13 +29,12 @@ struct Impl<Geglu, Cpu> {
     Index const n = y.dim(-1), rows = n == 0 ? 0 : y.numel() / n;
     T* py = y.data();
     T const* ph = h.data();
-#pragma omp parallel for schedule(static) num_threads(ctx.threads()) if (y.numel() > 32768)
-    for (Index r = 0; r < rows; ++r) {
+    sdlora::cpu::parallel_for(ctx, rows, y.numel() > 32768, [&](Index r) {
       T const* a = ph + r * 2 * n;  // (N) hidden half
       T const* g = a + n;           // (N) gate half
       T* out = py + r * n;
       for (Index j = 0; j < n; ++j) out[j] = a[j] * act(g[j]);
-    }
+    });
   }
   template <class T, class Act, class ActBackward>
   static void backward_with(Context<Cpu>& ctx, Act act, ActBackward act_backward, TensorView<T, Cpu> dh,
@@ -43,8 +43,7 @@ struct Impl<Geglu, Cpu> {
     T* pdh = dh.data();
     T const* ph = h.data();
     T const* pdy = dy.data();
-#pragma omp parallel for schedule(static) num_threads(ctx.threads()) if (dy.numel() > 32768)
-    for (Index r = 0; r < rows; ++r) {
+    sdlora::cpu::parallel_for(ctx, rows, dy.numel() > 32768, [&](Index r) {
       T const* a = ph + r * 2 * n;
       T const* g = a + n;
       T const* d = pdy + r * n;
@@ -54,7 +53,7 @@ struct Impl<Geglu, Cpu> {
         da[j] = d[j] * act(g[j]);
         dg[j] = act_backward(d[j] * a[j], g[j]);
       }
-    }
+    });
   }
 };
 

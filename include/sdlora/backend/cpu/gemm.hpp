@@ -1,6 +1,6 @@
 /// @file gemm.hpp
 /// @brief CPU batched GEMM: float through sdlora's packed GEMM (backend/cpu/sgemm.hpp: run-time ISA dispatch, one
-/// OpenMP loop over independent output tiles); double (gradient checks) through Eigen, single-threaded per matrix.
+/// thread-pool loop over independent output tiles); double (gradient checks) through Eigen, single-threaded per matrix.
 /// Include <sdlora/sdlora.hpp> instead.
 #pragma once
 
@@ -8,6 +8,7 @@
 
 #include <Eigen/Core>  // Eigen::Map, Eigen::OuterStride
 
+#include <sdlora/backend/cpu/parallel.hpp>  // cpu::parallel_for
 #include <sdlora/backend/cpu/sgemm.hpp>  // cpu::sgemm
 #include <sdlora/ops/gemm.hpp>              // Gemm, Impl
 
@@ -67,8 +68,7 @@ struct Impl<Gemm, Cpu> {
     };
     // One matrix per task, each single-threaded inside Eigen (no nested parallelism, no spin-waiting partner).
     Index const work = batch * c.dim(-2) * c.dim(-1) * (op.trans_a ? a.dim(-2) : a.dim(-1));
-#pragma omp parallel for schedule(dynamic) num_threads(ctx.threads()) if (batch > 1 && work > (Index(1) << 18))
-    for (Index i = 0; i < batch; ++i) one(i);
+    sdlora::cpu::parallel_for(ctx, batch, batch > 1 && work > (Index(1) << 18), one);
   }
 };
 

@@ -1,5 +1,6 @@
 /// @file isa.hpp
-/// @brief The x86-64 vector instruction sets the CPU kernels have paths for, detected once per process at run time
+/// @brief What the machine offers the CPU kernels: the cores this process may use, and the x86-64 vector instruction
+/// sets the kernels have paths for, detected once per process at run time
 /// (cpuid through __builtin_cpu_supports, which also checks that the OS saves the wide registers), so a binary built
 /// for the x86-64 baseline still runs AVX2+FMA or AVX-512 kernels. Include <sdlora/sdlora.hpp> instead.
 ///
@@ -8,10 +9,42 @@
 /// has falls back to the best path the CPU supports.
 #pragma once
 
-#include <cstdlib>      // std::getenv
+#include <atomic>       // std::atomic
+#include <cstdlib>      // std::getenv, std::atoi
 #include <string_view>  // std::string_view
+#include <thread>       // std::thread::hardware_concurrency
+
+#if defined(__linux__)
+#include <sched.h>  // sched_getaffinity, CPU_COUNT
+#endif
 
 namespace sdlora::cpu {
+
+inline std::atomic<int>& default_thread_count_override() {
+  static std::atomic<int> count{0};
+  return count;
+}
+
+/// Sets what default_thread_count() returns from now on (0: back to the environment's); the process-wide
+/// counterpart of Context<Cpu>::num_threads, for programs' --threads flags.
+inline void set_default_thread_count(int threads) { default_thread_count_override().store(threads > 0 ? threads : 0); }
+
+/// Threads to use when a Context<Cpu> does not say: set_default_thread_count's value, else SDLORA_NUM_THREADS, else
+/// OMP_NUM_THREADS, else the cores in this process's affinity mask (what `taskset` or a container allows).
+inline int default_thread_count() {
+  if (int const set = default_thread_count_override().load(); set > 0) return set;
+  static int const count = [] {
+    for (char const* name : {"SDLORA_NUM_THREADS", "OMP_NUM_THREADS"})
+      if (char const* v = std::getenv(name); v && std::atoi(v) > 0) return std::atoi(v);
+#if defined(__linux__)
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof(set), &set) == 0 && CPU_COUNT(&set) > 0) return CPU_COUNT(&set);
+#endif
+    unsigned const hw = std::thread::hardware_concurrency();
+    return hw > 0 ? int(hw) : 1;
+  }();
+  return count;
+}
 
 /// Kernel paths, ordered: a higher value needs every feature of a lower one.
 enum class Isa {

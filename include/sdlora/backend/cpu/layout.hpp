@@ -4,6 +4,7 @@
 
 #include <algorithm>  // std::min
 
+#include <sdlora/backend/cpu/parallel.hpp>  // cpu::parallel_for
 #include <sdlora/ops/layout.hpp>  // TransposeLastTwo, Impl
 
 namespace sdlora::ops {
@@ -17,13 +18,14 @@ struct Impl<TransposeLastTwo, Cpu> {
     constexpr Index kTile = 32;
     T const* px = x.data();
     T* py = y.data();
-#pragma omp parallel for collapse(2) schedule(static) num_threads(ctx.threads()) if (x.numel() > 65536)
-    for (Index b = 0; b < n; ++b)
-      for (Index r0 = 0; r0 < rows; r0 += kTile)
-        for (Index c0 = 0; c0 < cols; c0 += kTile)
-          for (Index r = r0; r < std::min(rows, r0 + kTile); ++r)
-            for (Index c = c0; c < std::min(cols, c0 + kTile); ++c)
-              py[(b * cols + c) * rows + r] = px[(b * rows + r) * cols + c];
+    Index const row_tiles = (rows + kTile - 1) / kTile;
+    sdlora::cpu::parallel_for(ctx, n * row_tiles, x.numel() > 65536, [&](Index t) {
+      Index const b = t / row_tiles, r0 = (t % row_tiles) * kTile;
+      for (Index c0 = 0; c0 < cols; c0 += kTile)
+        for (Index r = r0; r < std::min(rows, r0 + kTile); ++r)
+          for (Index c = c0; c < std::min(cols, c0 + kTile); ++c)
+            py[(b * cols + c) * rows + r] = px[(b * rows + r) * cols + c];
+    });
   }
 };
 

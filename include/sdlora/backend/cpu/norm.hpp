@@ -1,25 +1,20 @@
 /// @file norm.hpp
-/// @brief CPU kernels of ops/norm.hpp: one OpenMP task per (sample, group) or per row; statistics and gradient sums
-/// accumulate in double. Include <sdlora/sdlora.hpp> instead.
+/// @brief CPU kernels of ops/norm.hpp: one task per (sample, group) or per row on the thread pool; statistics and
+/// gradient sums accumulate in double. Include <sdlora/sdlora.hpp> instead.
 #pragma once
 
-#include <cmath>   // std::sqrt
-#include <vector>  // std::vector
+#include <algorithm>  // std::min
+#include <cmath>      // std::sqrt
+#include <vector>     // std::vector
 
 #include <sdlora/backend/cpu/activation.hpp>  // cpu::silu_span, cpu::silu_backward_span
-#include <sdlora/core/backend.hpp>            // Context, SDLORA_HAS_OPENMP (omp.h)
+#include <sdlora/backend/cpu/parallel.hpp>    // cpu::parallel_tasks
+#include <sdlora/core/backend.hpp>            // Context
 #include <sdlora/ops/norm.hpp>                // GroupNorm, LayerNorm, Impl
 
 namespace sdlora::ops {
 
 namespace cpu {
-inline int thread_index() {
-#if SDLORA_HAS_OPENMP
-  return omp_get_thread_num();
-#else
-  return 0;
-#endif
-}
 
 /// Mean and 1 / sqrt(biased variance + eps) of n contiguous values, two passes in double.
 template <class T>
@@ -46,8 +41,7 @@ struct Impl<GroupNorm, Cpu> {
     Index const n = x.dim(0), c = x.dim(1), g = op.groups, cpg = c / g, s = n * c == 0 ? 0 : x.numel() / (n * c);
     T const* pg = gamma.data();
     T const* pb = beta.data();
-#pragma omp parallel for schedule(static) num_threads(ctx.threads()) if (x.numel() > 32768)
-    for (Index ng = 0; ng < n * g; ++ng) {
+    sdlora::cpu::parallel_for(ctx, n * g, x.numel() > 32768, [&](Index ng) {
       Index const first = (ng / g) * c + (ng % g) * cpg;  // first channel row of this group in (N*C, S)
       double m, r;
       cpu::moments(x.data() + first * s, cpg * s, op.eps, m, r);
@@ -62,7 +56,7 @@ struct Impl<GroupNorm, Cpu> {
         for (Index i = 0; i < s; ++i) out[i] = (in[i] - tm) * tr * gk + bk;
         if (op.silu) cpu::silu_span(out, out, s);
       }
-    }
+    });
   }
 
   // With z = xhat * gamma + beta and dz = dy (or dy * silu'(z)):
@@ -77,8 +71,7 @@ struct Impl<GroupNorm, Cpu> {
     T const* pg = gamma.data();
     T const* pb = beta.data();
     std::vector<double> sum_dz(std::size_t(n * c)), sum_dz_xhat(std::size_t(n * c));  // (N, C) each
-#pragma omp parallel for schedule(static) num_threads(ctx.threads()) if (x.numel() > 32768)
-    for (Index ng = 0; ng < n * g; ++ng) {
+    sdlora::cpu::parallel_for(ctx, n * g, x.numel() > 32768, [&](Index ng) {
       Index const first = (ng / g) * c + (ng % g) * cpg;
       T const tm = mean.data()[ng], tr = rstd.data()[ng];
       // With SiLU, dz = dy * silu'(z) for the whole group, computed once (vectorised exp); otherwise dz is dy.
@@ -117,7 +110,7 @@ struct Impl<GroupNorm, Cpu> {
         T* out = dx.data() + (first + k) * s;
         for (Index i = 0; i < s; ++i) out[i] = tr * (gk * dz[i] - t1 - (in[i] - tm) * tr * t2);
       }
-    }
+    });
     for (Index ch = 0; ch < c; ++ch) {
       double a = 0, b = 0;
       for (Index i = 0; i < n; ++i) {
@@ -139,8 +132,7 @@ struct Impl<LayerNorm, Cpu> {
     Index const d = x.dim(-1), rows = d == 0 ? 0 : x.numel() / d;
     T const* pg = gamma.data();
     T const* pb = beta.data();
-#pragma omp parallel for schedule(static) num_threads(ctx.threads()) if (x.numel() > 32768)
-    for (Index r = 0; r < rows; ++r) {
+    sdlora::cpu::parallel_for(ctx, rows, x.numel() > 32768, [&](Index r) {
       T const* in = x.data() + r * d;
       T* out = y.data() + r * d;
       double m, rs;
@@ -152,11 +144,12 @@ struct Impl<LayerNorm, Cpu> {
         T const xhat = (in[i] - tm) * tr;
         out[i] = (pg ? xhat * pg[i] : xhat) + (pb ? pb[i] : T(0));
       }
-    }
+    });
   }
 
   // dx = rstd * (gamma dy - mean_row(gamma dy) - xhat * mean_row(gamma dy xhat)); dgamma += sum dy xhat,
-  // dbeta += sum dy over rows, accumulated per thread in double and then summed.
+  // dbeta += sum dy over rows, accumulated in double per block of kRowsPerBlock rows and the blocks summed in order
+  // (the same result on any thread count).
   template <HostCompute T>
   static void backward(Context<Cpu>& ctx, LayerNorm const&, TensorView<T, Cpu> dx, TensorView<T, Cpu> dgamma,
                        TensorView<T, Cpu> dbeta, TensorView<T const, Cpu> dy, TensorView<T const, Cpu> x,
@@ -164,13 +157,13 @@ struct Impl<LayerNorm, Cpu> {
     Index const d = x.dim(-1), rows = d == 0 ? 0 : x.numel() / d;
     T const* pg = gamma.data();
     bool const param_grads = dgamma.data() || dbeta.data();
-    int const threads = x.numel() > 32768 ? ctx.threads() : 1;
-    std::vector<double> acc(param_grads ? std::size_t(threads) * 2 * std::size_t(d) : 0);  // (threads, 2, D)
-#pragma omp parallel num_threads(threads) if (threads > 1)
-    {
-      double* mine = param_grads ? acc.data() + std::size_t(cpu::thread_index()) * 2 * std::size_t(d) : nullptr;
-#pragma omp for schedule(static)
-      for (Index r = 0; r < rows; ++r) {
+    constexpr Index kRowsPerBlock = 64;
+    Index const blocks = (rows + kRowsPerBlock - 1) / kRowsPerBlock;
+    std::vector<double> acc(param_grads ? std::size_t(blocks) * 2 * std::size_t(d) : 0);  // (blocks, 2, D)
+    Context<Cpu> serial{.num_threads = 1, .isa = ctx.isa};
+    sdlora::cpu::parallel_tasks(x.numel() > 32768 ? ctx : serial, blocks, [&](Index blk, int) {
+      double* mine = param_grads ? acc.data() + std::size_t(blk) * 2 * std::size_t(d) : nullptr;
+      for (Index r = blk * kRowsPerBlock; r < std::min(rows, (blk + 1) * kRowsPerBlock); ++r) {
         T const* in = x.data() + r * d;
         T const* g = dy.data() + r * d;
         T* out = dx.data() + r * d;
@@ -192,11 +185,11 @@ struct Impl<LayerNorm, Cpu> {
           out[i] = tr * ((pg ? g[i] * pg[i] : g[i]) - t1 - xhat * t2);
         }
       }
-    }
+    });
     if (!param_grads) return;
     for (Index i = 0; i < d; ++i) {
       double a = 0, b = 0;
-      for (int t = 0; t < threads; ++t) {
+      for (Index t = 0; t < blocks; ++t) {
         a += acc[std::size_t(t) * 2 * std::size_t(d) + std::size_t(i)];
         b += acc[std::size_t(t) * 2 * std::size_t(d) + std::size_t(d + i)];
       }

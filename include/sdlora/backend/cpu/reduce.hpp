@@ -1,11 +1,12 @@
 /// @file reduce.hpp
-/// @brief CPU kernels of ops/reduce.hpp (double accumulation, OpenMP reduction). Include <sdlora/sdlora.hpp>.
+/// @brief CPU kernels of ops/reduce.hpp (double accumulation in fixed blocks summed in order: the same result on any thread count). Include <sdlora/sdlora.hpp>.
 #pragma once
 
 #include <algorithm>  // std::max
 #include <cmath>      // std::abs
 
-#include <sdlora/ops/reduce.hpp>  // Reduce, Impl
+#include <sdlora/backend/cpu/parallel.hpp>  // cpu::parallel_sum
+#include <sdlora/ops/reduce.hpp>            // Reduce, Impl
 
 namespace sdlora::ops {
 
@@ -17,25 +18,19 @@ struct Impl<Reduce, Cpu> {
     T const* pa = a.data();
     T const* pb = b.data();
     Index const n = a.numel();
-    double acc = 0.0;
+    bool const parallel = n > 32768;
+    Context<Cpu> serial{.num_threads = 1, .isa = ctx.isa};
+    Context<Cpu> const& run_on = parallel ? ctx : serial;
     switch (op.kind) {
-      case Reduce::Kind::Sum:
-#pragma omp parallel for reduction(+ : acc) num_threads(ctx.threads()) if (n > 32768)
-        for (Index i = 0; i < n; ++i) acc += double(pa[i]);
-        break;
+      case Reduce::Kind::Sum: return sdlora::cpu::parallel_sum(run_on, n, [&](Index i) { return double(pa[i]); });
       case Reduce::Kind::SumSquares:
-#pragma omp parallel for reduction(+ : acc) num_threads(ctx.threads()) if (n > 32768)
-        for (Index i = 0; i < n; ++i) acc += double(pa[i]) * double(pa[i]);
-        break;
+        return sdlora::cpu::parallel_sum(run_on, n, [&](Index i) { return double(pa[i]) * double(pa[i]); });
       case Reduce::Kind::Dot:
-#pragma omp parallel for reduction(+ : acc) num_threads(ctx.threads()) if (n > 32768)
-        for (Index i = 0; i < n; ++i) acc += double(pa[i]) * double(pb[i]);
-        break;
-      case Reduce::Kind::MaxAbs:
-#pragma omp parallel for reduction(max : acc) num_threads(ctx.threads()) if (n > 32768)
-        for (Index i = 0; i < n; ++i) acc = std::max(acc, std::abs(double(pa[i])));
-        break;
+        return sdlora::cpu::parallel_sum(run_on, n, [&](Index i) { return double(pa[i]) * double(pb[i]); });
+      case Reduce::Kind::MaxAbs: break;
     }
+    double acc = 0.0;  // max is exact in any order
+    for (Index i = 0; i < n; ++i) acc = std::max(acc, std::abs(double(pa[i])));
     return acc;
   }
 };

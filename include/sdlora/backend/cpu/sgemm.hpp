@@ -1,6 +1,6 @@
 /// @file sgemm.hpp
 /// @brief The CPU's float GEMM: packed panels and register-blocked micro-kernels (portable, AVX2+FMA, AVX-512) chosen
-/// once per process at run time, driven over independent output tiles by one OpenMP loop. Include
+/// once per process at run time, driven over independent output tiles by the thread pool (parallel.hpp). Include
 /// <sdlora/sdlora.hpp> instead.
 ///
 /// C (M, N) = alpha * A (M, K) @ B (K, N) + beta * C. The operands are read only through packing functions, so a
@@ -25,7 +25,8 @@
 #define SDLORA_X86_KERNELS 0
 #endif
 
-#include <sdlora/backend/cpu/isa.hpp>  // Isa, resolve_isa
+#include <sdlora/backend/cpu/isa.hpp>       // Isa, resolve_isa
+#include <sdlora/backend/cpu/parallel.hpp>  // parallel_tasks, ThreadPool
 #include <sdlora/core/backend.hpp>     // Context<Cpu>, BackendMemory<Cpu>
 #include <sdlora/core/shape.hpp>       // Index
 
@@ -248,7 +249,8 @@ void gemm_packed(Context<Cpu>& ctx, Index batch, Index m, Index n, Index k, Pack
   int const threads = ctx.threads();
   GemmTiling const tiling = gemm_tiling(batch, m, n, threads, kern.nr);
   Index const tasks = tiling.tasks(batch);
-  bool const parallel = threads > 1 && tasks > 1 && double(batch) * m * n * k > double(1 << 17);
+  bool const parallel = threads > 1 && tasks > 1 && double(batch) * m * n * k > double(1 << 17) &&
+                        !ThreadPool::inside_task();
 
   auto run_task = [&](PackBuffers const& buf, Index t) {
     Index const bi = t / (tiling.m_chunks * tiling.n_tiles), rest = t % (tiling.m_chunks * tiling.n_tiles);
@@ -291,8 +293,7 @@ void gemm_packed(Context<Cpu>& ctx, Index batch, Index m, Index n, Index k, Pack
     for (Index t = 0; t < tasks; ++t) run_task(PackBuffers::local(), t);
     return;
   }
-#pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
-  for (Index t = 0; t < tasks; ++t) run_task(PackBuffers::local(), t);
+  parallel_tasks(ctx, tasks, [&](Index t, int) { run_task(PackBuffers::local(), t); });
 }
 
 /// C (batch?, M, N) = alpha * op(A) @ op(B) + beta * C for plain row-major operands (batch stride 0 broadcasts).

@@ -1,11 +1,12 @@
 /// @file softmax.hpp
-/// @brief CPU kernels of ops/softmax.hpp: one row per iteration, OpenMP over rows. Include <sdlora/sdlora.hpp>.
+/// @brief CPU kernels of ops/softmax.hpp: one row per iteration, the thread pool over rows. Include <sdlora/sdlora.hpp>.
 #pragma once
 
 #include <algorithm>  // std::max
 #include <cmath>      // std::exp
 #include <limits>     // std::numeric_limits
 
+#include <sdlora/backend/cpu/parallel.hpp>  // cpu::parallel_for
 #include <sdlora/ops/softmax.hpp>  // Softmax, Impl
 
 namespace sdlora::ops {
@@ -35,8 +36,7 @@ struct Impl<Softmax, Cpu> {
     Index const n = x.dim(-1), rows = n == 0 ? 0 : x.numel() / n;
     T* py = y.data();
     T const* px = x.data();
-#pragma omp parallel for schedule(static) num_threads(ctx.threads()) if (x.numel() > 32768)
-    for (Index r = 0; r < rows; ++r) row(py + r * n, px + r * n, n);
+    sdlora::cpu::parallel_for(ctx, rows, x.numel() > 32768, [&](Index r) { row(py + r * n, px + r * n, n); });
   }
 
   template <HostCompute T>
@@ -46,15 +46,14 @@ struct Impl<Softmax, Cpu> {
     T* pdx = dx.data();
     T const* py = y.data();
     T const* pdy = dy.data();
-#pragma omp parallel for schedule(static) num_threads(ctx.threads()) if (y.numel() > 32768)
-    for (Index r = 0; r < rows; ++r) {
+    sdlora::cpu::parallel_for(ctx, rows, y.numel() > 32768, [&](Index r) {
       T const* yr = py + r * n;
       T const* dyr = pdy + r * n;
       T dot = 0;
       for (Index j = 0; j < n; ++j) dot += dyr[j] * yr[j];
       T* dxr = pdx + r * n;
       for (Index j = 0; j < n; ++j) dxr[j] = yr[j] * (dyr[j] - dot);
-    }
+    });
   }
 };
 

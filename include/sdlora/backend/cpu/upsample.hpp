@@ -1,5 +1,5 @@
 /// @file upsample.hpp
-/// @brief CPU kernels of ops/upsample.hpp: index tables per axis, OpenMP over (N, C) planes.
+/// @brief CPU kernels of ops/upsample.hpp: index tables per axis, the thread pool over (N, C) planes.
 /// Include <sdlora/sdlora.hpp> instead.
 #pragma once
 
@@ -7,6 +7,7 @@
 #include <cmath>      // std::floor
 #include <vector>     // std::vector
 
+#include <sdlora/backend/cpu/parallel.hpp>  // cpu::parallel_for
 #include <sdlora/ops/upsample.hpp>  // UpsampleNearest, Impl
 
 namespace sdlora::ops {
@@ -33,8 +34,7 @@ struct Impl<UpsampleNearest, Cpu> {
   static void forward(Context<Cpu>& ctx, TensorView<T, Cpu> y, TensorView<T const, Cpu> x) {
     Index const planes = x.dim(0) * x.dim(1), h = x.dim(2), w = x.dim(3), ho = y.dim(2), wo = y.dim(3);
     auto const rows = cpu::nearest_sources(h, ho), cols = cpu::nearest_sources(w, wo);
-#pragma omp parallel for schedule(static) num_threads(ctx.threads()) if (y.numel() > 32768)
-    for (Index p = 0; p < planes; ++p) {
+    sdlora::cpu::parallel_for(ctx, planes, y.numel() > 32768, [&](Index p) {
       T const* in = x.data() + p * h * w;
       T* out = y.data() + p * ho * wo;
       for (Index oh = 0; oh < ho; ++oh) {
@@ -42,15 +42,14 @@ struct Impl<UpsampleNearest, Cpu> {
         T* dst = out + oh * wo;
         for (Index ow = 0; ow < wo; ++ow) dst[ow] = src[cols[std::size_t(ow)]];
       }
-    }
+    });
   }
 
   template <HostCompute T>
   static void backward(Context<Cpu>& ctx, TensorView<T, Cpu> dx, TensorView<T const, Cpu> dy) {
     Index const planes = dx.dim(0) * dx.dim(1), h = dx.dim(2), w = dx.dim(3), ho = dy.dim(2), wo = dy.dim(3);
     auto const rows = cpu::nearest_sources(h, ho), cols = cpu::nearest_sources(w, wo);
-#pragma omp parallel for schedule(static) num_threads(ctx.threads()) if (dy.numel() > 32768)
-    for (Index p = 0; p < planes; ++p) {
+    sdlora::cpu::parallel_for(ctx, planes, dy.numel() > 32768, [&](Index p) {
       T const* in = dy.data() + p * ho * wo;
       T* out = dx.data() + p * h * w;
       std::fill_n(out, h * w, T(0));
@@ -59,7 +58,7 @@ struct Impl<UpsampleNearest, Cpu> {
         T const* src = in + oh * wo;
         for (Index ow = 0; ow < wo; ++ow) dst[cols[std::size_t(ow)]] += src[ow];
       }
-    }
+    });
   }
 };
 
