@@ -112,6 +112,28 @@ TEST_CASE("CLIP and ViT preprocessing match transformers' PIL image processors",
   }
 }
 
+TEST_CASE("preprocessor configs: bare sizes, defaults per processor type, unsupported fields", "[eval][preprocess]") {
+  using nlohmann::json;
+  auto const clip = eval::ImageProcessorConfig::from_json(json{{"feature_extractor_type", "CLIPFeatureExtractor"},
+                                                               {"size", 224},
+                                                               {"crop_size", 224}});
+  CHECK(clip.shortest_edge);  // CLIP reads a bare size as the shortest edge
+  CHECK(clip.size == 224);
+  CHECK(clip.resized_size(300, 400) == std::array<Index, 2>{224, 298});  // int(224 * 400 / 300)
+  CHECK(clip.resized_size(400, 300) == std::array<Index, 2>{298, 224});
+  CHECK(clip.output_size(300, 400) == std::array<Index, 2>{224, 224});
+  auto const vit = eval::ImageProcessorConfig::from_json(json{{"image_processor_type", "ViTImageProcessor"},
+                                                              {"size", 224}});
+  CHECK_FALSE(vit.shortest_edge);  // ViT reads it as a square
+  CHECK(vit.output_size(300, 400) == std::array<Index, 2>{224, 224});
+  CHECK(vit.resample == eval::Resample::Bilinear);
+  CHECK(vit.image_mean[0] == 0.5);
+  CHECK_THROWS_WITH(eval::ImageProcessorConfig::from_json(json{{"size", {{"shortest_edge", 224}, {"longest_edge", 300}}}}),
+                    Catch::Contains("not supported"));
+  CHECK_THROWS_WITH(eval::ImageProcessorConfig::from_json(json{{"image_processor_type", "SiglipImageProcessor"}}),
+                    Catch::Contains("Siglip"));
+}
+
 TEST_CASE("center crop pads like transformers when the image is smaller than the crop", "[eval][preprocess]") {
   Tensor<std::uint8_t, Cpu> img(Shape{5, 20, 1});
   for (Index i = 0; i < img.numel(); ++i) img(i) = std::uint8_t(1 + i % 200);

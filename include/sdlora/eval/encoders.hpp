@@ -4,6 +4,7 @@
 /// returning host embeddings for eval/metrics.hpp. Include <sdlora/eval.hpp> instead.
 #pragma once
 
+#include <algorithm>   // std::min, std::copy
 #include <chrono>      // std::chrono::steady_clock
 #include <cstdint>     // std::int32_t, std::uint8_t
 #include <filesystem>  // std::filesystem::exists

@@ -227,6 +227,9 @@ struct ImageProcessorConfig {
       if (it->is_number_integer()) {
         c.shortest_edge = !vit_like;
         c.size = c.height = c.width = it->get<int>();
+      } else if (it->contains("longest_edge") || it->contains("max_height")) {
+        SDLORA_THROW(ConfigError, "[preprocessor config] size " << it->dump()
+                                                                << " is not supported (shortest_edge, or height and width)");
       } else if (it->contains("shortest_edge")) {
         c.shortest_edge = true;
         c.size = (*it)["shortest_edge"].get<int>();
