@@ -330,8 +330,22 @@ std::string cell(double v) { return std::isfinite(v) ? eval::short_number(v) : "
 /// Images (H, W, 3) uint8 -> (3, H, W) in [0, 1] for figures.
 Tensor<float, Cpu> to_unit(Tensor<std::uint8_t, Cpu> const& px) { return io::from_uint8(px.view(), io::ImageRange::ZeroToOne); }
 
-int run_sweep(Args const& a) {
-  // Cheap checks first.
+// ---- sweep stages ---------------------------------------------------------------------------------------------
+
+/// What a sweep will do, checked before any model is loaded.
+struct SweepPlan {
+  std::vector<double> scales;
+  std::vector<std::uint64_t> seeds;
+  std::vector<std::pair<std::string, std::vector<std::string>>> sets;  // (name, prompts): "prompts", "unseen"
+  std::vector<Tensor<std::uint8_t, Cpu>> references;                   // (H, W, 3) each
+  std::size_t images() const {
+    std::size_t n = 0;
+    for (auto const& set : sets) n += set.second.size() * seeds.size() * scales.size();
+    return n;
+  }
+};
+
+SweepPlan plan_sweep(Args const& a) {
   if (a.model.empty() || !fs::exists(a.model)) SDLORA_THROW(IoError, "--model '" << a.model << "' does not exist");
   if (a.lora.empty() || !fs::exists(a.lora)) SDLORA_THROW(IoError, "--lora '" << a.lora << "' does not exist");
   if (a.prompts.empty()) SDLORA_THROW(ConfigError, "--prompts is required (one prompt per line)");
@@ -339,17 +353,30 @@ int run_sweep(Args const& a) {
   if (a.steps <= 0) SDLORA_THROW(ConfigError, "--steps must be positive, got " << a.steps);
   require_dir(a.clip, "clip", "a transformers CLIPModel folder");
   if (!a.dino.empty()) require_dir(a.dino, "dino", "a transformers ViTModel folder");
-  std::vector<double> const scales = cli::parse_list(a.scales, "scales");
-  std::vector<std::uint64_t> seeds;
+  SweepPlan p;
+  p.scales = cli::parse_list(a.scales, "scales");
   for (double v : cli::parse_list(a.seeds, "seeds")) {
     if (v < 0 || v != std::floor(v)) SDLORA_THROW(ConfigError, "--seeds: '" << v << "' is not a non-negative integer");
-    seeds.push_back(std::uint64_t(v));
+    p.seeds.push_back(std::uint64_t(v));
   }
-  std::vector<std::pair<std::string, std::vector<std::string>>> sets{{"prompts", read_lines(a.prompts, "prompts")}};
-  if (!a.unseen_prompts.empty()) sets.emplace_back("unseen", read_lines(a.unseen_prompts, "unseen-prompts"));
-  auto const refs = load_all(list_images(a.reference, "reference"));
+  p.sets.emplace_back("prompts", read_lines(a.prompts, "prompts"));
+  if (!a.unseen_prompts.empty()) p.sets.emplace_back("unseen", read_lines(a.unseen_prompts, "unseen-prompts"));
+  p.references = load_all(list_images(a.reference, "reference"));
+  return p;
+}
 
-  // Generate: every set x prompt x seed x scale, the LoRA as an adapter whose multiplier changes per column.
+/// The generated images: per (set, scale) the images in (prompt, seed) order with their prompts, and the grid's
+/// cells in (set, prompt, seed, scale) order with one label per row.
+struct SweepImages {
+  std::vector<std::vector<std::vector<Tensor<std::uint8_t, Cpu>>>> by_set_scale;  // [set][scale][i]: (H, W, 3)
+  std::vector<std::vector<std::string>> prompts;                                  // [set][i]
+  std::vector<Tensor<float, Cpu>> cells;                                          // (3, H, W) in [0, 1]
+  std::vector<std::string> row_labels;
+};
+
+/// Every set x prompt x seed x scale through txt2img, the LoRA as an adapter whose multiplier changes per column
+/// (the same seed gives the same initial latents at every scale); each image is written to out/images/.
+SweepImages generate_sweep(Args const& a, SweepPlan const& p) {
   Context<Cpu> ctx;
   ctx.num_threads = a.threads;
   auto sd = models::load_stable_diffusion<float>(a.model, models::LoadOptions{});
@@ -362,65 +389,65 @@ int run_sweep(Args const& a) {
   g.width = a.width > 0 ? a.width : sd.unet.config().sample_size * f;
   g.height = a.height > 0 ? a.height : sd.unet.config().sample_size * f;
   fs::create_directories(fs::path(a.out) / "images");
-  // images[set][scale] with their prompts, in (prompt, seed) order; grid cells in (set, prompt, seed, scale) order.
-  std::vector<std::vector<std::vector<Tensor<std::uint8_t, Cpu>>>> images(sets.size(),
-                                                                         std::vector<std::vector<Tensor<std::uint8_t, Cpu>>>(scales.size()));
-  std::vector<std::vector<std::string>> prompts_of(sets.size());
-  std::vector<Tensor<float, Cpu>> cells;
-  std::vector<std::string> row_labels;
-  std::size_t const total = [&] {
-    std::size_t n = 0;
-    for (auto const& set : sets) n += set.second.size() * seeds.size() * scales.size();
-    return n;
-  }();
+  SweepImages out;
+  out.by_set_scale.assign(p.sets.size(), std::vector<std::vector<Tensor<std::uint8_t, Cpu>>>(p.scales.size()));
+  out.prompts.resize(p.sets.size());
   std::size_t done = 0;
-  for (std::size_t si = 0; si < sets.size(); ++si)
-    for (std::size_t pi = 0; pi < sets[si].second.size(); ++pi)
-      for (std::uint64_t seed : seeds) {
-        g.prompt = sets[si].second[pi];
+  for (std::size_t si = 0; si < p.sets.size(); ++si)
+    for (std::size_t pi = 0; pi < p.sets[si].second.size(); ++pi)
+      for (std::uint64_t seed : p.seeds) {
+        g.prompt = p.sets[si].second[pi];
         g.seed = seed;
-        prompts_of[si].push_back(g.prompt);
-        row_labels.push_back(sets[si].first.substr(0, 6) + " " + std::to_string(pi + 1) + " s" + std::to_string(seed));
-        for (std::size_t k = 0; k < scales.size(); ++k) {
-          pipeline::set_lora_scale(sd, loaded[0], scales[k]);
-          auto const out = pipeline::txt2img(ctx, sd, g);  // (1, 3, H, W) in [-1, 1]
-          auto const px = io::to_uint8(out.images[0], io::ImageRange::MinusOneToOne);  // (H, W, 3), as the PNG
-          std::string const name = sets[si].first + "-p" + std::to_string(pi + 1) + "-seed" + std::to_string(seed) +
-                                   "-scale" + eval::short_number(scales[k]) + ".png";
-          io::save_png((fs::path(a.out) / "images" / name).string(), out.images[0], io::ImageRange::MinusOneToOne);
-          cells.push_back(to_unit(px));
-          images[si][k].push_back(px);
-          std::cerr << kProgram << ": generated " << ++done << "/" << total << " (" << name << ")\n";
+        out.prompts[si].push_back(g.prompt);
+        out.row_labels.push_back(p.sets[si].first.substr(0, 6) + " " + std::to_string(pi + 1) + " s" +
+                                 std::to_string(seed));
+        for (std::size_t k = 0; k < p.scales.size(); ++k) {
+          pipeline::set_lora_scale(sd, loaded[0], p.scales[k]);
+          auto const gen = pipeline::txt2img(ctx, sd, g);                                 // (1, 3, H, W) in [-1, 1]
+          auto const px = io::to_uint8(gen.images[0], io::ImageRange::MinusOneToOne);  // (H, W, 3), as the PNG
+          std::string const name = p.sets[si].first + "-p" + std::to_string(pi + 1) + "-seed" + std::to_string(seed) +
+                                   "-scale" + eval::short_number(p.scales[k]) + ".png";
+          io::save_png((fs::path(a.out) / "images" / name).string(), gen.images[0], io::ImageRange::MinusOneToOne);
+          out.cells.push_back(to_unit(px));
+          out.by_set_scale[si][k].push_back(px);
+          std::cerr << kProgram << ": generated " << ++done << "/" << p.images() << " (" << name << ")\n";
         }
       }
-  sd = {};  // the encoders need the memory more than the diffusion model now
+  return out;
+}
 
-  // Score every (set, scale) and the references themselves.
-  Scorers sc = Scorers::load(a, refs);
+/// One row per (set, scale): CLIP score against the prompts, CLIP-I and DINO against the references.
+std::vector<Row> score_sweep(Scorers& sc, SweepPlan const& p, SweepImages const& images) {
   std::vector<Row> rows;
-  for (std::size_t si = 0; si < sets.size(); ++si)
-    for (std::size_t k = 0; k < scales.size(); ++k) {
-      Row r = score(sc, images[si][k], prompts_of[si]);
-      r.name = sets[si].first;
-      r.scale = scales[k];
+  for (std::size_t si = 0; si < p.sets.size(); ++si)
+    for (std::size_t k = 0; k < p.scales.size(); ++k) {
+      Row r = score(sc, images.by_set_scale[si][k], images.prompts[si]);
+      r.name = p.sets[si].first;
+      r.scale = p.scales[k];
       rows.push_back(r);
     }
-  double const ref_clip_i = self_similarity(sc.clip_ref);
-  double const ref_dino = sc.dino ? self_similarity(sc.dino_ref) : std::nan("");
+  return rows;
+}
 
-  // results.csv
-  std::ofstream csv(fs::path(a.out) / "results.csv");
+/// results.csv: a row per (set, scale) and one for the references' own mean pairwise similarity.
+void write_sweep_csv(fs::path const& file, std::vector<Row> const& rows, std::size_t references, double ref_clip_i,
+                     double ref_dino) {
+  std::ofstream csv(file);
   csv << "prompt_set,scale,n,clip_score,clip_i,dino\n";
   for (auto const& r : rows)
     csv << r.name << "," << eval::short_number(r.scale) << "," << r.n << "," << cell(r.clip_score) << ","
         << cell(r.clip_i) << "," << cell(r.dino) << "\n";
-  csv << "reference,," << refs.size() << ",," << cell(ref_clip_i) << "," << cell(ref_dino) << "\n";
+  csv << "reference,," << references << ",," << cell(ref_clip_i) << "," << cell(ref_dino) << "\n";
   csv.close();
-  if (!csv) SDLORA_THROW(IoError, "cannot write " << (fs::path(a.out) / "results.csv").string());
+  if (!csv) SDLORA_THROW(IoError, "cannot write " << file.string());
+}
 
-  // plot.png: CLIP score (prompt fidelity) above, image similarity to the references below.
+/// plot.png: CLIP score (prompt fidelity) vs scale above, similarity to the references vs scale below, the
+/// references' own similarity dashed.
+void write_sweep_plot(fs::path const& file, SweepPlan const& p, std::vector<Row> const& rows, bool dino,
+                      double ref_clip_i, double ref_dino) {
   std::vector<eval::Series> text_series, image_series;
-  for (auto const& set : sets) {
+  for (auto const& set : p.sets) {
     eval::Series t{"clip score (" + set.first + ")", {}, {}}, c{"clip-i (" + set.first + ")", {}, {}},
         d{"dino (" + set.first + ")", {}, {}};
     for (auto const& r : rows)
@@ -431,7 +458,7 @@ int run_sweep(Args const& a) {
       }
     text_series.push_back(t);
     image_series.push_back(c);
-    if (sc.dino) image_series.push_back(d);
+    if (dino) image_series.push_back(d);
   }
   if (std::isfinite(ref_clip_i)) image_series.push_back({"clip-i among references", {}, {ref_clip_i}, true});
   if (std::isfinite(ref_dino)) image_series.push_back({"dino among references", {}, {ref_dino}, true});
@@ -444,70 +471,78 @@ int run_sweep(Args const& a) {
         plot.at({k, y, x}) = top.at({k, y, x});
         plot.at({k, 360 + y, x}) = bottom.at({k, y, x});
       }
-  io::save_png((fs::path(a.out) / "plot.png").string(), plot.view(), io::ImageRange::ZeroToOne);
+  io::save_png(file.string(), plot.view(), io::ImageRange::ZeroToOne);
+}
 
-  // grid.png: one row per (set, prompt, seed), one column per scale.
+/// grid.png: one row per (set, prompt, seed), one column per scale, both labelled.
+void write_sweep_grid(fs::path const& file, SweepPlan const& p, SweepImages const& images) {
   std::vector<std::string> columns;
-  for (double v : scales) columns.push_back(eval::short_number(v));
-  auto const grid = eval::labelled_grid(cells, Index(scales.size()), columns, row_labels, "LoRA scale");
-  io::save_png((fs::path(a.out) / "grid.png").string(), grid.view(), io::ImageRange::ZeroToOne);
+  for (double v : p.scales) columns.push_back(eval::short_number(v));
+  auto const grid = eval::labelled_grid(images.cells, Index(p.scales.size()), columns, images.row_labels, "LoRA scale");
+  io::save_png(file.string(), grid.view(), io::ImageRange::ZeroToOne);
+}
 
+int run_sweep(Args const& a) {
+  SweepPlan const plan = plan_sweep(a);  // cheap checks before any model loads
+  SweepImages const images = generate_sweep(a, plan);
+  Scorers sc = Scorers::load(a, plan.references);
+  std::vector<Row> const rows = score_sweep(sc, plan, images);
+  double const ref_clip_i = self_similarity(sc.clip_ref);
+  double const ref_dino = sc.dino ? self_similarity(sc.dino_ref) : std::nan("");
+  fs::path const out(a.out);
+  write_sweep_csv(out / "results.csv", rows, plan.references.size(), ref_clip_i, ref_dino);
+  write_sweep_plot(out / "plot.png", plan, rows, sc.dino.has_value(), ref_clip_i, ref_dino);
+  write_sweep_grid(out / "grid.png", plan, images);
   for (auto const& r : rows)
     std::cout << r.name << " scale " << eval::short_number(r.scale) << ": clip_score " << cell(r.clip_score)
               << ", clip_i " << cell(r.clip_i) << (sc.dino ? ", dino " + cell(r.dino) : std::string()) << "\n";
-  std::cerr << kProgram << ": wrote " << done << " images, results.csv, plot.png and grid.png to " << a.out << "\n";
+  std::cerr << kProgram << ": wrote " << plan.images() << " images, results.csv, plot.png and grid.png to " << a.out
+            << "\n";
   return 0;
 }
 
-int run_compare(Args const& a) {
+// ---- compare stages -------------------------------------------------------------------------------------------
+
+/// The --run NAME=DIR folders with their images, each holding k images per prompt.
+std::vector<std::pair<std::string, std::vector<fs::path>>> plan_compare(Args const& a, std::size_t prompts) {
   if (a.runs.empty()) SDLORA_THROW(ConfigError, "compare needs at least one --run NAME=DIR");
   if (a.out.empty()) SDLORA_THROW(ConfigError, "--out is required (a folder for results.csv and results.md)");
-  if (a.prompts.empty()) SDLORA_THROW(ConfigError, "--prompts is required (one prompt per line)");
   require_dir(a.clip, "clip", "a transformers CLIPModel folder");
   if (!a.dino.empty()) require_dir(a.dino, "dino", "a transformers ViTModel folder");
-  auto const prompts = read_lines(a.prompts, "prompts");
   std::vector<std::pair<std::string, std::vector<fs::path>>> runs;
   for (auto const& spec : a.runs) {
     std::size_t const eq = spec.find('=');
     if (eq == std::string::npos || eq == 0 || eq + 1 == spec.size())
       SDLORA_THROW(ConfigError, "--run '" << spec << "' is not NAME=DIR");
     auto files = list_images(spec.substr(eq + 1), "run");
-    if (files.size() % prompts.size() != 0)
-      SDLORA_THROW(ConfigError, "--run " << spec << " holds " << files.size() << " images for " << prompts.size()
+    if (files.size() % prompts != 0)
+      SDLORA_THROW(ConfigError, "--run " << spec << " holds " << files.size() << " images for " << prompts
                                          << " prompts (k images per prompt, grouped by prompt in file-name order)");
     runs.emplace_back(spec.substr(0, eq), std::move(files));
   }
-  auto const ref_files = list_images(a.reference, "reference");
-  auto const refs = load_all(ref_files);
-  std::vector<Tensor<float, Cpu>> ref_unit;  // (3, h, w) in [0, 1] for SSIM
-  for (auto const& f : ref_files) ref_unit.push_back(io::load_image(f.string(), io::ImageRange::ZeroToOne));
+  return runs;
+}
 
-  Scorers sc = Scorers::load(a, refs);
-  std::vector<Row> rows;
-  for (auto const& [name, files] : runs) {
-    auto const images = load_all(files);
-    std::size_t const k = files.size() / prompts.size();
-    std::vector<std::string> per_image;
-    for (std::size_t i = 0; i < files.size(); ++i) per_image.push_back(prompts[i / k]);
-    Row r = score(sc, images, per_image);
-    r.name = name;
-    // SSIM to the references: every image x every reference, the reference resized (Pillow bicubic) if needed.
-    double total = 0;
-    for (auto const& img : images) {
-      auto const x = to_unit(img);  // (3, H, W)
-      for (std::size_t j = 0; j < refs.size(); ++j) {
-        Tensor<float, Cpu> y = ref_unit[j];
-        if (!(y.shape() == x.shape()))
-          y = to_unit(eval::pil_resize(refs[j].view(), x.dim(1), x.dim(2), eval::Resample::Bicubic));
-        total += eval::ssim(x.view(), y.view());
-      }
+/// Mean SSIM over every image x reference pair; a reference of another size is resized (Pillow bicubic) first.
+double ssim_to_references(std::vector<Tensor<std::uint8_t, Cpu>> const& images,
+                          std::vector<Tensor<std::uint8_t, Cpu>> const& refs) {
+  double total = 0;
+  for (auto const& img : images) {
+    auto const x = to_unit(img);  // (3, H, W)
+    for (auto const& ref : refs) {
+      auto const y = ref.dim(0) == x.dim(1) && ref.dim(1) == x.dim(2)
+                         ? to_unit(ref)
+                         : to_unit(eval::pil_resize(ref.view(), x.dim(1), x.dim(2), eval::Resample::Bicubic));
+      total += eval::ssim(x.view(), y.view());
     }
-    r.ssim = total / double(images.size() * refs.size());
-    rows.push_back(r);
   }
+  return total / double(images.size() * refs.size());
+}
 
-  fs::create_directories(a.out);
-  std::ofstream csv(fs::path(a.out) / "results.csv"), md(fs::path(a.out) / "results.md");
+/// results.csv and results.md (the Markdown table is also printed).
+void write_compare_tables(fs::path const& dir, std::vector<Row> const& rows) {
+  fs::create_directories(dir);
+  std::ofstream csv(dir / "results.csv"), md(dir / "results.md");
   csv << "run,n,clip_score,clip_i,dino,ssim\n";
   md << "| run | n | CLIP score | CLIP-I | DINO | SSIM |\n|---|---:|---:|---:|---:|---:|\n";
   for (auto const& r : rows) {
@@ -518,8 +553,28 @@ int run_compare(Args const& a) {
   }
   csv.close();
   md.close();
-  if (!csv || !md) SDLORA_THROW(IoError, "cannot write results.csv / results.md in " << a.out);
-  std::cout << std::ifstream(fs::path(a.out) / "results.md").rdbuf();
+  if (!csv || !md) SDLORA_THROW(IoError, "cannot write results.csv / results.md in " << dir.string());
+  std::cout << std::ifstream(dir / "results.md").rdbuf();
+}
+
+int run_compare(Args const& a) {
+  if (a.prompts.empty()) SDLORA_THROW(ConfigError, "--prompts is required (one prompt per line)");
+  auto const prompts = read_lines(a.prompts, "prompts");
+  auto const runs = plan_compare(a, prompts.size());
+  auto const refs = load_all(list_images(a.reference, "reference"));
+  Scorers sc = Scorers::load(a, refs);
+  std::vector<Row> rows;
+  for (auto const& [name, files] : runs) {
+    auto const images = load_all(files);
+    std::size_t const k = files.size() / prompts.size();
+    std::vector<std::string> per_image;
+    for (std::size_t i = 0; i < files.size(); ++i) per_image.push_back(prompts[i / k]);
+    Row r = score(sc, images, per_image);
+    r.name = name;
+    r.ssim = ssim_to_references(images, refs);
+    rows.push_back(r);
+  }
+  write_compare_tables(a.out, rows);
   return 0;
 }
 
