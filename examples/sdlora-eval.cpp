@@ -146,6 +146,12 @@ std::vector<fs::path> list_images(std::string const& dir, char const* flag) {
   return out;
 }
 
+std::vector<std::string> names(std::vector<fs::path> const& files) {
+  std::vector<std::string> out;
+  for (auto const& f : files) out.push_back(f.string());
+  return out;
+}
+
 std::vector<Tensor<std::uint8_t, Cpu>> load_all(std::vector<fs::path> const& files) {
   std::vector<Tensor<std::uint8_t, Cpu>> out;
   for (auto const& f : files) out.push_back(eval::load_rgb8(f.string()));  // IoError names the unreadable file
@@ -221,10 +227,9 @@ eval::MetricResult run_clip_score(Args const& a) {
   auto const files = list_images(a.images, "images");
   auto const prompts = read_prompts(a, files);
   require_dir(a.clip, "clip", "a transformers CLIPModel folder");
-  auto const images = load_all(files);
   auto clip = eval::ClipEncoder::load(a.clip);
   auto const batch = std::size_t(a.batch);
-  auto const e_img = clip.encode_images(images, batch, progress_line("clip-score: encoded", batch));
+  auto const e_img = clip.encode_files(names(files), batch, progress_line("clip-score: encoded", batch));
   auto const e_txt = clip.encode_texts(prompts);
   return eval::clip_score(e_img.view(), e_txt.view());
 }
@@ -239,17 +244,16 @@ eval::MetricResult run_similarity(std::string const& command, Args const& a) {
                                                                                        << a.reference);
   if (command == "clip-i") require_dir(a.clip, "clip", "a transformers CLIPModel folder");
   else require_dir(a.dino, "dino", "a transformers ViTModel folder such as facebook/dino-vits16");
-  auto const images = load_all(files), refs = load_all(ref_files);
   auto const batch = std::size_t(a.batch);
   if (command == "clip-i") {
     auto clip = eval::ClipEncoder::load(a.clip);
-    auto const g = clip.encode_images(images, batch, progress_line("clip-i: encoded", batch));
-    auto const r = clip.encode_images(refs, batch, progress_line("clip-i: encoded references", batch));
+    auto const g = clip.encode_files(names(files), batch, progress_line("clip-i: encoded", batch));
+    auto const r = clip.encode_files(names(ref_files), batch, progress_line("clip-i: encoded references", batch));
     return eval::embedding_similarity("clip_i", g.view(), r.view(), pairing);
   }
   auto dino = eval::DinoEncoder::load(a.dino);
-  auto const g = dino.encode_images(images, batch, progress_line("dino: encoded", batch));
-  auto const r = dino.encode_images(refs, batch, progress_line("dino: encoded references", batch));
+  auto const g = dino.encode_files(names(files), batch, progress_line("dino: encoded", batch));
+  auto const r = dino.encode_files(names(ref_files), batch, progress_line("dino: encoded references", batch));
   return eval::embedding_similarity("dino", g.view(), r.view(), pairing);
 }
 

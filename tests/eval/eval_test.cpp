@@ -194,6 +194,12 @@ TEST_CASE("DINO ViT class-token embeddings match transformers ViTModel", "[eval]
   INFO("DINO embeddings rel L2 " << e);
   CHECK(e < 1e-4);
   CHECK(test::rel_l2(dino.encode_images(all_images(), 4), ref.load<float>("dino.embeds")) < 1e-4);
+  std::vector<std::string> files;
+  for (int i = 0; i < 5; ++i) files.push_back(dir("generated/g" + std::to_string(i) + ".png"));
+  for (int i = 0; i < 5; ++i) files.push_back(dir("reference/r" + std::to_string(i) + ".png"));
+  CHECK(test::rel_l2(dino.encode_files(files, 3), ref.load<float>("dino.embeds")) < 1e-4);
+  files.back() = dir("prompts.txt");  // not an image: the error names it
+  CHECK_THROWS_WITH(dino.encode_files(files, 3), Catch::Contains("prompts.txt"));
 }
 
 TEST_CASE("CLIP score, CLIP-I and DINO match torchmetrics / torch", "[eval][metrics][conformance]") {

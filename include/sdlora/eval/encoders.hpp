@@ -23,19 +23,22 @@ namespace sdlora::eval {
 using Progress = std::function<void(std::size_t done, std::size_t total, double per_second)>;
 
 namespace detail {
-/// Runs `encode` on batches of preprocessed images and stacks the rows: (N, D).
-template <class Encode>
-Tensor<float, Cpu> encode_batches(std::vector<Tensor<std::uint8_t, Cpu>> const& images,
-                                  ImageProcessorConfig const& pre, std::size_t batch, Progress const& progress,
-                                  Encode&& encode) {
-  SDLORA_EXPECTS(!images.empty() && batch > 0, "[encode_images] needs images and a batch size > 0");
+/// Runs `encode` on batches of preprocessed images and stacks the rows: (N, D). `image(i)` gives image i as RGB
+/// 8-bit (H, W, 3); it is called once per image, batch by batch, so files can be read as they are needed.
+template <class Image, class Encode>
+Tensor<float, Cpu> encode_batches(std::size_t count, Image&& image, ImageProcessorConfig const& pre,
+                                  std::size_t batch, Progress const& progress, Encode&& encode) {
+  SDLORA_EXPECTS(count > 0 && batch > 0, "[encode_images] needs images and a batch size > 0");
   auto const start = std::chrono::steady_clock::now();
   std::vector<float> rows;
   Index dim = 0;
-  for (std::size_t b0 = 0; b0 < images.size(); b0 += batch) {
-    std::size_t const nb = std::min(batch, images.size() - b0);
+  for (std::size_t b0 = 0; b0 < count; b0 += batch) {
+    std::size_t const nb = std::min(batch, count - b0);
     std::vector<Tensor<float, Cpu>> px;
-    for (std::size_t i = 0; i < nb; ++i) px.push_back(preprocess(images[b0 + i].view(), pre));  // (3, S, S)
+    for (std::size_t i = 0; i < nb; ++i) {
+      Tensor<std::uint8_t, Cpu> const img = image(b0 + i);  // (H, W, 3)
+      px.push_back(preprocess(img.view(), pre));             // (3, S, S)
+    }
     Index const s = px[0].dim(1), t = px[0].dim(2);
     auto pixels = Tensor<float, Cpu>::uninitialized(Shape{Index(nb), 3, s, t});  // (B, 3, S, S)
     for (std::size_t i = 0; i < nb; ++i)
@@ -45,10 +48,10 @@ Tensor<float, Cpu> encode_batches(std::vector<Tensor<std::uint8_t, Cpu>> const& 
     rows.insert(rows.end(), e.data(), e.data() + e.numel());
     if (progress) {
       double const secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-      progress(b0 + nb, images.size(), secs > 0 ? double(b0 + nb) / secs : 0.0);
+      progress(b0 + nb, count, secs > 0 ? double(b0 + nb) / secs : 0.0);
     }
   }
-  Tensor<float, Cpu> out(Shape{Index(images.size()), dim});  // (N, D)
+  Tensor<float, Cpu> out(Shape{Index(count), dim});  // (N, D)
   std::copy(rows.begin(), rows.end(), out.data());
   return out;
 }
@@ -84,9 +87,16 @@ class ClipEncoder {
   /// Image embeddings (N, projection_dim) of RGB 8-bit images (H, W, 3), any sizes.
   Tensor<float, Cpu> encode_images(std::vector<Tensor<std::uint8_t, Cpu>> const& images, std::size_t batch = 8,
                                    Progress const& progress = {}) {
-    return detail::encode_batches(images, preprocessor, batch, progress, [&](Tensor<float, Cpu> const& px) {
-      return model.image_features(ctx_, px.view());
-    });
+    return detail::encode_batches(
+        images.size(), [&](std::size_t i) { return images[i]; }, preprocessor, batch, progress,
+        [&](Tensor<float, Cpu> const& px) { return model.image_features(ctx_, px.view()); });
+  }
+  /// The same for image files, read one batch at a time (eval::load_rgb8; an unreadable file throws IoError).
+  Tensor<float, Cpu> encode_files(std::vector<std::string> const& files, std::size_t batch = 8,
+                                  Progress const& progress = {}) {
+    return detail::encode_batches(
+        files.size(), [&](std::size_t i) { return load_rgb8(files[i]); }, preprocessor, batch, progress,
+        [&](Tensor<float, Cpu> const& px) { return model.image_features(ctx_, px.view()); });
   }
   /// Token ids of one prompt as torchmetrics feeds them: BOS, text, EOS, cut to max_position_embeddings.
   std::vector<int> text_ids(std::string const& prompt) const {
@@ -133,9 +143,16 @@ class DinoEncoder {
   /// Class-token embeddings (N, hidden_size) of RGB 8-bit images (H, W, 3).
   Tensor<float, Cpu> encode_images(std::vector<Tensor<std::uint8_t, Cpu>> const& images, std::size_t batch = 8,
                                    Progress const& progress = {}) {
-    return detail::encode_batches(images, preprocessor, batch, progress, [&](Tensor<float, Cpu> const& px) {
-      return model.class_features(ctx_, px.view());
-    });
+    return detail::encode_batches(
+        images.size(), [&](std::size_t i) { return images[i]; }, preprocessor, batch, progress,
+        [&](Tensor<float, Cpu> const& px) { return model.class_features(ctx_, px.view()); });
+  }
+  /// The same for image files, read one batch at a time.
+  Tensor<float, Cpu> encode_files(std::vector<std::string> const& files, std::size_t batch = 8,
+                                  Progress const& progress = {}) {
+    return detail::encode_batches(
+        files.size(), [&](std::size_t i) { return load_rgb8(files[i]); }, preprocessor, batch, progress,
+        [&](Tensor<float, Cpu> const& px) { return model.class_features(ctx_, px.view()); });
   }
 
  private:
