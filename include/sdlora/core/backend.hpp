@@ -7,7 +7,10 @@
 #include <cstddef>   // std::size_t
 #include <cstdlib>   // std::aligned_alloc, std::free
 #include <cstring>   // std::memcpy, std::memset
-#include <new>       // std::bad_alloc
+#include <mutex>          // std::mutex, std::lock_guard
+#include <new>            // std::bad_alloc
+#include <unordered_map>  // std::unordered_map
+#include <vector>         // std::vector
 
 #include <sdlora/backend/cpu/isa.hpp>  // cpu::Isa, cpu::default_thread_count
 
@@ -23,17 +26,101 @@ struct Cuda {};
 template <class B>
 struct BackendMemory;
 
+namespace detail {
+
+/// Freed host blocks of kMinBytes or more, kept by size and handed out again, so that the tensors a training or
+/// denoising step allocates in the same sizes every step do not fault in fresh pages from the OS each time (page
+/// faults and page clearing were ~12% of a LoRA step's samples). At most kMaxBytes are kept idle; beyond that a
+/// block goes back to the OS. Off under AddressSanitizer, so that use-after-free stays detectable.
+class HostBlockCache {
+ public:
+  static constexpr std::size_t kMinBytes = std::size_t(1) << 18;   // 256 KiB
+  static constexpr std::size_t kGranule = std::size_t(1) << 16;    // sizes rounded up to 64 KiB
+  static constexpr std::size_t kMaxBytes = std::size_t(1) << 30;   // 1 GiB idle at most
+
+  static HostBlockCache& instance() {
+    static HostBlockCache* cache = new HostBlockCache;  // never destroyed: static tensors may be freed after it
+    return *cache;
+  }
+  static bool enabled() {
+#if defined(__SANITIZE_ADDRESS__)
+    return false;
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+    return false;
+#else
+    return true;
+#endif
+#else
+    return true;
+#endif
+  }
+  /// A cached block of exactly `bytes`, or null.
+  void* take(std::size_t bytes) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    auto it = free_.find(bytes);
+    if (it == free_.end() || it->second.empty()) return nullptr;
+    void* p = it->second.back();
+    it->second.pop_back();
+    idle_ -= bytes;
+    return p;
+  }
+  /// Keeps a block for reuse; false when the cache is full (the caller frees it).
+  bool keep(void* block, std::size_t bytes) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (idle_ + bytes > kMaxBytes) return false;
+    free_[bytes].push_back(block);
+    idle_ += bytes;
+    return true;
+  }
+  /// Returns every idle block to the OS.
+  void release() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    for (auto& [bytes, blocks] : free_)
+      for (void* p : blocks) std::free(p);
+    free_.clear();
+    idle_ = 0;
+  }
+  std::size_t idle_bytes() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return idle_;
+  }
+
+ private:
+  std::mutex mutex_;
+  std::unordered_map<std::size_t, std::vector<void*>> free_;  // block size -> idle blocks
+  std::size_t idle_ = 0;
+};
+
+}  // namespace detail
+
 template <>
 struct BackendMemory<Cpu> {
-  static constexpr std::size_t kAlignment = 64;  // a cache line; Eigen's vectorised loads need >= 16
+  static constexpr std::size_t kAlignment = 64;  // a cache line; vector loads of every ISA path
+  /// Each block starts with a kAlignment-byte header holding its size class (0: not cacheable), then the data.
   static void* allocate(std::size_t bytes) {
     if (bytes == 0) return nullptr;
     std::size_t const rounded = (bytes + kAlignment - 1) / kAlignment * kAlignment;
-    void* p = std::aligned_alloc(kAlignment, rounded);
-    if (p == nullptr) throw std::bad_alloc();
-    return p;
+    bool const cacheable = rounded >= detail::HostBlockCache::kMinBytes && detail::HostBlockCache::enabled();
+    std::size_t const block =
+        cacheable ? (rounded + kAlignment + detail::HostBlockCache::kGranule - 1) / detail::HostBlockCache::kGranule *
+                        detail::HostBlockCache::kGranule
+                  : rounded + kAlignment;
+    void* base = cacheable ? detail::HostBlockCache::instance().take(block) : nullptr;
+    if (base == nullptr) base = std::aligned_alloc(kAlignment, block);
+    if (base == nullptr) throw std::bad_alloc();
+    *static_cast<std::size_t*>(base) = cacheable ? block : 0;
+    return static_cast<char*>(base) + kAlignment;
   }
-  static void deallocate(void* p) { std::free(p); }
+  static void deallocate(void* p) {
+    if (p == nullptr) return;
+    void* base = static_cast<char*>(p) - kAlignment;
+    std::size_t const block = *static_cast<std::size_t*>(base);
+    if (block != 0 && detail::HostBlockCache::instance().keep(base, block)) return;
+    std::free(base);
+  }
+  /// Returns the idle blocks kept for reuse to the OS (for example between generation and training).
+  static void release_cached() { detail::HostBlockCache::instance().release(); }
   static void copy(void* dst, void const* src, std::size_t bytes) {
     if (bytes) std::memcpy(dst, src, bytes);
   }

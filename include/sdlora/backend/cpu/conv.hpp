@@ -197,22 +197,27 @@ struct ImplicitConv {
   /// Stride 1 only: the input gradient is a convolution of dy with the flipped, transposed kernel.
   static void backward_input(Context<Cpu>& ctx, Conv2dGeometry const& g, ConvDims const& d, Index n, float* dx,
                              float const* dy, float const* w, bool accumulate) {
-    Index const kt = d.o * d.kh * d.kw, hw = d.h * d.w;
-    auto wt = Tensor<float, Cpu>::uninitialized(Shape{d.c, kt});  // (C, O*kh*kw) flipped in space
-    float* wtp = wt.data();
-    sdlora::cpu::parallel_for(ctx, d.c, d.c * kt > 65536, [&](Index c) {
-      for (Index o = 0; o < d.o; ++o)
-        for (Index i = 0; i < d.kh; ++i)
-          for (Index j = 0; j < d.kw; ++j)
-            wtp[c * kt + (o * d.kh + i) * d.kw + j] =
-                w[((o * d.c + c) * d.kh + (d.kh - 1 - i)) * d.kw + (d.kw - 1 - j)];
-    });
+    Index const taps = d.kh * d.kw, kt = d.o * taps, hw = d.h * d.w;
+    // A (C, O*kh*kw): A(c, (o, t)) = w[o, c, tap kh*kw - 1 - t] (the kernel flipped along both axes), packed straight
+    // from w: for one o, a panel's rows read a contiguous run of w (MR channels x taps).
+    auto pack_a = [&](float* dst, Index, Index m0, Index mc, Index k0, Index kc, Index mr) {
+      for (Index q = 0; q < mc; q += mr, dst += mr * kc) {
+        Index const rows = std::min(mr, mc - q);
+        for (Index dd = 0; dd < kc; ++dd) {
+          Index const o = (k0 + dd) / taps, t = (k0 + dd) % taps;
+          float const* src = w + (o * d.c + m0 + q) * taps + (taps - 1 - t);
+          float* out = dst + dd * mr;
+          for (Index r = 0; r < rows; ++r) out[r] = src[r * taps];
+          std::fill(out + rows, out + mr, 0.f);
+        }
+      }
+    };
     auto pack_b = [&](float* dst, Index bi, Index k0, Index kc, Index n0, Index nc, Index nr) {
       ImageColumns{dy + bi * d.o * d.p(), d.o, d.ho, d.wo, d.kh, d.kw, 1, d.kh - 1 - g.pad.top,
                    d.kw - 1 - g.pad.left, d.w}
           .pack_as_b(dst, k0, kc, n0, nc, nr);
     };
-    gemm_packed(ctx, n, d.c, hw, kt, matrix_packer_a({wtp, kt, false}, 0), pack_b,
+    gemm_packed(ctx, n, d.c, hw, kt, pack_a, pack_b,
                 [&](Index bi) { return dx + bi * d.c * hw; }, hw, 1.f, accumulate ? 1.f : 0.f);
   }
 };
