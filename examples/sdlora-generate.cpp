@@ -15,9 +15,11 @@
 #include <vector>      // std::vector
 
 
-#include <sdlora/io/image.hpp>        // io::load_image, io::resize, io::save_png, io::make_grid
-#include <sdlora/pipeline.hpp>        // pipeline::txt2img, img2img, apply_loras, read_embedding, add_embedding
-#include <sdlora/train/progress.hpp>  // train::Progress
+#include <sdlora/io/image.hpp>         // io::load_image, io::resize, io::encode_png, io::make_grid
+#include <sdlora/pipeline.hpp>         // pipeline::txt2img, img2img, apply_loras, read_embedding, add_embedding
+#include <sdlora/train/interrupt.hpp>  // train::StopSignals
+#include <sdlora/train/progress.hpp>   // train::Progress
+#include <sdlora/train/state.hpp>      // train::write_file_atomic
 
 #include "common/cli.hpp"  // cli::normalize_flags, cli::parse, cli::run_main, cli::path_and_scale, cli::parse_list
 
@@ -54,6 +56,12 @@ struct Args {
   std::string out = "outputs";
   int threads = 0;
 };
+
+/// A PNG in [-1, 1] written through a temporary file and a rename: a cancelled, killed or failed write (disk full,
+/// RLIMIT_FSIZE) leaves no partial image under `path`.
+void save_png_atomic(std::string const& path, TensorView<float const, Cpu> img, io::PngText const& text) {
+  train::write_file_atomic(path, io::encode_png(img, io::ImageRange::MinusOneToOne, text), "[save_png]");
+}
 
 po::options_description options(Args& a) {
   po::options_description d(
@@ -333,7 +341,7 @@ int run(int argc, char** argv) {
       progress = std::make_unique<train::Progress>(popt);
     }
     progress->update(++done);
-    return true;
+    return train::StopSignals::received() == 0;  // Ctrl-C / SIGTERM: cancel between steps, write nothing more
   };
 
   // images[c][column] = the batch of count c at that column; written as soon as it exists.
@@ -363,7 +371,7 @@ int run(int argc, char** argv) {
         Index const index = row * Index(columns.size()) + Index(k);
         std::string const path = names.image(index, g.seed, column);
         ensure_parent(path);
-        io::save_png(path, img.view(), io::ImageRange::MinusOneToOne, {{"parameters", parameters(g.seed, b, scales)}});
+        save_png_atomic(path, img.view(), {{"parameters", parameters(g.seed, b, scales)}});
         ++written;
         images[std::size_t(c)].push_back(std::move(img));
       }
@@ -380,9 +388,9 @@ int run(int argc, char** argv) {
     auto const grid = io::make_grid(cells, Index(columns.size()));
     std::string const path = names.grid();
     ensure_parent(path);
-    io::save_png(path, grid.view(), io::ImageRange::MinusOneToOne,
-                 {{"parameters", parameters(seed, 0, std::vector<double>(loaded.size(), sweep.front())) +
-                                     ", Lora scales: " + quote(a.lora_scales)}});
+    save_png_atomic(path, grid.view(),
+                    {{"parameters", parameters(seed, 0, std::vector<double>(loaded.size(), sweep.front())) +
+                                        ", Lora scales: " + quote(a.lora_scales)}});
     std::cerr << kProgram << ": wrote " << written << " images and the grid " << path << "\n";
   } else {
     std::cerr << kProgram << ": wrote " << written << (written == 1 ? " image" : " images") << " ("
@@ -394,5 +402,8 @@ int run(int argc, char** argv) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  return cli::run_main(kProgram, [&] { return run(argc, argv); });
+  train::StopSignals const signals;  // Ctrl-C / SIGTERM cancel between denoising steps; SIGXFSZ is an IoError
+  int const rc = cli::run_main(kProgram, [&] { return run(argc, argv); });
+  int const sig = train::StopSignals::received();
+  return rc == 1 && sig != 0 ? train::StopSignals::exit_status(sig) : rc;  // cancelled: 130 / 143
 }

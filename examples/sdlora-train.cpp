@@ -2,16 +2,20 @@
 /// @brief sdlora-train: LoRA (style), DreamBooth-LoRA (subject, prior preservation) and Textual Inversion training
 /// on a Stable Diffusion 1.x / 2.x checkpoint, with flags named like diffusers' training scripts (dashes or
 /// underscores), a config file, checkpoints and resume. Reference: docs/cli.md.
+#include <algorithm>   // std::replace
+#include <cctype>      // std::isalnum
 #include <filesystem>  // std::filesystem
 #include <fstream>     // std::ifstream
 #include <iostream>    // std::cout, std::cerr
 #include <optional>    // std::optional
 #include <string>      // std::string
+#include <string_view>  // std::string_view
 #include <vector>      // std::vector
 
 
 #include <sdlora/all.hpp>                // models, pipeline, train
 #include <sdlora/train/dataset.hpp>      // train::open_dataset
+#include <sdlora/train/interrupt.hpp>    // train::StopSignals
 #include <sdlora/train/sources.hpp>      // train::DatasetSource, train::TemplateSource
 
 #include "common/cli.hpp"  // cli::normalize_flags, cli::parse, cli::run_main
@@ -64,6 +68,7 @@ struct Args {
   std::string placeholder_token, initializer_token, learnable_property = "object";
   int num_vectors = 1;
   std::string config_file;
+  std::string on_nan = "stop";
   int threads = 0;
 };
 
@@ -141,6 +146,7 @@ po::options_description options(Args& a) {
     ("initializer_token", po::value(&a.initializer_token)->value_name("WORD"), "Textual Inversion: one existing token to start from, e.g. 'toy'")
     ("num_vectors", po::value(&a.num_vectors)->value_name("N")->default_value(1), "Textual Inversion: vectors per token")
     ("learnable_property", po::value(&a.learnable_property)->value_name("P")->default_value("object"), "Textual Inversion: object | style prompt templates")
+    ("on_nan", po::value(&a.on_nan)->value_name("stop|skip")->default_value("stop"), "a step with a NaN / inf loss or gradient: stop naming the module (no LoRA written), or skip its update (counted in loss.csv)")
     ("threads", po::value(&a.threads)->value_name("N")->default_value(0), "CPU threads (0: all)");
   // clang-format on
   return d;
@@ -178,8 +184,12 @@ void ensure_class_images(Context<Cpu>& ctx, models::StableDiffusion<float>& sd, 
     g.steps = 25;
     g.seed = a.seed + 1000003ull * std::uint64_t(i + 1);
     auto img = pipeline::txt2img(ctx, sd, g);
-    io::save_png((fs::path(a.class_data_dir) / ("class-" + std::to_string(i) + ".png")).string(), img.images[0],
-                 io::ImageRange::MinusOneToOne, {{"parameters", g.prompt + "\nSeed: " + std::to_string(g.seed)}});
+    train::detail::save_png_atomic((fs::path(a.class_data_dir) / ("class-" + std::to_string(i) + ".png")).string(),
+                                   img.images[0], io::ImageRange::MinusOneToOne,
+                                   {{"parameters", g.prompt + "\nSeed: " + std::to_string(g.seed)}});
+    if (int const sig = train::StopSignals::received())
+      SDLORA_THROW(Error, "interrupted by signal " << sig << " while generating class images (" << i + 1 - have
+                                                   << " written to " << a.class_data_dir << ")");
   }
 }
 
@@ -198,6 +208,34 @@ train::DatasetOptions dataset_options(Args const& a, std::string const& path, st
   d.bucketing = a.bucketing;
   d.strict = a.strict;
   return d;
+}
+
+/// `arg` quoted for a POSIX shell when it needs it.
+std::string shell_quoted(std::string const& arg) {
+  bool plain = !arg.empty();
+  for (char c : arg)
+    plain = plain && (std::isalnum(static_cast<unsigned char>(c)) || std::string_view("-_./=:,+@%").find(c) !=
+                                                                         std::string_view::npos);
+  if (plain) return arg;
+  std::string out = "'";
+  for (char c : arg) out += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return out + "'";
+}
+
+/// The command line that continues this run: the same arguments with --resume_from_checkpoint latest.
+std::string resume_command(int argc, char** argv) {
+  std::string out = shell_quoted(argv[0]);
+  for (int i = 1; i < argc; ++i) {
+    std::string const arg = argv[i];
+    std::string flag = arg.substr(0, arg.find('='));
+    std::replace(flag.begin(), flag.end(), '-', '_');
+    if (flag == "__resume_from_checkpoint") {  // drop it and its value; it is added again below
+      if (arg.find('=') == std::string::npos) ++i;
+      continue;
+    }
+    out += " " + shell_quoted(arg);
+  }
+  return out + " --resume_from_checkpoint latest";
 }
 
 int run(int argc, char** argv) {
@@ -302,6 +340,8 @@ int run(int argc, char** argv) {
   o.validation_steps_count = a.validation_inference_steps;
   o.save_format = a.save_format;
   o.save_dtype = precision(a.save_precision);
+  o.on_non_finite = train::on_non_finite_from_name(a.on_nan);
+  o.stop_requested = [] { return train::StopSignals::received(); };
   nlohmann::json settings;
   for (auto const& [name, value] : vm) {
     auto const& v = value.value();
@@ -328,14 +368,25 @@ int run(int argc, char** argv) {
     source = std::make_unique<train::DatasetSource>(std::move(dataset));
   }
   auto const r = train::run_training(ctx, sd, *source, o, class_source ? &*class_source : nullptr);
+  if (r.interrupted_by != 0) {
+    std::cerr << "interrupted by signal " << r.interrupted_by << " after step " << r.steps << ": saved "
+              << r.checkpoint << "; resume with:\n  " << resume_command(argc, argv) << "\n";
+    return train::StopSignals::exit_status(r.interrupted_by);
+  }
 
   std::cout << "trained " << r.steps - r.resumed_from << " steps (" << r.resumed_from << " -> " << r.steps << ") in "
             << r.seconds << " s, " << (r.seconds > 0 ? double(r.steps - r.resumed_from) / r.seconds : 0.0)
             << " it/s; " << r.trainable_parameters << " trainable parameters\n";
+  if (r.skipped_steps > 0) std::cout << r.skipped_steps << " steps skipped (non-finite loss or gradient)\n";
   for (auto const& f : r.files) std::cout << "wrote " << f << " (" << fs::file_size(f) << " bytes)\n";
   return 0;
 }
 
 }  // namespace
 
-int main(int argc, char** argv) { return cli::run_main(kProgram, [&] { return run(argc, argv); }); }
+int main(int argc, char** argv) {
+  train::StopSignals const signals;  // Ctrl-C / SIGTERM finish the step and checkpoint; SIGXFSZ is an IoError
+  int const rc = cli::run_main(kProgram, [&] { return run(argc, argv); });
+  int const sig = train::StopSignals::received();  // an error after a signal (class images cut short): 130 / 143
+  return rc == 1 && sig != 0 ? train::StopSignals::exit_status(sig) : rc;
+}

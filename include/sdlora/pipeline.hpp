@@ -6,6 +6,7 @@
 
 #include <sdlora/lora/format.hpp>
 #include <sdlora/models/checkpoint.hpp>
+#include <sdlora/pipeline/checks.hpp>
 #include <sdlora/pipeline/embeddings.hpp>
 #include <sdlora/pipeline/lora.hpp>
 #include <sdlora/pipeline/stages.hpp>

@@ -6,7 +6,9 @@
 
 #include <sdlora/train/grad_clip.hpp>
 #include <sdlora/train/loss.hpp>
+#include <sdlora/train/interrupt.hpp>
 #include <sdlora/train/lr_schedule.hpp>
+#include <sdlora/train/non_finite.hpp>
 #include <sdlora/train/optimizer.hpp>
 #include <sdlora/train/param_ref.hpp>
 #include <sdlora/train/progress.hpp>

@@ -74,7 +74,7 @@ TEST_CASE("sdlora-train writes the LoRA, loss.csv and checkpoints, and a larger 
   CHECK(fs::exists(dir / "pytorch_lora_weights.safetensors"));
   CHECK(fs::exists(dir / "checkpoint-4"));
   CHECK(fs::exists(dir / "loss.png"));
-  CHECK(read_bytes(dir / "loss.csv").rfind("step,loss,lr\n", 0) == 0);
+  CHECK(read_bytes(dir / "loss.csv").rfind("step,loss,lr,skipped\n", 0) == 0);
   r = run(base("short") + " --max-train-steps 6 --checkpointing-steps 2 --resume-from-checkpoint latest");
   INFO(r.err);
   REQUIRE(r.code == 0);

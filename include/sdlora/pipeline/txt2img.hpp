@@ -10,6 +10,7 @@
 #include <string>      // std::string
 #include <vector>      // std::vector
 
+#include <sdlora/pipeline/checks.hpp>         // all_finite, NonFiniteError
 #include <sdlora/pipeline/stages.hpp>         // encode_prompts, initial_latents, guided_noise, decode_latents
 #include <sdlora/schedulers/factory.hpp>      // schedulers::make_scheduler
 
@@ -72,6 +73,9 @@ Tensor<float, Cpu> denoise(Context<Cpu>& ctx, models::UNet2DConditionModel<T, Cp
     Tensor<float, Cpu> noise;
     if (scheduler.step_uses_noise(t)) noise = generator.randn(eps_f.shape());
     latents = std::move(scheduler.step(eps_f.view(), t, latents.view(), noise.view()).prev_sample);
+    if (!all_finite(latents))
+      SDLORA_THROW(pipeline::NonFiniteError, "[generate] denoising step " << i + 1 << " of " << total << " (timestep "
+                                                                          << t << "): the latents became NaN or inf");
     if (callback && !callback(StepInfo{i, total, t, latents.view()}))
       throw GenerationCancelled("[generate] cancelled at step " + std::to_string(i + 1) + " of " +
                                 std::to_string(total));
@@ -98,7 +102,20 @@ std::pair<Tensor<T, Cpu>, Tensor<T, Cpu>> prompt_embeddings(Context<Cpu>& ctx, m
   auto cond = encode_prompts(ctx, sd, p, o.clip_skip);
   Tensor<T, Cpu> uncond;
   if (o.guidance_scale > 1.0) uncond = encode_prompts(ctx, sd, n, o.clip_skip);
+  if (!all_finite(cond) || !all_finite(uncond))
+    SDLORA_THROW(pipeline::NonFiniteError, "[generate] text encoder: the prompt embeddings are NaN or inf");
   return {std::move(cond), std::move(uncond)};
+}
+
+/// The VAE decode of the final latents; NonFiniteError when the pixels are not finite (never a black image).
+template <class T>
+Generated decode(Context<Cpu>& ctx, models::StableDiffusion<T, Cpu>& sd, Tensor<float, Cpu> latents) {
+  Generated out;
+  out.images = convert<float>(decode_latents<T, Cpu>(ctx, sd.vae, convert<T>(latents.view()).view()).view());
+  if (!all_finite(out.images))
+    SDLORA_THROW(pipeline::NonFiniteError, "[generate] VAE decode: the pixels are NaN or inf");
+  out.latents = std::move(latents);
+  return out;
 }
 }  // namespace detail
 
@@ -116,10 +133,7 @@ Generated txt2img(Context<Cpu>& ctx, models::StableDiffusion<T, Cpu>& sd, Genera
   auto latents = initial_latents(generator, shape, scheduler->init_noise_sigma());
   latents = denoise<T>(ctx, sd.unet, *scheduler, std::move(latents), scheduler->timesteps(), cond.view(),
                        uncond.view(), o.guidance_scale, generator, callback);
-  Generated out;
-  out.images = convert<float>(decode_latents<T, Cpu>(ctx, sd.vae, convert<T>(latents.view()).view()).view());
-  out.latents = std::move(latents);
-  return out;
+  return detail::decode(ctx, sd, std::move(latents));
 }
 
 /// Image to image: the init image (3, H, W) or (N, 3, H, W) in [-1, 1] is encoded, noised to the timestep that
@@ -150,6 +164,8 @@ Generated img2img(Context<Cpu>& ctx, models::StableDiffusion<T, Cpu>& sd, Tensor
   scheduler->set_begin_index(t_start);
   // Encode (one generator draw for the VAE sample), repeat over the batch, then noise at the first timestep.
   auto init = convert<float>(encode_images<T, Cpu>(ctx, sd.vae, convert<T>(image.view()).view(), generator).view());
+  if (!all_finite(init))
+    SDLORA_THROW(pipeline::NonFiniteError, "[img2img] VAE encode: the init image's latents are NaN or inf");
   Tensor<float, Cpu> batch(Shape{o.batch_size * init.dim(0), init.dim(1), init.dim(2), init.dim(3)});
   for (int b = 0; b < o.batch_size; ++b)
     std::copy_n(init.data(), init.numel(), batch.data() + b * init.numel());
@@ -158,10 +174,7 @@ Generated img2img(Context<Cpu>& ctx, models::StableDiffusion<T, Cpu>& sd, Tensor
   auto latents = scheduler->add_noise(batch.view(), noise.view(), std::span<double const>(first));
   latents = denoise<T>(ctx, sd.unet, *scheduler, std::move(latents), timesteps, cond.view(), uncond.view(),
                        o.guidance_scale, generator, callback);
-  Generated out;
-  out.images = convert<float>(decode_latents<T, Cpu>(ctx, sd.vae, convert<T>(latents.view()).view()).view());
-  out.latents = std::move(latents);
-  return out;
+  return detail::decode(ctx, sd, std::move(latents));
 }
 
 }  // namespace sdlora::pipeline

@@ -6,15 +6,19 @@
 #pragma once
 
 #include <chrono>      // std::chrono::steady_clock
+#include <cmath>       // std::isfinite
 #include <cstdint>     // std::uint64_t
+#include <cstdlib>     // std::strtoll, std::strtod
 #include <filesystem>  // std::filesystem
 #include <fstream>     // std::ofstream
+#include <functional>  // std::function
 #include <map>         // std::map
 #include <memory>      // std::unique_ptr
 #include <optional>    // std::optional
 #include <ostream>     // std::ostream
 #include <sstream>     // std::ostringstream
 #include <string>      // std::string
+#include <utility>     // std::pair
 #include <vector>      // std::vector
 
 #include <nlohmann/json.hpp>  // nlohmann::json
@@ -24,6 +28,7 @@
 #include <sdlora/pipeline/stages.hpp>   // pipeline::tokenize, encode_images
 #include <sdlora/pipeline/txt2img.hpp>  // pipeline::txt2img (validation)
 #include <sdlora/train/latent_cache.hpp>  // LatentCache, latent_key
+#include <sdlora/train/non_finite.hpp>  // NonFiniteError, all_finite
 #include <sdlora/train/plot.hpp>        // plot_curve
 #include <sdlora/train/progress.hpp>    // Progress
 #include <sdlora/train/state.hpp>       // save_checkpoint, load_checkpoint
@@ -68,6 +73,18 @@ inline std::uint64_t mix_seed(std::uint64_t a, std::uint64_t b, std::uint64_t c 
   return z ^ (z >> 31);
 }
 
+/// What a run does at a step whose loss or gradient norm is not finite.
+enum class OnNonFinite {
+  Stop,  // re-run the step to find the first module that went non-finite, report it and stop (no LoRA written)
+  Skip,  // drop that step's update, count it in loss.csv (skipped = 1) and go on
+};
+
+inline OnNonFinite on_non_finite_from_name(std::string const& name) {
+  if (name == "stop") return OnNonFinite::Stop;
+  if (name == "skip") return OnNonFinite::Skip;
+  SDLORA_THROW(ConfigError, "[train] --on_nan '" << name << "' (expected stop or skip)");
+}
+
 /// The settings of a run beyond the training step itself.
 struct RunOptions {
   TrainerOptions trainer;
@@ -86,6 +103,10 @@ struct RunOptions {
   std::string save_format = "kohya";         // kohya | peft | both
   DType save_dtype = DType::F32;
   std::int64_t log_every = 10;               // plain-text progress lines
+  OnNonFinite on_non_finite = OnNonFinite::Stop;
+  /// Polled after every step: a non-zero value (a signal number, see StopSignals) ends the run there with a
+  /// checkpoint and no LoRA (RunResult::interrupted_by).
+  std::function<int()> stop_requested;
   nlohmann::json settings = nlohmann::json::object();  // recorded in checkpoints and file metadata
 };
 
@@ -98,29 +119,37 @@ struct RunResult {
   std::int64_t trainable_parameters = 0;
   std::vector<std::string> files;     // written outputs (LoRA / embeddings / loss curve)
   std::int64_t latents_from_disk = 0;  // examples whose latents came from the on-disk cache
+  std::int64_t skipped_steps = 0;     // steps of this invocation whose update was dropped (OnNonFinite::Skip)
+  int interrupted_by = 0;             // stop_requested()'s value when the run stopped early, else 0
+  std::string checkpoint;             // the last checkpoint written by this invocation ("" if none)
 };
 
 namespace detail {
 namespace fs = std::filesystem;
 
-/// Rewrites loss.csv keeping the header and the rows of steps <= `step` (a resumed run continues the file).
+/// Rewrites loss.csv keeping the header and the rows of steps <= `step` (a resumed run continues the file); through a
+/// temporary file, so that a run killed meanwhile keeps the old rows. Lines that do not parse (a row cut by a kill)
+/// are dropped.
 inline void truncate_loss_csv(fs::path const& path, std::int64_t step) {
   if (!fs::exists(path)) return;
   std::ifstream in(path);
-  std::vector<std::string> keep;
-  std::string line;
+  std::string keep, line;
+  bool header = true;
   while (std::getline(in, line)) {
-    if (keep.empty()) {
-      keep.push_back(line);
+    if (header) {
+      keep += line + '\n';
+      header = false;
       continue;
     }
-    if (std::stoll(line.substr(0, line.find(','))) <= step) keep.push_back(line);
+    char* end = nullptr;
+    long long const row = std::strtoll(line.c_str(), &end, 10);
+    if (end != line.c_str() && *end == ',' && row <= step) keep += line + '\n';
   }
   in.close();
-  std::ofstream out(path, std::ios::trunc);
-  for (auto const& l : keep) out << l << '\n';
+  write_file_atomic(path, keep, "[train]");
 }
 
+/// The finite losses of loss.csv (skipped steps have none).
 inline std::vector<double> read_losses(fs::path const& path) {
   std::vector<double> out;
   std::ifstream in(path);
@@ -128,9 +157,24 @@ inline std::vector<double> read_losses(fs::path const& path) {
   std::getline(in, line);
   while (std::getline(in, line)) {
     std::size_t const a = line.find(','), b = line.find(',', a + 1);
-    if (a != std::string::npos) out.push_back(std::stod(line.substr(a + 1, b - a - 1)));
+    if (a == std::string::npos) continue;
+    double const v = std::strtod(line.substr(a + 1, b - a - 1).c_str(), nullptr);  // "nan" / "inf" too
+    if (std::isfinite(v)) out.push_back(v);
   }
   return out;
+}
+
+/// Refuses to write an output file from non-finite values.
+template <class T>
+void check_finite_output(std::string const& what, TensorView<T const, Cpu> values, std::string const& path) {
+  if (!all_finite(values))
+    SDLORA_THROW(train::NonFiniteError, "[train] " << what << " holds NaN or inf: " << path << " not written");
+}
+
+/// io::save_png through a temporary file and a rename: never a partial PNG under `path`.
+inline void save_png_atomic(std::string const& path, TensorView<float const, Cpu> img, io::ImageRange range,
+                            io::PngText const& text) {
+  write_file_atomic(path, io::encode_png(img, range, text), "[save_png]");
 }
 
 inline std::string dtype_label(DType d) { return d == DType::F16 ? "fp16" : d == DType::BF16 ? "bf16" : "fp32"; }
@@ -182,7 +226,7 @@ RunResult run_training(Context<Cpu>& ctx, models::StableDiffusion<T, Cpu>& sd, E
   if (order.empty()) new_order();
   fs::path const csv = out_dir / "loss.csv";
   if (result.resumed_from > 0) detail::truncate_loss_csv(csv, result.resumed_from);
-  else std::ofstream(csv, std::ios::trunc) << "step,loss,lr\n";
+  else std::ofstream(csv, std::ios::trunc) << "step,loss,lr,skipped\n";
 
   // Latents: cached per example when augmentation is deterministic (in memory, and on disk when a cache file is
   // given and the source can hash its images); VAE sampling noise from the example's seed.
@@ -278,9 +322,9 @@ RunResult run_training(Context<Cpu>& ctx, models::StableDiffusion<T, Cpu>& sd, E
     state.data_order = order;
     state.data_position = position;
     state.settings = o.settings;
-    std::string const dir = save_checkpoint(o.output_dir, state);
+    result.checkpoint = save_checkpoint(o.output_dir, state);
     if (o.checkpoints_total_limit > 0) keep_last(o.output_dir, o.checkpoints_total_limit);
-    log << "\nsaved " << dir << " (step " << step << ")\n";
+    log << "\nsaved " << result.checkpoint << " (step " << step << ")\n";
   };
 
   auto validate = [&](std::int64_t step) {
@@ -296,8 +340,8 @@ RunResult run_training(Context<Cpu>& ctx, models::StableDiffusion<T, Cpu>& sd, E
       auto img = pipeline::txt2img(ctx, sd, g);
       std::ostringstream name;
       name << "step-" << step << "-" << i << ".png";
-      io::save_png((out_dir / "validation" / name.str()).string(), img.images[0], io::ImageRange::MinusOneToOne,
-                   {{"parameters", g.prompt + "\nSteps: " + std::to_string(g.steps) + ", Seed: " +
+      detail::save_png_atomic((out_dir / "validation" / name.str()).string(), img.images[0],
+                              io::ImageRange::MinusOneToOne, {{"parameters", g.prompt + "\nSteps: " + std::to_string(g.steps) + ", Seed: " +
                                        std::to_string(g.seed) + ", Training step: " + std::to_string(step)}});
     }
   };
@@ -314,20 +358,43 @@ RunResult run_training(Context<Cpu>& ctx, models::StableDiffusion<T, Cpu>& sd, E
     for (int a = 0; a < o.trainer.gradient_accumulation_steps; ++a) micro.push_back(draw_micro_batch());
     auto const r = trainer.step(std::move(micro));
     std::int64_t const step = trainer.global_step();
-    if (!std::isfinite(r.loss))
-      SDLORA_THROW(Error, "[train] loss became " << r.loss << " at step " << step
-                                                 << ": lower the learning rate (the last checkpoint is intact)");
     result.losses.push_back(r.loss);
-    std::ofstream(csv, std::ios::app) << step << ',' << r.loss << ',' << r.lr << '\n';
+    std::ofstream(csv, std::ios::app) << step << ',' << r.loss << ',' << r.lr << ',' << (r.skipped ? 1 : 0) << '\n';
+    if (!r.non_finite_parameter.empty())
+      SDLORA_THROW(train::NonFiniteError, "[train] step " << step << ": the optimizer update left parameter "
+                                                   << r.non_finite_parameter << " non-finite; stopped without "
+                                                   << "writing the LoRA (lower the learning rate; the last "
+                                                   << "checkpoint is intact)");
+    if (r.skipped) {
+      if (o.on_non_finite == OnNonFinite::Stop)
+        SDLORA_THROW(train::NonFiniteError, "[train] step " << step << ": loss " << r.loss << ", gradient norm "
+                                                     << r.grad_norm << "; first non-finite value: "
+                                                     << trainer.locate_non_finite()
+                                                     << "; stopped without writing the LoRA (the last checkpoint "
+                                                     << "is intact; lower the learning rate or use --on_nan skip)");
+      ++result.skipped_steps;
+      log << "\nstep " << step << ": loss " << r.loss << ", gradient norm " << r.grad_norm
+          << ": update skipped (--on_nan skip)\n";
+    }
     progress.update(step, {{"loss", r.loss}, {"lr", r.lr}});
-    if (o.checkpointing_steps > 0 && step % o.checkpointing_steps == 0 && step < o.max_train_steps) save_state(step);
+    bool const saved = o.checkpointing_steps > 0 && step % o.checkpointing_steps == 0 && step < o.max_train_steps;
+    if (saved) save_state(step);
+    if (int const sig = o.stop_requested ? o.stop_requested() : 0; sig != 0 && step < o.max_train_steps) {
+      if (!saved) save_state(step);  // Ctrl-C / SIGTERM: this step is done; keep it and stop
+      progress.finish();
+      result.interrupted_by = sig;
+      result.steps = step;
+      result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+      return result;
+    }
     if (o.validation_steps > 0 && step % o.validation_steps == 0 && step < o.max_train_steps) validate(step);
   }
   progress.finish();
   flush_caches();
   result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   result.steps = trainer.global_step();
-  if (o.checkpointing_steps > 0) save_state(result.steps);  // the final state, so a longer run can continue it
+  // The final state, so that a longer run can continue it (a resumed run that had nothing left to do has it).
+  if (o.checkpointing_steps > 0 && result.steps > result.resumed_from) save_state(result.steps);
 
   // Outputs.
   std::map<std::string, std::string> meta;
@@ -344,6 +411,7 @@ RunResult run_training(Context<Cpu>& ctx, models::StableDiffusion<T, Cpu>& sd, E
   meta["sdlora_settings"] = o.settings.dump();
   if (o.trainer.method == Method::TextualInversion) {
     auto const vectors = convert<float>(trainer.learned_embeddings().view());
+    detail::check_finite_output<float>("the learned embedding", vectors.view(), o.output_dir);
     io::SafetensorsWriter diffusers;  // diffusers: {token: (num_vectors, dim)}
     diffusers.add(o.trainer.placeholder_token, vectors);
     for (auto const& [k, v] : meta) diffusers.set_metadata(k, v);
@@ -360,6 +428,10 @@ RunResult run_training(Context<Cpu>& ctx, models::StableDiffusion<T, Cpu>& sd, E
     result.files = {a, b};
   } else {
     auto file = trainer.lora_file();
+    for (auto const& e : file.entries) {
+      detail::check_finite_output<float>("the LoRA factor " + e.key, e.down.view(), o.output_dir);
+      detail::check_finite_output<float>("the LoRA factor of " + e.module + " (up)", e.up.view(), o.output_dir);
+    }
     if (o.save_format == "kohya" || o.save_format == "both") {
       lora::KohyaSaveOptions ko;
       ko.base_model_version = meta["ss_base_model_version"];
@@ -381,7 +453,8 @@ RunResult run_training(Context<Cpu>& ctx, models::StableDiffusion<T, Cpu>& sd, E
       SDLORA_THROW(ConfigError, "[train] save format '" << o.save_format << "' (expected kohya, peft or both)");
   }
   std::string const png = (out_dir / "loss.png").string();
-  io::save_png(png, plot_curve(detail::read_losses(csv)), io::ImageRange::ZeroToOne, {{"Title", "training loss"}});
+  detail::save_png_atomic(png, plot_curve(detail::read_losses(csv)).view(), io::ImageRange::ZeroToOne,
+                          {{"Title", "training loss"}});
   result.files.push_back(png);
   if (!o.validation_prompts.empty()) validate(result.steps);
   return result;

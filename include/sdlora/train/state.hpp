@@ -89,22 +89,6 @@ inline void fsync_path(fs::path const& p, bool directory) {
   if (rc != 0) SDLORA_THROW(IoError, "[training_state] fsync of " << p << " failed: " << std::strerror(errno));
 }
 
-/// Writes `text` to `path` through a temporary file, fsync and rename.
-inline void write_file_atomic(fs::path const& path, std::string const& text) {
-  fs::path const tmp = path.string() + ".tmp";
-  {
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    if (!out) SDLORA_THROW(IoError, "[training_state] cannot write " << tmp << ": " << std::strerror(errno));
-    out << text;
-    out.flush();
-    if (!out) SDLORA_THROW(IoError, "[training_state] write to " << tmp << " failed: " << std::strerror(errno));
-  }
-  fsync_path(tmp, false);
-  std::error_code ec;
-  fs::rename(tmp, path, ec);
-  if (ec) SDLORA_THROW(IoError, "[training_state] cannot rename " << tmp << " to " << path << ": " << ec.message());
-}
-
 /// The step of a directory named exactly "checkpoint-<digits>", or nothing.
 inline std::optional<std::int64_t> checkpoint_step(std::string const& name) {
   std::string const prefix = "checkpoint-";
@@ -141,6 +125,33 @@ inline std::vector<std::pair<std::int64_t, fs::path>> complete_checkpoints(fs::p
 }
 }  // namespace detail
 
+/// Writes `bytes` to `path` through `path`.tmp, fsync and rename: a crash or a failed write (disk full,
+/// RLIMIT_FSIZE) leaves the old file or none under `path`, never a partial one. IoError names the file.
+inline void write_file_atomic(std::filesystem::path const& path, std::string const& bytes,
+                              char const* op = "[training_state]") {
+  std::filesystem::path const tmp = path.string() + ".tmp";
+  std::error_code ec;
+  {
+    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+    if (!out) SDLORA_THROW(IoError, op << " cannot write " << tmp << ": " << std::strerror(errno));
+    out.write(bytes.data(), std::streamsize(bytes.size()));
+    out.flush();
+    if (!out) {
+      int const err = errno;
+      out.close();
+      std::filesystem::remove(tmp, ec);
+      SDLORA_THROW(IoError, op << " cannot write " << path << ": " << std::strerror(err));
+    }
+  }
+  detail::fsync_path(tmp, false);
+  std::filesystem::rename(tmp, path, ec);
+  if (ec) {
+    std::error_code ignored;
+    std::filesystem::remove(tmp, ignored);
+    SDLORA_THROW(IoError, op << " cannot rename " << tmp << " to " << path << ": " << ec.message());
+  }
+}
+
 /// output_dir/checkpoint-STEP
 inline std::string checkpoint_path(std::string const& output_dir, std::int64_t step) {
   return (std::filesystem::path(output_dir) / ("checkpoint-" + std::to_string(step))).string();
@@ -176,7 +187,7 @@ std::string save_checkpoint(std::string const& output_dir, TrainingState<T> cons
   j["data_order"] = state.data_order;
   j["rng"] = state.rng;
   j["settings"] = state.settings;
-  detail::write_file_atomic(tmp_dir / "state.json", j.dump(1));
+  write_file_atomic(tmp_dir / "state.json", j.dump(1));
   detail::fsync_path(tmp_dir, true);
 
   if (fs::exists(final_dir)) {  // same step saved again: move the old one aside first

@@ -6,7 +6,9 @@
 /// clipping, optimizer and LR schedule, and the state a checkpoint needs. Include <sdlora/train.hpp> instead.
 #pragma once
 
+#include <cmath>    // std::isfinite
 #include <cstdint>  // std::int64_t
+#include <limits>   // std::numeric_limits
 #include <map>      // std::map
 #include <memory>   // std::unique_ptr
 #include <string>   // std::string
@@ -21,6 +23,7 @@
 #include <sdlora/train/grad_clip.hpp>       // clip_grad_norm
 #include <sdlora/train/loss.hpp>            // mse_loss, weighted_mse_loss, prior_preservation_loss
 #include <sdlora/train/lr_schedule.hpp>     // LrSchedule
+#include <sdlora/train/non_finite.hpp>      // all_finite, NonFiniteProbes, first_non_finite_parameter
 #include <sdlora/train/optimizer.hpp>       // make_optimizer
 #include <sdlora/train/param_ref.hpp>       // trainable_parameters
 #include <sdlora/train/state.hpp>           // TrainingState
@@ -82,6 +85,8 @@ struct StepReport {
   double loss = 0;       // mean over the micro-batches
   double grad_norm = 0;  // before clipping
   double lr = 0;         // the UNet learning rate used for this step
+  bool skipped = false;  // the loss or the gradient norm was not finite: no update was applied (the step counts)
+  std::string non_finite_parameter;  // set when the update itself left this trainable parameter non-finite
 };
 
 /// The LoRA / DreamBooth / Textual Inversion trainer over a loaded model (which it modifies: adapters are attached,
@@ -158,55 +163,23 @@ class Trainer {
   /// accelerate's backward does). Returns the unscaled loss.
   double forward_backward(MicroBatch b) {
     draw_noise(b);
-    Index const n = b.latents.dim(0);
-    SDLORA_EXPECTS(b.input_ids.rank() == 2 && b.input_ids.dim(0) == n,
-                   "[train] " << n << " latents but input_ids " << b.input_ids.shape());
-    SDLORA_EXPECTS(Index(b.timesteps.size()) == n && b.noise.shape() == b.latents.shape(),
-                   "[train] noise " << b.noise.shape() << " / " << b.timesteps.size() << " timesteps for latents "
-                                    << b.latents.shape());
-    auto const noisy = noise_scheduler_->add_noise(b.latents.view(), b.noise.view(),
-                                                   std::span<std::int64_t const>(b.timesteps));
-    Tensor<float, Cpu> const target = prediction_ == PredictionType::Epsilon
-                                          ? b.noise
-                                          : noise_scheduler_->get_velocity(b.latents.view(), b.noise.view(),
-                                                                           std::span<std::int64_t const>(b.timesteps));
-    bool const text_trains = !text_params_.empty();
-    auto const mode_text = text_trains ? nn::Mode::Train : nn::Mode::Infer;
-    auto text = sd_.text_encoder.forward(ctx_, b.input_ids, mode_text);
-    Tensor<T, Cpu> ts(Shape{n});
-    for (Index i = 0; i < n; ++i) ts(i) = T(b.timesteps[std::size_t(i)]);
-    // The UNet keeps activations only when its own parameters train or gradients must reach the text encoder.
-    auto const mode_unet = nn::Mode::Train;
-    auto pred = sd_.unet.forward(ctx_, convert<T>(noisy.view()).view(), ts.view(), text.last_hidden_state.view(),
-                                 mode_unet);
-    auto const tgt = convert<T>(target.view());
-    LossAndGrad<T> loss;
-    if (o_.with_prior_preservation) {
-      loss = prior_preservation_loss<T>(pred.view(), tgt.view(), o_.prior_loss_weight);
-    } else if (o_.snr_gamma > 0) {
-      auto const snr = compute_snr(TensorView<float const, Cpu>(noise_scheduler_->alphas_cumprod().data(),
-                                                                Shape{Index(noise_scheduler_->alphas_cumprod().size())}),
-                                   std::span<std::int64_t const>(b.timesteps));
-      auto const w = min_snr_weights(snr, o_.snr_gamma, prediction_);
-      loss = weighted_mse_loss<T>(pred.view(), tgt.view(), std::span<float const>(w));
-    } else {
-      loss = mse_loss<T>(pred.view(), tgt.view());
-    }
-    if (o_.gradient_accumulation_steps > 1)
-      ops::scale<T, Cpu>(ctx_, loss.grad.view(), 1.0 / o_.gradient_accumulation_steps);
-    auto g = sd_.unet.backward(ctx_, loss.grad.view());
-    if (text_trains) sd_.text_encoder.backward(ctx_, g.dencoder_hidden_states.view());
-    return loss.value;
+    return forward_backward_drawn(b);
   }
 
   /// Clips, steps the optimizers at the scheduled learning rate, restores frozen embedding rows (Textual
-  /// Inversion), zeroes gradients and advances the step.
+  /// Inversion), zeroes gradients and advances the step. A non-finite gradient norm drops the update instead
+  /// (StepReport::skipped); a parameter the update made non-finite is named in StepReport::non_finite_parameter.
   StepReport optimizer_step() {
     StepReport r;
     auto all = parameters();
     r.grad_norm = o_.max_grad_norm > 0 ? clip_grad_norm(all, o_.max_grad_norm) : double(grad_norm(all));
     double const mult = schedule_->multiplier(global_step_);
     r.lr = o_.optimizer.lr * mult;
+    if (!std::isfinite(r.grad_norm)) {
+      drop_update();
+      r.skipped = true;
+      return r;
+    }
     if (unet_opt_) {
       unet_opt_->set_lr(o_.optimizer.lr * mult);
       unet_opt_->step();
@@ -220,20 +193,64 @@ class Trainer {
       text_opt_->zero_grad();
     }
     if (o_.method == Method::TextualInversion) restore_frozen_rows();
+    for (auto const& p : all)
+      if (!all_finite(p.param->value)) {
+        r.non_finite_parameter = p.name;
+        break;
+      }
     ++global_step_;
     return r;
   }
 
-  /// One optimizer step over `gradient_accumulation_steps` micro-batches.
+  /// One optimizer step over `gradient_accumulation_steps` micro-batches. A non-finite loss or gradient norm
+  /// applies no update (StepReport::skipped; the step still counts) and keeps the micro-batches for
+  /// locate_non_finite().
   StepReport step(std::vector<MicroBatch> micro) {
     SDLORA_EXPECTS(int(micro.size()) == o_.gradient_accumulation_steps,
                    "[train] " << micro.size() << " micro-batches for " << o_.gradient_accumulation_steps
                               << " accumulation steps");
     double loss = 0;
-    for (auto& m : micro) loss += forward_backward(std::move(m));
-    auto r = optimizer_step();
-    r.loss = loss / double(micro.size());
+    for (auto& m : micro) {
+      draw_noise(m);
+      loss += forward_backward_drawn(m);
+    }
+    loss /= double(micro.size());
+    StepReport r;
+    if (std::isfinite(loss)) {
+      r = optimizer_step();
+    } else {
+      r.grad_norm = std::numeric_limits<double>::quiet_NaN();
+      r.lr = o_.optimizer.lr * schedule_->multiplier(global_step_);
+      drop_update();
+      r.skipped = true;
+    }
+    r.loss = loss;
+    if (r.skipped) failed_batches_ = std::move(micro);
     return r;
+  }
+
+  /// After a skipped step: re-runs its micro-batches with a check after every Linear / Conv2d (forward, then
+  /// backward) and says where the first non-finite value appeared ("the output of unet.down_blocks.0...to_k") and
+  /// which parameter, if any, holds a NaN or inf. Leaves the gradients zero.
+  std::string locate_non_finite() {
+    std::string where;
+    for (auto const& m : failed_batches_)
+      if (!all_finite(m.latents)) where = "the latents of the batch (VAE encoding)";
+    if (where.empty()) {
+      NonFiniteProbes<T, models::ClipTextModel<T, Cpu>> text_probes(sd_.text_encoder, "text_encoder");
+      NonFiniteProbes<T, models::UNet2DConditionModel<T, Cpu>> unet_probes(sd_.unet, "unet");
+      try {
+        for (auto const& m : failed_batches_) forward_backward_drawn(m);
+        where = "no module output or gradient in a re-run (the loss or its reduction overflowed)";
+      } catch (detail::NonFiniteFound const& e) {
+        where = e.what();
+      }
+    }
+    for (auto const& p : parameters()) p.param->zero_grad();
+    auto bad = first_non_finite_parameter(sd_.text_encoder, "text_encoder");
+    if (!bad) bad = first_non_finite_parameter(sd_.unet, "unet");
+    if (bad) where += "; parameter " + *bad + " holds NaN or inf";
+    return where;
   }
 
   /// The state a checkpoint holds (parameters, optimizer moments, step, generator state); the caller adds the
@@ -285,6 +302,56 @@ class Trainer {
   }
 
  private:
+  /// forward_backward of a micro-batch whose noise and timesteps are drawn.
+  double forward_backward_drawn(MicroBatch const& b) {
+    Index const n = b.latents.dim(0);
+    SDLORA_EXPECTS(b.input_ids.rank() == 2 && b.input_ids.dim(0) == n,
+                   "[train] " << n << " latents but input_ids " << b.input_ids.shape());
+    SDLORA_EXPECTS(Index(b.timesteps.size()) == n && b.noise.shape() == b.latents.shape(),
+                   "[train] noise " << b.noise.shape() << " / " << b.timesteps.size() << " timesteps for latents "
+                                    << b.latents.shape());
+    auto const noisy = noise_scheduler_->add_noise(b.latents.view(), b.noise.view(),
+                                                   std::span<std::int64_t const>(b.timesteps));
+    Tensor<float, Cpu> const target = prediction_ == PredictionType::Epsilon
+                                          ? b.noise
+                                          : noise_scheduler_->get_velocity(b.latents.view(), b.noise.view(),
+                                                                           std::span<std::int64_t const>(b.timesteps));
+    bool const text_trains = !text_params_.empty();
+    auto const mode_text = text_trains ? nn::Mode::Train : nn::Mode::Infer;
+    auto text = sd_.text_encoder.forward(ctx_, b.input_ids, mode_text);
+    Tensor<T, Cpu> ts(Shape{n});
+    for (Index i = 0; i < n; ++i) ts(i) = T(b.timesteps[std::size_t(i)]);
+    // The UNet keeps activations only when its own parameters train or gradients must reach the text encoder.
+    auto const mode_unet = nn::Mode::Train;
+    auto pred = sd_.unet.forward(ctx_, convert<T>(noisy.view()).view(), ts.view(), text.last_hidden_state.view(),
+                                 mode_unet);
+    auto const tgt = convert<T>(target.view());
+    LossAndGrad<T> loss;
+    if (o_.with_prior_preservation) {
+      loss = prior_preservation_loss<T>(pred.view(), tgt.view(), o_.prior_loss_weight);
+    } else if (o_.snr_gamma > 0) {
+      auto const snr = compute_snr(TensorView<float const, Cpu>(noise_scheduler_->alphas_cumprod().data(),
+                                                                Shape{Index(noise_scheduler_->alphas_cumprod().size())}),
+                                   std::span<std::int64_t const>(b.timesteps));
+      auto const w = min_snr_weights(snr, o_.snr_gamma, prediction_);
+      loss = weighted_mse_loss<T>(pred.view(), tgt.view(), std::span<float const>(w));
+    } else {
+      loss = mse_loss<T>(pred.view(), tgt.view());
+    }
+    if (o_.gradient_accumulation_steps > 1)
+      ops::scale<T, Cpu>(ctx_, loss.grad.view(), 1.0 / o_.gradient_accumulation_steps);
+    auto g = sd_.unet.backward(ctx_, loss.grad.view());
+    if (text_trains) sd_.text_encoder.backward(ctx_, g.dencoder_hidden_states.view());
+    return loss.value;
+  }
+
+  /// A step whose loss or gradient norm is not finite: its gradients are dropped, the step counts (the learning
+  /// rate schedule and the data order move on as in an ordinary step).
+  void drop_update() {
+    for (auto const& p : parameters()) p.param->zero_grad();
+    ++global_step_;
+  }
+
   void setup_lora() {
     lora::InjectOptions io;
     io.target = o_.target_modules;
@@ -376,6 +443,7 @@ class Trainer {
   std::vector<int> placeholder_ids_;
   std::vector<std::string> placeholder_tokens_;
   Tensor<T, Cpu> frozen_rows_;  // (V, dim): Textual Inversion restores these rows after every step
+  std::vector<MicroBatch> failed_batches_;  // the last skipped step's micro-batches (noise drawn), for diagnosis
 };
 
 }  // namespace sdlora::train

@@ -1,0 +1,97 @@
+/// @file non_finite.hpp
+/// @brief Finding where a NaN / inf starts: finiteness checks of tensors and parameters, and a probe adapter that,
+/// attached to every Linear and Conv2d of a model, throws at the first layer whose input, output or output gradient
+/// is not finite (the trainer re-runs a failed step with probes to name the module). Include <sdlora/train.hpp>
+/// instead.
+#pragma once
+
+#include <functional>  // std::function
+#include <memory>      // std::make_shared
+#include <optional>    // std::optional
+#include <string>      // std::string
+#include <vector>      // std::vector, std::erase_if
+
+#include <sdlora/core/error.hpp>       // Error
+#include <sdlora/core/tensor.hpp>      // TensorView
+#include <sdlora/nn/module.hpp>        // nn::Adapter, nn::Parameter, nn::Mode
+#include <sdlora/pipeline/checks.hpp>  // pipeline::NonFiniteError, pipeline::all_finite
+
+namespace sdlora::train {
+
+/// A run stopped because the loss, a gradient or a parameter stopped being finite; the message names the step and,
+/// when it could be found, the first module whose output or gradient went non-finite.
+using NonFiniteError = pipeline::NonFiniteError;
+using pipeline::all_finite;
+
+/// The dotted name of the first parameter of `module` (visiting order, frozen ones included) holding a NaN or inf.
+template <class Module>
+std::optional<std::string> first_non_finite_parameter(Module& module, std::string const& prefix) {
+  std::optional<std::string> found;
+  nn::for_each_parameter(
+      module,
+      [&](std::string const& name, auto& p) {
+        if (!found && !all_finite(p.value)) found = name;
+      },
+      prefix);
+  return found;
+}
+
+namespace detail {
+
+/// Thrown by a probe at the first non-finite tensor; caught by the trainer's diagnosis.
+struct NonFiniteFound : Error {
+  using Error::Error;
+};
+
+inline std::string const& probe_name() {
+  static std::string const name = "sdlora_non_finite_probe";
+  return name;
+}
+
+/// An adapter that computes nothing: it checks the layer's input and output in forward (it runs after the layer and
+/// its other adapters) and the output gradient in backward.
+template <class T>
+class NonFiniteProbe final : public nn::Adapter<T, Cpu> {
+ public:
+  explicit NonFiniteProbe(std::string module) : module_(std::move(module)) {}
+  void forward(Context<Cpu>&, TensorView<T, Cpu> y, TensorView<T const, Cpu> x, nn::Mode) override {
+    if (!all_finite(x)) throw NonFiniteFound("the input of " + module_);
+    if (!all_finite(TensorView<T const, Cpu>(y))) throw NonFiniteFound("the output of " + module_);
+  }
+  void backward(Context<Cpu>&, TensorView<T, Cpu>, TensorView<T const, Cpu> dy) override {
+    if (!all_finite(dy)) throw NonFiniteFound("the gradient of the output of " + module_);
+  }
+  void for_each_parameter(std::string const&,
+                          std::function<void(std::string const&, nn::Parameter<T, Cpu>&)> const&) override {}
+  std::string const& name() const override { return probe_name(); }
+
+ private:
+  std::string module_;
+};
+
+}  // namespace detail
+
+/// Attaches a probe to every Linear and Conv2d of `module` for its lifetime and removes them afterwards.
+template <class T, class Module>
+class NonFiniteProbes {
+ public:
+  NonFiniteProbes(Module& module, std::string const& prefix) : module_(module) {
+    module_.visit(prefix, [](std::string const& name, auto& leaf) {
+      if constexpr (requires { leaf.adapters; })
+        leaf.adapters.push_back(std::make_shared<detail::NonFiniteProbe<T>>(name));
+    });
+  }
+  ~NonFiniteProbes() {
+    module_.visit("", [](std::string const&, auto& leaf) {
+      if constexpr (requires { leaf.adapters; })
+        std::erase_if(leaf.adapters, [](auto const& a) { return a->name() == detail::probe_name(); });
+    });
+  }
+  NonFiniteProbes(NonFiniteProbes const&) = delete;
+  NonFiniteProbes& operator=(NonFiniteProbes const&) = delete;
+
+ private:
+  Module& module_;
+};
+
+}  // namespace sdlora::train
