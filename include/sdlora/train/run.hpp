@@ -164,6 +164,18 @@ inline std::vector<double> read_losses(fs::path const& path) {
   return out;
 }
 
+/// A checkpoint's data order must index this dataset: a corrupt or foreign state.json is a FormatError naming it.
+template <class T>
+void check_data_state(TrainingState<T> const& s, std::int64_t dataset_size, std::string const& dir) {
+  bool ok = s.epoch >= 0 && s.data_position >= 0 && s.data_position <= std::int64_t(s.data_order.size());
+  for (std::int64_t i : s.data_order) ok = ok && i >= 0 && i < dataset_size;
+  if (!ok)
+    SDLORA_THROW(FormatError, "[train] " << dir << "/state.json: epoch " << s.epoch << ", data position "
+                                         << s.data_position << " or the data order (" << s.data_order.size()
+                                         << " entries) does not fit this dataset of " << dataset_size
+                                         << " examples");
+}
+
 /// Refuses to write an output file from non-finite values.
 template <class T>
 void check_finite_output(std::string const& what, TensorView<T const, Cpu> values, std::string const& path) {
@@ -213,7 +225,12 @@ RunResult run_training(Context<Cpu>& ctx, models::StableDiffusion<T, Cpu>& sd, E
                                                                          : std::optional(o.resume_from_checkpoint);
     if (dir) {
       auto state = load_checkpoint<T>(*dir);
-      trainer.load_state(state);
+      detail::check_data_state(state, data.size(), *dir);
+      try {
+        trainer.load_state(state);
+      } catch (FormatError const& e) {
+        SDLORA_THROW(FormatError, "[train] " << *dir << ": " << e.what());
+      }
       epoch = state.epoch;
       order = state.data_order;
       position = state.data_position;

@@ -275,8 +275,13 @@ class Trainer {
     if (unet_opt_) unet_opt_->load_state_dict(split_optimizer(s.optimizer, unet_params_));
     if (text_opt_) text_opt_->load_state_dict(split_optimizer(s.optimizer, text_params_));
     global_step_ = s.global_step;
-    auto const words = s.rng.at("noise");
-    std::size_t const n = std::size_t(s.rng.at("noise_bytes").at(0));
+    auto const w = s.rng.find("noise"), nb = s.rng.find("noise_bytes");
+    if (w == s.rng.end() || nb == s.rng.end() || nb->second.size() != 1 || nb->second[0] > w->second.size() * 8 ||
+        s.global_step < 0)
+      SDLORA_THROW(FormatError, "[training_state] the checkpoint's step or noise generator state (rng.noise, "
+                                "rng.noise_bytes) is missing or inconsistent");
+    auto const& words = w->second;
+    std::size_t const n = std::size_t(nb->second[0]);
     std::vector<std::uint8_t> bytes(n);
     for (std::size_t i = 0; i < n; ++i) bytes[i] = std::uint8_t(words[i / 8] >> (8 * (i % 8)));
     generator_.set_torch_state_bytes(bytes);
