@@ -9,6 +9,8 @@
 ///          sd15_bench vae    [latent=32] [repeats=3]
 ///          sd15_bench train  [latent=32] [checkpointing=0] [repeats=3]
 ///          sd15_bench lora_size [out_dir=/tmp]
+///          sd15_bench txt2img [size=512] [steps=20]
+///   BENCH_WEIGHTS=f16|bf16 keeps the frozen weights in 16 bits.
 #include <algorithm>   // std::sort, std::min
 #include <chrono>      // std::chrono::steady_clock
 #include <cmath>       // std::sqrt
@@ -37,8 +39,13 @@ double status_kb(std::string const& key) {
 }
 double peak_rss_mb() { return status_kb("VmHWM:") / 1024.0; }
 double rss_mb() { return status_kb("VmRSS:") / 1024.0; }
-/// Resets the peak RSS to the current RSS (Linux >= 4.0), so that a measurement's peak excludes model building.
-void reset_peak_rss() { std::ofstream("/proc/self/clear_refs") << "5"; }
+/// Resets the peak RSS to the current RSS (Linux >= 4.0), so that a measurement's peak excludes model building;
+/// the peak before the reset (model building included) is kept for the report.
+double g_build_peak_mb = 0;
+void reset_peak_rss() {
+  g_build_peak_mb = peak_rss_mb();
+  std::ofstream("/proc/self/clear_refs") << "5";
+}
 
 /// Fills a tensor with a deterministic uniform(-bound, bound) sequence (splitmix64 per element; parallel).
 template <class T>
@@ -84,12 +91,20 @@ Timing time_it(int repeats, F&& f) {
   return {s.front(), s[s.size() / 2], repeats};
 }
 
+/// Storage of the frozen weights: BENCH_WEIGHTS=f32 (default), f16 or bf16 (compute is float32 in every case).
+std::string weights_name() {
+  char const* v = std::getenv("BENCH_WEIGHTS");
+  return v && *v ? v : "f32";
+}
+DType weights_dtype() { return nn::parse_weight_dtype(weights_name()); }
+
 void report(std::string const& bench, std::string const& shape, Timing const& t, double peak_mb, double base_mb,
             int threads, std::string const& extra = "") {
   std::printf("{\"bench\": \"%s\", \"impl\": \"sdlora\", \"shape\": \"%s\", \"seconds\": %.4f, \"median_seconds\": "
-              "%.4f, \"repeats\": %d, \"peak_rss_mb\": %.0f, \"model_rss_mb\": %.0f, \"threads\": %d, "
-              "\"dtype\": \"float32\"%s}\n",
-              bench.c_str(), shape.c_str(), t.best, t.median, t.repeats, peak_mb, base_mb, threads, extra.c_str());
+              "%.4f, \"repeats\": %d, \"peak_rss_mb\": %.0f, \"model_rss_mb\": %.0f, \"build_peak_rss_mb\": %.0f, "
+              "\"threads\": %d, \"dtype\": \"float32\", \"weights\": \"%s\"%s}\n",
+              bench.c_str(), shape.c_str(), t.best, t.median, t.repeats, peak_mb, base_mb, g_build_peak_mb, threads,
+              weights_name().c_str(), extra.c_str());
   std::fflush(stdout);
 }
 
@@ -101,6 +116,7 @@ int bench_unet(Index latent, Index batch, int repeats) {
   Context<Cpu> ctx;
   models::UNet2DConditionModel<float> unet(models::UNetConfig::sd15());
   randomize(unet, 1);
+  nn::set_weight_storage(unet, weights_dtype());
   Tensor<float> sample(Shape{batch, 4, latent, latent}), context(Shape{batch, 77, 768}), t(Shape{batch});
   fill_uniform(sample, 1.0, 100);
   fill_uniform(context, 1.0, 101);
@@ -117,6 +133,7 @@ int bench_vae(Index latent, int repeats) {
   Context<Cpu> ctx;
   models::AutoencoderKL<float> vae(models::VaeConfig::sd());
   randomize(vae, 2);
+  nn::set_weight_storage(vae, weights_dtype());
   Tensor<float> z(Shape{1, 4, latent, latent});
   fill_uniform(z, 1.0, 102);
   double const base = rss_mb();
@@ -142,6 +159,8 @@ int bench_train(Index latent, bool checkpointing, int repeats) {
   sd.scheduler_config = sd15_scheduler();
   randomize(sd.text_encoder, 3);
   randomize(sd.unet, 4);
+  nn::set_weight_storage(sd.text_encoder, weights_dtype());
+  nn::set_weight_storage(sd.unet, weights_dtype());
   train::TrainerOptions o;  // diffusers' train_text_to_image_lora.py: rank 4, alpha 4, gaussian init, AdamW 1e-4
   o.rank = 4;
   o.alpha = 4;
@@ -161,6 +180,36 @@ int bench_train(Index latent, bool checkpointing, int repeats) {
   report(checkpointing ? "lora_train_step_checkpointing" : "lora_train_step",
          dims(1, 4, latent, latent) + " rank 4 attn", timing, peak_rss_mb(), base, ctx.threads(),
          ", \"trainable_params\": " + std::to_string(lora_params));
+  return 0;
+}
+
+/// txt2img end to end (text encoder, `steps` UNet steps with CFG, VAE decode) at `size` px, random weights, one
+/// timed run without warm-up (a whole generation is long enough to need none).
+int bench_txt2img(Index size, int steps) {
+  Context<Cpu> ctx;
+  models::StableDiffusion<float, Cpu> sd;
+  sd.tokenizer = tokenizer::ClipTokenizer::bundled();
+  sd.text_encoder = models::ClipTextModel<float>(models::ClipTextConfig::sd15());
+  sd.unet = models::UNet2DConditionModel<float>(models::UNetConfig::sd15());
+  sd.vae = models::AutoencoderKL<float>(models::VaeConfig::sd());
+  sd.scheduler_config = sd15_scheduler();
+  randomize(sd.text_encoder, 6);
+  randomize(sd.unet, 7);
+  randomize(sd.vae, 8);
+  models::set_weight_storage(sd, weights_dtype());
+  pipeline::GenerateOptions g;
+  g.prompt = "a photo of a cat";
+  g.width = g.height = int(size);
+  g.steps = steps;
+  g.sampler = "euler_a";
+  g.seed = 42;
+  double const base = rss_mb();
+  reset_peak_rss();
+  auto const t0 = std::chrono::steady_clock::now();
+  pipeline::txt2img(ctx, sd, g);
+  double const s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  report("txt2img", std::to_string(size) + "px " + std::to_string(steps) + " steps euler_a cfg 7.5",
+         Timing{s, s, 1}, peak_rss_mb(), base, ctx.threads());
   return 0;
 }
 
@@ -220,11 +269,13 @@ int main(int argc, char** argv) {
     if (what == "vae") return bench_vae(arg(2, 32), arg(3, 3));
     if (what == "train") return bench_train(arg(2, 32), arg(3, 0) != 0, arg(4, 3));
     if (what == "lora_size") return bench_lora_size(argc > 2 ? argv[2] : "/tmp");
+    if (what == "txt2img") return bench_txt2img(arg(2, 512), arg(3, 20));
   } catch (std::exception const& e) {
     std::fprintf(stderr, "sd15_bench %s: %s\n", what.c_str(), e.what());
     return 1;
   }
   std::fprintf(stderr, "usage: sd15_bench unet [latent] [batch] [repeats] | vae [latent] [repeats] | "
-                       "train [latent] [checkpointing 0/1] [repeats] | lora_size [out_dir]\n");
+                       "train [latent] [checkpointing 0/1] [repeats] | lora_size [out_dir] | txt2img [size] [steps]\n"
+                       "BENCH_WEIGHTS=f32|f16|bf16 stores the frozen weights so (compute stays float32)\n");
   return 2;
 }

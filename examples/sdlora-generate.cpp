@@ -55,6 +55,7 @@ struct Args {
   std::vector<std::string> embeddings;
   std::string out = "outputs";
   int threads = 0;
+  std::string weights_dtype = "f32";
 };
 
 /// A PNG in [-1, 1] written through a temporary file and a rename: a cancelled, killed or failed write (disk full,
@@ -105,6 +106,8 @@ po::options_description options(Args& a) {
     ("out", po::value(&a.out)->value_name("PATH")->default_value("outputs"), "a .png file (one image; more get -N suffixes), a pattern "
                                                          "with {i} (and {seed}, {scale}) such as out_{i}.png, or a "
                                                          "directory")
+    ("weights-dtype", po::value(&a.weights_dtype)->value_name("f32|f16|bf16")->default_value("f32"), "keep the frozen "
+                                                         "weights in 16 bits (half the memory; compute stays f32)")
     ("threads", po::value(&a.threads)->value_name("N")->default_value(0), "CPU threads (0: all)");
   // clang-format on
   return d;
@@ -240,6 +243,7 @@ int run(int argc, char** argv) {
   models::LoadOptions lo;
   lo.config_dir = a.config_dir;
   auto sd = models::load_stable_diffusion<float>(a.model, lo);
+  models::set_weight_storage(sd, nn::parse_weight_dtype(a.weights_dtype));
   int const f = sd.vae_scale();
 
   // Textual Inversion: tokens and rows before any LoRA touches the text encoder.

@@ -70,6 +70,7 @@ struct Args {
   std::string config_file;
   std::string on_nan = "stop";
   int threads = 0;
+  std::string weights_dtype = "f32";
 };
 
 po::options_description options(Args& a) {
@@ -147,6 +148,7 @@ po::options_description options(Args& a) {
     ("num_vectors", po::value(&a.num_vectors)->value_name("N")->default_value(1), "Textual Inversion: vectors per token")
     ("learnable_property", po::value(&a.learnable_property)->value_name("P")->default_value("object"), "Textual Inversion: object | style prompt templates")
     ("on_nan", po::value(&a.on_nan)->value_name("stop|skip")->default_value("stop"), "a step with a NaN / inf loss or gradient: stop naming the module (no LoRA written), or skip its update (counted in loss.csv)")
+    ("weights_dtype", po::value(&a.weights_dtype)->value_name("f32|f16|bf16")->default_value("f32"), "keep the frozen base weights in 16 bits (half the memory; compute, LoRA weights and optimizer state stay f32)")
     ("threads", po::value(&a.threads)->value_name("N")->default_value(0), "CPU threads (0: all)");
   // clang-format on
   return d;
@@ -275,6 +277,7 @@ int run(int argc, char** argv) {
   models::LoadOptions lo;
   lo.config_dir = a.config_dir;
   auto sd = models::load_stable_diffusion<float>(a.model, lo);
+  models::set_weight_storage(sd, nn::parse_weight_dtype(a.weights_dtype));
   if (a.resolution % sd.vae_scale() != 0)
     SDLORA_THROW(ConfigError, "--resolution " << a.resolution << " is not a multiple of the VAE factor " << sd.vae_scale());
 

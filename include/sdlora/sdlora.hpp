@@ -59,6 +59,7 @@
 #include <sdlora/nn/embedding.hpp>
 #include <sdlora/nn/attention.hpp>
 #include <sdlora/nn/feed_forward.hpp>
+#include <sdlora/nn/storage.hpp>
 
 #include <sdlora/io/safetensors.hpp>
 #include <sdlora/io/npy.hpp>

@@ -322,16 +322,18 @@ ApplyReport apply(Module& module, LoraFile const& file, std::string const& compo
     if constexpr (AdaptableLeaf<L>) {
       using T = LeafScalar<L>;
       L* p = &leaf;
-      Leaf l{name, leaf.weight.value.shape(), {}};
+      Leaf l{name, leaf.weight.shape(), {}};
       l.attach = [p, &o](LoraEntry const& e) {
-        Shape const w = p->weight.value.shape();
+        Shape const w = p->weight.shape();
         Index const r = e.rank();
         Tensor<T> down = convert<T, float>(e.down), up = convert<T, float>(e.up);
         if (o.mode == ApplyMode::Merge) {
           Index const fan = w.numel() / w[0];
           Context<Cpu> ctx;
-          ops::gemm<T, Cpu>(ctx, p->weight.value.view().reshaped(Shape{w[0], fan}), up.view().reshaped(Shape{w[0], r}),
-                            down.view().reshaped(Shape{r, fan}), {.alpha = e.scale(o.multiplier), .beta = 1.0});
+          p->weight.edit([&](TensorView<T, Cpu> wv) {  // a 16-bit weight is widened, merged and rounded again
+            ops::gemm<T, Cpu>(ctx, wv.reshaped(Shape{w[0], fan}), up.view().reshaped(Shape{w[0], r}),
+                              down.view().reshaped(Shape{r, fan}), {.alpha = e.scale(o.multiplier), .beta = 1.0});
+          });
           return;
         }
         LoraOptions lo{.rank = r, .alpha = e.alpha, .multiplier = o.multiplier, .rslora = e.rslora,

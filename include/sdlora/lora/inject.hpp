@@ -86,14 +86,13 @@ std::shared_ptr<LoraAdapter<LeafScalar<L>, LeafBackend<L>>> add_adapter(L& leaf,
     if (a->name() == options.name)
       SDLORA_THROW(ConfigError, "[lora.inject] the layer already has an adapter named '" << options.name << "'");
   std::shared_ptr<LoraAdapter<T, B>> a;
-  auto const& w = leaf.weight.value;
+  Shape const& w = leaf.weight.shape();  // the weight may be stored in 16 bits
   if constexpr (ConvLeaf<L>) {
-    SDLORA_EXPECTS(w.rank() == 4 && w.dim(2) == w.dim(3), "[lora.inject] conv weight must be (out, in, k, k), got "
-                                                              << w.shape());
-    a = std::make_shared<LoraConv<T, B>>(w.dim(1), w.dim(0), w.dim(2), leaf.geometry, options);
+    SDLORA_EXPECTS(w.rank() == 4 && w[2] == w[3], "[lora.inject] conv weight must be (out, in, k, k), got " << w);
+    a = std::make_shared<LoraConv<T, B>>(w[1], w[0], w[2], leaf.geometry, options);
   } else {
-    SDLORA_EXPECTS(w.rank() == 2, "[lora.inject] linear weight must be (out, in), got " << w.shape());
-    a = std::make_shared<LoraLinear<T, B>>(w.dim(1), w.dim(0), options);
+    SDLORA_EXPECTS(w.rank() == 2, "[lora.inject] linear weight must be (out, in), got " << w);
+    a = std::make_shared<LoraLinear<T, B>>(w[1], w[0], options);
   }
   leaf.adapters.push_back(a);
   return a;
@@ -179,7 +178,7 @@ void merge(Context<LeafBackend<L>>& ctx, L& leaf, std::string const& adapter_nam
   for (auto& a : leaf.adapters)
     if (auto lora = std::dynamic_pointer_cast<LoraAdapter<T, B>>(a);
         lora && a->enabled && (adapter_name.empty() || lora->name() == adapter_name))
-      lora->merge_into(ctx, leaf.weight.value.view());
+      leaf.weight.edit([&](TensorView<T, B> w) { lora->merge_into(ctx, w); });  // 16-bit weights: rounded again
 }
 /// Subtracts merged adapters back out of the weight (the reverse of merge()).
 template <AdaptableLeaf L>
@@ -189,7 +188,7 @@ void unmerge(Context<LeafBackend<L>>& ctx, L& leaf, std::string const& adapter_n
   for (auto it = leaf.adapters.rbegin(); it != leaf.adapters.rend(); ++it)
     if (auto lora = std::dynamic_pointer_cast<LoraAdapter<T, B>>(*it);
         lora && (adapter_name.empty() || lora->name() == adapter_name))
-      lora->unmerge_from(ctx, leaf.weight.value.view());
+      leaf.weight.edit([&](TensorView<T, B> w) { lora->unmerge_from(ctx, w); });
 }
 /// merge() on every adaptable leaf of a tree.
 template <class Module, class B>

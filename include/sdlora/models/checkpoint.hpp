@@ -19,6 +19,7 @@
 #include <sdlora/models/unet.hpp>                // UNet2DConditionModel
 #include <sdlora/models/vae.hpp>                 // AutoencoderKL
 #include <sdlora/models/weights.hpp>             // load_parameters
+#include <sdlora/nn/storage.hpp>                 // nn::set_weight_storage
 #include <sdlora/tokenizer/clip_tokenizer.hpp>   // tokenizer::ClipTokenizer
 
 namespace sdlora::models {
@@ -68,6 +69,19 @@ struct StableDiffusion {
   /// Downsampling factor between pixels and latents (8 for SD).
   int vae_scale() const { return vae.config().scale(); }
 };
+
+/// Keeps the frozen Linear and Conv2d weights of the text encoder, UNet and VAE in `dtype` (F16 / BF16; F32 widens
+/// them back): nn::set_weight_storage on each network. The programs' --weights-dtype.
+template <class T>
+nn::StorageReport set_weight_storage(StableDiffusion<T, Cpu>& sd, DType dtype) {
+  nn::StorageReport total;
+  for (nn::StorageReport const r : {nn::set_weight_storage(sd.text_encoder, dtype), nn::set_weight_storage(sd.unet, dtype),
+                                    nn::set_weight_storage(sd.vae, dtype)}) {
+    total.weights += r.weights;
+    total.bytes_saved += r.bytes_saved;
+  }
+  return total;
+}
 
 namespace detail {
 namespace fs = std::filesystem;

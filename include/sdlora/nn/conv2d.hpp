@@ -3,9 +3,11 @@
 /// Include <sdlora/sdlora.hpp> instead.
 #pragma once
 
-#include <string>  // std::string
+#include <string>       // std::string
+#include <type_traits>  // std::is_same_v
 
-#include <sdlora/nn/module.hpp>  // Parameter, Mode, Adapter
+#include <sdlora/backend/cpu/sgemm.hpp>  // cpu::WeightSource
+#include <sdlora/nn/module.hpp>            // Parameter, Mode, Adapter
 #include <sdlora/ops/bias.hpp>   // ops::bias_grad_channels
 #include <sdlora/ops/conv.hpp>   // ops::conv2d_forward, ops::conv2d_backward_input, ops::conv2d_backward_weight
 
@@ -30,9 +32,9 @@ class Conv2d {
   ops::Conv2dGeometry geometry;
   AdapterList<T, B> adapters;
 
-  Index in_channels() const { return weight.value.dim(1); }
-  Index out_channels() const { return weight.value.dim(0); }
-  Index kernel_size() const { return weight.value.dim(2); }
+  Index in_channels() const { return weight.shape()[1]; }
+  Index out_channels() const { return weight.shape()[0]; }
+  Index kernel_size() const { return weight.shape()[2]; }
   bool has_bias() const { return !bias.value.empty(); }
 
   /// y (N, out, H', W') = conv(x (N, in, H, W), W) + b, then y += adapter(x) for each enabled adapter.
@@ -40,8 +42,15 @@ class Conv2d {
     SDLORA_EXPECTS(x.rank() == 4 && x.dim(1) == in_channels(),
                    "[conv2d] x must be (N, " << in_channels() << ", H, W), got " << x.shape());
     auto y = Tensor<T, B>::uninitialized(ops::conv2d_output_shape(x.shape(), weight.shape(), geometry));
-    ops::conv2d_forward<T, B>(ctx, y.view(), x, weight.value.view(),
-                              has_bias() ? bias.value.view() : TensorView<T const, B>(), geometry);
+    TensorView<T const, B> const b = has_bias() ? bias.value.view() : TensorView<T const, B>();
+    if (weight.is_16bit()) {
+      if constexpr (std::is_same_v<T, float> && std::is_same_v<B, Cpu>)
+        ops::Impl<ops::Conv2d, B>::forward_stored(ctx, {geometry}, y.view(), x, stored_weight(), weight.shape(), b);
+      else
+        SDLORA_THROW(ConfigError, "[conv2d] 16-bit weights are implemented for float on the CPU backend");
+    } else {
+      ops::conv2d_forward<T, B>(ctx, y.view(), x, weight.value.view(), b, geometry);
+    }
     for (auto& a : adapters)
       if (a->enabled) a->forward(ctx, y.view(), x, mode);
     if (keeps_saved(mode)) {
@@ -57,7 +66,15 @@ class Conv2d {
     Shape const expected = ops::conv2d_output_shape(saved_.x_shape, weight.shape(), geometry);
     SDLORA_EXPECTS(dy.shape() == expected, "[conv2d.backward] dy must be " << expected << ", got " << dy.shape());
     auto dx = Tensor<T, B>::uninitialized(saved_.x_shape);
-    ops::conv2d_backward_input<T, B>(ctx, dx.view(), dy, weight.value.view(), geometry);
+    if (weight.is_16bit()) {
+      if constexpr (std::is_same_v<T, float> && std::is_same_v<B, Cpu>)
+        ops::Impl<ops::Conv2d, B>::backward_input_stored(ctx, {geometry}, dx.view(), dy, stored_weight(),
+                                                         weight.shape());
+      else
+        SDLORA_THROW(ConfigError, "[conv2d] 16-bit weights are implemented for float on the CPU backend");
+    } else {
+      ops::conv2d_backward_input<T, B>(ctx, dx.view(), dy, weight.value.view(), geometry);
+    }
     if (weight.trainable) {
       SDLORA_EXPECTS(saved_.x.shape() == saved_.x_shape,
                      "[conv2d.backward] the weight became trainable after forward: no saved input");
@@ -81,6 +98,9 @@ class Conv2d {
   }
 
  private:
+  /// The 16-bit weight as a packing source (CPU).
+  cpu::WeightSource stored_weight() const { return {weight.value16.data(), weight.storage, 0, false}; }
+
   struct Saved {
     Shape x_shape;   // (N, in, H, W): the shape of dx
     Tensor<T, B> x;  // (N, in, H, W): dW = corr(dy, x), kept only when the weight itself is trainable

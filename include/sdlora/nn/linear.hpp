@@ -5,6 +5,9 @@
 
 #include <string>  // std::string
 
+#include <type_traits>  // std::is_same_v
+
+#include <sdlora/backend/cpu/sgemm.hpp>  // cpu::sgemm_weight
 #include <sdlora/nn/module.hpp>         // Parameter, Mode, Adapter
 #include <sdlora/ops/elementwise.hpp>   // ops::add
 #include <sdlora/ops/gemm.hpp>          // ops::gemm
@@ -24,8 +27,8 @@ class Linear {
   Parameter<T, B> bias;    // (out) or empty
   AdapterList<T, B> adapters;
 
-  Index in_features() const { return weight.value.dim(1); }
-  Index out_features() const { return weight.value.dim(0); }
+  Index in_features() const { return weight.shape()[1]; }
+  Index out_features() const { return weight.shape()[0]; }
   bool has_bias() const { return !bias.value.empty(); }
 
   /// y (..., out) = x (..., in) W^T + b, then y += adapter(x) for each enabled adapter.
@@ -36,8 +39,12 @@ class Linear {
     Shape out_shape = x.shape();
     out_shape[-1] = out_features();
     auto y = Tensor<T, B>::uninitialized(out_shape);
-    ops::gemm<T, B>(ctx, y.view().reshaped(Shape{rows, out_features()}), x.reshaped(Shape{rows, in_features()}),
-                    weight.value.view(), {.trans_b = true});
+    if (weight.is_16bit())
+      stored_weight_gemm(ctx, y.view().reshaped(Shape{rows, out_features()}), x.reshaped(Shape{rows, in_features()}),
+                         true);
+    else
+      ops::gemm<T, B>(ctx, y.view().reshaped(Shape{rows, out_features()}), x.reshaped(Shape{rows, in_features()}),
+                      weight.value.view(), {.trans_b = true});
     if (has_bias()) ops::bias_add_rows<T, B>(ctx, y.view(), bias.value.view());
     for (auto& a : adapters)
       if (a->enabled) a->forward(ctx, y.view(), x, mode);
@@ -54,7 +61,10 @@ class Linear {
     in_shape[-1] = in_features();
     auto dx = Tensor<T, B>::uninitialized(in_shape);
     auto dy2 = dy.reshaped(Shape{rows, out_features()});
-    ops::gemm<T, B>(ctx, dx.view().reshaped(Shape{rows, in_features()}), dy2, weight.value.view());
+    if (weight.is_16bit())
+      stored_weight_gemm(ctx, dx.view().reshaped(Shape{rows, in_features()}), dy2, false);
+    else
+      ops::gemm<T, B>(ctx, dx.view().reshaped(Shape{rows, in_features()}), dy2, weight.value.view());
     if (weight.trainable) {
       SDLORA_EXPECTS(saved_.x.numel() == rows * in_features(), "[linear.backward] no saved input: run forward "
                                                                "with Mode::Train first");
@@ -79,6 +89,17 @@ class Linear {
   }
 
  private:
+  /// c (rows, n) = a (rows, k) @ op(W) with W kept in 16 bits (CPU: the GEMM widens it while packing).
+  void stored_weight_gemm(Context<B>& ctx, TensorView<T, B> c, TensorView<T const, B> a, bool trans_w) {
+    if constexpr (std::is_same_v<T, float> && std::is_same_v<B, Cpu>) {
+      cpu::sgemm_weight(ctx, c.dim(0), c.dim(1), a.dim(1), {a.data(), a.stride(0), false},
+                        {weight.value16.data(), weight.storage, weight.shape()[1], trans_w}, c.data(), c.stride(0), 1.f,
+                        0.f);
+    } else {
+      SDLORA_THROW(ConfigError, "[linear] 16-bit weights are implemented for float on the CPU backend");
+    }
+  }
+
   struct Saved {
     Tensor<T, B> x;  // (..., in): dW = dy^T x, kept only when the weight itself is trainable
   } saved_;

@@ -13,12 +13,16 @@
 ///    embeddings) under its full dotted name; parameters are reached through leaves (`leaf.for_each_parameter`).
 #pragma once
 
-#include <functional>  // std::function
-#include <memory>      // std::shared_ptr
-#include <string>      // std::string
+#include <cstdint>      // std::uint16_t
+#include <functional>   // std::function
+#include <memory>       // std::shared_ptr
+#include <string>       // std::string
+#include <type_traits>  // std::is_same_v
 #include <vector>      // std::vector
 
 #include <sdlora/core/backend.hpp>  // Context
+#include <sdlora/core/dtype.hpp>    // DType, half, bfloat16
+#include <sdlora/core/error.hpp>    // SDLORA_EXPECTS
 #include <sdlora/core/tensor.hpp>   // Tensor, TensorView
 
 namespace sdlora::nn {
@@ -43,19 +47,71 @@ struct Parameter {
   Tensor<T, B> value;
   Tensor<T, B> grad;  // same shape as value when trainable, empty otherwise
   bool trainable = false;
+  /// A frozen float weight may be kept in 16 bits instead (store_16bit): `value` is then empty and `value16` holds
+  /// the F16 or BF16 bits in the same shape; the CPU GEMM widens them while packing its panels, so no float copy
+  /// ever exists (Linear and Conv2d read either form; see weight_dtype).
+  Tensor<std::uint16_t, B> value16;
+  DType storage = dtype_of<T>();
 
   Parameter() = default;
   explicit Parameter(Shape shape) : value(shape) {}
 
   /// Turns training on (allocating a zero gradient) or off (dropping the gradient).
   void set_trainable(bool on) {
+    if (on && is_16bit()) set_storage(dtype_of<T>());  // gradients and updates need the full-precision value
     trainable = on;
     grad = on ? Tensor<T, B>(value.shape()) : Tensor<T, B>();
   }
   void zero_grad() {
     if (trainable) grad.fill_zero();
   }
-  Shape const& shape() const { return value.shape(); }
+  Shape const& shape() const { return is_16bit() ? value16.shape() : value.shape(); }
+  bool is_16bit() const { return storage == DType::F16 || storage == DType::BF16; }
+
+  /// Keeps the value in 16 bits (DType::F16 or BF16, rounded to nearest even) and frees the float tensor; DType F32
+  /// (or the value's own type) widens it back. Only for frozen CPU parameters.
+  void set_storage(DType d) {
+    if (d == storage) return;
+    SDLORA_EXPECTS(d == dtype_of<T>() || d == DType::F16 || d == DType::BF16,
+                   "[parameter] storage must be " << dtype_name(dtype_of<T>()) << ", F16 or BF16, got " << dtype_name(d));
+    if (is_16bit()) {  // widen first
+      value = widened();
+      value16 = Tensor<std::uint16_t, B>();
+      storage = dtype_of<T>();
+    }
+    if (d == dtype_of<T>()) return;
+    SDLORA_EXPECTS(!trainable, "[parameter] a trainable parameter stays in " << dtype_name(dtype_of<T>()));
+    if constexpr (std::is_same_v<B, Cpu>) {
+      value16 = Tensor<std::uint16_t, B>::uninitialized(value.shape());
+      T const* src = value.data();
+      std::uint16_t* dst = value16.data();
+      for (Index i = 0; i < value.numel(); ++i)
+        dst[i] = d == DType::F16 ? half(float(src[i])).bits : bfloat16(float(src[i])).bits;
+      value = Tensor<T, B>();
+      storage = d;
+    } else {
+      SDLORA_THROW(ConfigError, "[parameter] 16-bit storage of frozen weights is implemented for the CPU backend");
+    }
+  }
+  /// The value as T (a copy widened from the 16 bits when stored so).
+  Tensor<T, B> widened() const {
+    if (!is_16bit()) return value;
+    auto out = Tensor<T, B>::uninitialized(value16.shape());
+    std::uint16_t const* src = value16.data();
+    T* dst = out.data();
+    for (Index i = 0; i < value16.numel(); ++i)
+      dst[i] = T(storage == DType::F16 ? float(half::from_bits(src[i])) : float(bfloat16::from_bits(src[i])));
+    return out;
+  }
+  /// Calls f(TensorView<T, B>) on the value in T and stores the result back in the parameter's storage (rounding to
+  /// 16 bits again when stored so): merging a LoRA into a 16-bit weight, as PEFT does with fp16 weights.
+  template <class F>
+  void edit(F&& f) {
+    DType const keep = storage;
+    set_storage(dtype_of<T>());
+    f(value.view());
+    set_storage(keep);
+  }
 };
 
 /// A side branch attached to a Linear or Conv2d: `y += branch(x)`. LoRA implements it (lora/); the layer calls

@@ -14,6 +14,7 @@
 
 #include <algorithm>    // std::clamp, std::max, std::min, std::fill_n
 #include <type_traits>  // std::is_same_v
+#include <vector>       // std::vector
 
 #include <sdlora/backend/cpu/bias.hpp>  // Impl<Bias, Cpu>
 #include <sdlora/backend/cpu/gemm.hpp>   // Impl<Gemm, Cpu>
@@ -28,6 +29,8 @@ namespace cpu {
 
 using sdlora::cpu::gemm_packed;
 using sdlora::cpu::matrix_packer_a;
+using sdlora::cpu::WeightSource;
+using sdlora::cpu::matrix_packer_b;
 
 /// The sizes of one convolution, read once from the operands.
 struct ConvDims {
@@ -170,13 +173,15 @@ struct ImageColumns {
 /// Implicit-GEMM convolution for float (see the file comment).
 struct ImplicitConv {
   static void forward(Context<Cpu>& ctx, Conv2dGeometry const& g, ConvDims const& d, Index n, float* y,
-                      float const* x, float const* w, bool accumulate) {
+                      float const* x, WeightSource w, bool accumulate) {
     Index const k = d.k(), p = d.p();
     auto pack_b = [&](float* dst, Index bi, Index k0, Index kc, Index n0, Index nc, Index nr) {
       ImageColumns{x + bi * d.c * d.h * d.w, d.c, d.h, d.w, d.kh, d.kw, g.stride, g.pad.top, g.pad.left, d.wo}
           .pack_as_b(dst, k0, kc, n0, nc, nr);
     };
-    gemm_packed(ctx, n, d.o, p, k, matrix_packer_a({w, k, false}, 0), pack_b,
+    w.ld = k;
+    w.trans = false;
+    gemm_packed(ctx, n, d.o, p, k, sdlora::cpu::weight_packer_a(w), pack_b,
                 [&](Index bi) { return y + bi * d.o * p; }, p, 1.f, accumulate ? 1.f : 0.f);
   }
 
@@ -196,18 +201,20 @@ struct ImplicitConv {
 
   /// Stride 1 only: the input gradient is a convolution of dy with the flipped, transposed kernel.
   static void backward_input(Context<Cpu>& ctx, Conv2dGeometry const& g, ConvDims const& d, Index n, float* dx,
-                             float const* dy, float const* w, bool accumulate) {
+                             float const* dy, WeightSource w, bool accumulate) {
     Index const taps = d.kh * d.kw, kt = d.o * taps, hw = d.h * d.w;
     // A (C, O*kh*kw): A(c, (o, t)) = w[o, c, tap kh*kw - 1 - t] (the kernel flipped along both axes), packed straight
-    // from w: for one o, a panel's rows read a contiguous run of w (MR channels x taps).
+    // from w: for one o, a panel's rows are one contiguous run of w (MR channels x taps), widened once.
     auto pack_a = [&](float* dst, Index, Index m0, Index mc, Index k0, Index kc, Index mr) {
+      std::vector<float> run(std::size_t(mr * taps));  // (MR, taps) of one o
       for (Index q = 0; q < mc; q += mr, dst += mr * kc) {
         Index const rows = std::min(mr, mc - q);
+        Index loaded = -1;  // the o whose run is in `run`
         for (Index dd = 0; dd < kc; ++dd) {
           Index const o = (k0 + dd) / taps, t = (k0 + dd) % taps;
-          float const* src = w + (o * d.c + m0 + q) * taps + (taps - 1 - t);
+          if (o != loaded) w.widen(run.data(), (o * d.c + m0 + q) * taps, rows * taps), loaded = o;
           float* out = dst + dd * mr;
-          for (Index r = 0; r < rows; ++r) out[r] = src[r * taps];
+          for (Index r = 0; r < rows; ++r) out[r] = run[std::size_t(r * taps + taps - 1 - t)];
           std::fill(out + rows, out + mr, 0.f);
         }
       }
@@ -226,6 +233,46 @@ struct ImplicitConv {
 
 template <>
 struct Impl<Conv2d, Cpu> {
+  /// forward for float activations and a weight of shape w_shape (O, C, kh, kw) in any storage (a frozen 16-bit
+  /// weight is widened while packing; see nn::Parameter::set_storage).
+  static void forward_stored(Context<Cpu>& ctx, Conv2d const& op, TensorView<float, Cpu> y,
+                             TensorView<float const, Cpu> x, cpu::WeightSource w, Shape const& w_shape,
+                             TensorView<float const, Cpu> b) {
+    cpu::ConvDims const d = cpu::conv_dims(x.shape(), w_shape, y.shape());
+    Index const n = x.dim(0), p = d.p();
+    if (cpu::is_pointwise(d, op.geometry)) {  // y (O, P) = w (O, C) @ x (C, P) per image
+      w.ld = d.c;
+      w.trans = false;
+      cpu::gemm_packed(ctx, n, d.o, p, d.c, sdlora::cpu::weight_packer_a(w),
+                       sdlora::cpu::matrix_packer_b({x.data(), p, false}, d.c * p),
+                       [&](Index bi) { return y.data() + bi * d.o * p; }, p, 1.f, op.accumulate ? 1.f : 0.f);
+    } else {
+      cpu::ImplicitConv::forward(ctx, op.geometry, d, n, y.data(), x.data(), w, op.accumulate);
+    }
+    if (b.data() != nullptr) bias_add_channels<float, Cpu>(ctx, y, b);
+  }
+
+  /// backward_input for a weight in any storage: stride 1 and pointwise convolutions pack it directly; strided ones
+  /// (a few downsamplers) run on a float copy.
+  static void backward_input_stored(Context<Cpu>& ctx, Conv2d const& op, TensorView<float, Cpu> dx,
+                                    TensorView<float const, Cpu> dy, cpu::WeightSource w, Shape const& w_shape) {
+    cpu::ConvDims const d = cpu::conv_dims(dx.shape(), w_shape, dy.shape());
+    Index const n = dx.dim(0), p = d.p();
+    if (cpu::is_pointwise(d, op.geometry)) {  // dx (C, P) = w^T (C, O) @ dy (O, P) per image
+      w.ld = d.c;
+      w.trans = true;
+      cpu::gemm_packed(ctx, n, d.c, p, d.o, sdlora::cpu::weight_packer_a(w),
+                       sdlora::cpu::matrix_packer_b({dy.data(), p, false}, d.o * p),
+                       [&](Index bi) { return dx.data() + bi * d.c * p; }, p, 1.f, op.accumulate ? 1.f : 0.f);
+    } else if (op.geometry.stride == 1) {
+      cpu::ImplicitConv::backward_input(ctx, op.geometry, d, n, dx.data(), dy.data(), w, op.accumulate);
+    } else {
+      auto wide = Tensor<float, Cpu>::uninitialized(w_shape);  // (O, C, kh, kw)
+      w.widen(wide.data(), 0, wide.numel());
+      backward_input<float>(ctx, op, dx, dy, wide.view());
+    }
+  }
+
   template <HostCompute T>
   static void forward(Context<Cpu>& ctx, Conv2d const& op, TensorView<T, Cpu> y, TensorView<T const, Cpu> x,
                       TensorView<T const, Cpu> w, TensorView<T const, Cpu> b) {
@@ -234,7 +281,8 @@ struct Impl<Conv2d, Cpu> {
     bool const pointwise = cpu::is_pointwise(d, op.geometry);
     if constexpr (std::is_same_v<T, float>) {
       if (!pointwise) {
-        cpu::ImplicitConv::forward(ctx, op.geometry, d, n, y.data(), x.data(), w.data(), op.accumulate);
+        cpu::ImplicitConv::forward(ctx, op.geometry, d, n, y.data(), x.data(), {w.data(), DType::F32, 0, false},
+                                   op.accumulate);
         if (b.data() != nullptr) bias_add_channels<T, Cpu>(ctx, y, b);
         return;
       }
@@ -259,7 +307,8 @@ struct Impl<Conv2d, Cpu> {
     bool const pointwise = cpu::is_pointwise(d, op.geometry);
     if constexpr (std::is_same_v<T, float>) {
       if (!pointwise && op.geometry.stride == 1) {
-        cpu::ImplicitConv::backward_input(ctx, op.geometry, d, n, dx.data(), dy.data(), w.data(), op.accumulate);
+        cpu::ImplicitConv::backward_input(ctx, op.geometry, d, n, dx.data(), dy.data(), {w.data(), DType::F32, 0, false},
+                                          op.accumulate);
         return;
       }
     }

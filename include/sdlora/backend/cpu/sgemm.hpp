@@ -16,6 +16,8 @@
 #pragma once
 
 #include <algorithm>  // std::min, std::max, std::fill_n
+#include <bit>        // std::bit_cast
+#include <cstdint>    // std::uint16_t, std::uint32_t
 #include <cstring>    // std::memcpy
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
@@ -28,6 +30,7 @@
 #include <sdlora/backend/cpu/isa.hpp>       // Isa, resolve_isa
 #include <sdlora/backend/cpu/parallel.hpp>  // parallel_tasks, ThreadPool
 #include <sdlora/core/backend.hpp>     // Context<Cpu>, BackendMemory<Cpu>
+#include <sdlora/core/dtype.hpp>       // DType, half
 #include <sdlora/core/shape.hpp>       // Index
 
 namespace sdlora::cpu {
@@ -185,6 +188,82 @@ inline auto matrix_packer_b(MatrixOperand b, Index batch_stride) {
   };
 }
 
+/// A weight matrix stored as float, F16 or BF16 (a frozen Parameter's storage), read as float: the packers widen
+/// contiguous runs of it (F16 through the F16C instructions where the CPU has them, BF16 by a shift) straight into
+/// the GEMM panels, so a 16-bit weight never exists as a float copy.
+struct WeightSource {
+  void const* p;
+  DType dtype;  // F32, F16 or BF16
+  Index ld;     // row stride in elements
+  bool trans;   // element (r, c) of the operand is at c * ld + r instead of r * ld + c
+
+  /// dst[0, n) = the n stored elements starting at element `offset`, as float.
+  void widen(float* dst, Index offset, Index n) const {
+    switch (dtype) {
+      case DType::F16: widen_f16(dst, static_cast<std::uint16_t const*>(p) + offset, n); return;
+      case DType::BF16: {
+        std::uint16_t const* src = static_cast<std::uint16_t const*>(p) + offset;
+        for (Index i = 0; i < n; ++i) dst[i] = std::bit_cast<float>(std::uint32_t(src[i]) << 16);
+        return;
+      }
+      default: std::memcpy(dst, static_cast<float const*>(p) + offset, sizeof(float) * std::size_t(n)); return;
+    }
+  }
+
+  static void widen_f16(float* dst, std::uint16_t const* src, Index n) {
+#if SDLORA_X86_KERNELS
+    static bool const f16c = [] {
+      __builtin_cpu_init();
+      return __builtin_cpu_supports("avx") && __builtin_cpu_supports("f16c");
+    }();
+    if (f16c) return widen_f16_f16c(dst, src, n);
+#endif
+    for (Index i = 0; i < n; ++i) dst[i] = float(half::from_bits(src[i]));
+  }
+#if SDLORA_X86_KERNELS
+  __attribute__((target("avx,f16c"))) static void widen_f16_f16c(float* dst, std::uint16_t const* src, Index n) {
+    Index i = 0;
+    for (; i + 8 <= n; i += 8)
+      _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<__m128i const*>(src + i))));
+    for (; i < n; ++i) dst[i] = float(half::from_bits(src[i]));
+  }
+#endif
+};
+
+/// pack_panels for a WeightSource: the same layout, widened from its storage.
+inline void pack_weight_panels(float* dst, WeightSource const& x, Index r0, Index rows, Index d0, Index depth,
+                               Index width) {
+  alignas(64) float run[kKc];  // one row's depth run (depth <= kKc)
+  for (Index q = 0; q < rows; q += width, dst += width * depth) {
+    Index const w = std::min(width, rows - q);
+    if (!x.trans) {  // depth contiguous: widen each row's run, then write it with stride `width`
+      for (Index i = 0; i < w; ++i) {
+        x.widen(run, (r0 + q + i) * x.ld + d0, depth);
+        for (Index d = 0; d < depth; ++d) dst[d * width + i] = run[d];
+      }
+    } else {  // rows contiguous: widen `w` consecutive values per depth step in place
+      for (Index d = 0; d < depth; ++d) x.widen(dst + d * width, (d0 + d) * x.ld + r0 + q, w);
+    }
+    if (w < width)
+      for (Index d = 0; d < depth; ++d) std::fill_n(dst + d * width + w, width - w, 0.f);
+  }
+}
+
+/// A (M, K) packer over a WeightSource (no batch).
+inline auto weight_packer_a(WeightSource a) {
+  return [a](float* dst, Index, Index m0, Index mc, Index k0, Index kc, Index mr) {
+    pack_weight_panels(dst, a, m0, mc, k0, kc, mr);
+  };
+}
+/// A (K, N) packer over a WeightSource (no batch): op(B)^T read as (n, k).
+inline auto weight_packer_b(WeightSource b) {
+  return [b](float* dst, Index, Index k0, Index kc, Index n0, Index nc, Index nr) {
+    WeightSource t = b;
+    t.trans = !b.trans;
+    pack_weight_panels(dst, t, n0, nc, k0, kc, nr);
+  };
+}
+
 /// Scratch of one thread: one packed A block and one packed B block, allocated on the thread's first GEMM and kept
 /// (540 KB) so that no GEMM call allocates or faults in pages.
 class PackBuffers {
@@ -302,6 +381,13 @@ inline void sgemm(Context<Cpu>& ctx, Index batch, Index m, Index n, Index k, Mat
                   float beta) {
   gemm_packed(ctx, batch, m, n, k, matrix_packer_a(a, a_batch_stride), matrix_packer_b(b, b_batch_stride),
               [c, c_batch_stride](Index bi) { return c + bi * c_batch_stride; }, ldc, alpha, beta);
+}
+
+/// C (M, N) = alpha * op(A) @ op(W) + beta * C for float activations A and a weight W in any storage (Linear).
+inline void sgemm_weight(Context<Cpu>& ctx, Index m, Index n, Index k, MatrixOperand a, WeightSource w, float* c,
+                         Index ldc, float alpha, float beta) {
+  gemm_packed(ctx, 1, m, n, k, matrix_packer_a(a, 0), weight_packer_b(w), [c](Index) { return c; }, ldc, alpha,
+              beta);
 }
 
 }  // namespace sdlora::cpu
