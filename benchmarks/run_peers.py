@@ -8,6 +8,8 @@ the same fields as build-*/benchmarks/sd15_bench.
   run_peers.py train [latent=32] [checkpointing=0] [repeats=3]   diffusers' train_text_to_image_lora recipe (as
                                                                 tools/fixtures/make_pipeline.py's lora_step)
   run_peers.py lora_size [out_dir=/tmp]
+  run_peers.py txt2img [size=512] [steps=20]                   StableDiffusionPipeline end to end (BENCH_TOKENIZER:
+                                                                a CLIP tokenizer folder, e.g. tests/fixtures/...)
   run_peers.py write_model DIR                                  a random-weight SD 1.5 diffusers folder (fp32) for
                                                                 stable-diffusion.cpp; DIR must be outside the repo
 """
@@ -174,6 +176,31 @@ def bench_lora_size(out_dir="/tmp"):
                               "bytes": size, "mb": round(size / 1e6, 3), "lora_params": n, "rank": 4}), flush=True)
 
 
+def bench_txt2img(size=512, steps=20):
+    """StableDiffusionPipeline end to end (text encoder, `steps` UNet steps with CFG 7.5, VAE decode), random
+    weights, Euler ancestral, one timed run (as sd15_bench txt2img)."""
+    from diffusers import EulerAncestralDiscreteScheduler, StableDiffusionPipeline
+    from transformers import CLIPTokenizer
+    torch.manual_seed(0)
+    vocab = os.environ.get("BENCH_TOKENIZER")  # a CLIP tokenizer folder (vocab.json + merges.txt)
+    tok = CLIPTokenizer.from_pretrained(vocab) if vocab else None
+    if tok is None:
+        raise SystemExit("txt2img: set BENCH_TOKENIZER to a CLIP tokenizer folder (vocab.json, merges.txt)")
+    sched = EulerAncestralDiscreteScheduler.from_config(sd15_scheduler().config)
+    pipe = StableDiffusionPipeline(vae=sd15_vae().eval(), text_encoder=sd15_text().eval(), tokenizer=tok,
+                                   unet=sd15_unet().eval(), scheduler=sched, safety_checker=None,
+                                   feature_extractor=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    base = rss_mb()
+    reset_peak_rss()
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        pipe("a photo of a cat", height=size, width=size, num_inference_steps=steps, guidance_scale=7.5,
+             generator=torch.Generator().manual_seed(42), output_type="np")
+    s = time.perf_counter() - t0
+    report("txt2img", f"{size}px {steps} steps euler_a cfg 7.5", s, s, 1, peak_rss_mb(), base)
+
+
 def write_model(out):
     """A random-weight SD 1.5 in diffusers' folder layout (unet, vae, text_encoder) for stable-diffusion.cpp."""
     from safetensors.torch import save_file
@@ -199,4 +226,5 @@ if __name__ == "__main__":
     elif what == "lora_size":
         bench_lora_size(*args)
     else:
-        {"unet": bench_unet, "vae": bench_vae, "train": bench_train}[what](*[int(a) for a in args])
+        {"unet": bench_unet, "vae": bench_vae, "train": bench_train, "txt2img": bench_txt2img}[what](
+            *[int(a) for a in args])

@@ -56,6 +56,8 @@ TEST_CASE("float conv2d (implicit GEMM) equals the definition on every kernel pa
       {1, 2, 3, 5, 4, 6, {1, ops::Pad2d::uniform(2)}},  {1, 5, 4, 1, 4, 4, {2, {}}},
       {2, 32, 40, 3, 20, 22, {1, ops::Pad2d::uniform(1)}},  // K = 288 > one depth block, P = 440 > one tile
       {1, 30, 13, 3, 9, 31, {1, {0, 2, 1, 0}}},
+      {3, 8, 12, 3, 8, 8, {1, ops::Pad2d::uniform(1)}},  // 64 pixels per image: images side by side in one GEMM
+      {2, 16, 5, 1, 8, 4, {1, {}}},                      // pointwise, 32 pixels per image
   };
   std::vector<cpu::Isa> paths{cpu::Isa::kPortable};
   if (cpu::detected_isa() >= cpu::Isa::kAvx2) paths.push_back(cpu::Isa::kAvx2);

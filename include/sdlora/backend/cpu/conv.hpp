@@ -31,6 +31,8 @@ using sdlora::cpu::gemm_packed;
 using sdlora::cpu::matrix_packer_a;
 using sdlora::cpu::WeightSource;
 using sdlora::cpu::matrix_packer_b;
+using sdlora::cpu::gemm_shared_a;
+using sdlora::cpu::StridedOutput;
 
 /// The sizes of one convolution, read once from the operands.
 struct ConvDims {
@@ -181,8 +183,8 @@ struct ImplicitConv {
     };
     w.ld = k;
     w.trans = false;
-    gemm_packed(ctx, n, d.o, p, k, sdlora::cpu::weight_packer_a(w), pack_b,
-                [&](Index bi) { return y + bi * d.o * p; }, p, 1.f, accumulate ? 1.f : 0.f);
+    gemm_shared_a(ctx, n, d.o, p, k, sdlora::cpu::weight_packer_a(w), pack_b, y, d.o * p, p, 1.f,
+                  accumulate ? 1.f : 0.f);
   }
 
   static void backward_weight(Context<Cpu>& ctx, Conv2dGeometry const& g, ConvDims const& d, Index n, float* dw,
@@ -195,7 +197,7 @@ struct ImplicitConv {
         cols.pack_transposed_as_b(dst, k0, kc, n0, nc, nr);
       };
       gemm_packed(ctx, 1, d.o, k, p, matrix_packer_a({dy + i * d.o * p, p, false}, 0), pack_b,
-                  [&](Index) { return dw; }, k, 1.f, 1.f);
+                  StridedOutput{dw, 0, k}, k, 1.f, 1.f);
     }
   }
 
@@ -224,8 +226,7 @@ struct ImplicitConv {
                    d.kw - 1 - g.pad.left, d.w}
           .pack_as_b(dst, k0, kc, n0, nc, nr);
     };
-    gemm_packed(ctx, n, d.c, hw, kt, pack_a, pack_b,
-                [&](Index bi) { return dx + bi * d.c * hw; }, hw, 1.f, accumulate ? 1.f : 0.f);
+    gemm_shared_a(ctx, n, d.c, hw, kt, pack_a, pack_b, dx, d.c * hw, hw, 1.f, accumulate ? 1.f : 0.f);
   }
 };
 
@@ -243,9 +244,9 @@ struct Impl<Conv2d, Cpu> {
     if (cpu::is_pointwise(d, op.geometry)) {  // y (O, P) = w (O, C) @ x (C, P) per image
       w.ld = d.c;
       w.trans = false;
-      cpu::gemm_packed(ctx, n, d.o, p, d.c, sdlora::cpu::weight_packer_a(w),
-                       sdlora::cpu::matrix_packer_b({x.data(), p, false}, d.c * p),
-                       [&](Index bi) { return y.data() + bi * d.o * p; }, p, 1.f, op.accumulate ? 1.f : 0.f);
+      cpu::gemm_shared_a(ctx, n, d.o, p, d.c, sdlora::cpu::weight_packer_a(w),
+                         sdlora::cpu::matrix_packer_b({x.data(), p, false}, d.c * p), y.data(), d.o * p, p, 1.f,
+                         op.accumulate ? 1.f : 0.f);
     } else {
       cpu::ImplicitConv::forward(ctx, op.geometry, d, n, y.data(), x.data(), w, op.accumulate);
     }
@@ -261,9 +262,9 @@ struct Impl<Conv2d, Cpu> {
     if (cpu::is_pointwise(d, op.geometry)) {  // dx (C, P) = w^T (C, O) @ dy (O, P) per image
       w.ld = d.c;
       w.trans = true;
-      cpu::gemm_packed(ctx, n, d.c, p, d.o, sdlora::cpu::weight_packer_a(w),
-                       sdlora::cpu::matrix_packer_b({dy.data(), p, false}, d.o * p),
-                       [&](Index bi) { return dx.data() + bi * d.c * p; }, p, 1.f, op.accumulate ? 1.f : 0.f);
+      cpu::gemm_shared_a(ctx, n, d.c, p, d.o, sdlora::cpu::weight_packer_a(w),
+                         sdlora::cpu::matrix_packer_b({dy.data(), p, false}, d.o * p), dx.data(), d.c * p, p, 1.f,
+                         op.accumulate ? 1.f : 0.f);
     } else if (op.geometry.stride == 1) {
       cpu::ImplicitConv::backward_input(ctx, op.geometry, d, n, dx.data(), dy.data(), w, op.accumulate);
     } else {

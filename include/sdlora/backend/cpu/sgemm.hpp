@@ -312,8 +312,16 @@ inline GemmTiling gemm_tiling(Index batch, Index m, Index n, int threads, Index 
   return t;
 }
 
-/// c(bi) (M, N) with row stride ldc = alpha * A @ B + beta * c for every batch index bi, A and B read through the
-/// packers. beta == 0 never reads c.
+/// The usual C addressing: batch bi's (M, N) matrix at c + bi * batch_stride with row stride ldc.
+struct StridedOutput {
+  float* c;
+  Index batch_stride, ldc;
+  float* operator()(Index bi, Index row, Index col) const { return c + bi * batch_stride + row * ldc + col; }
+};
+
+/// C(bi) (M, N) = alpha * A @ B + beta * C for every batch index bi, A and B read through the packers and C's
+/// element (bi, row, col) at c_at(bi, row, col): the NR columns of one register tile (NR = 16 or 32, tiles start at
+/// multiples of NR) must be consecutive in memory, and rows ldc apart. beta == 0 never reads C.
 template <class PackA, class PackB, class COut>
 void gemm_packed(Context<Cpu>& ctx, Index batch, Index m, Index n, Index k, PackA const& pack_a, PackB const& pack_b,
                  COut const& c_at, Index ldc, float alpha, float beta) {
@@ -322,7 +330,10 @@ void gemm_packed(Context<Cpu>& ctx, Index batch, Index m, Index n, Index k, Pack
   if (k == 0) {  // C = beta * C
     for (Index bi = 0; bi < batch; ++bi)
       for (Index r = 0; r < m; ++r)
-        for (Index j = 0; j < n; ++j) c_at(bi)[r * ldc + j] = beta == 0.f ? 0.f : beta * c_at(bi)[r * ldc + j];
+        for (Index j = 0; j < n; ++j) {
+          float* e = c_at(bi, r, j);
+          *e = beta == 0.f ? 0.f : beta * *e;
+        }
     return;
   }
   int const threads = ctx.threads();
@@ -335,7 +346,6 @@ void gemm_packed(Context<Cpu>& ctx, Index batch, Index m, Index n, Index k, Pack
     Index const bi = t / (tiling.m_chunks * tiling.n_tiles), rest = t % (tiling.m_chunks * tiling.n_tiles);
     Index const ms = (rest / tiling.n_tiles) * tiling.m_chunk, me = std::min(m, ms + tiling.m_chunk);
     Index const ns = (rest % tiling.n_tiles) * tiling.n_tile, nt = std::min(tiling.n_tile, n - ns);
-    float* const c = c_at(bi);
     alignas(64) float edge[12 * 32];  // (MR, NR) tile for the ragged edges
     for (Index nb = ns; nb < ns + nt; nb += kNc) {
       Index const nc = std::min(kNc, ns + nt - nb);
@@ -352,7 +362,7 @@ void gemm_packed(Context<Cpu>& ctx, Index batch, Index m, Index n, Index k, Pack
             for (Index ir = 0; ir < mc; ir += kern.mr) {
               Index const mr = std::min(kern.mr, mc - ir);
               float const* ap = buf.a() + ir * kc;
-              float* cp = c + (ic + ir) * ldc + nb + jr;
+              float* cp = c_at(bi, ic + ir, nb + jr);
               if (mr == kern.mr && nr == kern.nr) {
                 kern.run(kc, ap, bp, cp, ldc, alpha, beta_k);
                 continue;
@@ -375,18 +385,44 @@ void gemm_packed(Context<Cpu>& ctx, Index batch, Index m, Index n, Index k, Pack
   parallel_tasks(ctx, tasks, [&](Index t, int) { run_task(PackBuffers::local(), t); });
 }
 
+/// C_i (M, P) = alpha * A @ B_i + beta * C_i for items i < count that share A (a weight): C_i at c + i * item_stride
+/// with row stride ldc, B_i packed by pack_b_item(dst, i, k0, kc, col0, ncols, nr) over item i's columns. When P is a
+/// multiple of every NR the items are laid side by side as one (M, count * P) product, so A is packed once rather
+/// than once per item (packing the weight dominates convolutions of small images); every element is the same sum in
+/// the same order either way, so the bits do not depend on the choice.
+template <class PackA, class PackB>
+void gemm_shared_a(Context<Cpu>& ctx, Index count, Index m, Index p, Index k, PackA const& pack_a,
+                   PackB const& pack_b_item, float* c, Index item_stride, Index ldc, float alpha, float beta) {
+  constexpr Index kMaxNr = 32;
+  if (count <= 1 || p % kMaxNr != 0) {
+    gemm_packed(ctx, count, m, p, k, pack_a, pack_b_item, StridedOutput{c, item_stride, ldc}, ldc, alpha, beta);
+    return;
+  }
+  auto pack_b = [&](float* dst, Index, Index k0, Index kc, Index n0, Index nc, Index nr) {
+    for (Index q = 0; q < nc; q += nr) {  // each NR panel lies within one item
+      Index const col = n0 + q, item = col / p;
+      pack_b_item(dst + q * kc, item, k0, kc, col - item * p, std::min(nr, nc - q), nr);
+    }
+  };
+  auto c_at = [&](Index, Index row, Index col) {
+    Index const item = col / p;
+    return c + item * item_stride + row * ldc + (col - item * p);
+  };
+  gemm_packed(ctx, 1, m, count * p, k, pack_a, pack_b, c_at, ldc, alpha, beta);
+}
+
 /// C (batch?, M, N) = alpha * op(A) @ op(B) + beta * C for plain row-major operands (batch stride 0 broadcasts).
 inline void sgemm(Context<Cpu>& ctx, Index batch, Index m, Index n, Index k, MatrixOperand a, Index a_batch_stride,
                   MatrixOperand b, Index b_batch_stride, float* c, Index ldc, Index c_batch_stride, float alpha,
                   float beta) {
   gemm_packed(ctx, batch, m, n, k, matrix_packer_a(a, a_batch_stride), matrix_packer_b(b, b_batch_stride),
-              [c, c_batch_stride](Index bi) { return c + bi * c_batch_stride; }, ldc, alpha, beta);
+              StridedOutput{c, c_batch_stride, ldc}, ldc, alpha, beta);
 }
 
 /// C (M, N) = alpha * op(A) @ op(W) + beta * C for float activations A and a weight W in any storage (Linear).
 inline void sgemm_weight(Context<Cpu>& ctx, Index m, Index n, Index k, MatrixOperand a, WeightSource w, float* c,
                          Index ldc, float alpha, float beta) {
-  gemm_packed(ctx, 1, m, n, k, matrix_packer_a(a, 0), weight_packer_b(w), [c](Index) { return c; }, ldc, alpha,
+  gemm_packed(ctx, 1, m, n, k, matrix_packer_a(a, 0), weight_packer_b(w), StridedOutput{c, 0, ldc}, ldc, alpha,
               beta);
 }
 
