@@ -158,8 +158,10 @@ TEST_CASE("A NaN training image: stop names the batch, skip drops that step only
     // The three good steps did train: some LoRA up factor moved away from its zero start.
     bool moved = false;
     for (auto const& key : f.keys())
-      if (key.find("lora_up") != std::string::npos)
-        for (float v : f.load<float>(key).span()) moved = moved || v != 0.0f;
+      if (key.find("lora_up") != std::string::npos) {
+        auto const up = f.load<float>(key);  // named: a range-for over load(key).span() would read a freed tensor
+        for (float v : up.span()) moved = moved || v != 0.0f;
+      }
     CHECK(moved);
   }
 }

@@ -171,8 +171,8 @@ TEST_CASE("SIGINT / SIGTERM during training finish the step, checkpoint, print t
     fs::path const out = scratch() / (name + ".out"), err = scratch() / (name + ".err");
     fs::remove(out);
     fs::remove(err);
-    auto const args = train_args(name) + std::vector<std::string>{"--max-train-steps", "100000", "--checkpointing-steps",
-                                                                  "0"};
+    auto const args =
+        train_args(name) + std::vector<std::string>{"--max-train-steps", "100000", "--checkpointing-steps", "0"};
     test::Child child(args, out, err);
     REQUIRE(test::wait_for([&] { return loss_rows(dir) >= 2 && test::catches(child.pid(), SDLORA_TRAIN_EXE, sig); },
                            5min));
@@ -209,8 +209,9 @@ TEST_CASE("SIGINT during generation writes no partial image and exits 130", "[ro
   fs::path const out = scratch() / "gen_sigint.out", err = scratch() / "gen_sigint.err";
   fs::remove(out);
   fs::remove(err);
-  test::Child child({SDLORA_GENERATE_EXE, "--model", tiny(), "--prompt", "a square", "--steps", "500", "--sampler", "euler", "--count",
-                     "1000", "--width", "16", "--height", "16", "--threads", "1", "--out", dir.string()},
+  test::Child child({SDLORA_GENERATE_EXE, "--model", tiny(), "--prompt", "a square", "--steps", "500", "--sampler",
+                     "euler", "--count", "1000", "--width", "16", "--height", "16", "--threads", "1", "--out",
+                     dir.string()},
                     out, err);
   // As soon as its handler is installed: the signal lands during loading or the first steps.
   REQUIRE(test::wait_for([&] { return test::catches(child.pid(), SDLORA_GENERATE_EXE, SIGINT); }, 5min));

@@ -357,9 +357,10 @@ RunResult run_training(Context<Cpu>& ctx, models::StableDiffusion<T, Cpu>& sd, E
       auto img = pipeline::txt2img(ctx, sd, g);
       std::ostringstream name;
       name << "step-" << step << "-" << i << ".png";
+      std::string const parameters = g.prompt + "\nSteps: " + std::to_string(g.steps) + ", Seed: " +
+                                     std::to_string(g.seed) + ", Training step: " + std::to_string(step);
       detail::save_png_atomic((out_dir / "validation" / name.str()).string(), img.images[0],
-                              io::ImageRange::MinusOneToOne, {{"parameters", g.prompt + "\nSteps: " + std::to_string(g.steps) + ", Seed: " +
-                                       std::to_string(g.seed) + ", Training step: " + std::to_string(step)}});
+                              io::ImageRange::MinusOneToOne, {{"parameters", parameters}});
     }
   };
 
