@@ -165,3 +165,20 @@ TEST_CASE("A NaN training image: stop names the batch, skip drops that step only
     CHECK(moved);
   }
 }
+
+TEST_CASE("first_non_finite_parameter finds a NaN in a weight stored in 16 bits", "[robust][unit]") {
+  auto sd = models::load_stable_diffusion<float>(test::fixture("models/tiny-sd1"));
+  std::string const layer = first_leaf(sd, "attn2.to_v");
+  REQUIRE_FALSE(layer.empty());
+  CHECK_FALSE(train::first_non_finite_parameter(sd.unet, "unet").has_value());
+  REQUIRE(plant_nan(sd, layer + ".weight"));
+  nn::for_each_parameter(
+      sd.unet,
+      [&](std::string const& n, auto& p) {
+        if (n == layer + ".weight") p.set_storage(DType::F16);  // the float tensor is freed: only the bits hold NaN
+      },
+      "unet");
+  auto const found = train::first_non_finite_parameter(sd.unet, "unet");
+  REQUIRE(found.has_value());
+  CHECK(*found == layer + ".weight");
+}

@@ -23,14 +23,15 @@ namespace sdlora::train {
 using NonFiniteError = pipeline::NonFiniteError;
 using pipeline::all_finite;
 
-/// The dotted name of the first parameter of `module` (visiting order, frozen ones included) holding a NaN or inf.
+/// The dotted name of the first parameter of `module` (visiting order, frozen ones included, 16-bit stored ones
+/// widened) holding a NaN or inf.
 template <class Module>
 std::optional<std::string> first_non_finite_parameter(Module& module, std::string const& prefix) {
   std::optional<std::string> found;
   nn::for_each_parameter(
       module,
       [&](std::string const& name, auto& p) {
-        if (!found && !all_finite(p.value)) found = name;
+        if (!found && !(p.is_16bit() ? all_finite(p.widened()) : all_finite(p.value))) found = name;
       },
       prefix);
   return found;
