@@ -252,8 +252,12 @@ int run(int argc, char** argv) {
   if (!a.config_file.empty()) {  // command-line values were stored first and win
     std::ifstream in(a.config_file);
     if (!in) SDLORA_THROW(IoError, "--config: cannot read " << a.config_file);
-    po::store(po::parse_config_file(in, desc), vm);
-    po::notify(vm);
+    try {
+      po::store(po::parse_config_file(in, desc), vm);
+      po::notify(vm);
+    } catch (po::error const& e) {  // name the file: the message alone does not say which one
+      SDLORA_THROW(ConfigError, "--config " << a.config_file << ": " << e.what());
+    }
   }
   if (a.model.empty()) a.model = a.model_alias;
   if (a.model.empty()) SDLORA_THROW(ConfigError, "--pretrained_model is required");

@@ -1,0 +1,149 @@
+/// @file malformed_test.cpp
+/// @brief Malformed files of each kind given to sdlora-generate and sdlora-train (a LoRA, an embedding, an init
+/// image, a model, a dataset's metadata.csv, a --config file, a checkpoint's state.json): a one-line error that names
+/// the file, exit 1 or 2, never a signal (and, in the sanitizer build, never a sanitizer report).
+#include <catch2/catch.hpp>
+
+#include <filesystem>  // std::filesystem
+#include <fstream>     // std::ofstream
+#include <string>      // std::string
+#include <vector>      // std::vector
+
+#include <sdlora/all.hpp>
+#include <sdlora/train/sample_data.hpp>
+
+#include "examples/program.hpp"
+#include "robust/spawn.hpp"
+#include "support.hpp"
+
+using namespace sdlora;
+namespace fs = std::filesystem;
+
+namespace {
+
+fs::path scratch() {
+  static fs::path const dir = [] {
+    fs::path d = test::scratch_dir("sdlora_robust_malformed");
+    fs::remove_all(d);
+    fs::create_directories(d);
+    train::SampleDataOptions o;
+    o.images = 2;
+    o.image_size = 24;
+    o.scribbles_per_class = 2;
+    train::write_sample_data((d / "samples").string(), o);
+    return d;
+  }();
+  return dir;
+}
+
+fs::path write(std::string const& name, std::string const& bytes) {
+  fs::path const p = scratch() / name;
+  fs::create_directories(p.parent_path());
+  std::ofstream(p, std::ios::binary | std::ios::trunc) << bytes;
+  return p;
+}
+
+/// Bytes that look like a safetensors file whose header claims more than the file holds.
+std::string const kCutSafetensors = std::string("\xff\x00\x00\x00\x00\x00\x00\x00{\"a\":", 13);
+
+/// Runs the program, then checks: exit 1 or 2, no signal, no sanitizer report, and a last stderr line that names
+/// `file` (its file name).
+void check_refused(std::vector<std::string> const& args, fs::path const& file) {
+  static int n = 0;
+  std::string const stem = "run" + std::to_string(n++);
+  fs::path const out = scratch() / (stem + ".out"), err = scratch() / (stem + ".err");
+  test::Child child(args, out, err);
+  auto const s = child.wait();
+  std::string const e = test::read_bytes(err);
+  INFO(args[0] << " with " << file << "\n" << e);
+  CHECK(s.signal == 0);
+  CHECK((s.code == 1 || s.code == 2));
+  CHECK(e.find("Sanitizer") == std::string::npos);
+  REQUIRE(e.size() >= 2);
+  std::string const last = e.substr(e.rfind('\n', e.size() - 2) + 1);
+  CHECK(last.find(file.filename().string()) != std::string::npos);
+}
+
+std::vector<std::string> generate(std::vector<std::string> extra, std::string const& model = "") {
+  std::vector<std::string> a = {SDLORA_GENERATE_EXE, "--model",
+                                model.empty() ? test::fixture("models/tiny-sd1") : model,
+                                "--prompt", "a square", "--steps", "2", "--width", "16", "--height", "16",
+                                "--threads", "1", "--out", (scratch() / "out.png").string()};
+  a.insert(a.end(), extra.begin(), extra.end());
+  return a;
+}
+
+std::vector<std::string> train_args(std::string const& data, std::vector<std::string> extra) {
+  std::vector<std::string> a = {SDLORA_TRAIN_EXE, "--pretrained-model", test::fixture("models/tiny-sd1"),
+                                "--train-data-dir", data, "--resolution", "16", "--max-train-steps", "1",
+                                "--threads", "1", "--output-dir", (scratch() / "train_out").string()};
+  a.insert(a.end(), extra.begin(), extra.end());
+  return a;
+}
+}  // namespace
+
+TEST_CASE("sdlora-generate refuses malformed files with one line naming them", "[robust][e2e]") {
+  SECTION("LoRA: random bytes") {
+    auto const f = write("garbage_lora.safetensors", "not a safetensors file at all");
+    check_refused(generate({"--lora", f.string()}), f);
+  }
+  SECTION("LoRA: a header longer than the file") {
+    auto const f = write("cut_lora.safetensors", kCutSafetensors);
+    check_refused(generate({"--lora", f.string()}), f);
+  }
+  SECTION("embedding: random bytes") {
+    auto const f = write("garbage_embedding.safetensors", std::string(64, '\x7f'));
+    check_refused(generate({"--embedding", f.string()}), f);
+  }
+  SECTION("embedding: a pickle") {
+    auto const f = write("pickled.pt", "\x80\x02}q\x00.");
+    check_refused(generate({"--embedding", f.string()}), f);
+  }
+  SECTION("init image: not an image") {
+    auto const f = write("not_an_image.png", "\x89PNG\r\n\x1a\n but then nothing");
+    check_refused(generate({"--init-image", f.string()}), f);
+  }
+  SECTION("model: a single file that is not safetensors") {
+    auto const f = write("broken_model.safetensors", kCutSafetensors);
+    check_refused(generate({}, f.string()), f);
+  }
+  SECTION("model: a diffusers folder whose UNet config is not JSON") {
+    fs::path const dir = scratch() / "bad_config_model";
+    fs::remove_all(dir);
+    fs::copy(test::fixture("models/tiny-sd1"), dir, fs::copy_options::recursive);
+    auto const f = write("bad_config_model/unet/config.json", "{\"block_out_channels\": [8, 16],");
+    check_refused(generate({}, dir.string()), f);
+  }
+}
+
+TEST_CASE("sdlora-train refuses malformed files with one line naming them", "[robust][e2e]") {
+  std::string const images = (scratch() / "samples" / "images").string();
+  SECTION("metadata.csv with a short row") {
+    fs::path const data = scratch() / "bad_metadata";
+    fs::remove_all(data);
+    fs::copy(images, data, fs::copy_options::recursive);
+    auto const f = write("bad_metadata/metadata.csv", "file_name,text\n0000.png\n");
+    check_refused(train_args(data.string(), {}), f);
+  }
+  SECTION("metadata.jsonl with a line that is not JSON") {
+    fs::path const data = scratch() / "bad_jsonl";
+    fs::remove_all(data);
+    fs::copy(images, data, fs::copy_options::recursive);
+    fs::remove(data / "metadata.csv");
+    auto const f = write("bad_jsonl/metadata.jsonl", "{\"file_name\": \"0000.png\", \"text\": \"x\"}\n{oops\n");
+    check_refused(train_args(data.string(), {}), f);
+  }
+  SECTION("a --config file with a line that is not 'name = value'") {
+    auto const f = write("bad.cfg", "learning_rate = 1e-4\nthis is not a flag\n");
+    check_refused(train_args(images, {"--config", f.string()}), f);
+  }
+  SECTION("a checkpoint whose state.json is not JSON") {
+    fs::path const out = scratch() / "train_out";
+    fs::remove_all(out);
+    train::TrainingState<float> s;
+    s.global_step = 1;
+    train::save_checkpoint(out.string(), s);
+    auto const f = write("train_out/checkpoint-1/state.json", "{\"format\": \"sdlora-training-state\",");
+    check_refused(train_args(images, {"--resume-from-checkpoint", (out / "checkpoint-1").string()}), f.parent_path());
+  }
+}
