@@ -183,7 +183,7 @@ def bench_txt2img(size=512, steps=20):
     from transformers import CLIPTokenizer
     torch.manual_seed(0)
     vocab = os.environ.get("BENCH_TOKENIZER")  # a CLIP tokenizer folder (vocab.json + merges.txt)
-    tok = CLIPTokenizer.from_pretrained(vocab) if vocab else None
+    tok = CLIPTokenizer.from_pretrained(vocab, model_max_length=77) if vocab else None
     if tok is None:
         raise SystemExit("txt2img: set BENCH_TOKENIZER to a CLIP tokenizer folder (vocab.json, merges.txt)")
     sched = EulerAncestralDiscreteScheduler.from_config(sd15_scheduler().config)

@@ -9,7 +9,8 @@
 #include <string>   // std::string
 #include <type_traits>  // std::remove_cvref_t
 
-#include <sdlora/core/dtype.hpp>  // DType, dtype_name
+#include <sdlora/core/backend.hpp>  // BackendMemory<Cpu>
+#include <sdlora/core/dtype.hpp>    // DType, dtype_name
 #include <sdlora/core/error.hpp>  // SDLORA_EXPECTS
 
 namespace sdlora::nn {
@@ -47,6 +48,8 @@ StorageReport set_weight_storage(Module& module, DType dtype) {
       report.weights += 1;
     }
   });
+  // The freed float tensors would otherwise sit in the host block cache (up to its limit) instead of leaving RSS.
+  if (report.bytes_saved > 0) BackendMemory<Cpu>::release_cached();
   return report;
 }
 
