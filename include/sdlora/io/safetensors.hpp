@@ -16,6 +16,7 @@
 #include <cerrno>       // errno
 #include <cstdint>      // std::uint64_t
 #include <cstdio>       // std::rename, std::remove
+#include <limits>       // std::numeric_limits
 #include <cstring>      // std::memcpy, std::strerror
 #include <fstream>      // std::ofstream
 #include <map>          // std::map
@@ -63,11 +64,19 @@ T read_element(unsigned char const* p, DType d) {
     std::memcpy(&v, p, sizeof v);
     return v;
   };
+  // A float that an integer type cannot hold (or NaN) is an error, not undefined behaviour (fuzz finding).
+  auto from_float = [](double v) -> T {
+    if constexpr (std::is_integral_v<T> && !std::is_same_v<T, bool>) {
+      if (!(v >= double(std::numeric_limits<T>::lowest()) && v <= double(std::numeric_limits<T>::max())))
+        SDLORA_THROW(FormatError, "[read] the stored value " << v << " does not fit the requested integer type");
+    }
+    return from_scalar<T>(v);
+  };
   switch (d) {
-    case DType::F64: return from_scalar<T>(load(double{}));
-    case DType::F32: return from_scalar<T>(load(float{}));
-    case DType::F16: return from_scalar<T>(half::to_float(load(std::uint16_t{})));
-    case DType::BF16: return from_scalar<T>(float(bfloat16::from_bits(load(std::uint16_t{}))));
+    case DType::F64: return from_float(load(double{}));
+    case DType::F32: return from_float(load(float{}));
+    case DType::F16: return from_float(half::to_float(load(std::uint16_t{})));
+    case DType::BF16: return from_float(float(bfloat16::from_bits(load(std::uint16_t{}))));
     case DType::I64: return from_scalar<T>(load(std::int64_t{}));
     case DType::I32: return from_scalar<T>(load(std::int32_t{}));
     case DType::I16: return from_scalar<T>(load(std::int16_t{}));

@@ -130,6 +130,10 @@ struct UNetConfig {
   }
 
   void validate() const {
+    if (norm_num_groups <= 0)
+      SDLORA_THROW(ConfigError, "[unet config] norm_num_groups must be positive, got " << norm_num_groups);
+    for (int h : num_attention_heads)
+      if (h <= 0) SDLORA_THROW(ConfigError, "[unet config] attention head counts must be positive, got " << h);
     for (int ch : block_out_channels)
       if (ch % norm_num_groups != 0)
         SDLORA_THROW(ConfigError, "[unet config] block_out_channels " << ch << " is not divisible by norm_num_groups "
@@ -192,6 +196,8 @@ struct VaeConfig {
     c.mid_block_add_attention = get_or(j, "mid_block_add_attention", true);
     c.use_quant_conv = get_or(j, "use_quant_conv", true);
     c.use_post_quant_conv = get_or(j, "use_post_quant_conv", true);
+    if (c.norm_num_groups <= 0)
+      SDLORA_THROW(ConfigError, "[vae config] norm_num_groups must be positive, got " << c.norm_num_groups);
     for (int ch : c.block_out_channels)
       if (ch % c.norm_num_groups != 0)
         SDLORA_THROW(ConfigError, "[vae config] block_out_channels " << ch << " is not divisible by norm_num_groups "
@@ -232,7 +238,7 @@ struct ClipTextConfig {
     c.bos_token_id = get_or(j, "bos_token_id", 49406);
     c.eos_token_id = get_or(j, "eos_token_id", 49407);
     c.pad_token_id = get_or(j, "pad_token_id", 1);
-    if (c.hidden_size % c.num_attention_heads != 0)
+    if (c.num_attention_heads <= 0 || c.hidden_size % c.num_attention_heads != 0)
       SDLORA_THROW(ConfigError, "[clip config] hidden_size " << c.hidden_size << " does not split into "
                                                              << c.num_attention_heads << " heads");
     if (c.hidden_act != "quick_gelu" && c.hidden_act != "gelu")

@@ -212,9 +212,10 @@ struct WeightSource {
 
   static void widen_f16(float* dst, std::uint16_t const* src, Index n) {
 #if SDLORA_X86_KERNELS
+    // Every AVX2 CPU has F16C; asking for "avx2" also builds with clang 14, whose __builtin_cpu_supports lacks "f16c".
     static bool const f16c = [] {
       __builtin_cpu_init();
-      return __builtin_cpu_supports("avx") && __builtin_cpu_supports("f16c");
+      return __builtin_cpu_supports("avx2") != 0;
     }();
     if (f16c) return widen_f16_f16c(dst, src, n);
 #endif
