@@ -12,6 +12,8 @@
 #include <sstream>     // std::ostringstream
 #include <string>      // std::string
 
+#include <sdlora/train/sample_data.hpp>  // train::write_sample_data
+
 namespace sdlora::test {
 
 struct ProgramResult {
@@ -24,6 +26,21 @@ inline std::filesystem::path scratch_dir(std::string const& stem) {
   namespace fs = std::filesystem;
   fs::path d = fs::temp_directory_path() / (stem + "_" + std::to_string(::getpid()));
   if (!fs::exists(d)) fs::create_directories(d);
+  return d;
+}
+
+/// scratch_dir(stem) emptied, with procedural training samples under samples/ (`images` captioned 24 px images and
+/// `scribbles` QuickDraw rows per class): the input the e2e tests give the training program.
+inline std::filesystem::path sample_data_dir(std::string const& stem, int images = 4, int scribbles = 4) {
+  namespace fs = std::filesystem;
+  fs::path d = scratch_dir(stem);
+  fs::remove_all(d);
+  fs::create_directories(d);
+  train::SampleDataOptions o;
+  o.images = images;
+  o.image_size = 24;
+  o.scribbles_per_class = scribbles;
+  train::write_sample_data((d / "samples").string(), o);
   return d;
 }
 

@@ -5,7 +5,6 @@
 
 #include <filesystem>  // std::filesystem
 
-#include <sdlora/train/sample_data.hpp>
 
 #include "examples/program.hpp"
 #include "support.hpp"
@@ -18,17 +17,7 @@ using Result = test::ProgramResult;
 using test::read_bytes;
 
 fs::path scratch() {
-  static fs::path const dir = [] {
-    fs::path d = test::scratch_dir("sdlora_train_test");
-    fs::remove_all(d);
-    fs::create_directories(d);
-    train::SampleDataOptions o;
-    o.images = 4;
-    o.image_size = 24;
-    o.scribbles_per_class = 4;
-    train::write_sample_data((d / "samples").string(), o);
-    return d;
-  }();
+  static fs::path const dir = test::sample_data_dir("sdlora_train_test");
   return dir;
 }
 

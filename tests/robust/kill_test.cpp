@@ -17,7 +17,6 @@
 #include <string>      // std::string
 #include <vector>      // std::vector
 
-#include <sdlora/train/sample_data.hpp>
 
 #include "examples/program.hpp"
 #include "robust/spawn.hpp"
@@ -30,17 +29,7 @@ namespace fs = std::filesystem;
 namespace {
 
 fs::path scratch() {
-  static fs::path const dir = [] {
-    fs::path d = test::scratch_dir("sdlora_robust_kill");
-    fs::remove_all(d);
-    fs::create_directories(d);
-    train::SampleDataOptions o;
-    o.images = 4;
-    o.image_size = 24;
-    o.scribbles_per_class = 4;
-    train::write_sample_data((d / "samples").string(), o);
-    return d;
-  }();
+  static fs::path const dir = test::sample_data_dir("sdlora_robust_kill");
   return dir;
 }
 

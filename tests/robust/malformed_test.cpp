@@ -22,17 +22,7 @@ namespace fs = std::filesystem;
 namespace {
 
 fs::path scratch() {
-  static fs::path const dir = [] {
-    fs::path d = test::scratch_dir("sdlora_robust_malformed");
-    fs::remove_all(d);
-    fs::create_directories(d);
-    train::SampleDataOptions o;
-    o.images = 2;
-    o.image_size = 24;
-    o.scribbles_per_class = 2;
-    train::write_sample_data((d / "samples").string(), o);
-    return d;
-  }();
+  static fs::path const dir = test::sample_data_dir("sdlora_robust_malformed", 2, 2);
   return dir;
 }
 

@@ -32,14 +32,7 @@ std::string const kPoisonedLayer = "down_blocks.0.attentions.0.transformer_block
 /// Sample images and a copy of the tiny model whose UNet has one NaN in kPoisonedLayer's weight.
 fs::path scratch() {
   static fs::path const dir = [] {
-    fs::path d = test::scratch_dir("sdlora_robust_programs");
-    fs::remove_all(d);
-    fs::create_directories(d);
-    train::SampleDataOptions o;
-    o.images = 4;
-    o.image_size = 24;
-    o.scribbles_per_class = 4;
-    train::write_sample_data((d / "samples").string(), o);
+    fs::path d = test::sample_data_dir("sdlora_robust_programs");
     fs::copy(test::fixture("models/tiny-sd1"), d / "poisoned", fs::copy_options::recursive);
     std::string const unet = (d / "poisoned" / "unet" / "diffusion_pytorch_model.safetensors").string();
     io::SafetensorsWriter w;
