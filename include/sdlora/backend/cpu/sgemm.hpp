@@ -154,40 +154,6 @@ struct MatrixOperand {
   float at(Index r, Index c) const { return trans ? p[c * ld + r] : p[r * ld + c]; }
 };
 
-/// Packs rows [r0, r0 + rows) x depth [d0, d0 + depth) of an operand read as (row, depth) into panels of `width`
-/// rows: panel q holds depth-major (depth, width) values, zero past the last row. A's rows are M, B's are N. The loop
-/// order follows whichever index is contiguous in memory.
-inline void pack_panels(float* dst, MatrixOperand const& x, Index r0, Index rows, Index d0, Index depth, Index width) {
-  for (Index q = 0; q < rows; q += width, dst += width * depth) {
-    Index const w = std::min(width, rows - q);
-    if (!x.trans) {  // depth contiguous: read each row along the depth, write with stride `width`
-      for (Index i = 0; i < w; ++i) {
-        float const* src = x.p + (r0 + q + i) * x.ld + d0;
-        for (Index d = 0; d < depth; ++d) dst[d * width + i] = src[d];
-      }
-    } else {  // rows contiguous: copy `w` consecutive values per depth step
-      for (Index d = 0; d < depth; ++d) std::memcpy(dst + d * width, x.p + (d0 + d) * x.ld + r0 + q, sizeof(float) * w);
-    }
-    if (w < width)
-      for (Index d = 0; d < depth; ++d) std::fill_n(dst + d * width + w, width - w, 0.f);
-  }
-}
-
-/// A (M, K) operand packer: (dst, batch index, m0, mc, k0, kc, MR).
-inline auto matrix_packer_a(MatrixOperand a, Index batch_stride) {
-  return [a, batch_stride](float* dst, Index bi, Index m0, Index mc, Index k0, Index kc, Index mr) {
-    pack_panels(dst, MatrixOperand{a.p + bi * batch_stride, a.ld, a.trans}, m0, mc, k0, kc, mr);
-  };
-}
-
-/// A (K, N) operand packer: (dst, batch index, k0, kc, n0, nc, NR). Packs op(B)^T's rows (N) over the depth (K).
-inline auto matrix_packer_b(MatrixOperand b, Index batch_stride) {
-  return [b, batch_stride](float* dst, Index bi, Index k0, Index kc, Index n0, Index nc, Index nr) {
-    // Read as (n, k): element (n, k) of op(B)^T is op(B)(k, n), i.e. the transposed operand with trans flipped.
-    pack_panels(dst, MatrixOperand{b.p + bi * batch_stride, b.ld, !b.trans}, n0, nc, k0, kc, nr);
-  };
-}
-
 /// A weight matrix stored as float, F16 or BF16 (a frozen Parameter's storage), read as float: the packers widen
 /// contiguous runs of it (F16 through the F16C instructions where the CPU has them, BF16 by a shift) straight into
 /// the GEMM panels, so a 16-bit weight never exists as a float copy.
@@ -231,16 +197,21 @@ struct WeightSource {
 #endif
 };
 
-/// pack_panels for a WeightSource: the same layout, widened from its storage.
+/// Packs rows [r0, r0 + rows) x depth [d0, d0 + depth) of an operand read as (row, depth) into panels of `width`
+/// rows: panel q holds depth-major (depth, width) values, zero past the last row. A's rows are M, B's are N. The loop
+/// order follows whichever index is contiguous in memory; 16-bit storage is widened on the way.
 inline void pack_weight_panels(float* dst, WeightSource const& x, Index r0, Index rows, Index d0, Index depth,
                                Index width) {
   alignas(64) float run[kKc];  // one row's depth run (depth <= kKc)
   for (Index q = 0; q < rows; q += width, dst += width * depth) {
     Index const w = std::min(width, rows - q);
-    if (!x.trans) {  // depth contiguous: widen each row's run, then write it with stride `width`
+    if (!x.trans) {  // depth contiguous: read each row's run (widened first unless float), write with stride `width`
       for (Index i = 0; i < w; ++i) {
-        x.widen(run, (r0 + q + i) * x.ld + d0, depth);
-        for (Index d = 0; d < depth; ++d) dst[d * width + i] = run[d];
+        Index const at = (r0 + q + i) * x.ld + d0;
+        float const* src = run;
+        if (x.dtype == DType::F32) src = static_cast<float const*>(x.p) + at;
+        else x.widen(run, at, depth);
+        for (Index d = 0; d < depth; ++d) dst[d * width + i] = src[d];
       }
     } else {  // rows contiguous: widen `w` consecutive values per depth step in place
       for (Index d = 0; d < depth; ++d) x.widen(dst + d * width, (d0 + d) * x.ld + r0 + q, w);
@@ -248,6 +219,21 @@ inline void pack_weight_panels(float* dst, WeightSource const& x, Index r0, Inde
     if (w < width)
       for (Index d = 0; d < depth; ++d) std::fill_n(dst + d * width + w, width - w, 0.f);
   }
+}
+
+/// A (M, K) operand packer: (dst, batch index, m0, mc, k0, kc, MR).
+inline auto matrix_packer_a(MatrixOperand a, Index batch_stride) {
+  return [a, batch_stride](float* dst, Index bi, Index m0, Index mc, Index k0, Index kc, Index mr) {
+    pack_weight_panels(dst, WeightSource{a.p + bi * batch_stride, DType::F32, a.ld, a.trans}, m0, mc, k0, kc, mr);
+  };
+}
+
+/// A (K, N) operand packer: (dst, batch index, k0, kc, n0, nc, NR). Packs op(B)^T's rows (N) over the depth (K).
+inline auto matrix_packer_b(MatrixOperand b, Index batch_stride) {
+  return [b, batch_stride](float* dst, Index bi, Index k0, Index kc, Index n0, Index nc, Index nr) {
+    // Read as (n, k): element (n, k) of op(B)^T is op(B)(k, n), i.e. the transposed operand with trans flipped.
+    pack_weight_panels(dst, WeightSource{b.p + bi * batch_stride, DType::F32, b.ld, !b.trans}, n0, nc, k0, kc, nr);
+  };
 }
 
 /// A (M, K) packer over a WeightSource (no batch).
