@@ -438,10 +438,14 @@ RunResult run_training(Context<Cpu>& ctx, models::StableDiffusion<T, Cpu>& sd, E
     io::SafetensorsWriter a1111;  // A1111: {"emb_params": (num_vectors, dim)}, token = file stem
     a1111.add("emb_params", vectors);
     a1111.set_metadata("name", o.trainer.placeholder_token);
+    // A1111 and ComfyUI take the trigger word from the file name: "<zorbl>" is written as zorbl.safetensors.
     std::string stem = o.trainer.placeholder_token;
+    while (!stem.empty() && !std::isalnum(static_cast<unsigned char>(stem.front()))) stem.erase(stem.begin());
+    while (!stem.empty() && !std::isalnum(static_cast<unsigned char>(stem.back()))) stem.pop_back();
     for (char& c : stem)
       if (!std::isalnum(static_cast<unsigned char>(c)) && c != '-' && c != '_') c = '_';
-    std::string const b = (out_dir / (stem + ".a1111.safetensors")).string();
+    if (stem.empty() || stem == "learned_embeds") stem = "embedding";
+    std::string const b = (out_dir / (stem + ".safetensors")).string();
     a1111.write(b);
     result.files = {a, b};
   } else {
