@@ -101,6 +101,14 @@ template <class T, class B>
 struct ClipTextOutput {
   Tensor<T, B> last_hidden_state;  // (N, L, C): final_layer_norm of the last run layer's output
   Tensor<T, B> pooler_output;      // (N, C): last_hidden_state at each sequence's first EOS token
+  Tensor<T, B> text_embeds;        // (N, projection_dim): text_projection(pooler_output), with a projection only
+};
+
+/// What SDXL's prompt encoding reads: an inner layer's output and the pooled output of the whole model.
+template <class T, class B>
+struct ClipHiddenAndPooled {
+  Tensor<T, B> hidden;  // (N, L, C): hidden_states[-(clip_skip + 2)], no final LayerNorm (the penultimate layer)
+  Tensor<T, B> pooled;  // (N, projection_dim) text_embeds with a projection, else (N, C) pooler_output
 };
 
 /// reference: transformers/models/clip/modeling_clip.py, CLIPTextModel. Parameters are named as in transformers
@@ -117,6 +125,7 @@ class ClipTextModel {
         position_embedding(config_.max_position_embeddings, config_.hidden_size),
         final_layer_norm(config_.hidden_size, config_.layer_norm_eps) {
     for (int i = 0; i < config_.num_hidden_layers; ++i) layers.emplace_back(config_);
+    if (config_.with_projection) text_projection = nn::Linear<T, B>(config_.hidden_size, config_.projection_dim, false);
   }
   ClipTextConfig const& config() const { return config_; }
 
@@ -124,6 +133,7 @@ class ClipTextModel {
   nn::Embedding<T, B> position_embedding;  // text_model.embeddings.position_embedding
   std::vector<ClipEncoderLayer<T, B>> layers;  // text_model.encoder.layers.N
   nn::LayerNorm<T, B> final_layer_norm;        // text_model.final_layer_norm
+  nn::Linear<T, B> text_projection;            // text_projection (CLIPTextModelWithProjection only), no bias
 
   /// Appends `count` rows to the token embedding (Textual Inversion: new tokens), initialised to copies of row
   /// `init_row`; returns the id of the first new row.
@@ -166,27 +176,57 @@ class ClipTextModel {
     return h;
   }
 
-  /// last_hidden_state and pooled output. clip_skip = k runs all but the last k layers (diffusers' clip_skip).
+  /// last_hidden_state and pooled output (and text_embeds with a projection). clip_skip = k runs all but the last k
+  /// layers (diffusers' clip_skip).
   ClipTextOutput<T, B> forward(Context<B>& ctx, Tensor<std::int32_t, Cpu> const& ids, Mode mode = Mode::Infer,
                                int clip_skip = 0) {
     auto h = hidden_state(ctx, ids, int(layers.size()) - clip_skip, mode);
     ClipTextOutput<T, B> out;
     out.last_hidden_state = final_layer_norm.forward(ctx, h.view(), mode);
-    Index const n = ids.dim(0), l = ids.dim(1), c = config_.hidden_size;
-    out.pooler_output = Tensor<T, B>(Shape{n, c});
-    for (Index b = 0; b < n; ++b) {
-      Index eos = 0;  // transformers: the first EOS token (argmax of ids when eos_token_id == 2)
-      if (config_.eos_token_id == 2) {
-        for (Index p = 0; p < l; ++p)
-          if (ids.at({b, p}) > ids.at({b, eos})) eos = p;
-      } else {
-        while (eos < l - 1 && ids.at({b, eos}) != config_.eos_token_id) ++eos;
-        if (ids.at({b, eos}) != config_.eos_token_id) eos = 0;
-      }
-      BackendMemory<B>::copy(out.pooler_output.data() + b * c, out.last_hidden_state.data() + (b * l + eos) * c,
-                             std::size_t(c) * sizeof(T));
-    }
+    out.pooler_output = pool(ids, out.last_hidden_state);
+    if (config_.with_projection) out.text_embeds = text_projection.forward(ctx, out.pooler_output.view(), mode);
     return out;
+  }
+
+  /// SDXL's use (diffusers' encode_prompt with output_hidden_states): the output of layer L - 1 - clip_skip
+  /// (hidden_states[-(clip_skip + 2)], no final LayerNorm) and the pooled output of all L layers.
+  ClipHiddenAndPooled<T, B> forward_hidden_and_pooled(Context<B>& ctx, Tensor<std::int32_t, Cpu> const& ids,
+                                                      Mode mode = Mode::Infer, int clip_skip = 0) {
+    int const total = int(layers.size()), keep = total - 1 - clip_skip;
+    SDLORA_EXPECTS(keep >= 0, "[clip_text] clip_skip " << clip_skip << " leaves no layer of " << total);
+    ClipHiddenAndPooled<T, B> out;
+    out.hidden = hidden_state(ctx, ids, keep, mode);
+    auto h = Tensor<T, B>(out.hidden);
+    for (int i = keep; i < total; ++i) h = layers[i].forward(ctx, h.view(), mode);
+    layers_run_ = total;
+    hidden_layer_ = keep;
+    auto last = final_layer_norm.forward(ctx, h.view(), mode);
+    out.pooled = pool(ids, last);
+    if (config_.with_projection) out.pooled = text_projection.forward(ctx, out.pooled.view(), mode);
+    return out;
+  }
+
+  /// Backward of the last forward_hidden_and_pooled(Mode::Train) from d(hidden) (N, L, C) and, when not empty,
+  /// d(pooled): accumulates the trainable parameters' gradients.
+  void backward_hidden_and_pooled(Context<B>& ctx, TensorView<T const, B> dhidden, TensorView<T const, B> dpooled) {
+    Index const c = config_.hidden_size;
+    Tensor<T, B> g;
+    if (!dpooled.empty()) {  // the layers above hidden_layer_ see only the pooled gradient
+      auto dp = config_.with_projection ? text_projection.backward(ctx, dpooled) : Tensor<T, B>::from_view(dpooled);
+      Tensor<T, B> dlast(dhidden.shape());  // zeros but at the pooled positions
+      Index const l = dhidden.dim(1);
+      for (std::size_t b = 0; b < eos_.size(); ++b)
+        BackendMemory<B>::copy(dlast.data() + (Index(b) * l + eos_[b]) * c, dp.data() + Index(b) * c,
+                               std::size_t(c) * sizeof(T));
+      g = final_layer_norm.backward(ctx, dlast.view());
+      for (int i = layers_run_; i-- > hidden_layer_;) g = layers[i].backward(ctx, g.view());
+    } else {
+      g = Tensor<T, B>(dhidden.shape());
+    }
+    ops::axpy<T, B>(ctx, g.view(), 1.0, dhidden);
+    for (int i = hidden_layer_; i-- > 0;) g = layers[i].backward(ctx, g.view());
+    token_embedding.backward(ctx, g.view());
+    position_embedding.backward(ctx, g.view());
   }
 
   /// Backward from d(last_hidden_state) (N, L, C) of the last forward(Mode::Train): accumulates gradients of
@@ -211,10 +251,34 @@ class ClipTextModel {
     for (std::size_t i = 0; i < layers.size(); ++i)
       layers[i].visit(nn::join(tm, "encoder.layers." + std::to_string(i)), visitor);
     final_layer_norm.visit(nn::join(tm, "final_layer_norm"), visitor);
+    if (config_.with_projection) text_projection.visit(nn::join(name, "text_projection"), visitor);
   }
 
  private:
+  /// (N, C) rows of `last` at each sequence's pooling position (kept in eos_ for backward): transformers' first
+  /// EOS token, or the argmax of the ids when eos_token_id == 2 (the legacy configs: SD and SDXL checkpoints).
+  Tensor<T, B> pool(Tensor<std::int32_t, Cpu> const& ids, Tensor<T, B> const& last) {
+    Index const n = ids.dim(0), l = ids.dim(1), c = config_.hidden_size;
+    Tensor<T, B> pooled(Shape{n, c});
+    eos_.assign(std::size_t(n), 0);
+    for (Index b = 0; b < n; ++b) {
+      Index eos = 0;
+      if (config_.eos_token_id == 2) {
+        for (Index p = 0; p < l; ++p)
+          if (ids.at({b, p}) > ids.at({b, eos})) eos = p;
+      } else {
+        while (eos < l - 1 && ids.at({b, eos}) != config_.eos_token_id) ++eos;
+        if (ids.at({b, eos}) != config_.eos_token_id) eos = 0;
+      }
+      eos_[std::size_t(b)] = eos;
+      BackendMemory<B>::copy(pooled.data() + b * c, last.data() + (b * l + eos) * c, std::size_t(c) * sizeof(T));
+    }
+    return pooled;
+  }
+
   int layers_run_ = 0;
+  int hidden_layer_ = 0;     // the layer forward_hidden_and_pooled returned the output of
+  std::vector<Index> eos_;   // per sequence: the pooled position of the last forward
 };
 
 }  // namespace sdlora::models

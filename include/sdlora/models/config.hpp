@@ -3,6 +3,7 @@
 /// by presets (SD 1.x, SD 2.x base and v, tiny test models). Include <sdlora/models.hpp> instead.
 #pragma once
 
+#include <algorithm>  // std::find
 #include <fstream>    // std::ifstream
 #include <optional>   // std::optional
 #include <string>     // std::string
@@ -223,6 +224,10 @@ struct ClipTextConfig {
   int bos_token_id = 49406;
   int eos_token_id = 49407;
   int pad_token_id = 1;
+  int projection_dim = 512;
+  /// CLIPTextModelWithProjection (SDXL's text_encoder_2): a bias-free text_projection of the pooled output. Set from
+  /// `architectures` in config.json, or by the loader from model_index.json's class name.
+  bool with_projection = false;
 
   static ClipTextConfig from_json(nlohmann::json const& j) {
     using detail::get_or;
@@ -238,6 +243,11 @@ struct ClipTextConfig {
     c.bos_token_id = get_or(j, "bos_token_id", 49406);
     c.eos_token_id = get_or(j, "eos_token_id", 49407);
     c.pad_token_id = get_or(j, "pad_token_id", 1);
+    c.projection_dim = get_or(j, "projection_dim", 512);
+    auto const arch = get_or(j, "architectures", std::vector<std::string>{});
+    c.with_projection = std::find(arch.begin(), arch.end(), "CLIPTextModelWithProjection") != arch.end();
+    if (c.projection_dim <= 0)
+      SDLORA_THROW(ConfigError, "[clip config] projection_dim must be positive, got " << c.projection_dim);
     if (c.num_attention_heads <= 0 || c.hidden_size % c.num_attention_heads != 0)
       SDLORA_THROW(ConfigError, "[clip config] hidden_size " << c.hidden_size << " does not split into "
                                                              << c.num_attention_heads << " heads");

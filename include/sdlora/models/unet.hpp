@@ -17,6 +17,7 @@
 #include <sdlora/nn/timestep_embedding.hpp>  // nn::Timesteps, nn::TimestepEmbedding
 #include <sdlora/nn/upsample.hpp>            // nn::Upsample2D
 #include <sdlora/ops/concat.hpp>             // ops::concat_channels, ops::split_channels
+#include <sdlora/ops/elementwise.hpp>        // ops::axpy
 
 namespace sdlora::models {
 
@@ -226,6 +227,10 @@ class UNet2DConditionModel {
     conv_in = nn::Conv2d<T, B>(c.in_channels, c0, 3, 1, 1);
     time_proj = nn::Timesteps<T, B>(c0, c.flip_sin_to_cos, c.freq_shift);
     time_embedding = nn::TimestepEmbedding<T, B>(c0, c.time_embed_dim());
+    if (c.addition_embed_type == "text_time") {
+      add_time_proj = nn::Timesteps<T, B>(c.addition_time_embed_dim, c.flip_sin_to_cos, c.freq_shift);
+      add_embedding = nn::TimestepEmbedding<T, B>(c.projection_class_embeddings_input_dim, c.time_embed_dim());
+    }
     Index out = c0;
     for (std::size_t i = 0; i < n; ++i) {
       Index const in = out;
@@ -250,6 +255,8 @@ class UNet2DConditionModel {
   nn::Conv2d<T, B> conv_in;
   nn::Timesteps<T, B> time_proj;
   nn::TimestepEmbedding<T, B> time_embedding;
+  nn::Timesteps<T, B> add_time_proj;            // SDXL (addition_embed_type "text_time") only
+  nn::TimestepEmbedding<T, B> add_embedding;    // SDXL only: (pooled text_embeds ++ time-id embeddings) -> temb
   std::vector<DownBlock<T, B>> down_blocks;
   MidBlock<T, B> mid_block;
   std::vector<UpBlock<T, B>> up_blocks;
@@ -270,10 +277,24 @@ class UNet2DConditionModel {
     for (auto& a : mid_block.attentions) a.gradient_checkpointing = on;
   }
 
+  /// SDXL's micro-conditioning (diffusers' added_cond_kwargs): the pooled text embedding of text_encoder_2
+  /// (N, pooled) and the time ids (N, 6) = original size (h, w), crop top-left (top, left), target size (h, w).
+  struct AddedConditions {
+    TensorView<T const, B> text_embeds;
+    TensorView<T const, B> time_ids;
+  };
+
   /// noise prediction (N, out, H, W) from sample (N, in, H, W), timesteps (N) (float), and the text context
   /// encoder_hidden_states (N, L, cross_attention_dim).
   Tensor<T, B> forward(Context<B>& ctx, TensorView<T const, B> sample, TensorView<T const, B> timesteps,
                        TensorView<T const, B> encoder_hidden_states, Mode mode = Mode::Infer) {
+    return forward(ctx, sample, timesteps, encoder_hidden_states, AddedConditions{}, mode);
+  }
+
+  /// The same with SDXL's added conditions (required when addition_embed_type is "text_time", refused otherwise).
+  Tensor<T, B> forward(Context<B>& ctx, TensorView<T const, B> sample, TensorView<T const, B> timesteps,
+                       TensorView<T const, B> encoder_hidden_states, AddedConditions const& added,
+                       Mode mode = Mode::Infer) {
     auto const& c = config_;
     SDLORA_EXPECTS(sample.rank() == 4 && sample.dim(1) == c.in_channels,
                    "[unet] sample must be (N, " << c.in_channels << ", H, W), got " << sample.shape());
@@ -285,6 +306,7 @@ class UNet2DConditionModel {
                                                             << "), got " << encoder_hidden_states.shape());
     auto t = time_proj.forward(ctx, timesteps);  // (N, C0)
     auto emb = time_embedding.forward(ctx, t.view(), mode);  // (N, 4 C0)
+    add_text_time(ctx, emb, added, sample.dim(0), mode);
     auto h = conv_in.forward(ctx, sample, mode);
     // Skip connections: conv_in's output, then every down layer's output.
     std::vector<Tensor<T, B>> skips;
@@ -316,6 +338,7 @@ class UNet2DConditionModel {
   struct Grads {
     Tensor<T, B> dsample;                 // (N, in, H, W)
     Tensor<T, B> dencoder_hidden_states;  // (N, L, cross_attention_dim)
+    Tensor<T, B> dtext_embeds;            // (N, pooled): SDXL only, the gradient of AddedConditions::text_embeds
   };
 
   /// Backward of the last forward(Mode::Train): input gradients, and trainable parameter gradients accumulated.
@@ -346,7 +369,16 @@ class UNet2DConditionModel {
     }
     Grads out;
     out.dsample = conv_in.backward(ctx, dskips[0].view());
-    if (!dtemb.empty()) time_embedding.backward(ctx, dtemb.view());  // only for parameter gradients
+    if (!dtemb.empty()) {
+      time_embedding.backward(ctx, dtemb.view());  // only for parameter gradients
+      if (pooled_dim_ > 0) {  // emb = time_embedding(t) + add_embedding(text_embeds ++ time embeddings)
+        auto dadd = add_embedding.backward(ctx, dtemb.view());  // (N, pooled + 6 * addition_time_embed_dim)
+        Index const n = dadd.dim(0);
+        out.dtext_embeds = Tensor<T, B>(Shape{n, pooled_dim_});
+        Tensor<T, B> dtime(Shape{n, dadd.dim(1) - pooled_dim_});
+        ops::split_channels<T, B>(ctx, out.dtext_embeds.view(), dtime.view(), dadd.view());
+      }
+    }
     out.dencoder_hidden_states = std::move(dcontext);
     return out;
   }
@@ -355,6 +387,7 @@ class UNet2DConditionModel {
   void visit(std::string const& name, V&& visitor) {
     conv_in.visit(nn::join(name, "conv_in"), visitor);
     time_embedding.visit(nn::join(name, "time_embedding"), visitor);
+    if (config_.addition_embed_type == "text_time") add_embedding.visit(nn::join(name, "add_embedding"), visitor);
     nn::visit_each(name, "down_blocks", down_blocks, visitor);
     mid_block.visit(nn::join(name, "mid_block"), visitor);
     nn::visit_each(name, "up_blocks", up_blocks, visitor);
@@ -363,7 +396,35 @@ class UNet2DConditionModel {
   }
 
  private:
+  /// emb += add_embedding(cat(text_embeds, add_time_proj(time_ids).reshape(N, -1))) for SDXL (diffusers'
+  /// get_aug_embed with addition_embed_type "text_time"); checks that the added conditions match the config.
+  void add_text_time(Context<B>& ctx, Tensor<T, B>& emb, AddedConditions const& added, Index n, Mode mode) {
+    auto const& c = config_;
+    bool const given = !added.text_embeds.empty() || !added.time_ids.empty();
+    pooled_dim_ = 0;
+    if (c.addition_embed_type != "text_time") {
+      SDLORA_EXPECTS(!given, "[unet] added conditions (text_embeds, time_ids) given to a UNet without "
+                             "addition_embed_type \"text_time\"");
+      return;
+    }
+    Index const time_dim = 6 * Index(c.addition_time_embed_dim);
+    Index const pooled = Index(c.projection_class_embeddings_input_dim) - time_dim;
+    SDLORA_EXPECTS(added.time_ids.rank() == 2 && added.time_ids.dim(0) == n && added.time_ids.dim(1) == 6,
+                   "[unet] an SDXL UNet needs time_ids (" << n << ", 6), got " << added.time_ids.shape());
+    SDLORA_EXPECTS(added.text_embeds.rank() == 2 && added.text_embeds.dim(0) == n && added.text_embeds.dim(1) == pooled,
+                   "[unet] an SDXL UNet needs text_embeds (" << n << ", " << pooled << "), got "
+                                                             << added.text_embeds.shape());
+    auto const ids = Tensor<T, B>::from_view(added.time_ids);  // contiguous, to flatten
+    auto te = add_time_proj.forward(ctx, ids.view().reshaped(Shape{n * 6}));  // (6 N, addition_time_embed_dim)
+    Tensor<T, B> add(Shape{n, pooled + time_dim});
+    ops::concat_channels<T, B>(ctx, add.view(), added.text_embeds, te.view().reshaped(Shape{n, time_dim}));
+    auto aug = add_embedding.forward(ctx, add.view(), mode);  // (N, 4 C0)
+    ops::axpy<T, B>(ctx, emb.view(), 1.0, aug.view());
+    pooled_dim_ = pooled;
+  }
+
   UNetConfig config_;
+  Index pooled_dim_ = 0;  // the last forward's text_embeds width (0: no added conditions)
   nn::SiLU<T, B> act_;
   std::vector<std::size_t> skip_counts_;  // outputs per down block, for routing skip gradients
   std::vector<std::size_t> first_skip_;   // per up block: index of the skip its first resnet reads
