@@ -154,6 +154,77 @@ TEST_CASE("image: unreadable files are IoErrors naming the path and the reason",
   CHECK_THROWS_AS(io::save_png("no_such_dir/x.png", io::from_uint8(pattern(2, 2, 3))), IoError);
 }
 
+namespace {
+void put_le(std::string& s, std::uint32_t v, int bytes) {
+  for (int i = 0; i < bytes; ++i) s += char((v >> (8 * i)) & 0xffu);
+}
+void put_be32(std::string& s, std::uint32_t v) {
+  for (int i = 3; i >= 0; --i) s += char((v >> (8 * i)) & 0xffu);
+}
+/// A 54-byte BMP whose header claims w x h 24-bit pixels and holds none: stb would allocate and decode w * h * 3
+/// bytes of zeros.
+std::string bmp_header_only(std::uint32_t w, std::uint32_t h) {
+  std::string s = "BM";
+  put_le(s, 54, 4);
+  put_le(s, 0, 4);
+  put_le(s, 54, 4);  // pixel data offset
+  put_le(s, 40, 4);  // BITMAPINFOHEADER
+  put_le(s, w, 4);
+  put_le(s, h, 4);
+  put_le(s, 1, 2);   // planes
+  put_le(s, 24, 2);  // bits per pixel
+  for (int i = 0; i < 6; ++i) put_le(s, 0, 4);
+  return s;
+}
+/// A PNG signature and an IHDR claiming w x h RGB (CRC correct), then IEND: no pixel data at all.
+std::string png_header_only(std::uint32_t w, std::uint32_t h) {
+  std::string ihdr = "IHDR";
+  put_be32(ihdr, w);
+  put_be32(ihdr, h);
+  ihdr += std::string("\x08\x02\x00\x00\x00", 5);  // 8 bits, RGB, deflate, no filter, no interlace
+  std::string s("\x89PNG\r\n\x1a\n", 8);
+  put_be32(s, 13);
+  s += ihdr;
+  put_be32(s, io::detail::crc32(reinterpret_cast<unsigned char const*>(ihdr.data()), ihdr.size()));
+  put_be32(s, 0);
+  s += "IEND";
+  put_be32(s, io::detail::crc32(reinterpret_cast<unsigned char const*>("IEND"), 4));
+  return s;
+}
+}  // namespace
+
+TEST_CASE("image: a file over the pixel limit is refused from its header, naming the file and its size",
+          "[io][image]") {
+  REQUIRE(io::kDefaultMaxImagePixels == 89478485);  // PIL.Image.MAX_IMAGE_PIXELS
+  REQUIRE(io::max_image_pixels() == io::kDefaultMaxImagePixels);
+  // A 54-byte BMP claiming 10000 x 10000 would decode to 300 MB of zeros; a 57-byte PNG claims 12000 x 8000 (stb
+  // itself refuses PNGs of more than 2^30 bytes).
+  CHECK_THROWS_WITH(io::decode_image(bmp_header_only(10000, 10000), "bomb.bmp"),
+                    Contains("bomb.bmp is 10000 x 10000 = 100000000 pixels, over the limit of 89478485") &&
+                        Contains("--max-image-pixels"));
+  CHECK_THROWS_AS(io::decode_image(png_header_only(12000, 8000), "bomb.png"), IoError);
+  CHECK_THROWS_WITH(io::decode_image(png_header_only(12000, 8000), "bomb.png"),
+                    Contains("bomb.png is 12000 x 8000 = 96000000 pixels") && !Contains("\n"));
+  // Under the limit the same kind of header goes on to the decoder (a 100 x 100 BMP of zeros).
+  auto const small = io::decode_image(bmp_header_only(100, 100), "small.bmp", io::ImageRange::ZeroToOne);
+  CHECK(small.shape() == Shape{3, 100, 100});
+
+  // The limit of one call, and the process-wide default that --max-image-pixels sets.
+  io::save_png("img_limit.png", io::from_uint8(pattern(4, 5, 3)));  // 20 pixels
+  io::ImageLoadOptions o;
+  o.max_pixels = 19;
+  CHECK_THROWS_WITH(io::load_image("img_limit.png", o), Contains("img_limit.png is 5 x 4 = 20 pixels"));
+  o.max_pixels = 20;
+  CHECK(io::load_image("img_limit.png", o).shape() == Shape{3, 4, 5});
+  o.max_pixels = 0;  // no limit
+  CHECK(io::load_image("img_limit.png", o).shape() == Shape{3, 4, 5});
+  io::set_max_image_pixels(10);
+  CHECK(io::ImageLoadOptions{}.max_pixels == 10);
+  CHECK_THROWS_WITH(io::load_image("img_limit.png"), Contains("over the limit of 10"));
+  io::set_max_image_pixels(io::kDefaultMaxImagePixels);
+  CHECK_NOTHROW(io::load_image("img_limit.png"));
+}
+
 TEST_CASE("image: crop, center_crop, random_crop and hflip on a tiny image", "[io][image]") {
   auto const img = indexed(3, 5, 6);  // (3, 5, 6), value k*100 + y*10 + x
   auto c = io::crop(img, 1, 2, 3, 2);

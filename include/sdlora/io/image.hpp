@@ -26,6 +26,7 @@
 
 #include <algorithm>    // std::clamp, std::min
 #include <array>        // std::array
+#include <atomic>       // std::atomic
 #include <cerrno>       // errno
 #include <cmath>        // std::nearbyint, std::isnan
 #include <cstdint>      // std::uint8_t, std::uint32_t, std::uint64_t
@@ -230,19 +231,53 @@ inline Tensor<float, Cpu> from_uint8(TensorView<std::uint8_t const, Cpu> pixels,
   return out;
 }
 
-/// Decodes an image file held in memory to RGB (3, H, W); `name` stands for the path in messages.
+/// Pillow's `Image.MAX_IMAGE_PIXELS` (1024 * 1024 * 1024 // 4 // 3), the limit diffusers' users get: the default
+/// pixel limit of load_image / decode_image. Pillow warns above it and refuses twice as many; sdlora refuses above it.
+inline constexpr std::uint64_t kDefaultMaxImagePixels = 89'478'485;
+
+namespace detail {
+inline std::atomic<std::uint64_t>& max_image_pixels_default() {
+  static std::atomic<std::uint64_t> limit{kDefaultMaxImagePixels};
+  return limit;
+}
+}  // namespace detail
+
+/// The process-wide default of ImageLoadOptions::max_pixels, like Pillow's module-level `Image.MAX_IMAGE_PIXELS`:
+/// the programs' `--max-image-pixels` sets it once, so that every image their libraries load (datasets, evaluation
+/// encoders) obeys it. 0 means no limit.
+inline void set_max_image_pixels(std::uint64_t limit) { detail::max_image_pixels_default().store(limit); }
+inline std::uint64_t max_image_pixels() { return detail::max_image_pixels_default().load(); }
+
+/// How load_image / decode_image read a file.
+struct ImageLoadOptions {
+  ImageRange range = ImageRange::MinusOneToOne;
+  /// Width x height above which the file is refused from its header, before anything is decoded (a small PNG can
+  /// claim 30000 x 30000 pixels, 2.7 GB of RGB); 0 means no limit.
+  std::uint64_t max_pixels = max_image_pixels();
+};
+
+/// Decodes an image file held in memory to RGB (3, H, W); `name` stands for the path in messages. The header is
+/// read first (stbi_info): an image of more than `options.max_pixels` pixels is an IoError naming the file and its
+/// size, and nothing is decoded.
 inline Tensor<float, Cpu> decode_image(std::string_view bytes, std::string const& name,
-                                       ImageRange range = ImageRange::MinusOneToOne) {
+                                       ImageLoadOptions const& options) {
   if (bytes.size() > std::size_t(INT_MAX))
     SDLORA_THROW(IoError, "[load_image] cannot read " << name << ": file larger than 2 GB");
+  auto const* data = reinterpret_cast<unsigned char const*>(bytes.data());
   int w = 0, h = 0, channels = 0;
-  unsigned char* p = detail::stb::stbi_load_from_memory(reinterpret_cast<unsigned char const*>(bytes.data()),
-                                                        int(bytes.size()), &w, &h, &channels, 3);
+  if (!detail::stb::stbi_info_from_memory(data, int(bytes.size()), &w, &h, &channels))
+    SDLORA_THROW(IoError, "[load_image] cannot read " << name << ": " << detail::stb::stbi_failure_reason());
+  std::uint64_t const pixels = std::uint64_t(std::max(w, 0)) * std::uint64_t(std::max(h, 0));
+  if (options.max_pixels != 0 && pixels > options.max_pixels)
+    SDLORA_THROW(IoError, "[load_image] " << name << " is " << w << " x " << h << " = " << pixels
+                                          << " pixels, over the limit of " << options.max_pixels
+                                          << " (--max-image-pixels raises it)");
+  unsigned char* p = detail::stb::stbi_load_from_memory(data, int(bytes.size()), &w, &h, &channels, 3);
   if (!p)
     SDLORA_THROW(IoError, "[load_image] cannot read " << name << ": " << detail::stb::stbi_failure_reason());
   Tensor<float, Cpu> out;
   try {
-    out = from_uint8(TensorView<std::uint8_t const, Cpu>(p, Shape{h, w, 3}), range);  // (3, H, W)
+    out = from_uint8(TensorView<std::uint8_t const, Cpu>(p, Shape{h, w, 3}), options.range);  // (3, H, W)
   } catch (...) {
     detail::stb::stbi_image_free(p);
     throw;
@@ -251,10 +286,19 @@ inline Tensor<float, Cpu> decode_image(std::string_view bytes, std::string const
   return out;
 }
 
-/// Loads an image file (PNG, JPEG, BMP, TGA, GIF, PSD, HDR, PNM) as RGB float (3, H, W) in `range`. An unreadable
-/// or undecodable file throws IoError naming the path and the reason.
+inline Tensor<float, Cpu> decode_image(std::string_view bytes, std::string const& name,
+                                       ImageRange range = ImageRange::MinusOneToOne) {
+  return decode_image(bytes, name, ImageLoadOptions{range});
+}
+
+/// Loads an image file (PNG, JPEG, BMP, TGA, GIF, PSD, HDR, PNM) as RGB float (3, H, W) in `options.range`. An
+/// unreadable or undecodable file, or one over `options.max_pixels`, throws IoError naming the path and the reason.
+inline Tensor<float, Cpu> load_image(std::string const& path, ImageLoadOptions const& options) {
+  return decode_image(detail::read_file_bytes(path, "[load_image]"), path, options);
+}
+
 inline Tensor<float, Cpu> load_image(std::string const& path, ImageRange range = ImageRange::MinusOneToOne) {
-  return decode_image(detail::read_file_bytes(path, "[load_image]"), path, range);
+  return load_image(path, ImageLoadOptions{range});
 }
 
 /// Resizes (C, H, W) to (C, out_h, out_w), each channel on its own (see the file comment for the filters).

@@ -394,6 +394,7 @@ class SafetensorsWriter {
     }
     while ((8 + text.size()) % 8 != 0) text += ' ';  // align the data area to 8 bytes, as the reference writer does
     std::string const tmp = path + ".tmp";
+    int err = 0;  // a failed write removes its temporary file: a full disk leaves nothing behind
     {
       std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
       if (!out) SDLORA_THROW(IoError, "[safetensors] cannot write " << tmp << ": " << std::strerror(errno));
@@ -404,12 +405,18 @@ class SafetensorsWriter {
       out.write(text.data(), std::streamsize(text.size()));
       for (auto const& e : entries_) out.write(e.bytes.data(), std::streamsize(e.bytes.size()));
       out.flush();
-      if (!out) SDLORA_THROW(IoError, "[safetensors] write to " << tmp << " failed: " << std::strerror(errno));
+      if (!out) err = errno != 0 ? errno : EIO;
     }
-    int const fd = ::open(tmp.c_str(), O_RDONLY);
-    if (fd >= 0) {
-      ::fsync(fd);
-      ::close(fd);
+    if (err == 0) {
+      int const fd = ::open(tmp.c_str(), O_RDONLY);
+      if (fd >= 0) {
+        if (::fsync(fd) != 0) err = errno;  // some file systems report a full disk only here
+        ::close(fd);
+      }
+    }
+    if (err != 0) {
+      std::remove(tmp.c_str());
+      SDLORA_THROW(IoError, "[safetensors] write to " << tmp << " failed: " << std::strerror(err));
     }
     if (std::rename(tmp.c_str(), path.c_str()) != 0) {
       std::remove(tmp.c_str());

@@ -22,6 +22,7 @@
 
 #include <sdlora/core/dtype.hpp>      // DType, dtype_name
 #include <sdlora/core/error.hpp>      // FormatError
+#include <sdlora/core/json.hpp>       // check_json_depth
 #include <sdlora/core/tensor.hpp>     // Tensor, convert
 #include <sdlora/io/safetensors.hpp>  // io::SafetensorsFile, io::SafetensorsWriter
 #include <sdlora/lora/inject.hpp>     // add_adapter, for_each_adapter, AdaptableLeaf
@@ -200,6 +201,7 @@ inline LoraFile read_peft(io::SafetensorsFile const& f) {
   out.metadata = f.metadata();
   nlohmann::json meta = nlohmann::json::object();
   if (auto it = out.metadata.find("lora_adapter_metadata"); it != out.metadata.end()) {
+    check_json_depth(it->second, "[lora.read] " + f.path() + ": metadata 'lora_adapter_metadata'");
     try {
       meta = nlohmann::json::parse(it->second);
     } catch (nlohmann::json::exception const& e) {

@@ -5,6 +5,7 @@
 
 #include <algorithm>  // std::find
 #include <fstream>    // std::ifstream
+#include <iterator>   // std::istreambuf_iterator
 #include <optional>   // std::optional
 #include <string>     // std::string
 #include <vector>     // std::vector
@@ -12,15 +13,20 @@
 #include <nlohmann/json.hpp>  // nlohmann::json
 
 #include <sdlora/core/error.hpp>  // ConfigError, IoError
+#include <sdlora/core/json.hpp>   // check_json_depth
 
 namespace sdlora::models {
 
-/// Reads a JSON file; IoError when it cannot be read, ConfigError naming the file when it is not JSON.
+/// Reads a JSON file; IoError when it cannot be read, ConfigError naming the file when it is not JSON, FormatError
+/// when it nests deeper than kMaxJsonDepth.
 inline nlohmann::json read_json(std::string const& path) {
-  std::ifstream in(path);
+  std::ifstream in(path, std::ios::binary);
   if (!in) SDLORA_THROW(IoError, "[config] cannot open " << path);
+  std::string const text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  if (in.bad()) SDLORA_THROW(IoError, "[config] cannot read " << path);
+  check_json_depth(text, "[config] " + path);
   try {
-    return nlohmann::json::parse(in);
+    return nlohmann::json::parse(text);
   } catch (nlohmann::json::exception const& e) {
     SDLORA_THROW(ConfigError, "[config] " << path << " is not valid JSON: " << e.what());
   }

@@ -65,7 +65,7 @@ inline TextualInversion read_embedding(std::string const& path, std::string cons
   if (!token.empty()) ti.token = token;
   ti.vectors = f.load<float>(key);
   if (ti.vectors.rank() == 1) ti.vectors.reshape(Shape{1, ti.vectors.dim(0)});
-  if (ti.vectors.rank() != 2 || ti.vectors.dim(0) < 1)
+  if (ti.vectors.rank() != 2 || ti.vectors.dim(0) < 1 || ti.vectors.dim(1) < 1)  // (2^40, 0) holds no bytes
     SDLORA_THROW(FormatError, "[embedding] " << path << ": '" << key << "' must be (n, dim) or (dim), got "
                                              << ti.vectors.shape());
   if (ti.token.empty()) SDLORA_THROW(FormatError, "[embedding] " << path << ": empty token");

@@ -34,6 +34,7 @@
 #include <nlohmann/json.hpp>  // nlohmann::json
 
 #include <sdlora/core/error.hpp>          // SDLORA_THROW, IoError, FormatError
+#include <sdlora/core/json.hpp>           // check_json_depth
 #include <sdlora/tokenizer/unicode.hpp>  // unicode::nfc, is_letter, ...
 
 namespace sdlora::tokenizer {
@@ -82,6 +83,13 @@ inline std::string read_file(std::string const& path) {
   std::ostringstream os;
   os << in.rdbuf();
   return os.str();
+}
+
+/// A JSON file's text; FormatError naming it when it nests deeper than kMaxJsonDepth.
+inline std::string read_json_text(std::string const& path) {
+  std::string text = read_file(path);
+  check_json_depth(text, "[tokenizer] " + path);
+  return text;
 }
 
 inline std::string read_gzip(std::string const& path) {
@@ -178,7 +186,7 @@ class ClipTokenizer {
   static ClipTokenizer from_vocab_merges(std::string const& vocab_json, std::string const& merges_txt) {
     nlohmann::json j;
     try {
-      j = nlohmann::json::parse(detail::read_file(vocab_json));
+      j = nlohmann::json::parse(detail::read_json_text(vocab_json));
     } catch (nlohmann::json::exception const& e) {
       SDLORA_THROW(FormatError, "[tokenizer] " << vocab_json << ": " << e.what());
     }
@@ -209,7 +217,7 @@ class ClipTokenizer {
   static ClipTokenizer from_tokenizer_json(std::string const& path) {
     nlohmann::json j;
     try {
-      j = nlohmann::json::parse(detail::read_file(path));
+      j = nlohmann::json::parse(detail::read_json_text(path));
     } catch (nlohmann::json::exception const& e) {
       SDLORA_THROW(FormatError, "[tokenizer] " << path << ": " << e.what());
     }
@@ -245,7 +253,7 @@ class ClipTokenizer {
     auto json_of = [](std::filesystem::path const& p) -> std::optional<nlohmann::json> {
       if (!std::filesystem::exists(p)) return std::nullopt;
       try {
-        return nlohmann::json::parse(detail::read_file(p.string()));
+        return nlohmann::json::parse(detail::read_json_text(p.string()));
       } catch (nlohmann::json::exception const& e) {
         SDLORA_THROW(FormatError, "[tokenizer] " << p.string() << ": " << e.what());
       }

@@ -34,6 +34,7 @@
 #include <optional>                       // std::optional
 #include <ostream>                        // std::ostream
 #include <sdlora/core/error.hpp>          // ConfigError, FormatError, IoError, SDLORA_THROW
+#include <sdlora/core/json.hpp>           // check_json_depth
 #include <sdlora/core/rng.hpp>            // TorchGenerator
 #include <sdlora/core/tensor.hpp>         // Tensor
 #include <sdlora/io/image.hpp>            // io::decode_image, io::resize, io::crop, io::hflip, io::Filter
@@ -401,6 +402,11 @@ inline bool image_info(std::string const& path, Index& height, Index& width, std
     reason = std::string("not a readable image: ") + io::detail::stb::stbi_failure_reason();
     return false;
   }
+  if (std::uint64_t const limit = io::max_image_pixels(); limit != 0 && std::uint64_t(w) * std::uint64_t(h) > limit) {
+    reason = std::to_string(w) + " x " + std::to_string(h) + " pixels, over the limit of " + std::to_string(limit) +
+             " (--max-image-pixels raises it)";
+    return false;
+  }
   height = h;
   width = w;
   return true;
@@ -443,6 +449,7 @@ inline std::vector<std::pair<std::string, std::string>> read_metadata(fs::path c
   while (std::getline(lines, line)) {
     ++n;
     if (trim(line).empty()) continue;
+    check_json_depth(line, "[dataset] " + name + " line " + std::to_string(n));
     nlohmann::json const j = nlohmann::json::parse(line, nullptr, false);
     if (!j.is_object()) SDLORA_THROW(FormatError, "[dataset] " << name << " line " << n << " is not a JSON object");
     for (std::string const& col : {o.image_column, o.caption_column})

@@ -27,6 +27,7 @@
 #include <sdlora/backend/cpu/parallel.hpp>  // cpu::parallel_for
 #include <sdlora/core/backend.hpp>     // Cpu
 #include <sdlora/core/error.hpp>       // SDLORA_EXPECTS, SDLORA_THROW
+#include <sdlora/core/json.hpp>        // check_json_depth
 #include <sdlora/core/tensor.hpp>      // Tensor
 #include <sdlora/io/safetensors.hpp>   // io::SafetensorsWriter, io::SafetensorsFile
 #include <sdlora/train/param_ref.hpp>  // ParamRef
@@ -67,6 +68,7 @@ OptimizerState<T> load_optimizer_state(std::string const& path) {
                                                 "optimizer state written by sdlora");
   OptimizerState<T> s;
   s.type = type->second;
+  check_json_depth(scalars->second, "[optimizer] " + path + ": sdlora.scalars");
   try {
     s.scalars = nlohmann::json::parse(scalars->second).get<std::map<std::string, double>>();
   } catch (nlohmann::json::exception const& e) {

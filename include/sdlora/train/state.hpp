@@ -21,6 +21,7 @@
 #include <cstring>     // std::strerror
 #include <filesystem>  // std::filesystem
 #include <fstream>     // std::ofstream, std::ifstream
+#include <iterator>    // std::istreambuf_iterator
 #include <map>         // std::map
 #include <optional>    // std::optional
 #include <string>      // std::string
@@ -30,6 +31,7 @@
 #include <nlohmann/json.hpp>  // nlohmann::json
 
 #include <sdlora/core/error.hpp>       // IoError, FormatError
+#include <sdlora/core/json.hpp>        // check_json_depth
 #include <sdlora/core/tensor.hpp>      // Tensor
 #include <sdlora/io/safetensors.hpp>   // io::SafetensorsWriter, io::SafetensorsFile
 #include <sdlora/train/optimizer.hpp>  // OptimizerState, save_optimizer_state, load_optimizer_state
@@ -171,24 +173,29 @@ std::string save_checkpoint(std::string const& output_dir, TrainingState<T> cons
   fs::create_directory(tmp_dir, ec);
   if (ec) SDLORA_THROW(IoError, "[training_state] cannot create " << tmp_dir << ": " << ec.message());
 
-  io::SafetensorsWriter params;
-  for (auto const& [name, t] : state.parameters) params.add(name, t);
-  params.set_metadata("format", kStateFormat);
-  params.write((tmp_dir / "parameters.safetensors").string());
-  save_optimizer_state(state.optimizer, (tmp_dir / "optimizer.safetensors").string());
+  try {
+    io::SafetensorsWriter params;
+    for (auto const& [name, t] : state.parameters) params.add(name, t);
+    params.set_metadata("format", kStateFormat);
+    params.write((tmp_dir / "parameters.safetensors").string());
+    save_optimizer_state(state.optimizer, (tmp_dir / "optimizer.safetensors").string());
 
-  nlohmann::json j;
-  j["format"] = kStateFormat;
-  j["version"] = kStateVersion;
-  j["global_step"] = state.global_step;
-  j["epoch"] = state.epoch;
-  j["lr_schedule_step"] = state.lr_schedule_step;
-  j["data_position"] = state.data_position;
-  j["data_order"] = state.data_order;
-  j["rng"] = state.rng;
-  j["settings"] = state.settings;
-  write_file_atomic(tmp_dir / "state.json", j.dump(1));
-  detail::fsync_path(tmp_dir, true);
+    nlohmann::json j;
+    j["format"] = kStateFormat;
+    j["version"] = kStateVersion;
+    j["global_step"] = state.global_step;
+    j["epoch"] = state.epoch;
+    j["lr_schedule_step"] = state.lr_schedule_step;
+    j["data_position"] = state.data_position;
+    j["data_order"] = state.data_order;
+    j["rng"] = state.rng;
+    j["settings"] = state.settings;
+    write_file_atomic(tmp_dir / "state.json", j.dump(1));
+    detail::fsync_path(tmp_dir, true);
+  } catch (...) {  // a failed write (full disk) leaves no half checkpoint taking space
+    fs::remove_all(tmp_dir, ec);
+    throw;
+  }
 
   if (fs::exists(final_dir)) {  // same step saved again: move the old one aside first
     fs::path const old_dir = final_dir.string() + ".old";
@@ -216,8 +223,10 @@ TrainingState<T> load_checkpoint(std::string const& dir) {
                                                      "with format '"
                                                   << kStateFormat
                                                   << "', parameters.safetensors and optimizer.safetensors)");
-  std::ifstream in(fs::path(dir) / "state.json");
-  nlohmann::json const j = nlohmann::json::parse(in);
+  std::ifstream in(fs::path(dir) / "state.json", std::ios::binary);
+  std::string const text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  check_json_depth(text, "[training_state] " + dir + "/state.json");
+  nlohmann::json const j = nlohmann::json::parse(text);
   if (j.value("version", 0) != kStateVersion)
     SDLORA_THROW(FormatError, "[training_state] " << dir << ": state version " << j.value("version", 0)
                                                   << ", this build reads " << kStateVersion);
