@@ -192,76 +192,207 @@ inline void save_png_atomic(std::string const& path, TensorView<float const, Cpu
 inline std::string dtype_label(DType d) { return d == DType::F16 ? "fp16" : d == DType::BF16 ? "bf16" : "fp32"; }
 }  // namespace detail
 
-/// Runs (or resumes) training to `o.max_train_steps` optimizer steps.
+/// A training run as named stages: prepare() (options, resume, loss.csv, latent caches), step() (one optimizer step
+/// over freshly drawn micro-batches, its loss.csv row and non-finite handling), checkpoint(), validate() and
+/// finish() (the final state, the LoRA or embedding files, loss.png, the last validation images). run() strings them
+/// together; run_training() is the one-call form.
 template <class T>
-RunResult run_training(Context<Cpu>& ctx, models::StableDiffusion<T, Cpu>& sd, ExampleSource& data,
-                       RunOptions const& o, ExampleSource* class_data = nullptr, std::ostream& log = std::cerr) {
-  namespace fs = std::filesystem;
-  if (data.size() <= 0) SDLORA_THROW(ConfigError, "[train] the dataset is empty");
-  if (o.train_batch_size < 1) SDLORA_THROW(ConfigError, "[train] train_batch_size must be >= 1");
-  if (o.max_train_steps < 1) SDLORA_THROW(ConfigError, "[train] max_train_steps must be >= 1");
-  if (o.trainer.with_prior_preservation && (!class_data || class_data->size() == 0))
-    SDLORA_THROW(ConfigError, "[train] prior preservation needs class images");
-  fs::create_directories(o.output_dir);
-  fs::path const out_dir(o.output_dir);
-  std::uint64_t const seed = o.trainer.seed;
+class Run {
+ public:
+  Run(Context<Cpu>& ctx, models::StableDiffusion<T, Cpu>& sd, ExampleSource& data, RunOptions const& o,
+      ExampleSource* class_data = nullptr, std::ostream& log = std::cerr)
+      : ctx_(ctx), sd_(sd), data_(data), class_data_(class_data), o_(o), log_(log), seed_(o.trainer.seed),
+        out_dir_(o.output_dir), csv_(out_dir_ / "loss.csv") {
+    check_options();
+    std::filesystem::create_directories(o_.output_dir);
+    trainer_ = std::make_unique<Trainer<T>>(ctx_, sd_, o_.trainer);
+    for (auto const& p : trainer_->parameters()) result_.trainable_parameters += p.param->value.numel();
+  }
 
-  Trainer<T> trainer(ctx, sd, o.trainer);
-  RunResult result;
-  for (auto const& p : trainer.parameters()) result.trainable_parameters += p.param->value.numel();
-
-  // Data order: one permutation per epoch, from the seed and the epoch only.
-  std::int64_t epoch = 0, position = 0;
-  std::vector<std::int64_t> order;
-  auto new_order = [&] {
-    TorchGenerator g(mix_seed(seed, 0x0D17A0, std::uint64_t(epoch)));
-    order = data.epoch_order(g, o.train_batch_size);
-    position = 0;
-  };
-
-  // Resume.
-  if (!o.resume_from_checkpoint.empty()) {
-    std::optional<std::string> dir = o.resume_from_checkpoint == "latest" ? latest_checkpoint(o.output_dir)
-                                                                         : std::optional(o.resume_from_checkpoint);
-    if (dir) {
-      auto state = load_checkpoint<T>(*dir);
-      detail::check_data_state(state, data.size(), *dir);
-      try {
-        trainer.load_state(state);
-      } catch (FormatError const& e) {
-        SDLORA_THROW(FormatError, "[train] " << *dir << ": " << e.what());
+  /// Runs (or resumes) to `max_train_steps` optimizer steps, or until stop_requested() says so.
+  RunResult run() {
+    prepare();
+    ProgressOptions po;
+    po.label = "train";
+    po.total = o_.max_train_steps;
+    po.initial = trainer_->global_step();
+    po.every = o_.log_every;
+    Progress progress(po, log_);
+    auto const start = std::chrono::steady_clock::now();
+    auto elapsed = [&] { return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(); };
+    while (trainer_->global_step() < o_.max_train_steps) {
+      auto const r = step();
+      std::int64_t const s = trainer_->global_step();
+      progress.update(s, {{"loss", r.loss}, {"lr", r.lr}});
+      bool const saved = o_.checkpointing_steps > 0 && s % o_.checkpointing_steps == 0 && s < o_.max_train_steps;
+      if (saved) checkpoint(s);
+      if (int const sig = o_.stop_requested ? o_.stop_requested() : 0; sig != 0 && s < o_.max_train_steps) {
+        if (!saved) checkpoint(s);  // Ctrl-C / SIGTERM: this step is done; keep it and stop
+        progress.finish();
+        result_.interrupted_by = sig;
+        result_.steps = s;
+        result_.seconds = elapsed();
+        return result_;
       }
-      epoch = state.epoch;
-      order = state.data_order;
-      position = state.data_position;
-      result.resumed_from = state.global_step;
-      log << "resumed from " << *dir << " at step " << state.global_step << "\n";
-    } else {
-      log << "no checkpoint in " << o.output_dir << ": starting a new run\n";
+      if (o_.validation_steps > 0 && s % o_.validation_steps == 0 && s < o_.max_train_steps) validate(s);
     }
+    progress.finish();
+    result_.seconds = elapsed();
+    return finish();
   }
-  if (order.empty()) new_order();
-  fs::path const csv = out_dir / "loss.csv";
-  if (result.resumed_from > 0) detail::truncate_loss_csv(csv, result.resumed_from);
-  else std::ofstream(csv, std::ios::trunc) << "step,loss,lr,skipped\n";
 
-  // Latents: cached per example when augmentation is deterministic (in memory, and on disk when a cache file is
-  // given and the source can hash its images); VAE sampling noise from the example's seed.
-  std::map<std::int64_t, Tensor<float, Cpu>> cache, class_cache;
-  std::unique_ptr<LatentCache> disk, class_disk;
-  // The identity covers what the cached samples depend on besides the image: the VAE and the noise seed.
-  std::string const vae_identity = sd.source + "#vae#seed=" + std::to_string(seed);
-  if (!o.latent_cache_file.empty() && o.cache_latents) {
-    disk = std::make_unique<LatentCache>(o.latent_cache_file, vae_identity);
-    if (class_data) {
-      fs::path const p(o.latent_cache_file);
-      class_disk = std::make_unique<LatentCache>((p.parent_path() / (p.stem().string() + "_class" + p.extension().string()))
-                                                     .string(), vae_identity + "#class");
+  /// Resumes from a checkpoint when asked, draws the first data order, starts or truncates loss.csv and opens the
+  /// on-disk latent caches.
+  void prepare() {
+    resume();
+    if (order_.empty()) new_order();
+    if (result_.resumed_from > 0) detail::truncate_loss_csv(csv_, result_.resumed_from);
+    else std::ofstream(csv_, std::ios::trunc) << "step,loss,lr,skipped\n";
+    open_latent_caches();
+  }
+
+  /// One optimizer step over `gradient_accumulation_steps` micro-batches; appends its loss.csv row. A non-finite
+  /// step stops the run (NonFiniteError) or, with OnNonFinite::Skip, is counted and logged.
+  StepReport step() {
+    std::vector<MicroBatch> micro;
+    for (int a = 0; a < o_.trainer.gradient_accumulation_steps; ++a) micro.push_back(draw_micro_batch());
+    auto const r = trainer_->step(std::move(micro));
+    std::int64_t const s = trainer_->global_step();
+    result_.losses.push_back(r.loss);
+    std::ofstream(csv_, std::ios::app) << s << ',' << r.loss << ',' << r.lr << ',' << (r.skipped ? 1 : 0) << '\n';
+    if (!r.non_finite_parameter.empty())
+      SDLORA_THROW(train::NonFiniteError, "[train] step " << s << ": the optimizer update left parameter "
+                                                   << r.non_finite_parameter << " non-finite; stopped without "
+                                                   << "writing the LoRA (lower the learning rate; the last "
+                                                   << "checkpoint is intact)");
+    if (r.skipped) {
+      if (o_.on_non_finite == OnNonFinite::Stop)
+        SDLORA_THROW(train::NonFiniteError, "[train] step " << s << ": loss " << r.loss << ", gradient norm "
+                                                     << r.grad_norm << "; first non-finite value: "
+                                                     << trainer_->locate_non_finite()
+                                                     << "; stopped without writing the LoRA (the last checkpoint "
+                                                     << "is intact; lower the learning rate or use --on_nan skip)");
+      ++result_.skipped_steps;
+      log_ << "\nstep " << s << ": loss " << r.loss << ", gradient norm " << r.grad_norm
+           << ": update skipped (--on_nan skip)\n";
+    }
+    return r;
+  }
+
+  /// Writes checkpoint-`step` (trainer state, data order, settings) and prunes old ones.
+  void checkpoint(std::int64_t step) {
+    flush_caches();
+    auto state = trainer_->state();
+    state.epoch = epoch_;
+    state.data_order = order_;
+    state.data_position = position_;
+    state.settings = o_.settings;
+    result_.checkpoint = save_checkpoint(o_.output_dir, state);
+    if (o_.checkpoints_total_limit > 0) keep_last(o_.output_dir, o_.checkpoints_total_limit);
+    log_ << "\nsaved " << result_.checkpoint << " (step " << step << ")\n";
+  }
+
+  /// Validation images validation/step-<step>-<i>.png (nothing without prompts).
+  void validate(std::int64_t step) {
+    if (o_.validation_prompts.empty()) return;
+    std::filesystem::create_directories(out_dir_ / "validation");
+    for (std::size_t i = 0; i < o_.validation_prompts.size(); ++i) {
+      pipeline::GenerateOptions g;
+      g.prompt = o_.validation_prompts[i];
+      g.steps = o_.validation_steps_count;
+      int const size = int(o_.settings.value("resolution", 512));
+      g.width = g.height = size;
+      g.seed = seed_;
+      auto img = pipeline::txt2img(ctx_, sd_, g);
+      std::ostringstream name;
+      name << "step-" << step << "-" << i << ".png";
+      std::string const parameters = g.prompt + "\nSteps: " + std::to_string(g.steps) + ", Seed: " +
+                                     std::to_string(g.seed) + ", Training step: " + std::to_string(step);
+      detail::save_png_atomic((out_dir_ / "validation" / name.str()).string(), img.images[0],
+                              io::ImageRange::MinusOneToOne, {{"parameters", parameters}});
     }
   }
-  auto latents_of = [&](ExampleSource& src, std::map<std::int64_t, Tensor<float, Cpu>>& c, LatentCache* d,
-                        std::int64_t index, std::uint64_t example_seed, std::string& caption) {
-    bool const cacheable = o.cache_latents && !src.random_augmentation();
+
+  /// The final checkpoint (so that a longer run can continue), the LoRA or embedding files, loss.png and the last
+  /// validation images.
+  RunResult finish() {
+    flush_caches();
+    result_.steps = trainer_->global_step();
+    // The final state, so that a longer run can continue it (a resumed run that had nothing left to do has it).
+    if (o_.checkpointing_steps > 0 && result_.steps > result_.resumed_from) checkpoint(result_.steps);
+    write_outputs();
+    if (!o_.validation_prompts.empty()) validate(result_.steps);
+    return result_;
+  }
+
+  Trainer<T>& trainer() { return *trainer_; }
+  RunResult const& result() const { return result_; }
+
+ private:
+  using LatentMap = std::map<std::int64_t, Tensor<float, Cpu>>;
+
+  void check_options() const {
+    if (data_.size() <= 0) SDLORA_THROW(ConfigError, "[train] the dataset is empty");
+    if (o_.train_batch_size < 1) SDLORA_THROW(ConfigError, "[train] train_batch_size must be >= 1");
+    if (o_.max_train_steps < 1) SDLORA_THROW(ConfigError, "[train] max_train_steps must be >= 1");
+    if (o_.trainer.with_prior_preservation && (!class_data_ || class_data_->size() == 0))
+      SDLORA_THROW(ConfigError, "[train] prior preservation needs class images");
+  }
+
+  /// Data order: one permutation per epoch, from the seed and the epoch only.
+  void new_order() {
+    TorchGenerator g(mix_seed(seed_, 0x0D17A0, std::uint64_t(epoch_)));
+    order_ = data_.epoch_order(g, o_.train_batch_size);
+    position_ = 0;
+  }
+
+  void resume() {
+    if (o_.resume_from_checkpoint.empty()) return;
+    std::optional<std::string> dir = o_.resume_from_checkpoint == "latest" ? latest_checkpoint(o_.output_dir)
+                                                                          : std::optional(o_.resume_from_checkpoint);
+    if (!dir) {
+      log_ << "no checkpoint in " << o_.output_dir << ": starting a new run\n";
+      return;
+    }
+    auto state = load_checkpoint<T>(*dir);
+    detail::check_data_state(state, data_.size(), *dir);
+    try {
+      trainer_->load_state(state);
+    } catch (FormatError const& e) {
+      SDLORA_THROW(FormatError, "[train] " << *dir << ": " << e.what());
+    }
+    epoch_ = state.epoch;
+    order_ = state.data_order;
+    position_ = state.data_position;
+    result_.resumed_from = state.global_step;
+    log_ << "resumed from " << *dir << " at step " << state.global_step << "\n";
+  }
+
+  /// Latents are cached per example when augmentation is deterministic: in memory, and on disk when a cache file is
+  /// given and the source can hash its images. The identity covers what the cached samples depend on besides the
+  /// image: the VAE and the noise seed.
+  void open_latent_caches() {
+    if (o_.latent_cache_file.empty() || !o_.cache_latents) return;
+    std::string const vae_identity = sd_.source + "#vae#seed=" + std::to_string(seed_);
+    disk_ = std::make_unique<LatentCache>(o_.latent_cache_file, vae_identity);
+    if (class_data_) {
+      std::filesystem::path const p(o_.latent_cache_file);
+      class_disk_ = std::make_unique<LatentCache>(
+          (p.parent_path() / (p.stem().string() + "_class" + p.extension().string())).string(),
+          vae_identity + "#class");
+    }
+  }
+
+  void flush_caches() {
+    if (disk_) disk_->flush();
+    if (class_disk_) class_disk_->flush();
+  }
+
+  /// The latents (1, 4, h, w) of example `index` of `src`; VAE sampling noise from the example's seed (from the
+  /// index alone when cached).
+  Tensor<float, Cpu> latents_of(ExampleSource& src, LatentMap& c, LatentCache* d, std::int64_t index,
+                                std::uint64_t example_seed, std::string& caption) {
+    bool const cacheable = o_.cache_latents && !src.random_augmentation();
     auto const hit = c.find(index);
     if (cacheable && hit != c.end()) {
       caption = src.caption(index, example_seed);
@@ -274,7 +405,7 @@ RunResult run_training(Context<Cpu>& ctx, models::StableDiffusion<T, Cpu>& sd, E
         if (auto z = d->lookup(*key)) {
           caption = src.caption(index, example_seed);
           c[index] = *z;
-          ++result.latents_from_disk;
+          ++result_.latents_from_disk;
           return std::move(*z);
         }
     }
@@ -282,40 +413,38 @@ RunResult run_training(Context<Cpu>& ctx, models::StableDiffusion<T, Cpu>& sd, E
     caption = ex.caption;
     Index const h = ex.image.dim(1), w = ex.image.dim(2);
     auto batch = std::move(ex.image).reshaped(Shape{1, 3, h, w});
-    TorchGenerator g(cacheable ? mix_seed(seed, 0x1A7E, std::uint64_t(index)) : example_seed);
-    auto z = convert<float>(pipeline::encode_images<T, Cpu>(ctx, sd.vae, convert<T>(batch.view()).view(), g).view());
+    TorchGenerator g(cacheable ? mix_seed(seed_, 0x1A7E, std::uint64_t(index)) : example_seed);
+    auto z = convert<float>(pipeline::encode_images<T, Cpu>(ctx_, sd_.vae, convert<T>(batch.view()).view(), g).view());
     if (cacheable) c[index] = z;
     if (key) d->store(*key, z);
     return z;
-  };
-  auto flush_caches = [&] {
-    if (disk) disk->flush();
-    if (class_disk) class_disk->flush();
-  };
+  }
 
-  auto draw_micro_batch = [&]() {
+  /// The next `train_batch_size` examples of the data order (a new epoch's order when one runs out), followed by as
+  /// many class examples under prior preservation.
+  MicroBatch draw_micro_batch() {
     std::vector<Tensor<float, Cpu>> lat;
     std::vector<std::string> captions;
     std::vector<std::int64_t> class_indices;
-    for (int b = 0; b < o.train_batch_size; ++b) {
-      if (position >= std::int64_t(order.size())) {
-        ++epoch;
+    for (int b = 0; b < o_.train_batch_size; ++b) {
+      if (position_ >= std::int64_t(order_.size())) {
+        ++epoch_;
         new_order();
       }
-      std::int64_t const index = order[std::size_t(position)];
-      std::uint64_t const ex_seed = mix_seed(seed, std::uint64_t(epoch), std::uint64_t(position));
+      std::int64_t const index = order_[std::size_t(position_)];
+      std::uint64_t const ex_seed = mix_seed(seed_, std::uint64_t(epoch_), std::uint64_t(position_));
       std::string caption;  // caption dropout, if any, is the source's (from the example's seed)
-      lat.push_back(latents_of(data, cache, disk.get(), index, ex_seed, caption));
+      lat.push_back(latents_of(data_, cache_, disk_.get(), index, ex_seed, caption));
       captions.push_back(caption);
-      class_indices.push_back((epoch * std::int64_t(order.size()) + position));
-      ++position;
+      class_indices.push_back((epoch_ * std::int64_t(order_.size()) + position_));
+      ++position_;
     }
-    if (o.trainer.with_prior_preservation) {  // the class half follows the instance half
-      for (int b = 0; b < o.train_batch_size; ++b) {
-        std::int64_t const k = class_indices[std::size_t(b)] % class_data->size();
+    if (o_.trainer.with_prior_preservation) {  // the class half follows the instance half
+      for (int b = 0; b < o_.train_batch_size; ++b) {
+        std::int64_t const k = class_indices[std::size_t(b)] % class_data_->size();
         std::string caption;
-        lat.push_back(latents_of(*class_data, class_cache, class_disk.get(), k, mix_seed(seed, 0xC1A55, std::uint64_t(k)),
-                                 caption));
+        lat.push_back(latents_of(*class_data_, class_cache_, class_disk_.get(), k,
+                                 mix_seed(seed_, 0xC1A55, std::uint64_t(k)), caption));
         captions.push_back(caption);
       }
     }
@@ -328,158 +457,99 @@ RunResult run_training(Context<Cpu>& ctx, models::StableDiffusion<T, Cpu>& sd, E
                                                                           << lat[std::size_t(i)].shape());
       std::copy_n(lat[std::size_t(i)].data(), lat[std::size_t(i)].numel(), m.latents.data() + i * lat[0].numel());
     }
-    m.input_ids = pipeline::tokenize(sd.tokenizer, captions);
+    m.input_ids = pipeline::tokenize(sd_.tokenizer, captions);
     return m;
-  };
-
-  auto save_state = [&](std::int64_t step) {
-    flush_caches();
-    auto state = trainer.state();
-    state.epoch = epoch;
-    state.data_order = order;
-    state.data_position = position;
-    state.settings = o.settings;
-    result.checkpoint = save_checkpoint(o.output_dir, state);
-    if (o.checkpoints_total_limit > 0) keep_last(o.output_dir, o.checkpoints_total_limit);
-    log << "\nsaved " << result.checkpoint << " (step " << step << ")\n";
-  };
-
-  auto validate = [&](std::int64_t step) {
-    if (o.validation_prompts.empty()) return;
-    fs::create_directories(out_dir / "validation");
-    for (std::size_t i = 0; i < o.validation_prompts.size(); ++i) {
-      pipeline::GenerateOptions g;
-      g.prompt = o.validation_prompts[i];
-      g.steps = o.validation_steps_count;
-      int const size = int(o.settings.value("resolution", 512));
-      g.width = g.height = size;
-      g.seed = seed;
-      auto img = pipeline::txt2img(ctx, sd, g);
-      std::ostringstream name;
-      name << "step-" << step << "-" << i << ".png";
-      std::string const parameters = g.prompt + "\nSteps: " + std::to_string(g.steps) + ", Seed: " +
-                                     std::to_string(g.seed) + ", Training step: " + std::to_string(step);
-      detail::save_png_atomic((out_dir / "validation" / name.str()).string(), img.images[0],
-                              io::ImageRange::MinusOneToOne, {{"parameters", parameters}});
-    }
-  };
-
-  ProgressOptions po;
-  po.label = "train";
-  po.total = o.max_train_steps;
-  po.initial = trainer.global_step();
-  po.every = o.log_every;
-  Progress progress(po, log);
-  auto const start = std::chrono::steady_clock::now();
-  while (trainer.global_step() < o.max_train_steps) {
-    std::vector<MicroBatch> micro;
-    for (int a = 0; a < o.trainer.gradient_accumulation_steps; ++a) micro.push_back(draw_micro_batch());
-    auto const r = trainer.step(std::move(micro));
-    std::int64_t const step = trainer.global_step();
-    result.losses.push_back(r.loss);
-    std::ofstream(csv, std::ios::app) << step << ',' << r.loss << ',' << r.lr << ',' << (r.skipped ? 1 : 0) << '\n';
-    if (!r.non_finite_parameter.empty())
-      SDLORA_THROW(train::NonFiniteError, "[train] step " << step << ": the optimizer update left parameter "
-                                                   << r.non_finite_parameter << " non-finite; stopped without "
-                                                   << "writing the LoRA (lower the learning rate; the last "
-                                                   << "checkpoint is intact)");
-    if (r.skipped) {
-      if (o.on_non_finite == OnNonFinite::Stop)
-        SDLORA_THROW(train::NonFiniteError, "[train] step " << step << ": loss " << r.loss << ", gradient norm "
-                                                     << r.grad_norm << "; first non-finite value: "
-                                                     << trainer.locate_non_finite()
-                                                     << "; stopped without writing the LoRA (the last checkpoint "
-                                                     << "is intact; lower the learning rate or use --on_nan skip)");
-      ++result.skipped_steps;
-      log << "\nstep " << step << ": loss " << r.loss << ", gradient norm " << r.grad_norm
-          << ": update skipped (--on_nan skip)\n";
-    }
-    progress.update(step, {{"loss", r.loss}, {"lr", r.lr}});
-    bool const saved = o.checkpointing_steps > 0 && step % o.checkpointing_steps == 0 && step < o.max_train_steps;
-    if (saved) save_state(step);
-    if (int const sig = o.stop_requested ? o.stop_requested() : 0; sig != 0 && step < o.max_train_steps) {
-      if (!saved) save_state(step);  // Ctrl-C / SIGTERM: this step is done; keep it and stop
-      progress.finish();
-      result.interrupted_by = sig;
-      result.steps = step;
-      result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-      return result;
-    }
-    if (o.validation_steps > 0 && step % o.validation_steps == 0 && step < o.max_train_steps) validate(step);
   }
-  progress.finish();
-  flush_caches();
-  result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  result.steps = trainer.global_step();
-  // The final state, so that a longer run can continue it (a resumed run that had nothing left to do has it).
-  if (o.checkpointing_steps > 0 && result.steps > result.resumed_from) save_state(result.steps);
 
-  // Outputs.
-  std::map<std::string, std::string> meta;
-  meta["ss_base_model_version"] = sd.base_model == "sd2" ? "sd_v2" : "sd_v1";
-  meta["ss_sd_model_name"] = fs::path(sd.source).filename().string();
-  meta["ss_steps"] = std::to_string(result.steps);
-  meta["ss_network_dim"] = std::to_string(o.trainer.rank);
-  meta["ss_network_alpha"] = std::to_string(o.trainer.alpha.value_or(double(o.trainer.rank)));
-  meta["ss_num_train_images"] = std::to_string(data.size());
-  meta["ss_resolution"] = std::to_string(int(o.settings.value("resolution", 512)));
-  meta["ss_learning_rate"] = std::to_string(o.trainer.optimizer.lr);
-  meta["ss_seed"] = std::to_string(seed);
-  meta["ss_training_comment"] = "trained with sdlora";
-  meta["sdlora_settings"] = o.settings.dump();
-  if (o.trainer.method == Method::TextualInversion) {
-    auto const vectors = convert<float>(trainer.learned_embeddings().view());
-    detail::check_finite_output<float>("the learned embedding", vectors.view(), o.output_dir);
-    io::SafetensorsWriter diffusers;  // diffusers: {token: (num_vectors, dim)}
-    diffusers.add(o.trainer.placeholder_token, vectors);
-    for (auto const& [k, v] : meta) diffusers.set_metadata(k, v);
-    std::string const a = (out_dir / "learned_embeds.safetensors").string();
-    diffusers.write(a);
-    io::SafetensorsWriter a1111;  // A1111: {"emb_params": (num_vectors, dim)}, token = file stem
-    a1111.add("emb_params", vectors);
-    a1111.set_metadata("name", o.trainer.placeholder_token);
-    // A1111 and ComfyUI take the trigger word from the file name: "<zorbl>" is written as zorbl.safetensors.
-    std::string stem = o.trainer.placeholder_token;
-    while (!stem.empty() && !std::isalnum(static_cast<unsigned char>(stem.front()))) stem.erase(stem.begin());
-    while (!stem.empty() && !std::isalnum(static_cast<unsigned char>(stem.back()))) stem.pop_back();
-    for (char& c : stem)
-      if (!std::isalnum(static_cast<unsigned char>(c)) && c != '-' && c != '_') c = '_';
-    if (stem.empty() || stem == "learned_embeds") stem = "embedding";
-    std::string const b = (out_dir / (stem + ".safetensors")).string();
-    a1111.write(b);
-    result.files = {a, b};
-  } else {
-    auto file = trainer.lora_file();
-    for (auto const& e : file.entries) {
-      detail::check_finite_output<float>("the LoRA factor " + e.key, e.down.view(), o.output_dir);
-      detail::check_finite_output<float>("the LoRA factor of " + e.module + " (up)", e.up.view(), o.output_dir);
+  /// The LoRA (kohya and/or PEFT) or the Textual Inversion embeddings (diffusers and A1111), then loss.png.
+  void write_outputs() {
+    namespace fs = std::filesystem;
+    std::map<std::string, std::string> meta;
+    meta["ss_base_model_version"] = sd_.base_model == "sd2" ? "sd_v2" : "sd_v1";
+    meta["ss_sd_model_name"] = fs::path(sd_.source).filename().string();
+    meta["ss_steps"] = std::to_string(result_.steps);
+    meta["ss_network_dim"] = std::to_string(o_.trainer.rank);
+    meta["ss_network_alpha"] = std::to_string(o_.trainer.alpha.value_or(double(o_.trainer.rank)));
+    meta["ss_num_train_images"] = std::to_string(data_.size());
+    meta["ss_resolution"] = std::to_string(int(o_.settings.value("resolution", 512)));
+    meta["ss_learning_rate"] = std::to_string(o_.trainer.optimizer.lr);
+    meta["ss_seed"] = std::to_string(seed_);
+    meta["ss_training_comment"] = "trained with sdlora";
+    meta["sdlora_settings"] = o_.settings.dump();
+    if (o_.trainer.method == Method::TextualInversion) {
+      auto const vectors = convert<float>(trainer_->learned_embeddings().view());
+      detail::check_finite_output<float>("the learned embedding", vectors.view(), o_.output_dir);
+      io::SafetensorsWriter diffusers;  // diffusers: {token: (num_vectors, dim)}
+      diffusers.add(o_.trainer.placeholder_token, vectors);
+      for (auto const& [k, v] : meta) diffusers.set_metadata(k, v);
+      std::string const a = (out_dir_ / "learned_embeds.safetensors").string();
+      diffusers.write(a);
+      io::SafetensorsWriter a1111;  // A1111: {"emb_params": (num_vectors, dim)}, token = file stem
+      a1111.add("emb_params", vectors);
+      a1111.set_metadata("name", o_.trainer.placeholder_token);
+      // A1111 and ComfyUI take the trigger word from the file name: "<zorbl>" is written as zorbl.safetensors.
+      std::string stem = o_.trainer.placeholder_token;
+      while (!stem.empty() && !std::isalnum(static_cast<unsigned char>(stem.front()))) stem.erase(stem.begin());
+      while (!stem.empty() && !std::isalnum(static_cast<unsigned char>(stem.back()))) stem.pop_back();
+      for (char& c : stem)
+        if (!std::isalnum(static_cast<unsigned char>(c)) && c != '-' && c != '_') c = '_';
+      if (stem.empty() || stem == "learned_embeds") stem = "embedding";
+      std::string const b = (out_dir_ / (stem + ".safetensors")).string();
+      a1111.write(b);
+      result_.files = {a, b};
+    } else {
+      auto file = trainer_->lora_file();
+      for (auto const& e : file.entries) {
+        detail::check_finite_output<float>("the LoRA factor " + e.key, e.down.view(), o_.output_dir);
+        detail::check_finite_output<float>("the LoRA factor of " + e.module + " (up)", e.up.view(), o_.output_dir);
+      }
+      if (o_.save_format == "kohya" || o_.save_format == "both") {
+        lora::KohyaSaveOptions ko;
+        ko.base_model_version = meta["ss_base_model_version"];
+        ko.dtype = o_.save_dtype;
+        ko.metadata = meta;
+        std::string const path = (out_dir_ / (o_.output_name + ".safetensors")).string();
+        lora::save_kohya(path, file, ko);
+        result_.files.push_back(path);
+      }
+      if (o_.save_format == "peft" || o_.save_format == "both") {
+        lora::PeftSaveOptions po;
+        po.dtype = o_.save_dtype;
+        po.metadata = meta;
+        std::string const path = (out_dir_ / "pytorch_lora_weights.safetensors").string();
+        lora::save_peft(path, file, po);
+        result_.files.push_back(path);
+      }
+      if (o_.save_format != "kohya" && o_.save_format != "peft" && o_.save_format != "both")
+        SDLORA_THROW(ConfigError, "[train] save format '" << o_.save_format << "' (expected kohya, peft or both)");
     }
-    if (o.save_format == "kohya" || o.save_format == "both") {
-      lora::KohyaSaveOptions ko;
-      ko.base_model_version = meta["ss_base_model_version"];
-      ko.dtype = o.save_dtype;
-      ko.metadata = meta;
-      std::string const path = (out_dir / (o.output_name + ".safetensors")).string();
-      lora::save_kohya(path, file, ko);
-      result.files.push_back(path);
-    }
-    if (o.save_format == "peft" || o.save_format == "both") {
-      lora::PeftSaveOptions po2;
-      po2.dtype = o.save_dtype;
-      po2.metadata = meta;
-      std::string const path = (out_dir / "pytorch_lora_weights.safetensors").string();
-      lora::save_peft(path, file, po2);
-      result.files.push_back(path);
-    }
-    if (o.save_format != "kohya" && o.save_format != "peft" && o.save_format != "both")
-      SDLORA_THROW(ConfigError, "[train] save format '" << o.save_format << "' (expected kohya, peft or both)");
+    std::string const png = (out_dir_ / "loss.png").string();
+    detail::save_png_atomic(png, plot_curve(detail::read_losses(csv_)).view(), io::ImageRange::ZeroToOne,
+                            {{"Title", "training loss"}});
+    result_.files.push_back(png);
   }
-  std::string const png = (out_dir / "loss.png").string();
-  detail::save_png_atomic(png, plot_curve(detail::read_losses(csv)).view(), io::ImageRange::ZeroToOne,
-                          {{"Title", "training loss"}});
-  result.files.push_back(png);
-  if (!o.validation_prompts.empty()) validate(result.steps);
-  return result;
+
+  Context<Cpu>& ctx_;
+  models::StableDiffusion<T, Cpu>& sd_;
+  ExampleSource& data_;
+  ExampleSource* class_data_;
+  RunOptions const& o_;
+  std::ostream& log_;
+  std::uint64_t const seed_;
+  std::filesystem::path const out_dir_, csv_;
+  std::unique_ptr<Trainer<T>> trainer_;
+  RunResult result_;
+  std::int64_t epoch_ = 0, position_ = 0;  // the data order's epoch and the next example's position in it
+  std::vector<std::int64_t> order_;        // this epoch's order of example indices
+  LatentMap cache_, class_cache_;          // in-memory latents (1, 4, h, w) by example index
+  std::unique_ptr<LatentCache> disk_, class_disk_;
+};
+
+/// Runs (or resumes) training to `o.max_train_steps` optimizer steps.
+template <class T>
+RunResult run_training(Context<Cpu>& ctx, models::StableDiffusion<T, Cpu>& sd, ExampleSource& data,
+                       RunOptions const& o, ExampleSource* class_data = nullptr, std::ostream& log = std::cerr) {
+  return Run<T>(ctx, sd, data, o, class_data, log).run();
 }
 
 }  // namespace sdlora::train
