@@ -1,6 +1,6 @@
 /// @file checkpoint.hpp
-/// @brief Loading a Stable Diffusion checkpoint (SD 1.x / 2.x) from a diffusers folder or an original single file,
-/// detected from the path: tokenizer, text encoder, UNet, VAE and the scheduler configuration.
+/// @brief Loading a Stable Diffusion checkpoint (SD 1.x / 2.x / SDXL) from a diffusers folder or an original single
+/// file, detected from the path: tokenizers, text encoders, UNet, VAE and the scheduler configuration.
 /// Include <sdlora/models.hpp> instead.
 #pragma once
 
@@ -62,8 +62,16 @@ struct StableDiffusion {
   AutoencoderKL<T, B> vae;
   nlohmann::json scheduler_config;
   std::string source;             // the path it was loaded from
-  std::string base_model;         // "sd1" or "sd2" (kohya's ss_base_model_version uses it)
+  std::string base_model;         // "sd1", "sd2" or "sdxl" (kohya's ss_base_model_version uses it)
   std::size_t ignored_keys = 0;   // keys of a single file that belong to no network (EMA copies, position_ids, ...)
+  // SDXL only: the second tokenizer (pads with "!") and text encoder (CLIPTextModelWithProjection, OpenCLIP bigG).
+  tokenizer::ClipTokenizer tokenizer_2;
+  ClipTextModel<T, B> text_encoder_2;
+  /// model_index.json's force_zeros_for_empty_prompt (SDXL: true): without a negative prompt, classifier-free
+  /// guidance uses zero embeddings instead of the encoded empty prompt.
+  bool force_zeros_for_empty_prompt = false;
+
+  bool is_sdxl() const { return !text_encoder_2.layers.empty(); }
 
   std::string prediction_type() const { return scheduler_config.value("prediction_type", std::string("epsilon")); }
   /// Downsampling factor between pixels and latents (8 for SD).
@@ -76,7 +84,8 @@ template <class T>
 nn::StorageReport set_weight_storage(StableDiffusion<T, Cpu>& sd, DType dtype) {
   nn::StorageReport total;
   for (nn::StorageReport const r : {nn::set_weight_storage(sd.text_encoder, dtype), nn::set_weight_storage(sd.unet, dtype),
-                                    nn::set_weight_storage(sd.vae, dtype)}) {
+                                    nn::set_weight_storage(sd.vae, dtype),
+                                    nn::set_weight_storage(sd.text_encoder_2, dtype)}) {
     total.weights += r.weights;
     total.bytes_saved += r.bytes_saved;
   }
@@ -119,7 +128,10 @@ inline SourceMap sources_of(std::vector<std::string> const& paths, std::vector<s
     files.push_back(std::make_unique<io::SafetensorsFile>(p));
     for (auto const& key : files.back()->keys()) {
       std::string name = key;
-      if (!add_prefix_if_missing.empty() && name.rfind(add_prefix_if_missing, 0) != 0) name = add_prefix_if_missing + key;
+      // CLIPTextModelWithProjection's text_projection sits beside text_model in every transformers version.
+      if (!add_prefix_if_missing.empty() && name.rfind(add_prefix_if_missing, 0) != 0 &&
+          name.rfind("text_projection.", 0) != 0)
+        name = add_prefix_if_missing + key;
       m[name] = {files.back().get(), KeySource{key}};
     }
   }
@@ -127,7 +139,34 @@ inline SourceMap sources_of(std::vector<std::string> const& paths, std::vector<s
 }
 }  // namespace detail
 
-/// Loads a diffusers folder (model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/).
+namespace detail {
+/// A text encoder of a diffusers folder (`text_encoder` or `text_encoder_2`); `with_projection` when model_index.json
+/// names CLIPTextModelWithProjection (also read from config.json's architectures).
+template <class T>
+ClipTextModel<T, Cpu> load_text_encoder(std::filesystem::path const& dir, std::string const& sub, bool with_projection,
+                                        LoadOptions const& options,
+                                        std::vector<std::unique_ptr<io::SafetensorsFile>>& files) {
+  auto cfg = ClipTextConfig::from_json(read_json((dir / sub / "config.json").string()));
+  cfg.with_projection = cfg.with_projection || with_projection;
+  ClipTextModel<T, Cpu> text(cfg);
+  // transformers 5 writes keys without the "text_model." prefix; 4.x (every SD checkpoint) with it.
+  load_parameters<T>(text, sources_of(component_weight_files(dir / sub, "model", options.variant), files, "text_model."),
+                     sub + " from " + (dir / sub).string(), {"text_model.embeddings.position_ids"});
+  return text;
+}
+
+/// A tokenizer folder when it has vocab.json, else the bundled CLIP vocabulary padded with `default_pad`.
+inline tokenizer::ClipTokenizer load_tokenizer(std::filesystem::path const& dir, std::string const& default_pad,
+                                               LoadOptions const& options) {
+  if (std::filesystem::exists(dir / "vocab.json")) return tokenizer::ClipTokenizer::from_folder(dir.string());
+  auto tok = tokenizer::ClipTokenizer::bundled(options.vocab_dir);
+  if (!default_pad.empty()) tok.set_pad_token(default_pad);
+  return tok;
+}
+}  // namespace detail
+
+/// Loads a diffusers folder (model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/; SDXL also
+/// text_encoder_2/ and tokenizer_2/).
 template <class T>
 StableDiffusion<T, Cpu> load_diffusers_folder(std::string const& path, LoadOptions const& options = {}) {
   namespace fs = std::filesystem;
@@ -135,6 +174,13 @@ StableDiffusion<T, Cpu> load_diffusers_folder(std::string const& path, LoadOptio
   StableDiffusion<T, Cpu> sd;
   sd.source = path;
   std::vector<std::unique_ptr<io::SafetensorsFile>> files;
+  nlohmann::json const index = fs::exists(dir / "model_index.json") ? read_json((dir / "model_index.json").string())
+                                                                     : nlohmann::json::object();
+  auto component_class = [&](char const* name) {
+    auto it = index.find(name);
+    return it != index.end() && it->is_array() && it->size() == 2 && (*it)[1].is_string() ? (*it)[1].get<std::string>()
+                                                                                          : std::string();
+  };
 
   auto const ucfg = UNetConfig::from_json(read_json((dir / "unet" / "config.json").string()));
   sd.unet = UNet2DConditionModel<T, Cpu>(ucfg);
@@ -143,13 +189,17 @@ StableDiffusion<T, Cpu> load_diffusers_folder(std::string const& path, LoadOptio
                                                                        options.variant), files),
                      "unet from " + (dir / "unet").string());
 
-  auto const tcfg = ClipTextConfig::from_json(read_json((dir / "text_encoder" / "config.json").string()));
-  sd.text_encoder = ClipTextModel<T, Cpu>(tcfg);
-  // transformers 5 writes keys without the "text_model." prefix; 4.x (every SD checkpoint) with it.
-  load_parameters<T>(sd.text_encoder,
-                     detail::sources_of(detail::component_weight_files(dir / "text_encoder", "model", options.variant),
-                                        files, "text_model."),
-                     "text_encoder from " + (dir / "text_encoder").string(), {"text_model.embeddings.position_ids"});
+  sd.text_encoder = detail::load_text_encoder<T>(dir, "text_encoder",
+                                                 component_class("text_encoder") == "CLIPTextModelWithProjection",
+                                                 options, files);
+  if (fs::exists(dir / "text_encoder_2" / "config.json")) {
+    sd.text_encoder_2 = detail::load_text_encoder<T>(dir, "text_encoder_2", component_class("text_encoder_2") !=
+                                                                                "CLIPTextModel", options, files);
+    if (!sd.text_encoder_2.config().with_projection)
+      SDLORA_THROW(FormatError, "[load] " << (dir / "text_encoder_2").string()
+                                          << ": SDXL's second text encoder needs its text projection "
+                                             "(CLIPTextModelWithProjection)");
+  }
 
   if (options.load_vae) {
     auto const vcfg = VaeConfig::from_json(read_json((dir / "vae" / "config.json").string()));
@@ -159,11 +209,22 @@ StableDiffusion<T, Cpu> load_diffusers_folder(std::string const& path, LoadOptio
                                                                          options.variant), files),
                        "vae from " + (dir / "vae").string());
   }
-  sd.tokenizer = fs::exists(dir / "tokenizer" / "vocab.json") ? tokenizer::ClipTokenizer::from_folder((dir / "tokenizer").string())
-                                                               : tokenizer::ClipTokenizer::bundled(options.vocab_dir);
+  sd.tokenizer = detail::load_tokenizer(dir / "tokenizer", "", options);
   fs::path const sched = dir / "scheduler" / "scheduler_config.json";
   sd.scheduler_config = fs::exists(sched) ? read_json(sched.string()) : sd15_scheduler_config();
   sd.base_model = ucfg.cross_attention_dim == 1024 ? "sd2" : "sd1";
+  if (sd.is_sdxl()) {
+    sd.tokenizer_2 = detail::load_tokenizer(dir / "tokenizer_2", "!", options);  // OpenCLIP pads with "!"
+    sd.base_model = "sdxl";
+  }
+  if (sd.is_sdxl() != (ucfg.addition_embed_type == "text_time"))
+    SDLORA_THROW(FormatError, "[load] " << path << ": "
+                                        << (sd.is_sdxl() ? "text_encoder_2/ is present but the UNet has no text_time "
+                                                           "conditioning"
+                                                         : "the UNet is SDXL-shaped (addition_embed_type \"text_time\") "
+                                                           "but text_encoder_2/ is missing"));
+  auto const zeros = index.find("force_zeros_for_empty_prompt");
+  sd.force_zeros_for_empty_prompt = zeros != index.end() && zeros->is_boolean() ? zeros->get<bool>() : sd.is_sdxl();
   return sd;
 }
 

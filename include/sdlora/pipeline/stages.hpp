@@ -4,6 +4,7 @@
 /// Include <sdlora/pipeline.hpp> instead.
 #pragma once
 
+#include <algorithm>  // std::max
 #include <cstdint>  // std::int32_t
 #include <string>   // std::string
 #include <vector>   // std::vector
@@ -38,6 +39,76 @@ Tensor<T, B> encode_prompts(Context<B>& ctx, models::StableDiffusion<T, B>& sd, 
   return std::move(sd.text_encoder.forward(ctx, ids, nn::Mode::Infer, clip_skip).last_hidden_state);
 }
 
+/// What the UNet is conditioned on: the text context and, for SDXL, the pooled text embedding and the time ids.
+template <class T, class B>
+struct Conditioning {
+  Tensor<T, B> context;   // (N, 77, C)
+  Tensor<T, B> pooled;    // (N, P): SDXL only, text_encoder_2's projected pooled output
+  Tensor<T, B> time_ids;  // (N, 6): SDXL only, original size (h, w), crop top-left (top, left), target size (h, w)
+
+  bool empty() const { return context.empty(); }
+  typename models::UNet2DConditionModel<T, B>::AddedConditions added() const { return {pooled.view(), time_ids.view()}; }
+};
+
+/// SDXL's micro-conditioning as diffusers' _get_add_time_ids builds it: one row (orig h, orig w, crop top,
+/// crop left, target h, target w) per sample.
+struct SizeConditioning {
+  int original_height = 0, original_width = 0;
+  int crop_top = 0, crop_left = 0;
+  int target_height = 0, target_width = 0;
+};
+
+/// cat([a, b], dim=0) of two tensors whose other axes agree.
+template <class T, class B>
+Tensor<T, B> cat_batch(TensorView<T const, B> a, TensorView<T const, B> b) {
+  Shape shape = a.shape();
+  SDLORA_EXPECTS(b.rank() == a.rank() && b.numel() / std::max<Index>(b.dim(0), 1) == a.numel() / std::max<Index>(a.dim(0), 1),
+                 "[cat_batch] " << a.shape() << " and " << b.shape() << " differ beyond the batch axis");
+  shape[0] = a.dim(0) + b.dim(0);
+  Tensor<T, B> out(shape);
+  auto const ca = Tensor<T, B>::from_view(a), cb = Tensor<T, B>::from_view(b);
+  BackendMemory<B>::copy(out.data(), ca.data(), std::size_t(ca.numel()) * sizeof(T));
+  BackendMemory<B>::copy(out.data() + ca.numel(), cb.data(), std::size_t(cb.numel()) * sizeof(T));
+  return out;
+}
+
+/// The conditioning of N prompts. SD 1.x / 2.x: encode_prompts. SDXL (diffusers' StableDiffusionXLPipeline
+/// encode_prompt): both text encoders' hidden_states[-(clip_skip + 2)] concatenated along the channels, the pooled
+/// embedding from text_encoder_2, and the time ids of `sizes`. With `zeros`, the context and pooled embedding are
+/// zeros of the same shapes (force_zeros_for_empty_prompt for an absent negative prompt).
+template <class T, class B>
+Conditioning<T, B> encode_conditioning(Context<B>& ctx, models::StableDiffusion<T, B>& sd,
+                                       std::vector<std::string> const& prompts, int clip_skip = 0,
+                                       SizeConditioning const& sizes = {}, bool zeros = false) {
+  Conditioning<T, B> out;
+  if (!sd.is_sdxl()) {
+    out.context = encode_prompts(ctx, sd, prompts, clip_skip);
+    if (zeros) out.context = Tensor<T, B>(out.context.shape());
+    return out;
+  }
+  std::vector<std::string> expanded;
+  for (auto const& p : prompts) expanded.push_back(expand_prompt(sd.tokenizer, p));
+  auto a = sd.text_encoder.forward_hidden_and_pooled(ctx, tokenize(sd.tokenizer, expanded), nn::Mode::Infer, clip_skip);
+  auto b = sd.text_encoder_2.forward_hidden_and_pooled(ctx, tokenize(sd.tokenizer_2, expanded), nn::Mode::Infer,
+                                                       clip_skip);
+  Index const n = a.hidden.dim(0), l = a.hidden.dim(1), c1 = a.hidden.dim(2), c2 = b.hidden.dim(2);
+  out.context = Tensor<T, B>(Shape{n * l, c1 + c2});
+  ops::concat_channels<T, B>(ctx, out.context.view(), a.hidden.view().reshaped(Shape{n * l, c1}),
+                             b.hidden.view().reshaped(Shape{n * l, c2}));
+  out.context.reshape(Shape{n, l, c1 + c2});
+  out.pooled = std::move(b.pooled);
+  if (zeros) {
+    out.context = Tensor<T, B>(out.context.shape());
+    out.pooled = Tensor<T, B>(out.pooled.shape());
+  }
+  out.time_ids = Tensor<T, B>(Shape{n, 6});
+  int const row[6] = {sizes.original_height, sizes.original_width, sizes.crop_top,
+                      sizes.crop_left,       sizes.target_height,  sizes.target_width};
+  for (Index i = 0; i < n; ++i)
+    for (int k = 0; k < 6; ++k) out.time_ids.at({i, k}) = T(row[k]);
+  return out;
+}
+
 /// Initial latents (N, C, H/f, W/f) = randn(shape, generator) * init_noise_sigma, drawn in one call as diffusers'
 /// prepare_latents does (so a seed gives diffusers' latents).
 inline Tensor<float, Cpu> initial_latents(TorchGenerator& generator, Shape shape, double init_noise_sigma) {
@@ -68,6 +139,33 @@ Tensor<T, B> guided_noise(Context<B>& ctx, models::UNet2DConditionModel<T, B>& u
   Tensor<T, B> ts(Shape{2 * n});
   for (Index i = 0; i < 2 * n; ++i) ts(i) = T(t);
   auto eps = unet.forward(ctx, x.view(), ts.view(), context.view());  // (2N, C, h, w)
+  auto out = Tensor<T, B>::uninitialized(latents.shape());
+  T const* pu = eps.data();
+  T const* pc = eps.data() + latents.numel();
+  for (Index i = 0; i < latents.numel(); ++i) out(i) = pu[i] + T(scale) * (pc[i] - pu[i]);
+  return out;
+}
+
+/// Classifier-free guidance on full conditionings (SDXL's pooled embeddings and time ids batched like the context);
+/// an empty `uncond` means a plain call.
+template <class T, class B>
+Tensor<T, B> guided_noise(Context<B>& ctx, models::UNet2DConditionModel<T, B>& unet, TensorView<T const, B> latents,
+                          double t, Conditioning<T, B> const& cond, Conditioning<T, B> const& uncond, double scale) {
+  if (cond.pooled.empty() && cond.time_ids.empty())
+    return guided_noise<T, B>(ctx, unet, latents, t, cond.context.view(), uncond.context.view(), scale);
+  Index const n = latents.dim(0);
+  if (uncond.empty()) {
+    Tensor<T, B> ts(Shape{n});
+    for (Index i = 0; i < n; ++i) ts(i) = T(t);
+    return unet.forward(ctx, latents, ts.view(), cond.context.view(), cond.added());
+  }
+  auto const x = cat_batch<T, B>(latents, latents);
+  auto const context = cat_batch<T, B>(uncond.context.view(), cond.context.view());
+  auto const pooled = cat_batch<T, B>(uncond.pooled.view(), cond.pooled.view());
+  auto const time_ids = cat_batch<T, B>(uncond.time_ids.view(), cond.time_ids.view());
+  Tensor<T, B> ts(Shape{2 * n});
+  for (Index i = 0; i < 2 * n; ++i) ts(i) = T(t);
+  auto eps = unet.forward(ctx, x.view(), ts.view(), context.view(), {pooled.view(), time_ids.view()});
   auto out = Tensor<T, B>::uninitialized(latents.shape());
   T const* pu = eps.data();
   T const* pc = eps.data() + latents.numel();

@@ -30,6 +30,11 @@ struct GenerateOptions {
   bool karras = false;
   int clip_skip = 0;
   double strength = 0.8;        // img2img: how much of the schedule to run
+  // SDXL micro-conditioning (diffusers' original_size, crops_coords_top_left, target_size); 0 = the output size
+  // (original, target) and 0, 0 (crop), as diffusers' defaults.
+  int original_width = 0, original_height = 0;
+  int crop_top = 0, crop_left = 0;
+  int target_width = 0, target_height = 0;
 };
 
 /// What a step callback sees; returning false cancels the generation (generate throws GenerationCancelled).
@@ -61,8 +66,8 @@ std::unique_ptr<schedulers::Scheduler> make_scheduler(models::StableDiffusion<T,
 template <class T>
 Tensor<float, Cpu> denoise(Context<Cpu>& ctx, models::UNet2DConditionModel<T, Cpu>& unet,
                            schedulers::Scheduler& scheduler, Tensor<float, Cpu> latents,
-                           std::vector<double> const& timesteps, TensorView<T const, Cpu> cond,
-                           TensorView<T const, Cpu> uncond, double guidance_scale, TorchGenerator& generator,
+                           std::vector<double> const& timesteps, Conditioning<T, Cpu> const& cond,
+                           Conditioning<T, Cpu> const& uncond, double guidance_scale, TorchGenerator& generator,
                            StepCallback const& callback = {}) {
   int const total = int(timesteps.size());
   for (int i = 0; i < total; ++i) {
@@ -83,6 +88,19 @@ Tensor<float, Cpu> denoise(Context<Cpu>& ctx, models::UNet2DConditionModel<T, Cp
   return latents;
 }
 
+/// The same with text contexts only (SD 1.x / 2.x).
+template <class T>
+Tensor<float, Cpu> denoise(Context<Cpu>& ctx, models::UNet2DConditionModel<T, Cpu>& unet,
+                           schedulers::Scheduler& scheduler, Tensor<float, Cpu> latents,
+                           std::vector<double> const& timesteps, TensorView<T const, Cpu> cond,
+                           TensorView<T const, Cpu> uncond, double guidance_scale, TorchGenerator& generator,
+                           StepCallback const& callback = {}) {
+  Conditioning<T, Cpu> c, u;
+  c.context = Tensor<T, Cpu>::from_view(cond);
+  if (!uncond.empty()) u.context = Tensor<T, Cpu>::from_view(uncond);
+  return denoise<T>(ctx, unet, scheduler, std::move(latents), timesteps, c, u, guidance_scale, generator, callback);
+}
+
 namespace detail {
 template <class T>
 void check_size(models::StableDiffusion<T, Cpu> const& sd, GenerateOptions const& o) {
@@ -94,15 +112,28 @@ void check_size(models::StableDiffusion<T, Cpu> const& sd, GenerateOptions const
   if (o.batch_size <= 0) SDLORA_THROW(ConfigError, "[generate] batch size must be positive, got " << o.batch_size);
 }
 
-/// (cond, uncond) text embeddings for a batch; uncond empty without guidance.
+/// (cond, uncond) conditionings for a batch; uncond empty without guidance. SDXL: an empty negative prompt with
+/// force_zeros_for_empty_prompt gives zero embeddings (diffusers, when no negative prompt is passed).
 template <class T>
-std::pair<Tensor<T, Cpu>, Tensor<T, Cpu>> prompt_embeddings(Context<Cpu>& ctx, models::StableDiffusion<T, Cpu>& sd,
-                                                            GenerateOptions const& o) {
+std::pair<Conditioning<T, Cpu>, Conditioning<T, Cpu>> prompt_embeddings(Context<Cpu>& ctx,
+                                                                        models::StableDiffusion<T, Cpu>& sd,
+                                                                        GenerateOptions const& o) {
   std::vector<std::string> const p(std::size_t(o.batch_size), o.prompt), n(std::size_t(o.batch_size), o.negative_prompt);
-  auto cond = encode_prompts(ctx, sd, p, o.clip_skip);
-  Tensor<T, Cpu> uncond;
-  if (o.guidance_scale > 1.0) uncond = encode_prompts(ctx, sd, n, o.clip_skip);
-  if (!all_finite(cond) || !all_finite(uncond))
+  SizeConditioning sizes;
+  sizes.original_height = o.original_height > 0 ? o.original_height : o.height;
+  sizes.original_width = o.original_width > 0 ? o.original_width : o.width;
+  sizes.crop_top = o.crop_top;
+  sizes.crop_left = o.crop_left;
+  sizes.target_height = o.target_height > 0 ? o.target_height : o.height;
+  sizes.target_width = o.target_width > 0 ? o.target_width : o.width;
+  auto cond = encode_conditioning(ctx, sd, p, o.clip_skip, sizes);
+  Conditioning<T, Cpu> uncond;
+  if (o.guidance_scale > 1.0) {
+    bool const zeros = sd.is_sdxl() && sd.force_zeros_for_empty_prompt && o.negative_prompt.empty();
+    uncond = encode_conditioning(ctx, sd, n, o.clip_skip, sizes, zeros);
+  }
+  if (!all_finite(cond.context) || !all_finite(uncond.context) || !all_finite(cond.pooled) ||
+      !all_finite(uncond.pooled))
     SDLORA_THROW(pipeline::NonFiniteError, "[generate] text encoder: the prompt embeddings are NaN or inf");
   return {std::move(cond), std::move(uncond)};
 }
@@ -131,8 +162,8 @@ Generated txt2img(Context<Cpu>& ctx, models::StableDiffusion<T, Cpu>& sd, Genera
   int const f = sd.vae_scale();
   Shape const shape{o.batch_size, sd.unet.config().in_channels, o.height / f, o.width / f};
   auto latents = initial_latents(generator, shape, scheduler->init_noise_sigma());
-  latents = denoise<T>(ctx, sd.unet, *scheduler, std::move(latents), scheduler->timesteps(), cond.view(),
-                       uncond.view(), o.guidance_scale, generator, callback);
+  latents = denoise<T>(ctx, sd.unet, *scheduler, std::move(latents), scheduler->timesteps(), cond, uncond,
+                       o.guidance_scale, generator, callback);
   return detail::decode(ctx, sd, std::move(latents));
 }
 
@@ -172,8 +203,8 @@ Generated img2img(Context<Cpu>& ctx, models::StableDiffusion<T, Cpu>& sd, Tensor
   auto noise = generator.randn(batch.shape());
   std::vector<double> const first(std::size_t(batch.dim(0)), timesteps.front());
   auto latents = scheduler->add_noise(batch.view(), noise.view(), std::span<double const>(first));
-  latents = denoise<T>(ctx, sd.unet, *scheduler, std::move(latents), timesteps, cond.view(), uncond.view(),
-                       o.guidance_scale, generator, callback);
+  latents = denoise<T>(ctx, sd.unet, *scheduler, std::move(latents), timesteps, cond, uncond, o.guidance_scale,
+                       generator, callback);
   return detail::decode(ctx, sd, std::move(latents));
 }
 
