@@ -4,7 +4,8 @@
 #     project, install it into a scratch packages folder, write the copyright file). Then the package is checked: the
 #     CMake files in share/sdlora, the headers, the vocabulary, the copyright (LICENSE + the vocabulary's), no lib/,
 #     bin/ or debug/, no file that names the packages folder (vcpkg's absolute-path check); and it is moved to an
-#     "installed" folder where a consumer project's find_package(sdlora CONFIG REQUIRED) must find it and its data.
+#     "installed" folder where a consumer project's find_package(sdlora CONFIG REQUIRED) must find it, its data, and
+#     stb at the include root, where vcpkg's stb port puts it.
 #  2. sdlora[examples]: arguments only (building the programs takes minutes): SDLORA_BUILD_EXAMPLES=ON, and
 #     vcpkg_copy_tools gets every program examples/CMakeLists.txt installs.
 # Usage: cmake -DSOURCE_DIR=<repo> -DBINARY_DIR=<scratch> -P vcpkg_portfile_dry_run.cmake
@@ -231,8 +232,11 @@ find_package(sdlora CONFIG REQUIRED)
 get_target_property(defs sdlora::sdlora INTERFACE_COMPILE_DEFINITIONS)
 get_target_property(dirs sdlora::sdlora INTERFACE_INCLUDE_DIRECTORIES)
 file(WRITE "${CMAKE_BINARY_DIR}/found.cmake"
-     "set(found_dir [[${sdlora_DIR}]])\nset(found_defs [[${defs}]])\nset(found_dirs [[${dirs}]])\n")
+     "set(found_dir [[${sdlora_DIR}]])\nset(found_defs [[${defs}]])\nset(found_dirs [[${dirs}]])\n"
+     "set(found_stb [[${SDLORA_STB_INCLUDE_DIR}]])\n")
 ]=])
+# vcpkg's stb puts stb_image.h at the include root (Debian: include/stb/): sdloraConfig.cmake must find it there.
+file(WRITE "${installed}/include/stb_image.h" "")
 run_checked(${CMAKE_COMMAND} -S "${consumer}" -B "${consumer}/build" "-DCMAKE_PREFIX_PATH=${installed}")
 include("${consumer}/build/found.cmake")
 if(NOT found_dir STREQUAL "${installed}/share/sdlora")
@@ -244,7 +248,10 @@ endif()
 if(NOT "${installed}/include" IN_LIST found_dirs)
   fail("the installed target's include directories miss ${installed}/include: ${found_dirs}")
 endif()
-message(STATUS "core package: ${calls}; found by a consumer in ${found_dir}")
+if(NOT found_stb STREQUAL "${installed}/include")
+  fail("sdloraConfig.cmake found stb in ${found_stb}, not at vcpkg's include root ${installed}/include")
+endif()
+message(STATUS "core package: ${calls}; found by a consumer in ${found_dir}, stb in ${found_stb}")
 
 # --- 2. sdlora[examples]: arguments only. -----------------------------------------------------------------------------
 run_portfile(record "core;examples")
