@@ -1,6 +1,7 @@
-// A consumer of the Conan package. It uses each dependency through the installed headers and fails on a wrong
-// result: stb (a PNG written and read back in memory), zlib and nlohmann_json (the CLIP tokenizer reads the gzip'd
-// vocabulary installed in the package's share/sdlora, found through SDLORA_BUNDLED_DATA_DIR), Eigen (the tensors).
+/// @file test_package.cpp
+/// @brief A consumer of the Conan package. It uses each dependency through the installed headers and fails on a wrong
+/// result: stb (a PNG written and read back in memory), zlib and nlohmann_json (the CLIP tokenizer reads the gzip'd
+/// vocabulary installed in the package's share/sdlora, found through SDLORA_BUNDLED_DATA_DIR), Eigen (the tensors).
 #include <sdlora/io/image.hpp>                  // encode_png, decode_image
 #include <sdlora/tokenizer/clip_tokenizer.hpp>  // ClipTokenizer, find_bundled_vocab
 
