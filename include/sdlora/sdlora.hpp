@@ -9,40 +9,7 @@
 #include <sdlora/core/shape.hpp>
 #include <sdlora/core/tensor.hpp>
 
-#include <sdlora/ops/elementwise.hpp>
-#include <sdlora/ops/gemm.hpp>
-#include <sdlora/ops/reduce.hpp>
-
-#include <sdlora/backend/cpu/elementwise.hpp>
-#include <sdlora/backend/cpu/gemm.hpp>
-#include <sdlora/backend/cpu/reduce.hpp>
-#include <sdlora/ops/bias.hpp>
-#include <sdlora/backend/cpu/bias.hpp>
-#include <sdlora/ops/concat.hpp>
-#include <sdlora/ops/layout.hpp>
-#include <sdlora/backend/cpu/concat.hpp>
-#include <sdlora/backend/cpu/layout.hpp>
-#include <sdlora/ops/activation.hpp>
-#include <sdlora/ops/conv.hpp>
-#include <sdlora/ops/norm.hpp>
-#include <sdlora/ops/timestep.hpp>
-#include <sdlora/ops/upsample.hpp>
-#include <sdlora/ops/softmax.hpp>
-#include <sdlora/ops/attention.hpp>
-#include <sdlora/ops/gelu.hpp>
-#include <sdlora/ops/embedding.hpp>
-#include <sdlora/ops/dropout.hpp>
-#include <sdlora/backend/cpu/activation.hpp>
-#include <sdlora/backend/cpu/conv.hpp>
-#include <sdlora/backend/cpu/norm.hpp>
-#include <sdlora/backend/cpu/timestep.hpp>
-#include <sdlora/backend/cpu/upsample.hpp>
-
-#include <sdlora/backend/cpu/softmax.hpp>
-#include <sdlora/backend/cpu/attention.hpp>
-#include <sdlora/backend/cpu/gelu.hpp>
-#include <sdlora/backend/cpu/embedding.hpp>
-#include <sdlora/backend/cpu/dropout.hpp>
+#include <sdlora/backend/cpu.hpp>  // every op with its CPU kernels
 
 #include <sdlora/nn/module.hpp>
 #include <sdlora/nn/linear.hpp>
