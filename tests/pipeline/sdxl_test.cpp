@@ -77,3 +77,35 @@ TEST_CASE("SDXL txt2img reproduces diffusers' latents and images", "[pipeline][s
     CHECK(mean_abs_diff(out.images, image) < 2.0 / 255.0);
   }
 }
+
+TEST_CASE("An SDXL single file (SGM layout) loads to the folder's weights and generates the same images",
+          "[pipeline][sdxl][conformance]") {
+  // tiny-sdxl.safetensors holds the folder's fp16 weights in the single-file layout (label_emb, conditioner
+  // embedders, OpenCLIP fused in_proj and transposed text_projection); the folder gives only the configs here.
+  Context<Cpu> ctx;
+  models::LoadOptions lo;
+  lo.config_dir = test::fixture("models/tiny-sdxl");
+  auto file = models::load_stable_diffusion<float>(test::fixture("models/tiny-sdxl.safetensors"), lo);
+  CHECK(file.is_sdxl());
+  CHECK(file.base_model == "sdxl");
+  CHECK(file.force_zeros_for_empty_prompt);
+  CHECK(file.tokenizer_2.pad_id() == 0);
+  CHECK(file.ignored_keys == 1);  // conditioner.embedders.1.model.logit_scale
+  std::map<std::string, Tensor<float>> folder_params;
+  nn::for_each_parameter(tiny_sdxl().text_encoder_2, [&](std::string const& name, auto& p) {
+    folder_params[name] = Tensor<float>::from_view(p.value.view());
+  });
+  std::size_t compared = 0;
+  nn::for_each_parameter(file.text_encoder_2, [&](std::string const& name, auto& p) {
+    INFO(name);
+    REQUIRE(folder_params.count(name) == 1);
+    CHECK(test::rel_l2(p.value, folder_params[name]) == 0.0);
+    ++compared;
+  });
+  CHECK(compared == folder_params.size());
+  io::SafetensorsFile ref(test::fixture("models/tiny-sdxl-txt2img.safetensors"));
+  auto const out = pipeline::txt2img(ctx, file, options("euler"));
+  auto const same = pipeline::txt2img(ctx, tiny_sdxl(), options("euler"));
+  CHECK(test::rel_l2(out.latents, same.latents) == 0.0);
+  CHECK(test::rel_l2(out.latents, ref.load<float>("euler.latents")) < 1e-4);
+}

@@ -53,6 +53,15 @@ inline nlohmann::json sd21_scheduler_config() {
   return j;
 }
 
+/// The SDXL 1.0 scheduler configuration (Euler, leading spacing), used for single files without a config folder.
+inline nlohmann::json sdxl_scheduler_config() {
+  auto j = sd15_scheduler_config();
+  j["_class_name"] = "EulerDiscreteScheduler";
+  j["interpolation_type"] = "linear";
+  j["use_karras_sigmas"] = false;
+  return j;
+}
+
 /// A loaded Stable Diffusion checkpoint.
 template <class T, class B = Cpu>
 struct StableDiffusion {
@@ -228,35 +237,51 @@ StableDiffusion<T, Cpu> load_diffusers_folder(std::string const& path, LoadOptio
   return sd;
 }
 
-/// Loads an original single-file checkpoint (A1111 / ComfyUI `.safetensors`), SD 1.x or 2.x (OpenCLIP).
+/// Loads an original single-file checkpoint (A1111 / ComfyUI `.safetensors`): SD 1.x, 2.x (OpenCLIP) or SDXL (SGM
+/// layout with two text encoders), detected from the keys.
 template <class T>
 StableDiffusion<T, Cpu> load_single_file(std::string const& path, LoadOptions const& options = {}) {
   namespace fs = std::filesystem;
   io::SafetensorsFile file(path);
-  bool has_unet = false, openclip = false;
+  bool has_unet = false, openclip = false, sdxl = false;
   for (auto const& key : file.keys()) {
     has_unet = has_unet || key.rfind(kLdmUnetPrefix, 0) == 0;
     openclip = openclip || key.rfind(kLdmOpenClipPrefix, 0) == 0;
+    sdxl = sdxl || key.rfind(kSdxlOpenClipPrefix, 0) == 0 || key.rfind(kSdxlClipPrefix, 0) == 0;
   }
   if (!has_unet)
     SDLORA_THROW(FormatError, "[load] " << path << " has no 'model.diffusion_model.*' tensors: not a Stable Diffusion "
                                                    "single-file checkpoint (is it a LoRA or a VAE?)");
   StableDiffusion<T, Cpu> sd;
   sd.source = path;
-  sd.base_model = openclip ? "sd2" : "sd1";
+  sd.base_model = sdxl ? "sdxl" : openclip ? "sd2" : "sd1";
   fs::path const cfg(options.config_dir);
   bool const has_cfg = !options.config_dir.empty();
-  auto const ucfg = has_cfg ? UNetConfig::from_json(read_json((cfg / "unet" / "config.json").string()))
-                            : (openclip ? UNetConfig::sd21(true) : UNetConfig::sd15());
-  auto const vcfg = has_cfg ? VaeConfig::from_json(read_json((cfg / "vae" / "config.json").string())) : VaeConfig::sd();
-  auto const tcfg = has_cfg ? ClipTextConfig::from_json(read_json((cfg / "text_encoder" / "config.json").string()))
-                            : (openclip ? ClipTextConfig::sd21() : ClipTextConfig::sd15());
+  auto read_cfg = [&](char const* sub) { return read_json((cfg / sub / "config.json").string()); };
+  auto const ucfg = has_cfg ? UNetConfig::from_json(read_cfg("unet"))
+                            : (sdxl ? UNetConfig::sdxl() : openclip ? UNetConfig::sd21(true) : UNetConfig::sd15());
+  auto const vcfg = has_cfg ? VaeConfig::from_json(read_cfg("vae")) : (sdxl ? VaeConfig::sdxl() : VaeConfig::sd());
+  auto const tcfg = has_cfg ? ClipTextConfig::from_json(read_cfg("text_encoder"))
+                            : (sdxl ? ClipTextConfig::sdxl_l() : openclip ? ClipTextConfig::sd21() : ClipTextConfig::sd15());
   sd.unet = UNet2DConditionModel<T, Cpu>(ucfg);
   sd.text_encoder = ClipTextModel<T, Cpu>(tcfg);
+  int text_2_layers = 0;
+  if (sdxl) {
+    auto tcfg2 = has_cfg ? ClipTextConfig::from_json(read_cfg("text_encoder_2")) : ClipTextConfig::sdxl_g();
+    tcfg2.with_projection = true;
+    text_2_layers = tcfg2.num_hidden_layers;
+    sd.text_encoder_2 = ClipTextModel<T, Cpu>(tcfg2);
+  }
   if (options.load_vae) sd.vae = AutoencoderKL<T, Cpu>(vcfg);
 
-  SourceMap unet_src, vae_src, text_src;
+  SourceMap unet_src, vae_src, text_src, text_2_src;
   std::vector<std::string> unknown;
+  auto add_clip = [&](std::string const& key, std::string const& prefix) {
+    std::string name = key.substr(prefix.size());
+    if (name.rfind("text_model.", 0) != 0) name = "text_model." + name;
+    if (name.find("position_ids") != std::string::npos) ++sd.ignored_keys;
+    else text_src[name] = {&file, KeySource{key}};
+  };
   for (auto const& key : file.keys()) {
     if (key.rfind(kLdmUnetPrefix, 0) == 0) {
       std::string const name = unet_key_from_ldm(key.substr(std::string(kLdmUnetPrefix).size()), ucfg);
@@ -268,14 +293,18 @@ StableDiffusion<T, Cpu> load_single_file(std::string const& path, LoadOptions co
       if (name.empty()) unknown.push_back(key);
       else vae_src[name] = {&file, KeySource{key, squeeze ? KeySource::Take::Squeeze : KeySource::Take::Whole}};
     } else if (key.rfind(kLdmClipPrefix, 0) == 0) {
-      std::string name = key.substr(std::string(kLdmClipPrefix).size());
-      if (name.rfind("text_model.", 0) != 0) name = "text_model." + name;
-      if (name.find("position_ids") != std::string::npos) ++sd.ignored_keys;
-      else text_src[name] = {&file, KeySource{key}};
+      add_clip(key, kLdmClipPrefix);
+    } else if (key.rfind(kSdxlClipPrefix, 0) == 0) {
+      add_clip(key, kSdxlClipPrefix);
     } else if (key.rfind(kLdmOpenClipPrefix, 0) == 0) {
       auto mapped = clip_keys_from_openclip(key.substr(std::string(kLdmOpenClipPrefix).size()), tcfg.num_hidden_layers);
       if (mapped.empty()) ++sd.ignored_keys;  // text_projection, logit_scale, the layer SD 2.x drops
       for (auto& [name, src] : mapped) text_src[name] = {&file, src};
+    } else if (key.rfind(kSdxlOpenClipPrefix, 0) == 0) {
+      auto mapped = clip_keys_from_openclip(key.substr(std::string(kSdxlOpenClipPrefix).size()), text_2_layers,
+                                            kSdxlOpenClipPrefix, true);
+      if (mapped.empty()) ++sd.ignored_keys;  // logit_scale
+      for (auto& [name, src] : mapped) text_2_src[name] = {&file, src};
     } else {
       ++sd.ignored_keys;  // model_ema.*, alphas_cumprod, betas, ...
     }
@@ -288,14 +317,21 @@ StableDiffusion<T, Cpu> load_single_file(std::string const& path, LoadOptions co
   }
   load_parameters<T>(sd.unet, unet_src, "unet from " + path);
   load_parameters<T>(sd.text_encoder, text_src, "text_encoder from " + path);
+  if (sdxl) load_parameters<T>(sd.text_encoder_2, text_2_src, "text_encoder_2 from " + path);
   if (options.load_vae) load_parameters<T>(sd.vae, vae_src, "vae from " + path);
   else sd.ignored_keys += vae_src.size();
 
   sd.tokenizer = tokenizer::ClipTokenizer::bundled(options.vocab_dir);
   if (openclip) sd.tokenizer.set_pad_token("!");  // SD 2.x's OpenCLIP tokenizer pads with "!" (id 0)
+  if (sdxl) {
+    sd.tokenizer_2 = tokenizer::ClipTokenizer::bundled(options.vocab_dir);
+    sd.tokenizer_2.set_pad_token("!");
+    sd.force_zeros_for_empty_prompt = true;
+  }
   fs::path const sched = cfg / "scheduler" / "scheduler_config.json";
-  sd.scheduler_config = has_cfg && fs::exists(sched) ? read_json(sched.string())
-                                                     : (openclip ? sd21_scheduler_config() : sd15_scheduler_config());
+  sd.scheduler_config = has_cfg && fs::exists(sched)
+                            ? read_json(sched.string())
+                            : (sdxl ? sdxl_scheduler_config() : openclip ? sd21_scheduler_config() : sd15_scheduler_config());
   if (!options.prediction_type.empty()) sd.scheduler_config["prediction_type"] = options.prediction_type;
   return sd;
 }

@@ -173,6 +173,20 @@ struct UNetConfig {
                       {"use_linear_projection", true},
                       {"upcast_attention", v768}});
   }
+  /// SDXL 1.0 base (stabilityai/stable-diffusion-xl-base-1.0 unet/config.json).
+  static UNetConfig sdxl() {
+    return from_json({{"sample_size", 128},
+                      {"block_out_channels", {320, 640, 1280}},
+                      {"down_block_types", {"DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"}},
+                      {"up_block_types", {"CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"}},
+                      {"transformer_layers_per_block", {1, 2, 10}},
+                      {"attention_head_dim", {5, 10, 20}},
+                      {"cross_attention_dim", 2048},
+                      {"use_linear_projection", true},
+                      {"addition_embed_type", "text_time"},
+                      {"addition_time_embed_dim", 256},
+                      {"projection_class_embeddings_input_dim", 2816}});
+  }
 };
 
 /// diffusers AutoencoderKL config.
@@ -213,6 +227,8 @@ struct VaeConfig {
   }
   /// The SD 1.x / 2.x VAE.
   static VaeConfig sd() { return from_json(nlohmann::json::object()); }
+  /// The SDXL VAE: the same network, scaling factor 0.13025.
+  static VaeConfig sdxl() { return from_json({{"scaling_factor", 0.13025}, {"sample_size", 1024}}); }
   /// Downsampling factor between image and latents (8 for SD).
   int scale() const { return 1 << (int(block_out_channels.size()) - 1); }
 };
@@ -267,6 +283,16 @@ struct ClipTextConfig {
   static ClipTextConfig sd21() {
     return from_json({{"hidden_size", 1024}, {"intermediate_size", 4096}, {"num_hidden_layers", 23},
                       {"num_attention_heads", 16}, {"hidden_act", "gelu"}, {"pad_token_id", 1}});
+  }
+  /// SDXL's text_encoder: CLIP ViT-L/14 as in SD 1.x (SDXL reads its penultimate layer).
+  static ClipTextConfig sdxl_l() { return from_json({{"projection_dim", 768}, {"eos_token_id", 2}}); }
+  /// SDXL's text_encoder_2: the OpenCLIP ViT-bigG/14 text tower, all 32 layers, with its text projection.
+  static ClipTextConfig sdxl_g() {
+    auto c = from_json({{"hidden_size", 1280}, {"intermediate_size", 5120}, {"num_hidden_layers", 32},
+                        {"num_attention_heads", 20}, {"hidden_act", "gelu"}, {"projection_dim", 1280},
+                        {"eos_token_id", 2}});
+    c.with_projection = true;
+    return c;
   }
 };
 

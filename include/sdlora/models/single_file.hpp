@@ -9,6 +9,9 @@
 ///   first_stage_model.*                   VAE (encoder.down.N.block.M, mid.attn_1 stored as 1x1 convs, ...)
 ///   cond_stage_model.transformer.*        SD 1.x text encoder, transformers names
 ///   cond_stage_model.model.*              SD 2.x OpenCLIP text encoder (fused attn.in_proj_weight)
+///   conditioner.embedders.0.transformer.* SDXL text encoder 1 (CLIP ViT-L), transformers names
+///   conditioner.embedders.1.model.*       SDXL text encoder 2 (OpenCLIP bigG) with its text_projection;
+///                                         the SDXL UNet's label_emb.0.{0,2} is diffusers' add_embedding
 #pragma once
 
 #include <cstdlib>  // std::stoi
@@ -23,7 +26,7 @@ namespace sdlora::models {
 /// How a diffusers parameter is read from a source tensor.
 struct KeySource {
   std::string key;       // the tensor's key in the file
-  enum class Take { Whole, Squeeze, Third } take = Take::Whole;
+  enum class Take { Whole, Squeeze, Third, Transpose } take = Take::Whole;
   int part = 0;          // Third: which third along axis 0 (q = 0, k = 1, v = 2)
 };
 
@@ -32,6 +35,8 @@ inline constexpr char const* kLdmUnetPrefix = "model.diffusion_model.";
 inline constexpr char const* kLdmVaePrefix = "first_stage_model.";
 inline constexpr char const* kLdmClipPrefix = "cond_stage_model.transformer.";
 inline constexpr char const* kLdmOpenClipPrefix = "cond_stage_model.model.";
+inline constexpr char const* kSdxlClipPrefix = "conditioner.embedders.0.transformer.";
+inline constexpr char const* kSdxlOpenClipPrefix = "conditioner.embedders.1.model.";
 
 namespace detail {
 inline bool starts_with(std::string const& s, std::string const& p) { return s.compare(0, p.size(), p) == 0; }
@@ -73,7 +78,8 @@ inline std::string unet_key_from_ldm(std::string const& key, UNetConfig const& c
   static std::map<std::string, std::string> const kFixed = {
       {"time_embed.0", "time_embedding.linear_1"}, {"time_embed.2", "time_embedding.linear_2"},
       {"input_blocks.0.0", "conv_in"},             {"out.0", "conv_norm_out"},
-      {"out.2", "conv_out"}};
+      {"out.2", "conv_out"},                        {"label_emb.0.0", "add_embedding.linear_1"},
+      {"label_emb.0.2", "add_embedding.linear_2"}};
   auto p = split_dots(key);
   if (p.size() < 2) return "";
   std::string const leaf = p.back();  // weight / bias
@@ -165,16 +171,21 @@ inline std::string vae_key_from_ldm(std::string const& key, VaeConfig const& con
   return "";
 }
 
-/// transformers CLIPTextModel names for an OpenCLIP text key (without "cond_stage_model.model."). Returns
-/// (name, source) pairs: one pair usually, three for the fused in_proj weight/bias; empty when ignored
-/// (text_projection, logit_scale, layers past `num_layers`, which SD 2.x drops: it uses the penultimate layer).
-inline std::vector<std::pair<std::string, KeySource>> clip_keys_from_openclip(std::string const& key,
-                                                                              int num_layers) {
+/// transformers CLIPTextModel names for an OpenCLIP text key (without its `prefix`: "cond_stage_model.model." for
+/// SD 2.x, "conditioner.embedders.1.model." for SDXL). Returns (name, source) pairs: one pair usually, three for the
+/// fused in_proj weight/bias; empty when ignored (logit_scale; text_projection unless `with_projection`; layers past
+/// `num_layers`, which SD 2.x drops: it uses the penultimate layer). OpenCLIP's text_projection (hidden, proj) is
+/// applied as x @ P: it is the transpose of transformers' text_projection.weight.
+inline std::vector<std::pair<std::string, KeySource>> clip_keys_from_openclip(
+    std::string const& key, int num_layers, std::string const& prefix = kLdmOpenClipPrefix,
+    bool with_projection = false) {
   using namespace detail;
-  std::string const full = std::string(kLdmOpenClipPrefix) + key;
+  std::string const full = prefix + key;
   auto one = [&](std::string name) {
     return std::vector<std::pair<std::string, KeySource>>{{std::move(name), KeySource{full}}};
   };
+  if (key == "text_projection" && with_projection)
+    return {{"text_projection.weight", KeySource{full, KeySource::Take::Transpose}}};
   if (key == "token_embedding.weight") return one("text_model.embeddings.token_embedding.weight");
   if (key == "positional_embedding") return one("text_model.embeddings.position_embedding.weight");
   if (key == "ln_final.weight" || key == "ln_final.bias")

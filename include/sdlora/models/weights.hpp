@@ -33,7 +33,8 @@ inline SourceMap sources_from_file(io::SafetensorsFile const& file, std::string 
   return m;
 }
 
-/// Reads one source tensor as T, applying its slice (Squeeze: drop trailing 1-extents; Third: one third of axis 0).
+/// Reads one source tensor as T, applying its slice (Squeeze: drop trailing 1-extents; Third: one third of axis 0;
+/// Transpose: a matrix's transpose).
 template <class T>
 Tensor<T, Cpu> read_source(TensorSource const& s) {
   auto t = s.file->load<T>(s.source.key);
@@ -49,6 +50,14 @@ Tensor<T, Cpu> read_source(TensorSource const& s) {
                                                   << t.shape() << " does not split in three along axis 0");
       Index const rows = t.dim(0) / 3;
       return Tensor<T, Cpu>::from_view(t.slice(rows * s.source.part, rows * (s.source.part + 1)));
+    }
+    case KeySource::Take::Transpose: {
+      SDLORA_EXPECTS(t.rank() == 2, "[load] " << s.file->path() << ": '" << s.source.key << "' of shape " << t.shape()
+                                              << " is not a matrix to transpose");
+      Tensor<T, Cpu> out(Shape{t.dim(1), t.dim(0)});
+      for (Index r = 0; r < t.dim(0); ++r)
+        for (Index c = 0; c < t.dim(1); ++c) out.at({c, r}) = t.at({r, c});
+      return out;
     }
   }
   return t;
