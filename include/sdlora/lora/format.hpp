@@ -1,7 +1,7 @@
 /// @file format.hpp
-/// @brief LoRA files: reading kohya (A1111 / ComfyUI / sd-scripts) and diffusers / PEFT `.safetensors` into one
-/// neutral list of {component, module, down, up, alpha}, applying it to a module tree (as adapters or merged into
-/// the weights), and writing both layouts with their metadata. Key layouts: docs/formats.md.
+/// @brief LoRA files: reading kohya (A1111 / ComfyUI / sd-scripts, LyCORIS LoHa / LoKr included) and diffusers / PEFT
+/// `.safetensors` into one neutral list of {component, module, down, up, alpha}, applying it to a module tree (as
+/// adapters or merged into the weights), and writing both layouts with their metadata. Key layouts: docs/formats.md.
 /// Include <sdlora/sdlora.hpp> instead.
 #pragma once
 
@@ -26,6 +26,7 @@
 #include <sdlora/core/tensor.hpp>     // Tensor, convert
 #include <sdlora/io/safetensors.hpp>  // io::SafetensorsFile, io::SafetensorsWriter
 #include <sdlora/lora/inject.hpp>     // add_adapter, for_each_adapter, AdaptableLeaf
+#include <sdlora/lora/lycoris.hpp>    // LycorisFactors, add_lycoris_adapter, merge_lycoris
 #include <sdlora/lora/names.hpp>      // flatten, guess_dotted, ldm_unet_to_diffusers, UnetLayout
 #include <sdlora/ops/gemm.hpp>        // ops::gemm
 
@@ -46,11 +47,13 @@ struct LoraEntry {
   bool has_alpha = false; ///< whether the file stored alpha (a kohya `.alpha` tensor or PEFT metadata)
   bool rslora = false;    ///< scale alpha / sqrt(r) (PEFT use_rslora)
   DType dtype = DType::F32;  ///< how the factors were stored
+  std::optional<LycorisFactors> lycoris;  ///< a LyCORIS LoHa / LoKr layer (kohya files): its factors; down/up empty
 
-  Index rank() const { return down.dim(0); }
-  bool conv() const { return down.rank() == 4; }
-  /// multiplier * alpha / rank (or / sqrt(rank)).
+  Index rank() const { return lycoris ? lycoris->rank() : down.dim(0); }
+  bool conv() const { return !lycoris && down.rank() == 4; }
+  /// multiplier * alpha / rank (or / sqrt(rank)); LyCORIS layers: multiplier * LycorisFactors::scale().
   double scale(double multiplier = 1.0) const {
+    if (lycoris) return multiplier * lycoris->scale();
     return multiplier * alpha / (rslora ? std::sqrt(double(rank())) : double(rank()));
   }
 };
@@ -85,6 +88,67 @@ inline std::optional<std::pair<std::string, std::string>> kohya_component(std::s
   for (auto const& [p, c] : kPrefixes)
     if (starts_with(base, p)) return std::pair<std::string, std::string>{c, base.substr(std::string(p).size())};
   return std::nullopt;
+}
+
+/// The LyCORIS key suffixes read (LoHa, LoKr) and those refused with a FormatError naming the key.
+inline constexpr std::array<char const*, 13> kLycorisSuffixes = {
+    "hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "hada_t1", "hada_t2", "lokr_w1",
+    "lokr_w1_a", "lokr_w1_b", "lokr_w2",   "lokr_w2_a", "lokr_w2_b", "lokr_t2"};
+inline bool lycoris_first_key(std::string const& key) {
+  return ends_with(key, ".hada_w1_a") || ends_with(key, ".lokr_w1") || ends_with(key, ".lokr_w1_a");
+}
+
+/// The tensors of the LyCORIS layer `base` (LoHa when it has hada_w1_a, else LoKr). Missing partners, DoRA scales
+/// and lokr_t1 are FormatErrors naming the key.
+inline LycorisFactors read_lycoris_layer(io::SafetensorsFile const& f, std::string const& base,
+                                         std::set<std::string>& used) {
+  LycorisFactors l;
+  l.algo = f.contains(base + ".hada_w1_a") ? LycorisAlgo::LoHa : LycorisAlgo::LoKr;
+  for (char const* suffix : kLycorisSuffixes)
+    if (f.contains(base + "." + suffix)) {
+      l.tensors[suffix] = f.load<float>(base + "." + suffix);
+      used.insert(base + "." + suffix);
+    }
+  auto require = [&](char const* have, char const* need) {
+    if (l.has(have) && !l.has(need))
+      SDLORA_THROW(FormatError, "[lora.read] " << f.path() << ": '" << base << "." << have << "' has no '" << base
+                                               << "." << need << "'");
+  };
+  auto refuse = [&](char const* suffix, char const* why) {
+    if (f.contains(base + "." + suffix))
+      SDLORA_THROW(FormatError, "[lora.read] " << f.path() << ": '" << base << "." << suffix << "': " << why);
+  };
+  refuse("dora_scale", "DoRA-decomposed LyCORIS layers (dora_wd) are not supported");
+  refuse("lokr_t1", "a Tucker core on the first LoKr factor is not supported (LyCORIS never writes one)");
+  if (l.algo == LycorisAlgo::LoHa) {
+    for (char const* k : {"hada_w1_b", "hada_w2_a", "hada_w2_b"}) require("hada_w1_a", k);
+    require("hada_t1", "hada_t2");
+    require("hada_t2", "hada_t1");
+    for (char const* k : {"lokr_w1", "lokr_w1_a", "lokr_w2", "lokr_w2_a", "lokr_w2_b", "lokr_t2"})
+      refuse(k, "a LoKr key in a LoHa layer");
+  } else {
+    require("lokr_w1_a", "lokr_w1_b");
+    require("lokr_w1_b", "lokr_w1_a");
+    require("lokr_w2_a", "lokr_w2_b");
+    require("lokr_w2_b", "lokr_w2_a");
+    require("lokr_t2", "lokr_w2_a");
+    if (!l.has("lokr_w2") && !l.has("lokr_w2_a"))
+      SDLORA_THROW(FormatError, "[lora.read] " << f.path() << ": '" << base << "' has neither '" << base
+                                               << ".lokr_w2' nor '" << base << ".lokr_w2_a'");
+    if (l.has("lokr_w1") == l.has("lokr_w1_a") || l.has("lokr_w2") == l.has("lokr_w2_a"))
+      SDLORA_THROW(FormatError, "[lora.read] " << f.path() << ": '" << base
+                                               << "' has both a full and a decomposed LoKr factor");
+    for (char const* k : {"hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "hada_t1", "hada_t2"})
+      refuse(k, "a LoHa key in a LoKr layer");
+  }
+  if (f.contains(base + ".alpha")) {
+    auto a = f.load<float>(base + ".alpha");
+    SDLORA_EXPECTS(a.numel() == 1, "[lora.read] " << f.path() << ": '" << base << ".alpha' must be a scalar, got "
+                                                  << a.shape());
+    l.alpha = double(a(0));
+    used.insert(base + ".alpha");
+  }
+  return l;
 }
 
 inline LoraFile read_kohya(io::SafetensorsFile const& f, UnetLayout const& layout) {
@@ -123,6 +187,24 @@ inline LoraFile read_kohya(io::SafetensorsFile const& f, UnetLayout const& layou
     } else {
       e.alpha = double(e.rank());  // missing alpha: alpha = rank (scale 1)
     }
+    out.entries.push_back(std::move(e));
+  }
+  for (auto const& key : f.keys()) {  // LyCORIS LoHa / LoKr layers
+    if (!lycoris_first_key(key)) continue;
+    std::string const base = key.substr(0, key.rfind('.'));
+    auto comp = kohya_component(base);
+    if (!comp) continue;  // reported as unknown below
+    LoraEntry e;
+    e.component = comp->first;
+    e.flat = comp->second;
+    if (e.component == "unet")
+      if (auto mapped = ldm_unet_to_diffusers(e.flat, layout)) e.flat = *mapped;
+    e.module = guess_dotted(e.flat);
+    e.key = key;
+    e.dtype = f.info(key).dtype;
+    e.lycoris = read_lycoris_layer(f, base, used);
+    e.has_alpha = e.lycoris->alpha.has_value();
+    e.alpha = e.lycoris->alpha.value_or(double(e.rank()));
     out.entries.push_back(std::move(e));
   }
   for (auto const& key : f.keys())
@@ -276,12 +358,13 @@ inline LoraFile read_lora(std::string const& path, UnetLayout const& layout = {}
   io::SafetensorsFile const f(path);
   bool kohya = false;
   for (auto const& key : f.keys())
-    kohya = kohya || (detail::ends_with(key, ".lora_down.weight") && detail::kohya_component(key).has_value());
+    kohya = kohya || ((detail::ends_with(key, ".lora_down.weight") || detail::lycoris_first_key(key)) &&
+                      detail::kohya_component(key).has_value());
   LoraFile out = kohya ? detail::read_kohya(f, layout) : detail::read_peft(f);
   if (out.entries.empty())
     SDLORA_THROW(FormatError, "[lora.read] " << path << ": no LoRA layers found (" << f.size()
                                              << " tensors; expected kohya '*.lora_down.weight' or PEFT "
-                                             << "'*.lora_A.weight' keys)");
+                                             << "'*.lora_A.weight', or LyCORIS '*.hada_w1_a' / '*.lokr_w1' keys)");
   return out;
 }
 
@@ -326,6 +409,11 @@ ApplyReport apply(Module& module, LoraFile const& file, std::string const& compo
       L* p = &leaf;
       Leaf l{name, leaf.weight.shape(), {}};
       l.attach = [p, &o](LoraEntry const& e) {
+        if (e.lycoris) {  // LoHa / LoKr: the delta merged, or a LycorisAdapter
+          if (o.mode == ApplyMode::Merge) merge_lycoris(*p, *e.lycoris, o.multiplier);
+          else add_lycoris_adapter(*p, *e.lycoris, o.multiplier, o.adapter_name);
+          return;
+        }
         Shape const w = p->weight.shape();
         Index const r = e.rank();
         Tensor<T> down = convert<T, float>(e.down), up = convert<T, float>(e.up);
@@ -367,6 +455,16 @@ ApplyReport apply(Module& module, LoraFile const& file, std::string const& compo
     if (!hit) {
       report.problems.push_back("key '" + e.key + "': no module '" + e.module + "' in " +
                                 (component.empty() ? std::string("the model") : component));
+      continue;
+    }
+    if (e.lycoris) {
+      if (std::string const why = detail::lycoris_shape_problem(*e.lycoris, hit->weight); !why.empty()) {
+        std::ostringstream os;
+        os << "key '" << e.key << "': module '" << hit->name << "' has weight " << hit->weight << ", but " << why;
+        report.problems.push_back(os.str());
+      } else {
+        plan.emplace_back(&e, hit);
+      }
       continue;
     }
     // Shapes: Linear (out, in) takes down (r, in) / up (out, r); Conv2d (out, in, k, k) takes down (r, in, k, k) /
@@ -465,7 +563,7 @@ inline std::string number_string(double v) {
 inline void save_kohya(std::string const& path, LoraFile const& file, KohyaSaveOptions const& o = {}) {
   SDLORA_EXPECTS(!file.entries.empty(), "[lora.save_kohya] " << path << ": no LoRA layers to write");
   io::SafetensorsWriter w;
-  bool any_conv = false;
+  bool any_conv = false, any_lycoris = false;
   Index conv_dim = 0;
   double conv_alpha = 0;
   for (auto const& e : file.entries) {
@@ -477,6 +575,16 @@ inline void save_kohya(std::string const& path, LoraFile const& file, KohyaSaveO
                                                         << e.module << "' has no kohya prefix");
     std::string const base = prefix + e.flat;
     DType const d = o.dtype.value_or(e.dtype);
+    if (e.lycoris) {  // LoHa / LoKr: the same keys back
+      any_lycoris = true;
+      for (auto const& [suffix, t] : e.lycoris->tensors) detail::add_stored(w, base + "." + suffix, t, d);
+      if (e.lycoris->alpha) {
+        Tensor<float> alpha(Shape{});
+        alpha(0) = float(*e.lycoris->alpha);
+        detail::add_stored(w, base + ".alpha", alpha, d);
+      }
+      continue;
+    }
     detail::add_stored(w, base + ".lora_down.weight", e.down, d);
     detail::add_stored(w, base + ".lora_up.weight", e.up, d);
     Tensor<float> alpha(Shape{});
@@ -496,7 +604,7 @@ inline void save_kohya(std::string const& path, LoraFile const& file, KohyaSaveO
       break;
     }
   std::map<std::string, std::string> meta = {
-      {"ss_network_module", "networks.lora"},
+      {"ss_network_module", any_lycoris ? "lycoris.kohya" : "networks.lora"},
       {"ss_network_dim", std::to_string(first->rank())},
       {"ss_network_alpha", detail::number_string(first->alpha)},
       {"ss_base_model_version", o.base_model_version},
@@ -527,6 +635,10 @@ inline void save_peft(std::string const& path, LoraFile const& file, PeftSaveOpt
   io::SafetensorsWriter w;
   std::map<std::string, std::vector<LoraEntry const*>> by_component;
   for (auto const& e : file.entries) {
+    if (e.lycoris)
+      SDLORA_THROW(FormatError, "[lora.save_peft] " << path << ": '" << e.key << "' is a LyCORIS "
+                                                    << lycoris_algo_name(e.lycoris->algo)
+                                                    << " layer, which the PEFT LoRA layout cannot hold");
     std::string const prefix = e.component.empty() ? "" : e.component + ".";
     DType const d = o.dtype.value_or(e.dtype);
     detail::add_stored(w, prefix + e.module + ".lora_A.weight", e.down, d);

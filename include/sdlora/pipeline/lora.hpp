@@ -12,11 +12,13 @@
 
 #include <sdlora/lora/format.hpp>        // lora::read_lora, lora::apply, lora::LoraFile
 #include <sdlora/lora/inject.hpp>        // lora::set_multiplier, lora::merge_all, lora::unmerge_all
+#include <sdlora/lora/lycoris.hpp>       // lora::set_lycoris_multiplier, lora::merge_lycoris_all (LoHa / LoKr)
 #include <sdlora/models/checkpoint.hpp>  // models::StableDiffusion
 
 namespace sdlora::pipeline {
 
-/// One LoRA to load: a kohya or diffusers / PEFT `.safetensors` file and its scale (diffusers' adapter weight).
+/// One LoRA to load: a kohya (LoRA, LoCon, LyCORIS LoHa / LoKr) or diffusers / PEFT `.safetensors` file and its scale
+/// (diffusers' adapter weight; for LoHa / LoKr the multiplier on LyCORIS' alpha / rank delta).
 struct LoraSpec {
   std::string path;
   double scale = 1.0;
@@ -94,6 +96,8 @@ void set_lora_scale(models::StableDiffusion<T, Cpu>& sd, LoadedLora& l, double s
                                         << "it as an adapter to sweep scales)");
   lora::set_multiplier(sd.unet, l.adapter_name, scale);
   lora::set_multiplier(sd.text_encoder, l.adapter_name, scale);
+  lora::set_lycoris_multiplier(sd.unet, l.adapter_name, scale);
+  lora::set_lycoris_multiplier(sd.text_encoder, l.adapter_name, scale);
   l.scale = scale;
 }
 
@@ -102,10 +106,14 @@ template <class T>
 void merge_loras(Context<Cpu>& ctx, models::StableDiffusion<T, Cpu>& sd) {
   lora::merge_all(ctx, sd.unet);
   lora::merge_all(ctx, sd.text_encoder);
+  lora::merge_lycoris_all(sd.unet);
+  lora::merge_lycoris_all(sd.text_encoder);
 }
 /// Subtracts merged adapters back out (before set_lora_scale on a merged model).
 template <class T>
 void unmerge_loras(Context<Cpu>& ctx, models::StableDiffusion<T, Cpu>& sd) {
+  lora::unmerge_lycoris_all(sd.unet);
+  lora::unmerge_lycoris_all(sd.text_encoder);
   lora::unmerge_all(ctx, sd.unet);
   lora::unmerge_all(ctx, sd.text_encoder);
 }
