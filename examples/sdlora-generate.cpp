@@ -11,7 +11,9 @@
 #include <optional>    // std::optional
 #include <random>      // std::random_device
 #include <sstream>     // std::ostringstream
-#include <string>      // std::string
+#include <string>      // std::string, std::stoi
+#include <tuple>       // std::tie
+#include <utility>     // std::pair
 #include <vector>      // std::vector
 
 
@@ -50,13 +52,44 @@ struct Args {
   bool merge_lora = false;
   std::string lora_scales;
   std::string init_image;
+  long long max_image_pixels = static_cast<long long>(io::kDefaultMaxImagePixels);
   double strength = 0.8;
   int clip_skip = 0;
   std::vector<std::string> embeddings;
   std::string out = "outputs";
   int threads = 0;
   std::string weights_dtype = "f32";
+  std::string vae;                                   // a replacement VAE
+  std::string original_size, target_size, crops;     // SDXL micro-conditioning
 };
+
+/// "WxH" -> (W, H), both positive; a ConfigError names the flag otherwise.
+std::pair<int, int> parse_size(std::string const& text, char const* flag) {
+  auto const x = text.find_first_of("xX");
+  try {
+    if (x != std::string::npos) {
+      std::size_t a = 0, b = 0;
+      int const w = std::stoi(text.substr(0, x), &a), h = std::stoi(text.substr(x + 1), &b);
+      if (a == x && b == text.size() - x - 1 && w > 0 && h > 0) return {w, h};
+    }
+  } catch (std::exception const&) {
+  }
+  SDLORA_THROW(ConfigError, "--" << flag << " must be WxH with positive integers, got '" << text << "'");
+}
+
+/// "TOP,LEFT" -> (top, left), both >= 0.
+std::pair<int, int> parse_crop(std::string const& text) {
+  auto const comma = text.find(',');
+  try {
+    if (comma != std::string::npos) {
+      std::size_t a = 0, b = 0;
+      int const top = std::stoi(text.substr(0, comma), &a), left = std::stoi(text.substr(comma + 1), &b);
+      if (a == comma && b == text.size() - comma - 1 && top >= 0 && left >= 0) return {top, left};
+    }
+  } catch (std::exception const&) {
+  }
+  SDLORA_THROW(ConfigError, "--crops-coords-top-left must be TOP,LEFT with integers >= 0, got '" << text << "'");
+}
 
 /// A PNG in [-1, 1] written through a temporary file and a rename: a cancelled, killed or failed write (disk full,
 /// RLIMIT_FSIZE) leaves no partial image under `path`.
@@ -67,7 +100,7 @@ void save_png_atomic(std::string const& path, TensorView<float const, Cpu> img, 
 po::options_description options(Args& a) {
   po::options_description d(
       "Usage: sdlora-generate --model PATH --prompt TEXT [options]\n"
-      "Generates images with a Stable Diffusion 1.x / 2.x checkpoint (diffusers' semantics: the same seed gives\n"
+      "Generates images with a Stable Diffusion 1.x / 2.x / SDXL checkpoint (diffusers' semantics: the same seed gives\n"
       "diffusers' image). Flags accept dashes or underscores (--negative-prompt = --negative_prompt).\n\nOptions",
       120, 60);
   // clang-format off
@@ -97,6 +130,9 @@ po::options_description options(Args& a) {
                                                "the images and a grid with one column per scale")
     ("init-image", po::value(&a.init_image)->value_name("PATH"), "image-to-image: the starting image (resized to --width/--height, or to "
                                              "a multiple of the VAE factor)")
+    ("max-image-pixels", po::value(&a.max_image_pixels)->value_name("N")->default_value(a.max_image_pixels),
+                                             "refuse an --init-image of more pixels, from its header before decoding "
+                                             "(default: Pillow's MAX_IMAGE_PIXELS; 0: no limit)")
     ("strength", po::value(&a.strength)->value_name("S")->default_value(0.8), "image-to-image: how much of the schedule to run, (0, 1]")
     ("clip-skip", po::value(&a.clip_skip)->value_name("N")->default_value(0), "skip the last N text-encoder layers (A1111's 'Clip skip' "
                                                            "minus 1)")
@@ -108,6 +144,14 @@ po::options_description options(Args& a) {
                                                          "directory")
     ("weights-dtype", po::value(&a.weights_dtype)->value_name("f32|f16|bf16")->default_value("f32"), "keep the frozen "
                                                          "weights in 16 bits (half the memory; compute stays f32)")
+    ("vae", po::value(&a.vae)->value_name("PATH"), "a replacement VAE: a diffusers AutoencoderKL folder or one .safetensors "
+                                                   "file (e.g. the SDXL fp16-fix VAE)")
+    ("original-size", po::value(&a.original_size)->value_name("WxH"), "SDXL micro-conditioning: the original image size "
+                                                                    "(default: the output size)")
+    ("target-size", po::value(&a.target_size)->value_name("WxH"), "SDXL micro-conditioning: the target size (default: "
+                                                                "the output size)")
+    ("crops-coords-top-left", po::value(&a.crops)->value_name("TOP,LEFT"), "SDXL micro-conditioning: the crop's top-left "
+                                                                          "corner (default: 0,0)")
     ("threads", po::value(&a.threads)->value_name("N")->default_value(0), "CPU threads (0: all)");
   // clang-format on
   return d;
@@ -216,6 +260,8 @@ int run(int argc, char** argv) {
   if (!a.init_image.empty() && !(a.strength > 0 && a.strength <= 1))
     SDLORA_THROW(ConfigError, "--strength must be in (0, 1], got " << a.strength);
   if (a.threads < 0) SDLORA_THROW(ConfigError, "--threads must be >= 0, got " << a.threads);
+  if (a.max_image_pixels < 0)
+    SDLORA_THROW(ConfigError, "--max-image-pixels must be >= 0 (0: no limit), got " << a.max_image_pixels);
   std::string sampler = a.sampler;
   for (char& c : sampler) c = c == '-' ? '_' : char(std::tolower(static_cast<unsigned char>(c)));
   if (!sampler.empty() && sampler != "ddpm" && sampler != "ddim" && sampler != "pndm" && sampler != "euler" &&
@@ -243,6 +289,11 @@ int run(int argc, char** argv) {
   models::LoadOptions lo;
   lo.config_dir = a.config_dir;
   auto sd = models::load_stable_diffusion<float>(a.model, lo);
+  if (!a.vae.empty()) sd.vae = models::load_vae<float>(a.vae, sd.vae.config());
+  bool const micro = !a.original_size.empty() || !a.target_size.empty() || !a.crops.empty();
+  if (micro && !sd.is_sdxl())
+    SDLORA_THROW(ConfigError, "--original-size, --target-size and --crops-coords-top-left are SDXL's micro-conditioning; "
+                                  << a.model << " is not an SDXL checkpoint");
   models::set_weight_storage(sd, nn::parse_weight_dtype(a.weights_dtype));
   int const f = sd.vae_scale();
 
@@ -261,7 +312,8 @@ int run(int argc, char** argv) {
   // Size: flags, else the init image (rounded down to the VAE factor), else the model's native size.
   Tensor<float, Cpu> init;
   if (!a.init_image.empty()) {
-    init = io::load_image(a.init_image);  // (3, H, W) in [-1, 1]
+    io::ImageLoadOptions const load{io::ImageRange::MinusOneToOne, std::uint64_t(a.max_image_pixels)};
+    init = io::load_image(a.init_image, load);  // (3, H, W) in [-1, 1]
     Index h = a.height > 0 ? a.height : init.dim(1) / f * f, w = a.width > 0 ? a.width : init.dim(2) / f * f;
     if (h <= 0 || w <= 0)
       SDLORA_THROW(ConfigError, "--init-image " << a.init_image << " is " << init.dim(2) << "x" << init.dim(1)
@@ -292,6 +344,9 @@ int run(int argc, char** argv) {
   g.karras = a.karras;
   g.clip_skip = a.clip_skip;
   g.strength = a.strength;
+  if (!a.original_size.empty()) std::tie(g.original_width, g.original_height) = parse_size(a.original_size, "original-size");
+  if (!a.target_size.empty()) std::tie(g.target_width, g.target_height) = parse_size(a.target_size, "target-size");
+  if (!a.crops.empty()) std::tie(g.crop_top, g.crop_left) = parse_crop(a.crops);
   auto const kind = pipeline::make_scheduler(sd, g)->config().kind;  // also validates --karras for this sampler
 
   fs::path model_path(a.model);
@@ -309,6 +364,10 @@ int run(int argc, char** argv) {
     if (a.batch > 1) p << ", Batch size: " << a.batch << ", Batch pos: " << batch_pos;
     if (!a.init_image.empty()) p << ", Denoising strength: " << number(a.strength);
     if (a.clip_skip > 0) p << ", Clip skip: " << a.clip_skip + 1;
+    if (!a.vae.empty()) p << ", VAE: " << quote(fs::path(a.vae).filename().string());
+    if (!a.original_size.empty()) p << ", Original size: " << g.original_width << "x" << g.original_height;
+    if (!a.target_size.empty()) p << ", Target size: " << g.target_width << "x" << g.target_height;
+    if (!a.crops.empty()) p << ", Crop top-left: " << g.crop_top << "," << g.crop_left;
     if (!loaded.empty()) {
       std::string l;
       for (std::size_t i = 0; i < loaded.size(); ++i)

@@ -57,7 +57,8 @@ TEST_CASE("sdlora-generate --help documents every flag", "[examples][e2e]") {
   for (char const* flag : {"--model", "--config-dir", "--prompt", "--negative-prompt", "--steps", "--cfg", "--sampler",
                            "--karras", "--seed", "--width", "--height", "--batch", "--count", "--lora",
                            "--merge-lora", "--lora-scales", "--init-image", "--strength", "--clip-skip",
-                           "--embedding", "--out", "--threads", "--help"}) {
+                           "--embedding", "--out", "--threads", "--vae", "--original-size", "--target-size",
+                           "--crops-coords-top-left", "--help"}) {
     INFO(flag);
     CHECK(r.out.find(std::string(flag) + " ") != std::string::npos);
   }
@@ -208,4 +209,44 @@ TEST_CASE("sdlora-generate --init-image runs img2img at a size rounded to the VA
   CHECK(img.dim(1) == 18);
   CHECK(img.dim(2) == 16);
   CHECK(parameters_of(out).find("Denoising strength: 0.5") != std::string::npos);
+}
+
+TEST_CASE("sdlora-generate runs SDXL: native size, micro-conditioning flags, a replacement --vae", "[examples][e2e]") {
+  std::string const sdxl = "--model '" + test::fixture("models/tiny-sdxl") +
+                           "' --prompt 'a photo of a cat' --steps 3 --sampler euler --seed 7 --threads 2";
+  fs::path const plain = scratch() / "xl.png", micro = scratch() / "xl_micro.png", vae = scratch() / "xl_vae.png",
+                 other_vae = scratch() / "xl_other_vae.png";
+  auto r = run(sdxl + " --out '" + plain.string() + "'");
+  REQUIRE(r.code == 0);
+  CHECK(parameters_of(plain).find("Size: 16x16, Model: tiny-sdxl") != std::string::npos);  // sample_size 8 x VAE 2
+
+  r = run(sdxl + " --original-size 32x48 --target-size 16x16 --crops-coords-top-left 4,8 --out '" + micro.string() +
+          "'");
+  REQUIRE(r.code == 0);
+  CHECK(read_bytes(micro) != read_bytes(plain));
+  std::string const p = parameters_of(micro);
+  INFO(p);
+  CHECK(p.find("Original size: 32x48, Target size: 16x16, Crop top-left: 4,8") != std::string::npos);
+
+  // The folder's own VAE given as a replacement changes no pixel (the PNG text names it); another VAE of the same
+  // shape changes the pixels.
+  auto pixels = [](fs::path const& png) { return io::load_image(png.string(), io::ImageRange::ZeroToOne); };
+  r = run(sdxl + " --vae '" + test::fixture("models/tiny-sdxl/vae") + "' --out '" + vae.string() + "'");
+  REQUIRE(r.code == 0);
+  CHECK(parameters_of(vae).find("VAE: vae, ") != std::string::npos);
+  auto const same = pixels(vae), base = pixels(plain);
+  REQUIRE(same.numel() == base.numel());
+  CHECK(std::equal(same.data(), same.data() + same.numel(), base.data()));
+  r = run(sdxl + " --vae '" + test::fixture("models/tiny-sd1/vae") + "' --out '" + other_vae.string() + "'");
+  REQUIRE(r.code == 0);
+  CHECK(test::rel_l2(pixels(other_vae), base) > 1e-3);
+
+  r = run(sdxl + " --original-size 32 --out '" + (scratch() / "bad.png").string() + "'");
+  CHECK(r.code == 2);
+  CHECK(lines(r.err) == 1);
+  CHECK(r.err.find("--original-size must be WxH") != std::string::npos);
+  r = run(fast() + " --target-size 16x16");
+  CHECK(r.code == 2);
+  CHECK(lines(r.err) == 1);
+  CHECK(r.err.find("not an SDXL checkpoint") != std::string::npos);
 }

@@ -336,6 +336,48 @@ StableDiffusion<T, Cpu> load_single_file(std::string const& path, LoadOptions co
   return sd;
 }
 
+/// Loads a replacement VAE (diffusers' `vae=` argument; e.g. the community SDXL fp16-fix VAE): a diffusers
+/// AutoencoderKL folder (config.json + diffusion_pytorch_model.safetensors), or one `.safetensors` file in the diffusers
+/// layout (encoder.down_blocks.*) or the original layout (encoder.down.*, with or without "first_stage_model.").
+/// A file has no config: `fallback` (the checkpoint's own VAE config) is used, the VAE being a drop-in.
+template <class T>
+AutoencoderKL<T, Cpu> load_vae(std::string const& path, VaeConfig const& fallback) {
+  namespace fs = std::filesystem;
+  if (!fs::exists(path)) SDLORA_THROW(IoError, "[load] VAE " << path << " does not exist");
+  std::vector<std::unique_ptr<io::SafetensorsFile>> files;
+  if (fs::is_directory(path)) {
+    fs::path const dir(path);
+    auto const cfg = fs::exists(dir / "config.json") ? VaeConfig::from_json(read_json((dir / "config.json").string()))
+                                                     : fallback;
+    AutoencoderKL<T, Cpu> vae(cfg);
+    load_parameters<T>(vae, detail::sources_of(detail::component_weight_files(dir, "diffusion_pytorch_model", ""), files),
+                       "vae from " + path);
+    return vae;
+  }
+  io::SafetensorsFile file(path);
+  AutoencoderKL<T, Cpu> vae(fallback);
+  SourceMap src;
+  std::vector<std::string> unknown;
+  for (auto const& key : file.keys()) {
+    std::string k = key;
+    if (k.rfind(kLdmVaePrefix, 0) == 0) k = k.substr(std::string(kLdmVaePrefix).size());
+    if (k.find("_blocks.") != std::string::npos || k.find("mid_block.") != std::string::npos ||
+        k.find("conv_norm_out") != std::string::npos) {
+      src[k] = {&file, KeySource{key}};  // diffusers names already
+      continue;
+    }
+    bool squeeze = false;
+    std::string const name = vae_key_from_ldm(k, fallback, squeeze);
+    if (name.empty()) unknown.push_back(key);
+    else src[name] = {&file, KeySource{key, squeeze ? KeySource::Take::Squeeze : KeySource::Take::Whole}};
+  }
+  if (!unknown.empty())
+    SDLORA_THROW(FormatError, "[load] VAE " << path << ": " << unknown.size() << " keys are not VAE weights, e.g. '"
+                                            << unknown.front() << "'");
+  load_parameters<T>(vae, src, "vae from " + path);
+  return vae;
+}
+
 /// Loads a checkpoint from a diffusers folder or a single `.safetensors` file; `.ckpt` / `.pt` pickles are refused
 /// with a message to convert them.
 template <class T>
