@@ -32,12 +32,13 @@
 #include <type_traits>  // std::is_same_v, std::remove_cvref_t
 #include <vector>       // std::vector
 
-#include <sdlora/core/error.hpp>   // SDLORA_EXPECTS, SDLORA_THROW, ConfigError, FormatError
-#include <sdlora/core/tensor.hpp>  // Tensor, TensorView
-#include <sdlora/lora/inject.hpp>  // AdaptableLeaf, ConvLeaf, LeafScalar, LeafBackend
-#include <sdlora/nn/module.hpp>    // nn::Adapter, nn::Mode, nn::Parameter
-#include <sdlora/ops/conv.hpp>     // ops::conv2d_forward, ops::conv2d_backward_input, ops::Conv2dGeometry
-#include <sdlora/ops/gemm.hpp>     // ops::gemm
+#include <sdlora/core/backend.hpp>  // Context
+#include <sdlora/core/error.hpp>    // SDLORA_EXPECTS, SDLORA_THROW, ConfigError, FormatError
+#include <sdlora/core/tensor.hpp>   // Tensor, TensorView
+#include <sdlora/lora/inject.hpp>   // AdaptableLeaf, ConvLeaf, LeafScalar, LeafBackend
+#include <sdlora/nn/module.hpp>     // nn::Adapter, nn::Mode, nn::Parameter
+#include <sdlora/ops/conv.hpp>      // ops::conv2d_forward, ops::conv2d_backward_input, ops::Conv2dGeometry
+#include <sdlora/ops/gemm.hpp>      // ops::gemm
 
 namespace sdlora::lora {
 
@@ -78,47 +79,29 @@ struct LycorisFactors {
 
 namespace detail {
 
-/// A row-major (rows, cols) double matrix.
-struct Mat {
-  Index rows = 0, cols = 0;
-  std::vector<double> v;
-  double& operator()(Index r, Index c) { return v[std::size_t(r * cols + c)]; }
-  double operator()(Index r, Index c) const { return v[std::size_t(r * cols + c)]; }
-};
-
-/// t viewed as (dim 0, the rest), widened to double.
-inline Mat as_matrix(Tensor<float> const& t) {
-  Mat m{t.dim(0), t.numel() / t.dim(0), {}};
-  m.v.assign(t.data(), t.data() + t.numel());
-  return m;
+/// t viewed as the matrix (dim 0, the rest).
+inline TensorView<float const, Cpu> as_matrix(Tensor<float> const& t) {
+  return t.view().reshaped(Shape{t.dim(0), t.numel() / t.dim(0)});
 }
-inline Mat matmul(Mat const& a, Mat const& b) {
-  Mat c{a.rows, b.cols, std::vector<double>(std::size_t(a.rows * b.cols), 0.0)};
-  for (Index i = 0; i < a.rows; ++i)
-    for (Index k = 0; k < a.cols; ++k) {
-      double const x = a(i, k);
-      for (Index j = 0; j < b.cols; ++j) c(i, j) += x * b(k, j);
-    }
+/// op(a) @ b in float with the library's GEMM (the sums torch makes in float, multithreaded).
+inline Tensor<float> matmul(TensorView<float const, Cpu> a, TensorView<float const, Cpu> b, bool trans_a = false) {
+  Context<Cpu> ctx;
+  auto c = Tensor<float>::uninitialized(Shape{trans_a ? a.dim(1) : a.dim(0), b.dim(1)});
+  ops::gemm<float, Cpu>(ctx, c.view(), a, b, {.trans_a = trans_a});
   return c;
 }
 /// rebuild(t (R, R, K), a (R, P), b (R, Q)) [p, q*K + k] = sum_{i,j} t[i, j, k] a[i, p] b[j, q]: (P, Q*K).
 /// reference: lycoris/functional/general.py rebuild_tucker (einsum "i j ..., i p, j r -> p r ...")
-inline Mat rebuild_tucker(Tensor<float> const& t, Tensor<float> const& a, Tensor<float> const& b) {
-  Index const r = t.dim(0), kk = t.numel() / (r * r), p_n = a.dim(1), q_n = b.dim(1);
-  Mat tb{r, q_n * kk, std::vector<double>(std::size_t(r * q_n * kk), 0.0)};  // [i, q*K + k] = sum_j t[i,j,k] b[j,q]
+inline Tensor<float> rebuild_tucker(Tensor<float> const& t, Tensor<float> const& a, Tensor<float> const& b) {
+  Index const r = t.dim(0), kk = t.numel() / (r * r), q_n = b.dim(1);
+  Tensor<float> tb(Shape{r, q_n * kk});  // (R, Q*K): [i, q*K + k] = sum_j t[i, j, k] b[j, q]   (small: R*R*K*Q)
   for (Index i = 0; i < r; ++i)
     for (Index j = 0; j < r; ++j)
       for (Index q = 0; q < q_n; ++q) {
-        double const bq = b(j * q_n + q);
-        for (Index k = 0; k < kk; ++k) tb(i, q * kk + k) += double(t((i * r + j) * kk + k)) * bq;
+        float const bq = b(j * q_n + q);
+        for (Index k = 0; k < kk; ++k) tb(i * q_n * kk + q * kk + k) += t((i * r + j) * kk + k) * bq;
       }
-  Mat out{p_n, q_n * kk, std::vector<double>(std::size_t(p_n * q_n * kk), 0.0)};
-  for (Index i = 0; i < r; ++i)
-    for (Index p = 0; p < p_n; ++p) {
-      double const ap = a(i * p_n + p);
-      for (Index c = 0; c < q_n * kk; ++c) out(p, c) += ap * tb(i, c);
-    }
-  return out;
+  return matmul(a.view(), tb.view(), true);  // a^T (P, R) @ tb (R, Q*K)
 }
 
 /// The weight (O, I, K) a layer's delta must have, from its weight shape (O, I[, kh, kw]).
@@ -203,13 +186,14 @@ inline std::string lycoris_shape_problem(LycorisFactors const& f, Shape const& w
 
 }  // namespace detail
 
-/// The delta scale * product for a weight of shape `w` (O, I[, kh, kw]), in double, before the multiplier.
+/// The delta scale * product for a weight of shape `w` (O, I[, kh, kw]), before the multiplier: the factor products
+/// in float (as LyCORIS computes them), the Hadamard / Kronecker product and the scale in double, rounded once.
 /// Throws FormatError when the factors do not fit the weight.
-inline Tensor<double> lycoris_delta(LycorisFactors const& f, Shape const& w) {
+inline Tensor<float> lycoris_delta(LycorisFactors const& f, Shape const& w) {
   if (std::string const why = detail::lycoris_shape_problem(f, w); !why.empty())
     SDLORA_THROW(FormatError, "[lycoris] the factors do not fit the weight " << w << ": " << why);
   detail::WeightDims const d = detail::weight_dims(w);
-  Tensor<double> out = Tensor<double>::uninitialized(w);  // (O, I[, kh, kw])
+  auto out = Tensor<float>::uninitialized(w);  // (O, I[, kh, kw])
   double const s = f.scale();
   if (f.algo == LycorisAlgo::LoHa) {
     auto half = [&](char const* n) {  // (O, I*K)
@@ -218,26 +202,29 @@ inline Tensor<double> lycoris_delta(LycorisFactors const& f, Shape const& w) {
       if (f.has(t)) return detail::rebuild_tucker(f.at(t), f.at(a), f.at(b));
       return detail::matmul(detail::as_matrix(f.at(a)), detail::as_matrix(f.at(b)));
     };
-    detail::Mat const h1 = half("1"), h2 = half("2");
-    for (std::size_t i = 0; i < h1.v.size(); ++i) out(Index(i)) = s * h1.v[i] * h2.v[i];
+    Tensor<float> const h1 = half("1"), h2 = half("2");
+    float const *p1 = h1.data(), *p2 = h2.data();
+    float* o = out.data();
+    for (Index i = 0; i < out.numel(); ++i) o[i] = float(s * double(p1[i]) * double(p2[i]));
     return out;
   }
-  detail::Mat const w1 = f.has("lokr_w1") ? detail::as_matrix(f.at("lokr_w1"))
-                                          : detail::matmul(detail::as_matrix(f.at("lokr_w1_a")),
-                                                           detail::as_matrix(f.at("lokr_w1_b")));  // (a, b)
-  detail::Mat const w2 = f.has("lokr_w2") ? detail::as_matrix(f.at("lokr_w2"))
-                         : f.has("lokr_t2")
-                             ? detail::rebuild_tucker(f.at("lokr_t2"), f.at("lokr_w2_a"), f.at("lokr_w2_b"))
-                             : detail::matmul(detail::as_matrix(f.at("lokr_w2_a")),
-                                              detail::as_matrix(f.at("lokr_w2_b")));  // (c, d*K)
-  Index const c = w2.rows, dd = d.in / w1.cols, kk = d.k;
+  Tensor<float> const w1 = f.has("lokr_w1") ? f.at("lokr_w1")
+                                            : detail::matmul(detail::as_matrix(f.at("lokr_w1_a")),
+                                                             detail::as_matrix(f.at("lokr_w1_b")));  // (a, b)
+  Tensor<float> const w2 = f.has("lokr_w2")   ? f.at("lokr_w2")
+                           : f.has("lokr_t2") ? detail::rebuild_tucker(f.at("lokr_t2"), f.at("lokr_w2_a"),
+                                                                       f.at("lokr_w2_b"))
+                                              : detail::matmul(detail::as_matrix(f.at("lokr_w2_a")),
+                                                               detail::as_matrix(f.at("lokr_w2_b")));  // (c, d*K)
+  Index const a_n = w1.dim(0), b_n = w1.dim(1), c = w2.dim(0), dk = w2.numel() / c;  // dk = d*K
   // dW[i*c + p, (j*d + q)*K + k] = w1[i, j] * w2[p, q*K + k]   (torch.kron with w1 unsqueezed to (a, b, 1, 1))
-  for (Index i = 0; i < w1.rows; ++i)
+  for (Index i = 0; i < a_n; ++i)
     for (Index p = 0; p < c; ++p) {
-      double* row = out.data() + (i * c + p) * d.in * kk;
-      for (Index j = 0; j < w1.cols; ++j) {
-        double const x = s * w1(i, j);
-        for (Index q = 0; q < dd * kk; ++q) row[j * dd * kk + q] = x * w2(p, q);
+      float* row = out.data() + (i * c + p) * d.in * d.k;
+      float const* w2p = w2.data() + p * dk;
+      for (Index j = 0; j < b_n; ++j) {
+        double const x = s * double(w1(i * b_n + j));
+        for (Index q = 0; q < dk; ++q) row[j * dk + q] = float(x * double(w2p[q]));
       }
     }
   return out;
@@ -326,9 +313,9 @@ class LycorisAdapter final : public nn::Adapter<T, B> {
   Tensor<T, B> const& delta() {
     if (delta_.numel() != weight_.numel() || !delta_multiplier_ || *delta_multiplier_ != multiplier_) {
       static_assert(std::is_same_v<B, Cpu>, "LyCORIS adapters are built on the Cpu backend");
-      Tensor<double> const d = lycoris_delta(factors_, weight_);
+      Tensor<float> const d = lycoris_delta(factors_, weight_);
       delta_ = Tensor<T, B>::uninitialized(weight_);
-      for (Index i = 0; i < d.numel(); ++i) delta_(i) = T(multiplier_ * d(i));
+      for (Index i = 0; i < d.numel(); ++i) delta_(i) = T(multiplier_ * double(d(i)));
       delta_multiplier_ = multiplier_;
     }
     return delta_;
@@ -338,9 +325,9 @@ class LycorisAdapter final : public nn::Adapter<T, B> {
     SDLORA_EXPECTS(
         weight.numel() == weight_.numel() && weight.is_contiguous(),
         "[lycoris.merge] adapter '" << name_ << "' was made for a weight " << weight_ << ", got " << weight.shape());
-    Tensor<double> const d = lycoris_delta(factors_, weight_);
+    Tensor<float> const d = lycoris_delta(factors_, weight_);
     T* w = weight.data();
-    for (Index i = 0; i < d.numel(); ++i) w[i] = T(double(w[i]) + m * d(i));
+    for (Index i = 0; i < d.numel(); ++i) w[i] = T(double(w[i]) + m * double(d(i)));
   }
 
   LycorisFactors factors_;
@@ -375,10 +362,10 @@ std::shared_ptr<LycorisAdapter<LeafScalar<L>, LeafBackend<L>>> add_lycoris_adapt
 template <AdaptableLeaf L>
 void merge_lycoris(L& leaf, LycorisFactors const& factors, double multiplier) {
   using T = LeafScalar<L>;
-  Tensor<double> const d = lycoris_delta(factors, leaf.weight.shape());
+  Tensor<float> const d = lycoris_delta(factors, leaf.weight.shape());
   leaf.weight.edit([&](TensorView<T, Cpu> w) {
     T* p = w.data();
-    for (Index i = 0; i < d.numel(); ++i) p[i] = T(double(p[i]) + multiplier * d(i));
+    for (Index i = 0; i < d.numel(); ++i) p[i] = T(double(p[i]) + multiplier * double(d(i)));
   });
 }
 
