@@ -31,7 +31,8 @@ class SdloraConan(ConanFile):
     # examples: also build and package the command-line programs (sdlora-generate, sdlora-train, ...) in bin/.
     options = {"examples": [True, False]}
     default_options = {"examples": False}
-    exports_sources = ("CMakeLists.txt", "LICENSE", "cmake/*", "include/*", "data/*", "examples/*")
+    # What CMakeLists.txt reads when tests and benchmarks are off (src/: the optional compiled instances).
+    exports_sources = ("CMakeLists.txt", "LICENSE", "cmake/*", "include/*", "src/*", "data/*", "examples/*")
     no_copy_source = True
 
     def set_version(self):
