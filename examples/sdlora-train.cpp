@@ -18,6 +18,10 @@
 #include <sdlora/train/interrupt.hpp>    // train::StopSignals
 #include <sdlora/train/sources.hpp>      // train::DatasetSource, train::TemplateSource
 
+#if SDLORA_HAS_MPI
+#include <sdlora/train/communicator_mpi.hpp>  // train::MpiCommunicator (mpirun -np N sdlora-train ...)
+#endif
+
 #include "common/cli.hpp"  // cli::normalize_flags, cli::parse, cli::run_main
 
 namespace {
@@ -27,6 +31,16 @@ namespace po = boost::program_options;
 using namespace sdlora;
 
 inline constexpr char kProgram[] = "sdlora-train";
+
+// The processes of this run: the ranks of mpirun / srun in a build with SDLORA_MPI=ON (one process without a
+// launcher), else one process (docs/scaling.md).
+#if SDLORA_HAS_MPI
+using Communicator = train::MpiCommunicator;
+#else
+struct Communicator : train::SingleProcess {
+  explicit Communicator(double /*timeout_seconds*/) {}
+};
+#endif
 
 struct Args {
   std::string method = "lora";
@@ -70,6 +84,7 @@ struct Args {
   std::string config_file;
   std::string on_nan = "stop";
   int threads = 0;
+  double collective_timeout = 1800;
   std::string weights_dtype = "f32";
 };
 
@@ -149,7 +164,8 @@ po::options_description options(Args& a) {
     ("learnable_property", po::value(&a.learnable_property)->value_name("P")->default_value("object"), "Textual Inversion: object | style prompt templates")
     ("on_nan", po::value(&a.on_nan)->value_name("stop|skip")->default_value("stop"), "a step with a NaN / inf loss or gradient: stop naming the module (no LoRA written), or skip its update (counted in loss.csv)")
     ("weights_dtype", po::value(&a.weights_dtype)->value_name("f32|f16|bf16")->default_value("f32"), "keep the frozen base weights in 16 bits (half the memory; compute, LoRA weights and optimizer state stay f32)")
-    ("threads", po::value(&a.threads)->value_name("N")->default_value(0), "CPU threads (0: all)");
+    ("threads", po::value(&a.threads)->value_name("N")->default_value(0), "CPU threads (0: all)")
+    ("collective_timeout", po::value(&a.collective_timeout)->value_name("S")->default_value(1800), "mpirun -np N: end the job when a rank waits more than S seconds for the others (a hung or lost rank; must exceed a step, a checkpoint and the validation images; 0: forever)");
   // clang-format on
   return d;
 }
@@ -172,14 +188,19 @@ DType precision(std::string const& p) {
 }
 
 /// Generates the missing DreamBooth class images with the base model (before any adapter is attached).
-void ensure_class_images(Context<Cpu>& ctx, models::StableDiffusion<float>& sd, Args const& a) {
+/// Generates the missing class images; under mpirun each rank makes its share (image i on rank i mod N, the same
+/// pixels as on one process) and all wait for the others.
+void ensure_class_images(Context<Cpu>& ctx, models::StableDiffusion<float>& sd, Args const& a, Communicator& comm) {
   fs::create_directories(a.class_data_dir);
   int have = 0;
   for (auto const& e : fs::directory_iterator(a.class_data_dir))
     if (e.path().extension() == ".png" || e.path().extension() == ".jpg") ++have;
+  comm.barrier();  // every rank has counted before any writes
   if (have >= a.num_class_images) return;
-  std::cerr << "generating " << a.num_class_images - have << " class images for '" << a.class_prompt << "'\n";
+  if (comm.rank() == 0)
+    std::cerr << "generating " << a.num_class_images - have << " class images for '" << a.class_prompt << "'\n";
   for (int i = have; i < a.num_class_images; ++i) {
+    if ((i - have) % comm.size() != comm.rank()) continue;
     pipeline::GenerateOptions g;
     g.prompt = a.class_prompt;
     g.width = g.height = a.resolution;
@@ -193,6 +214,7 @@ void ensure_class_images(Context<Cpu>& ctx, models::StableDiffusion<float>& sd, 
       SDLORA_THROW(Error, "interrupted by signal " << sig << " while generating class images (" << i + 1 - have
                                                    << " written to " << a.class_data_dir << ")");
   }
+  comm.barrier();
 }
 
 train::DatasetOptions dataset_options(Args const& a, std::string const& path, std::string const& fixed_prompt) {
@@ -240,6 +262,9 @@ std::string resume_command(int argc, char** argv) {
   return out + " --resume_from_checkpoint latest";
 }
 
+int train_model(Args const& a, train::Method method, std::string const& data_dir, po::variables_map const& vm,
+                int argc, char** argv, Communicator& comm, std::ostream& info);
+
 int run(int argc, char** argv) {
   Args a;
   auto const desc = options(a);
@@ -277,6 +302,21 @@ int run(int argc, char** argv) {
     SDLORA_THROW(ConfigError, "--with_prior_preservation needs --class_data_dir and --class_prompt");
   cpu::set_default_thread_count(a.threads);  // every Context<Cpu> the program makes
 
+  Communicator comm(a.collective_timeout);
+  std::ostream null_stream(nullptr);
+  std::ostream& info = comm.rank() == 0 ? std::cerr : null_stream;  // ranks other than 0 report only errors
+  if (comm.rank() != 0) std::cout.rdbuf(nullptr);
+  try {
+    return train_model(a, method, data_dir, vm, argc, argv, comm, info);
+  } catch (std::exception const& e) {
+    comm.abort(std::string(kProgram) + ": " + e.what());  // ends the other ranks (one process: nothing)
+    throw;
+  }
+}
+
+/// The model, the data and the run, once the flags are checked (every rank of an mpirun job does all of it).
+int train_model(Args const& a, train::Method method, std::string const& data_dir, po::variables_map const& vm,
+                int argc, char** argv, Communicator& comm, std::ostream& info) {
   Context<Cpu> ctx;
   models::LoadOptions lo;
   lo.config_dir = a.config_dir;
@@ -288,14 +328,14 @@ int run(int argc, char** argv) {
   // Data (class images are generated before any adapter exists).
   std::optional<train::DatasetSource> class_source;
   if (a.with_prior_preservation) {
-    ensure_class_images(ctx, sd, a);
+    ensure_class_images(ctx, sd, a, comm);
     class_source.emplace(train::open_dataset(dataset_options(a, a.class_data_dir, a.class_prompt)));
   }
   auto dataset = train::open_dataset(dataset_options(a, data_dir, method == train::Method::DreamBooth ? a.instance_prompt : ""));
   if (!dataset.skipped().empty())
-    std::cerr << "warning: skipped " << dataset.skipped().size() << " unreadable or tiny images (first: "
+    info << "warning: skipped " << dataset.skipped().size() << " unreadable or tiny images (first: "
               << dataset.skipped()[0].path << ": " << dataset.skipped()[0].reason << ")\n";
-  std::cerr << "dataset: " << dataset.size() << " examples from " << data_dir << "\n";
+  info << "dataset: " << dataset.size() << " examples from " << data_dir << "\n";
 
   train::RunOptions o;
   auto& t = o.trainer;
@@ -374,7 +414,7 @@ int run(int argc, char** argv) {
   } else {
     source = std::make_unique<train::DatasetSource>(std::move(dataset));
   }
-  auto const r = train::run_training(ctx, sd, *source, o, class_source ? &*class_source : nullptr);
+  auto const r = train::run_training(ctx, sd, *source, o, class_source ? &*class_source : nullptr, std::cerr, comm);
   if (r.interrupted_by != 0) {
     std::cerr << "interrupted by signal " << r.interrupted_by << " after step " << r.steps << ": saved "
               << r.checkpoint << "; resume with:\n  " << resume_command(argc, argv) << "\n";

@@ -1,12 +1,14 @@
 /// @file run.hpp
 /// @brief A whole training run: the data order over epochs, latents (cached when augmentation is deterministic),
 /// micro-batches, prior-preservation batches, checkpoints every N steps with `--resume` continuing bit-exactly,
-/// validation images, loss.csv and a loss-curve PNG, and the final LoRA / embedding files.
-/// Include <sdlora/train.hpp> instead.
+/// validation images, loss.csv and a loss-curve PNG, and the final LoRA / embedding files; on one process or data
+/// parallel over the ranks of a Communicator (docs/scaling.md). Include <sdlora/train.hpp> instead.
 #pragma once
 
 #include <chrono>      // std::chrono::steady_clock
 #include <cmath>       // std::isfinite
+#include <limits>      // std::numeric_limits
+#include <span>        // std::span
 #include <cstdint>     // std::uint64_t
 #include <cstdlib>     // std::strtoll, std::strtod
 #include <filesystem>  // std::filesystem
@@ -18,6 +20,7 @@
 #include <ostream>     // std::ostream
 #include <sstream>     // std::ostringstream
 #include <string>      // std::string
+#include <type_traits>  // std::is_same_v
 #include <utility>     // std::pair
 #include <vector>      // std::vector
 
@@ -27,6 +30,7 @@
 #include <sdlora/io/safetensors.hpp>    // io::SafetensorsWriter
 #include <sdlora/pipeline/stages.hpp>   // pipeline::tokenize, encode_images
 #include <sdlora/pipeline/txt2img.hpp>  // pipeline::txt2img (validation)
+#include <sdlora/train/communicator.hpp>  // Communicator, SingleProcess
 #include <sdlora/train/latent_cache.hpp>  // LatentCache, latent_key
 #include <sdlora/train/non_finite.hpp>  // NonFiniteError, all_finite
 #include <sdlora/train/plot.hpp>        // plot_curve
@@ -196,18 +200,35 @@ inline std::string dtype_label(DType d) { return d == DType::F16 ? "fp16" : d ==
 /// over freshly drawn micro-batches, its loss.csv row and non-finite handling), checkpoint(), validate() and
 /// finish() (the final state, the LoRA or embedding files, loss.png, the last validation images). run() strings them
 /// together; run_training() is the one-call form.
-template <class T>
+///
+/// Data parallel over the N ranks of `comm` (every rank runs the same Run): the global micro-batch is
+/// train_batch_size × N examples taken in the single-process order at that batch size, rank r trains on its r-th
+/// slice (noise and timesteps drawn for the whole global batch on every rank, so they match the single-process run
+/// too), the trainable gradients and the loss are summed over the ranks from one flat buffer and divided by N (the
+/// mean over the global batch) once per optimizer step, and every rank applies the same update. Rank 0 alone writes
+/// loss.csv, checkpoints, validation images and outputs, and logs; latents are encoded once, split over the ranks.
+template <class T, Communicator C = SingleProcess>
 class Run {
  public:
+  /// One process.
   Run(Context<Cpu>& ctx, models::StableDiffusion<T, Cpu>& sd, ExampleSource& data, RunOptions const& o,
       ExampleSource* class_data = nullptr, std::ostream& log = std::cerr)
-      : ctx_(ctx), sd_(sd), data_(data), class_data_(class_data), o_(o), log_(log), seed_(o.trainer.seed),
-        out_dir_(o.output_dir), csv_(out_dir_ / "loss.csv") {
+    requires std::is_same_v<C, SingleProcess>
+      : Run(ctx, sd, data, o, class_data, log, own_single_) {}
+  /// One rank of `comm` (which must outlive the Run).
+  Run(Context<Cpu>& ctx, models::StableDiffusion<T, Cpu>& sd, ExampleSource& data, RunOptions const& o,
+      ExampleSource* class_data, std::ostream& log, C& comm)
+      : ctx_(ctx), sd_(sd), data_(data), class_data_(class_data), o_(o), comm_(comm),
+        log_(comm.rank() == 0 ? log : null_log_), seed_(o.trainer.seed), out_dir_(o.output_dir),
+        csv_(out_dir_ / "loss.csv") {
     check_options();
     std::filesystem::create_directories(o_.output_dir);
     trainer_ = std::make_unique<Trainer<T>>(ctx_, sd_, o_.trainer);
     for (auto const& p : trainer_->parameters()) result_.trainable_parameters += p.param->value.numel();
   }
+
+  Run(Run const&) = delete;
+  Run& operator=(Run const&) = delete;
 
   /// Runs (or resumes) to `max_train_steps` optimizer steps, or until stop_requested() says so.
   RunResult run() {
@@ -226,7 +247,7 @@ class Run {
       progress.update(s, {{"loss", r.loss}, {"lr", r.lr}});
       bool const saved = o_.checkpointing_steps > 0 && s % o_.checkpointing_steps == 0 && s < o_.max_train_steps;
       if (saved) checkpoint(s);
-      if (int const sig = o_.stop_requested ? o_.stop_requested() : 0; sig != 0 && s < o_.max_train_steps) {
+      if (int const sig = stop_signal(); sig != 0 && s < o_.max_train_steps) {
         if (!saved) checkpoint(s);  // Ctrl-C / SIGTERM: this step is done; keep it and stop
         progress.finish();
         result_.interrupted_by = sig;
@@ -246,9 +267,15 @@ class Run {
   void prepare() {
     resume();
     if (order_.empty()) new_order();
-    if (result_.resumed_from > 0) detail::truncate_loss_csv(csv_, result_.resumed_from);
-    else std::ofstream(csv_, std::ios::trunc) << "step,loss,lr,skipped\n";
+    if (comm_.rank() == 0) {
+      if (result_.resumed_from > 0) detail::truncate_loss_csv(csv_, result_.resumed_from);
+      else std::ofstream(csv_, std::ios::trunc) << "step,loss,lr,skipped\n";
+    }
     open_latent_caches();
+    if (comm_.size() > 1) {  // each rank encodes its share of the examples, then every rank has them all
+      share_latents(data_, cache_, disk_.get());
+      if (o_.trainer.with_prior_preservation) share_latents(*class_data_, class_cache_, class_disk_.get());
+    }
   }
 
   /// One optimizer step over `gradient_accumulation_steps` micro-batches; appends its loss.csv row. A non-finite
@@ -256,10 +283,11 @@ class Run {
   StepReport step() {
     std::vector<MicroBatch> micro;
     for (int a = 0; a < o_.trainer.gradient_accumulation_steps; ++a) micro.push_back(draw_micro_batch());
-    auto const r = trainer_->step(std::move(micro));
+    auto const r = comm_.size() == 1 ? trainer_->step(std::move(micro)) : data_parallel_step(std::move(micro));
     std::int64_t const s = trainer_->global_step();
     result_.losses.push_back(r.loss);
-    std::ofstream(csv_, std::ios::app) << s << ',' << r.loss << ',' << r.lr << ',' << (r.skipped ? 1 : 0) << '\n';
+    if (comm_.rank() == 0)
+      std::ofstream(csv_, std::ios::app) << s << ',' << r.loss << ',' << r.lr << ',' << (r.skipped ? 1 : 0) << '\n';
     if (!r.non_finite_parameter.empty())
       SDLORA_THROW(train::NonFiniteError, "[train] step " << s << ": the optimizer update left parameter "
                                                    << r.non_finite_parameter << " non-finite; stopped without "
@@ -269,7 +297,9 @@ class Run {
       if (o_.on_non_finite == OnNonFinite::Stop)
         SDLORA_THROW(train::NonFiniteError, "[train] step " << s << ": loss " << r.loss << ", gradient norm "
                                                      << r.grad_norm << "; first non-finite value: "
-                                                     << trainer_->locate_non_finite()
+                                                     << (comm_.size() == 1 ? trainer_->locate_non_finite()
+                                                                           : "not located in a data-parallel run "
+                                                                             "(resume on one process to locate it)")
                                                      << "; stopped without writing the LoRA (the last checkpoint "
                                                      << "is intact; lower the learning rate or use --on_nan skip)");
       ++result_.skipped_steps;
@@ -279,8 +309,10 @@ class Run {
     return r;
   }
 
-  /// Writes checkpoint-`step` (trainer state, data order, settings) and prunes old ones.
+  /// Writes checkpoint-`step` (trainer state, data order, settings) and prunes old ones (rank 0: every rank holds
+  /// the same state).
   void checkpoint(std::int64_t step) {
+    if (comm_.rank() != 0) return;
     flush_caches();
     auto state = trainer_->state();
     state.epoch = epoch_;
@@ -294,7 +326,7 @@ class Run {
 
   /// Validation images validation/step-<step>-<i>.png (nothing without prompts).
   void validate(std::int64_t step) {
-    if (o_.validation_prompts.empty()) return;
+    if (o_.validation_prompts.empty() || comm_.rank() != 0) return;
     std::filesystem::create_directories(out_dir_ / "validation");
     for (std::size_t i = 0; i < o_.validation_prompts.size(); ++i) {
       pipeline::GenerateOptions g;
@@ -320,7 +352,7 @@ class Run {
     result_.steps = trainer_->global_step();
     // The final state, so that a longer run can continue it (a resumed run that had nothing left to do has it).
     if (o_.checkpointing_steps > 0 && result_.steps > result_.resumed_from) checkpoint(result_.steps);
-    write_outputs();
+    if (comm_.rank() == 0) write_outputs();
     if (!o_.validation_prompts.empty()) validate(result_.steps);
     return result_;
   }
@@ -339,11 +371,94 @@ class Run {
       SDLORA_THROW(ConfigError, "[train] prior preservation needs class images");
   }
 
-  /// Data order: one permutation per epoch, from the seed and the epoch only.
+  /// Data order: one permutation per epoch, from the seed and the epoch only (bucketed sources group runs of the
+  /// global batch size, train_batch_size × ranks).
   void new_order() {
     TorchGenerator g(mix_seed(seed_, 0x0D17A0, std::uint64_t(epoch_)));
-    order_ = data_.epoch_order(g, o_.train_batch_size);
+    order_ = data_.epoch_order(g, o_.train_batch_size * comm_.size());
     position_ = 0;
+  }
+
+  /// Ctrl-C / SIGTERM: on one process stop_requested() after the step; data parallel, the signals the ranks saw
+  /// before the step's all-reduce (the first rank's that saw one), so that every rank stops after the same step.
+  int stop_signal() const {
+    if (comm_.size() > 1) return agreed_stop_;
+    return o_.stop_requested ? o_.stop_requested() : 0;
+  }
+
+  /// The data-parallel step: this rank's micro-batches forward and backward, then one all-reduce of
+  /// [every trainable gradient, the loss, each rank's stop signal] (Σ in rank order), the mean over the ranks, and
+  /// the optimizer step every rank takes alike. A non-finite global loss drops the update as Trainer::step does.
+  StepReport data_parallel_step(std::vector<MicroBatch> micro) {
+    double loss = 0;
+    for (auto& m : micro) loss += trainer_->forward_backward(std::move(m));
+    loss /= double(micro.size());
+    auto const params = trainer_->parameters();
+    std::size_t n = 0;
+    for (auto const& p : params) n += std::size_t(p.param->grad.numel());
+    int const ranks = comm_.size();
+    flat_.assign(n + 1 + std::size_t(ranks), 0.0f);  // (gradients..., loss, stop signal of each rank)
+    std::size_t at = 0;
+    for (auto const& p : params) {
+      T const* g = p.param->grad.data();
+      for (Index i = 0; i < p.param->grad.numel(); ++i) flat_[at++] = float(g[i]);
+    }
+    flat_[n] = float(loss);
+    flat_[n + 1 + std::size_t(comm_.rank())] = float(o_.stop_requested ? o_.stop_requested() : 0);
+    comm_.all_reduce_sum(std::span<float>(flat_));
+    float const inv = 1.0f / float(ranks);
+    at = 0;
+    for (auto const& p : params) {
+      T* g = p.param->grad.data();
+      for (Index i = 0; i < p.param->grad.numel(); ++i) g[i] = T(flat_[at++] * inv);
+    }
+    double const global_loss = double(flat_[n] * inv);
+    agreed_stop_ = 0;
+    for (int r = ranks - 1; r >= 0; --r)
+      if (flat_[n + 1 + std::size_t(r)] != 0) agreed_stop_ = int(flat_[n + 1 + std::size_t(r)]);
+    // A non-finite loss with finite gradients must still drop the update: a NaN gradient makes optimizer_step skip.
+    if (!std::isfinite(global_loss) && !params.empty() && params[0].param->grad.numel() > 0)
+      params[0].param->grad.data()[0] = std::numeric_limits<T>::quiet_NaN();
+    StepReport r = trainer_->optimizer_step();
+    r.loss = global_loss;
+    return r;
+  }
+
+  /// Data parallel: the latents of every cacheable example, encoded once over all ranks (rank 0 reads the ones its
+  /// disk cache has, the rest go round-robin) and broadcast by their encoder, so that every rank holds them all.
+  void share_latents(ExampleSource& src, LatentMap& c, LatentCache* d) {
+    if (!o_.cache_latents || src.random_augmentation()) return;
+    std::int64_t const count = src.size();
+    std::vector<float> on_disk(std::size_t(count), 0.0f);  // 1: rank 0 has it from the disk cache
+    std::string caption;
+    if (comm_.rank() == 0 && d)
+      for (std::int64_t i = 0; i < count; ++i)
+        if (auto h = src.content_hash(i))
+          if (auto z = d->lookup(latent_key(*h, d->vae_identity()))) {
+            c[i] = std::move(*z);
+            on_disk[std::size_t(i)] = 1;
+            ++result_.latents_from_disk;
+          }
+    comm_.broadcast(std::span<float>(on_disk), 0);
+    std::int64_t misses = 0;
+    for (std::int64_t i = 0; i < count; ++i) {
+      int const owner = on_disk[std::size_t(i)] != 0 ? 0 : int(misses++ % comm_.size());
+      Tensor<float, Cpu> z;
+      std::vector<float> dims(4, 0.0f);  // (1, C, h, w) of the owner's latents
+      if (comm_.rank() == owner) {
+        z = latents_of(src, c, d, i, mix_seed(seed_, 0xCAC4E, std::uint64_t(i)), caption);
+        for (int k = 0; k < 4; ++k) dims[std::size_t(k)] = float(z.dim(k));
+      }
+      comm_.broadcast(std::span<float>(dims), owner);
+      if (comm_.rank() != owner)
+        z = Tensor<float, Cpu>(Shape{Index(dims[0]), Index(dims[1]), Index(dims[2]), Index(dims[3])});
+      comm_.broadcast(std::span<float>(z.data(), std::size_t(z.numel())), owner);
+      if (comm_.rank() != owner) {
+        if (d && on_disk[std::size_t(i)] == 0)
+          if (auto h = src.content_hash(i)) d->store(latent_key(*h, d->vae_identity()), z);
+        c[i] = std::move(z);
+      }
+    }
   }
 
   void resume() {
@@ -372,7 +487,7 @@ class Run {
   /// given and the source can hash its images. The identity covers what the cached samples depend on besides the
   /// image: the VAE and the noise seed.
   void open_latent_caches() {
-    if (o_.latent_cache_file.empty() || !o_.cache_latents) return;
+    if (o_.latent_cache_file.empty() || !o_.cache_latents || comm_.rank() != 0) return;  // one writer
     std::string const vae_identity = sd_.source + "#vae#seed=" + std::to_string(seed_);
     disk_ = std::make_unique<LatentCache>(o_.latent_cache_file, vae_identity);
     if (class_data_) {
@@ -421,15 +536,21 @@ class Run {
   }
 
   /// The next `train_batch_size` examples of the data order (a new epoch's order when one runs out), followed by as
-  /// many class examples under prior preservation.
+  /// many class examples under prior preservation. Data parallel: this rank's slice of the next global micro-batch
+  /// (train_batch_size × ranks examples), with its rows of the noise and timesteps drawn for the whole global batch.
   MicroBatch draw_micro_batch() {
     std::vector<Tensor<float, Cpu>> lat;
     std::vector<std::string> captions;
     std::vector<std::int64_t> class_indices;
-    for (int b = 0; b < o_.train_batch_size; ++b) {
+    int const batch = o_.train_batch_size, ranks = comm_.size();
+    for (int b = 0; b < batch * ranks; ++b) {
       if (position_ >= std::int64_t(order_.size())) {
         ++epoch_;
         new_order();
+      }
+      if (b / batch != comm_.rank()) {  // another rank's example
+        ++position_;
+        continue;
       }
       std::int64_t const index = order_[std::size_t(position_)];
       std::uint64_t const ex_seed = mix_seed(seed_, std::uint64_t(epoch_), std::uint64_t(position_));
@@ -458,7 +579,28 @@ class Run {
       std::copy_n(lat[std::size_t(i)].data(), lat[std::size_t(i)].numel(), m.latents.data() + i * lat[0].numel());
     }
     m.input_ids = pipeline::tokenize(sd_.tokenizer, captions);
+    if (ranks > 1) take_noise_rows(m);
     return m;
+  }
+
+  /// Draws the noise and timesteps of the whole global micro-batch (instance rows of every rank, then their class
+  /// rows) from the trainer's generator, as the single-process run at batch train_batch_size × ranks does, and keeps
+  /// this rank's rows.
+  void take_noise_rows(MicroBatch& m) {
+    Index const batch = o_.train_batch_size, ranks = comm_.size(), halves = m.latents.dim(0) / batch;
+    MicroBatch global;
+    global.latents = Tensor<float, Cpu>(Shape{batch * ranks * halves, m.latents.dim(1), m.latents.dim(2),
+                                              m.latents.dim(3)});
+    trainer_->draw_noise(global);
+    m.noise = Tensor<float, Cpu>(m.latents.shape());
+    m.timesteps.clear();
+    Index const row = m.latents.numel() / m.latents.dim(0);
+    for (Index h = 0; h < halves; ++h)
+      for (Index b = 0; b < batch; ++b) {
+        Index const from = h * batch * ranks + Index(comm_.rank()) * batch + b, to = h * batch + b;
+        std::copy_n(global.noise.data() + from * row, row, m.noise.data() + to * row);
+        m.timesteps.push_back(global.timesteps[std::size_t(from)]);
+      }
   }
 
   /// The LoRA (kohya and/or PEFT) or the Textual Inversion embeddings (diffusers and A1111), then loss.png.
@@ -529,11 +671,14 @@ class Run {
     result_.files.push_back(png);
   }
 
+  SingleProcess own_single_;  // the communicator of a Run constructed without one
+  std::ostream null_log_{nullptr};  // ranks other than 0 log nothing (errors are exceptions)
   Context<Cpu>& ctx_;
   models::StableDiffusion<T, Cpu>& sd_;
   ExampleSource& data_;
   ExampleSource* class_data_;
   RunOptions const& o_;
+  C& comm_;
   std::ostream& log_;
   std::uint64_t const seed_;
   std::filesystem::path const out_dir_, csv_;
@@ -543,6 +688,8 @@ class Run {
   std::vector<std::int64_t> order_;        // this epoch's order of example indices
   LatentMap cache_, class_cache_;          // in-memory latents (1, 4, h, w) by example index
   std::unique_ptr<LatentCache> disk_, class_disk_;
+  std::vector<float> flat_;  // the all-reduced buffer: every trainable gradient, the loss, each rank's stop signal
+  int agreed_stop_ = 0;      // data parallel: the stop signal every rank agreed on at the last step
 };
 
 /// Runs (or resumes) training to `o.max_train_steps` optimizer steps.
@@ -550,6 +697,13 @@ template <class T>
 RunResult run_training(Context<Cpu>& ctx, models::StableDiffusion<T, Cpu>& sd, ExampleSource& data,
                        RunOptions const& o, ExampleSource* class_data = nullptr, std::ostream& log = std::cerr) {
   return Run<T>(ctx, sd, data, o, class_data, log).run();
+}
+
+/// Data parallel over the ranks of `comm` (every rank calls it alike): see Run.
+template <class T, Communicator C>
+RunResult run_training(Context<Cpu>& ctx, models::StableDiffusion<T, Cpu>& sd, ExampleSource& data,
+                       RunOptions const& o, ExampleSource* class_data, std::ostream& log, C& comm) {
+  return Run<T, C>(ctx, sd, data, o, class_data, log, comm).run();
 }
 
 }  // namespace sdlora::train
