@@ -123,7 +123,13 @@ LoraFile extract_lora(Module& base, Module& tuned, std::string const& component,
     using L = std::remove_cvref_t<decltype(leaf)>;
     if constexpr (AdaptableLeaf<L>) {
       auto it = index.find(name);
-      if (it == index.end()) return;
+      if (it == index.end()) {
+        Shape const& w = leaf.weight.shape();
+        if (extract_rank(component, name, w.rank() == 4 && (w[2] > 1 || w[3] > 1), o) > 0)
+          SDLORA_THROW(ShapeError, "[lora.extract] " << component << " layer '" << name
+                                                     << "' is in the tuned model but not in the base one");
+        return;
+      }
       Layer& l = layers[it->second];
       if (!(leaf.weight.shape() == l.shape))
         SDLORA_THROW(ShapeError, "[lora.extract] " << component << " layer '" << name << "': base weight " << l.shape
