@@ -90,7 +90,7 @@ TEST_CASE("Adafactor matches transformers' Adafactor", "[train][optimizer]") {
 }
 
 TEST_CASE("An optimizer resumed from a saved state continues bit-exactly", "[train][optimizer]") {
-  for (std::string const type : {"adamw", "sgd", "adafactor"}) {
+  for (std::string const type : {"adamw", "adamw8bit", "sgd", "adafactor"}) {
     INFO(type);
     OptimizerOptions o;
     o.type = type;
@@ -164,6 +164,161 @@ TEST_CASE("Optimizers refuse mismatched states and skip frozen parameters", "[tr
   CHECK_THROWS_AS(make_optimizer<float>(lion, p.refs()), ConfigError);
   std::vector<ParamRef<float>> dup = {{"w", &p.w}, {"w", &p.b}};
   CHECK_THROWS_WITH(AdamW<float>(dup, AdamWOptions{}), Catch::Contains("twice"));
+}
+
+namespace {
+
+/// The AdamW8bit fixture's three parameters: (300) keeps float32 moments, (4500) has a partial last block, (64, 72)
+/// is 18 whole blocks.
+struct ThreeParams {
+  nn::Parameter<float> a{Shape{300}};
+  nn::Parameter<float> b{Shape{4500}};
+  nn::Parameter<float> c{Shape{64, 72}};
+  std::vector<ParamRef<float>> refs() { return {{"a", &a}, {"b", &b}, {"c", &c}}; }
+  nn::Parameter<float>& operator[](std::string const& name) { return name == "a" ? a : name == "b" ? b : c; }
+  void train() {
+    for (auto& r : refs()) r.param->set_trainable(true);
+  }
+};
+
+/// How many codes of `ours` differ from `ref` (which must have the same number).
+Index code_mismatches(Tensor<std::uint8_t> const& ours, Tensor<std::uint8_t> const& ref) {
+  REQUIRE(ours.numel() == ref.numel());
+  Index n = 0;
+  for (Index i = 0; i < ours.numel(); ++i) n += ours.data()[i] != ref.data()[i];
+  return n;
+}
+
+bool same_bits(Tensor<float> const& x, Tensor<float> const& y) {
+  return x.shape() == y.shape() && std::memcmp(x.data(), y.data(), x.bytes()) == 0;
+}
+
+}  // namespace
+
+TEST_CASE("AdamW8bit matches bitsandbytes' AdamW8bit step by step", "[train][optimizer][adamw8bit]") {
+  // Reference: bnb.optim.AdamW8bit itself (bitsandbytes 0.50, its CPU backend), tools/fixtures/make_adamw8bit.py.
+  io::SafetensorsFile const f(test::fixture("train/adamw8bit.safetensors"));
+  // The quantization maps are bitsandbytes' create_dynamic_map(signed=True / False), bit for bit.
+  for (bool const is_signed : {true, false}) {
+    Tensor<float> const ref = f.load<float>(is_signed ? "qmap1" : "qmap2");
+    QuantMap const ours = dynamic_map(is_signed);
+    REQUIRE(ref.numel() == 256);
+    CHECK(std::memcmp(ours.data(), ref.data(), sizeof(float) * 256) == 0);
+  }
+  ThreeParams p;
+  for (std::string const k : {"a", "b", "c"}) p[k].value = f.load<float>(k + "0");
+  p.train();
+  AdamW8bitOptions o;  // bnb's defaults: betas (0.9, 0.999), eps 1e-8, weight_decay 1e-2, min_8bit_size 4096
+  o.lr = std::stod(f.metadata().at("lr"));
+  AdamW8bit<float> opt(p.refs(), o);
+  int const steps = std::stoi(f.metadata().at("steps"));
+  for (int s = 0; s < steps; ++s) {
+    std::string const t = std::to_string(s);
+    for (std::string const k : {"a", "b", "c"}) p[k].grad = f.load<float>("grad_" + k + "." + t);
+    opt.step();
+    OptimizerState<float> const st = opt.state_dict();
+    for (std::string const k : {"a", "b", "c"}) {
+      INFO("step " << s << " parameter " << k);
+      // Parameters: 1e-6 relative L2. The moments below are bit-exact; the parameter update itself differs from
+      // torch's by at most an ulp on some elements (torch's vectorised addcdiv and division by a scalar).
+      CHECK(test::rel_l2(p[k].value, f.load<float>(k + "." + t)) < 1e-6);
+      if (k == "a") {  // below min_8bit_size: float32 moments, bitsandbytes' 32-bit update
+        REQUIRE(st.codes.count("a.state1") == 0);
+        CHECK(test::rel_l2(st.tensors.at("a.state1"), f.load<float>("state.a.state1." + t)) < 1e-6);
+        CHECK(test::rel_l2(st.tensors.at("a.state2"), f.load<float>("state.a.state2." + t)) < 1e-6);
+        continue;
+      }
+      // 8-bit state: every code and every block absmax exactly as bitsandbytes stores them.
+      CHECK(code_mismatches(st.codes.at(k + ".state1"), f.load<std::uint8_t>("state." + k + ".state1." + t)) == 0);
+      CHECK(code_mismatches(st.codes.at(k + ".state2"), f.load<std::uint8_t>("state." + k + ".state2." + t)) == 0);
+      CHECK(same_bits(st.tensors.at(k + ".absmax1"), f.load<float>("state." + k + ".absmax1." + t)));
+      CHECK(same_bits(st.tensors.at(k + ".absmax2"), f.load<float>("state." + k + ".absmax2." + t)));
+    }
+  }
+  // The comparison can fail: the parameters moved, and the codes are not all alike.
+  CHECK(test::rel_l2(p.b.value, f.load<float>("b0")) > 1e-4);
+  Tensor<std::uint8_t> const codes = opt.state_dict().codes.at("b.state1");
+  CHECK(code_mismatches(codes, Tensor<std::uint8_t>(codes.shape())) > codes.numel() / 2);
+  // c's block 3 had an all-zero gradient at step 0: absmax 0 and code 0 there, as bitsandbytes.
+  CHECK(f.load<float>("state.c.absmax1.0")(3) == 0.0f);
+  CHECK(AdamW8bit<float>::state_bytes(4500, 4096) == 2 * 4500 + 2 * 4 * 18);
+  CHECK(AdamW8bit<float>::state_bytes(300, 4096) == 8 * 300);
+}
+
+TEST_CASE("AdamW8bit resumed from a saved state continues bit-exactly", "[train][optimizer][adamw8bit]") {
+  auto init = [](ThreeParams& p) {
+    p.a.value = test::random_tensor<float>(Shape{300}, 1);
+    p.b.value = test::random_tensor<float>(Shape{4500}, 2);
+    p.c.value = test::random_tensor<float>(Shape{64, 72}, 3);
+    p.train();
+  };
+  auto run = [](ThreeParams& p, Optimizer<float>& opt, int from, int to) {
+    for (int s = from; s < to; ++s) {
+      p.a.grad = test::random_tensor<float>(Shape{300}, 100 + s);
+      p.b.grad = test::random_tensor<float>(Shape{4500}, 200 + s);
+      p.c.grad = test::random_tensor<float>(Shape{64, 72}, 300 + s);
+      opt.step();
+    }
+  };
+  OptimizerOptions o;
+  o.type = "adamw8bit";  // through make_optimizer, as sdlora-train builds it
+  o.lr = 1e-2;
+  ThreeParams a, b, c;
+  init(a);
+  init(b);
+  auto oa = make_optimizer<float>(o, a.refs());
+  auto ob = make_optimizer<float>(o, b.refs());
+  run(a, *oa, 0, 6);
+  run(b, *ob, 0, 3);
+  std::string const path = std::filesystem::temp_directory_path() / "sdlora_opt_adamw8bit.safetensors";
+  save_optimizer_state(ob->state_dict(), path);
+  {  // The codes are stored as one byte each.
+    io::SafetensorsFile const file(path);
+    CHECK(file.info("b.state1").dtype == DType::U8);
+    CHECK(file.info("c.state2").dtype == DType::U8);
+    CHECK(file.info("b.absmax1").shape == Shape{18});
+    CHECK(file.info("a.state1").dtype == DType::F32);
+  }
+  OptimizerState<float> const saved = load_optimizer_state<float>(path);
+  std::filesystem::remove(path);
+  c.a.value = b.a.value;
+  c.b.value = b.b.value;
+  c.c.value = b.c.value;
+  c.train();
+  auto oc = make_optimizer<float>(o, c.refs());
+  oc->load_state_dict(saved);
+  run(c, *oc, 3, 6);
+  for (std::string const k : {"a", "b", "c"}) {
+    INFO(k);
+    CHECK(same_bits(a[k].value, c[k].value));
+  }
+  OptimizerState<float> const sa = oa->state_dict(), sc = oc->state_dict();
+  REQUIRE(sa.codes.size() == 4);
+  REQUIRE(sc.codes.size() == 4);
+  for (auto const& [key, t] : sa.codes) CHECK(code_mismatches(sc.codes.at(key), t) == 0);
+  for (auto const& [key, t] : sa.tensors) CHECK(same_bits(sc.tensors.at(key), t));
+  CHECK(sa.scalars == sc.scalars);
+  // Without the state the continuation differs (so the comparison above can fail).
+  ThreeParams d;
+  d.a.value = b.a.value;
+  d.b.value = b.b.value;
+  d.c.value = b.c.value;
+  d.train();
+  auto od = make_optimizer<float>(o, d.refs());
+  run(d, *od, 3, 6);
+  CHECK(!same_bits(a.b.value, d.b.value));
+
+  // Refused states name the tensor.
+  OptimizerState<float> bad = saved;
+  bad.codes.at("b.state1") = Tensor<std::uint8_t>(Shape{4096});
+  CHECK_THROWS_WITH(make_optimizer<float>(o, d.refs())->load_state_dict(bad),
+                    Catch::Contains("b.state1") && Catch::Contains("(4096)"));
+  bad = saved;
+  bad.codes.emplace("z.state1", Tensor<std::uint8_t>(Shape{4}));
+  CHECK_THROWS_WITH(make_optimizer<float>(o, d.refs())->load_state_dict(bad), Catch::Contains("z.state1"));
+  bad = saved;
+  bad.tensors.erase("c.absmax2");
+  CHECK_THROWS_WITH(make_optimizer<float>(o, d.refs())->load_state_dict(bad), Catch::Contains("c.absmax2"));
 }
 
 TEST_CASE("trainable_parameters collects trainable parameters by name", "[train][optimizer]") {

@@ -1,6 +1,7 @@
 /// @file optimizer.hpp
 /// @brief Optimizers with PyTorch's semantics, operation for operation: AdamW and SGD as torch.optim's single-tensor
-/// (`foreach=False`) path, Adafactor as transformers.optimization.Adafactor. Their state is keyed by parameter name
+/// (`foreach=False`) path, Adafactor as transformers.optimization.Adafactor, and bitsandbytes' AdamW8bit (in
+/// adamw8bit.hpp, included at the end). Their state is keyed by parameter name
 /// and saves to / loads from a safetensors file. Include <sdlora/train.hpp> instead.
 ///
 /// Precision follows torch: elementwise math in T (float32 for float parameters); hyperparameter arithmetic that
@@ -26,6 +27,7 @@
 
 #include <sdlora/backend/cpu/parallel.hpp>  // cpu::parallel_for
 #include <sdlora/core/backend.hpp>     // Cpu
+#include <sdlora/core/dtype.hpp>       // DType
 #include <sdlora/core/error.hpp>       // SDLORA_EXPECTS, SDLORA_THROW
 #include <sdlora/core/json.hpp>        // check_json_depth
 #include <sdlora/core/tensor.hpp>      // Tensor
@@ -36,12 +38,13 @@ namespace sdlora::train {
 
 /// An optimizer's state as named host tensors and scalars. Tensor keys are "<param name>.<torch state key>"
 /// ("unet.x.weight.exp_avg"); scalars hold per-parameter step counts ("<param name>.step") and hyperparameters
-/// ("lr"). Doubles hold step counts exactly (below 2^53).
+/// ("lr"). Doubles hold step counts exactly (below 2^53). 8-bit optimizers keep their quantized moments in `codes`.
 template <class T>
 struct OptimizerState {
-  std::string type;                               // "adamw", "sgd", "adafactor"
-  std::map<std::string, Tensor<T, Cpu>> tensors;  // each in the shape of torch's state tensor
+  std::string type;                                         // "adamw", "adamw8bit", "sgd", "adafactor"
+  std::map<std::string, Tensor<T, Cpu>> tensors;            // each in the shape of torch's state tensor
   std::map<std::string, double> scalars;
+  std::map<std::string, Tensor<std::uint8_t, Cpu>> codes;  // uint8 state tensors (AdamW8bit's "state1", "state2")
 };
 
 /// Writes an optimizer state as one safetensors file (atomically): tensors as tensors, `type` and the scalars as
@@ -50,6 +53,7 @@ template <class T>
 void save_optimizer_state(OptimizerState<T> const& state, std::string const& path) {
   io::SafetensorsWriter w;
   for (auto const& [key, t] : state.tensors) w.add(key, t);
+  for (auto const& [key, t] : state.codes) w.add(key, t);  // stored as U8
   w.set_metadata("sdlora.optimizer", state.type);
   w.set_metadata("sdlora.scalars", nlohmann::json(state.scalars).dump());
   w.write(path);
@@ -75,7 +79,10 @@ OptimizerState<T> load_optimizer_state(std::string const& path) {
     SDLORA_THROW(FormatError,
                  "[optimizer] " << path << ": sdlora.scalars is not a JSON object of numbers: " << e.what());
   }
-  for (auto const& key : f.keys()) s.tensors.emplace(key, f.template load<T>(key));
+  for (auto const& key : f.keys()) {
+    if (f.info(key).dtype == DType::U8) s.codes.emplace(key, f.template load<std::uint8_t>(key));
+    else s.tensors.emplace(key, f.template load<T>(key));
+  }
   return s;
 }
 
@@ -557,7 +564,7 @@ class Adafactor final : public Optimizer<T, B> {
 
 /// The options of every optimizer, for configuration files and command lines (diffusers/kohya flag names).
 struct OptimizerOptions {
-  std::string type = "adamw";  // "adamw" | "sgd" | "adafactor"
+  std::string type = "adamw";  // "adamw" | "adamw8bit" | "sgd" | "adafactor"
   double lr = 1e-4;
   double beta1 = 0.9, beta2 = 0.999, eps = 1e-8;
   double weight_decay = 1e-2;
@@ -565,12 +572,17 @@ struct OptimizerOptions {
   bool nesterov = false;
 };
 
+/// bitsandbytes' AdamW8bit from the common options (defined in adamw8bit.hpp, included at the end of this file).
+template <class T, class B>
+std::unique_ptr<Optimizer<T, B>> make_adamw8bit(OptimizerOptions const& o, std::vector<ParamRef<T, B>> params);
+
 /// Builds an optimizer by name. "adafactor" is kohya's fixed-lr form (see AdafactorOptions::fixed_lr).
 template <class T, class B = Cpu>
 std::unique_ptr<Optimizer<T, B>> make_optimizer(OptimizerOptions const& o, std::vector<ParamRef<T, B>> params) {
   if (o.type == "adamw")
     return std::make_unique<AdamW<T, B>>(std::move(params),
                                          AdamWOptions{o.lr, o.beta1, o.beta2, o.eps, o.weight_decay});
+  if (o.type == "adamw8bit") return make_adamw8bit<T, B>(o, std::move(params));
   if (o.type == "sgd")
     return std::make_unique<Sgd<T, B>>(std::move(params),
                                        SgdOptions{o.lr, o.momentum, o.dampening, o.weight_decay, o.nesterov});
@@ -579,7 +591,9 @@ std::unique_ptr<Optimizer<T, B>> make_optimizer(OptimizerOptions const& o, std::
     a.weight_decay = o.weight_decay;
     return std::make_unique<Adafactor<T, B>>(std::move(params), a);
   }
-  SDLORA_THROW(ConfigError, "[optimizer] unknown optimizer '" << o.type << "' (expected adamw, sgd or adafactor)");
+  SDLORA_THROW(ConfigError, "[optimizer] unknown optimizer '" << o.type << "' (expected adamw, adamw8bit, sgd or adafactor)");
 }
 
 }  // namespace sdlora::train
+
+#include <sdlora/train/adamw8bit.hpp>  // AdamW8bit, make_adamw8bit: last, as it derives from Optimizer

@@ -417,6 +417,7 @@ class Trainer {
   static void merge_optimizer(OptimizerState<T>& into, OptimizerState<T> const& from) {
     if (into.type.empty()) into.type = from.type;
     for (auto const& [k, v] : from.tensors) into.tensors[k] = v;
+    for (auto const& [k, v] : from.codes) into.codes[k] = v;
     for (auto const& [k, v] : from.scalars) into.scalars[k] = v;
   }
   static OptimizerState<T> split_optimizer(OptimizerState<T> const& all, std::vector<ParamRef<T, Cpu>> const& params) {
@@ -430,6 +431,8 @@ class Trainer {
     auto per_param = [](std::string const& k) { return k.rfind("unet.", 0) == 0 || k.rfind("text_encoder.", 0) == 0; };
     for (auto const& [k, v] : all.tensors)
       if (mine(k)) out.tensors[k] = v;
+    for (auto const& [k, v] : all.codes)
+      if (mine(k)) out.codes[k] = v;
     for (auto const& [k, v] : all.scalars)
       if (mine(k) || !per_param(k)) out.scalars[k] = v;  // hyperparameters ("lr") belong to both
     return out;
