@@ -131,7 +131,7 @@ po::options_description options(Args& a) {
     ("lr_warmup_steps", po::value(&a.lr_warmup_steps)->value_name("N")->default_value(0), "warmup steps")
     ("lr_num_cycles", po::value(&a.lr_num_cycles)->value_name("N")->default_value(1), "cosine_with_restarts cycles")
     ("lr_power", po::value(&a.lr_power)->value_name("P")->default_value(1.0), "polynomial power")
-    ("optimizer", po::value(&a.optimizer)->value_name("NAME")->default_value("adamw"), "adamw | adafactor | sgd")
+    ("optimizer", po::value(&a.optimizer)->value_name("NAME")->default_value("adamw"), "adamw | adamw8bit (bitsandbytes' 8-bit AdamW) | adafactor | sgd")
     ("adam_beta1", po::value(&a.adam_beta1)->default_value(0.9), "AdamW beta1")
     ("adam_beta2", po::value(&a.adam_beta2)->default_value(0.999), "AdamW beta2")
     ("adam_epsilon", po::value(&a.adam_epsilon)->default_value(1e-8), "AdamW epsilon")
