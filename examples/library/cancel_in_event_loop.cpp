@@ -13,7 +13,7 @@
 #include <string>              // std::string, std::stoi
 #include <thread>              // std::thread
 
-#include <sdlora/backend/cpu.hpp>        // the CPU kernels
+#include <sdlora/instances.hpp>          // the CPU kernels; txt2img<float> comes compiled from sdlora::instances
 #include <sdlora/io/image.hpp>           // io::save_png
 #include <sdlora/models/checkpoint.hpp>  // models::load_stable_diffusion
 #include <sdlora/pipeline/txt2img.hpp>   // pipeline::txt2img, StepInfo, GenerationCancelled

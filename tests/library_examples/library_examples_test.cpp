@@ -11,6 +11,7 @@
 #include <string>      // std::string, std::getline
 
 #include <sdlora/backend/cpu.hpp>
+#include <sdlora/instances.hpp>          // txt2img<float> and the rest from sdlora::instances (its link test)
 #include <sdlora/io/image.hpp>           // io::load_image, to_uint8, from_uint8
 #include <sdlora/io/safetensors.hpp>     // io::SafetensorsFile
 #include <sdlora/models/checkpoint.hpp>  // models::load_stable_diffusion
