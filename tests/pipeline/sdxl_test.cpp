@@ -109,3 +109,30 @@ TEST_CASE("An SDXL single file (SGM layout) loads to the folder's weights and ge
   CHECK(test::rel_l2(out.latents, same.latents) == 0.0);
   CHECK(test::rel_l2(out.latents, ref.load<float>("euler.latents")) < 1e-4);
 }
+
+TEST_CASE("SDXL LoRAs on the UNet and both text encoders match diffusers' load_lora_weights, kohya and PEFT",
+          "[pipeline][sdxl][lora][conformance]") {
+  // One LoRA (rank 4, alpha 8) on the UNet's and both text encoders' attention projections at scale 0.7: diffusers'
+  // PEFT layout (unet., text_encoder., text_encoder_2.) and kohya's (SGM block names, lora_te1_, lora_te2_).
+  Context<Cpu> ctx;
+  io::SafetensorsFile ref(test::fixture("models/tiny-sdxl-txt2img.safetensors"));
+  for (std::string layout : {"peft", "kohya"}) {
+    INFO(layout);
+    auto sd = models::load_stable_diffusion<float>(test::fixture("models/tiny-sdxl"));
+    auto loaded = pipeline::apply_loras(sd, {{test::fixture("models/tiny-sdxl-lora-" + layout + ".safetensors"), 0.7}});
+    REQUIRE(loaded.size() == 1);
+    CHECK(loaded[0].unet_layers == 136);  // 17 transformer blocks x (attn1, attn2) x (to_q, to_k, to_v, to_out.0)
+    CHECK(loaded[0].text_encoder_layers == 4 * (2 + 3));  // q, k, v, out of 2 + 3 encoder layers
+    auto out = pipeline::txt2img(ctx, sd, options("euler"));
+    CHECK(test::rel_l2(out.latents, ref.load<float>("lora_" + layout + ".latents")) < 1e-4);
+    CHECK(test::rel_l2(out.images, ref.load<float>("lora_" + layout + ".image")) < 1e-4);
+    // Merged into the weights: the same image.
+    pipeline::merge_loras(ctx, sd);
+    auto merged = pipeline::txt2img(ctx, sd, options("euler"));
+    CHECK(test::rel_l2(merged.latents, ref.load<float>("lora_" + layout + ".latents")) < 1e-4);
+  }
+  // Without SDXL, text_encoder_2 entries are refused with one line naming the file.
+  auto sd1 = models::load_stable_diffusion<float>(test::fixture("models/tiny-sd1"));
+  CHECK_THROWS_WITH(pipeline::apply_loras(sd1, {{test::fixture("models/tiny-sdxl-lora-peft.safetensors"), 1.0}}),
+                    Catch::Contains("tiny-sdxl-lora-peft.safetensors") && Catch::Contains("SDXL LoRA"));
+}

@@ -32,7 +32,7 @@ struct LoadedLora {
   double scale = 1.0;
   lora::ApplyMode mode = lora::ApplyMode::Adapter;
   Index unet_layers = 0;          ///< layers of the UNet it changed
-  Index text_encoder_layers = 0;  ///< layers of the text encoder it changed
+  Index text_encoder_layers = 0;  ///< layers of the text encoder(s) it changed (SDXL: both)
 };
 
 /// The UNet block layout kohya's LDM-named files (input_blocks / output_blocks) are mapped with.
@@ -48,14 +48,14 @@ inline lora::UnetLayout unet_layout(models::UNetConfig const& c) {
 
 /// Routes entries without a component (a PEFT file saved from a bare model: "base_model.model.<module>") by their
 /// module name: CLIP's "text_model." belongs to the text encoder, everything else to the UNet. Throws FormatError for
-/// components an SD 1.x / 2.x checkpoint does not have (SDXL's text_encoder_2).
-inline void route_components(lora::LoraFile& file) {
+/// components the checkpoint does not have (text_encoder_2 without SDXL, "transformer" of other model families).
+inline void route_components(lora::LoraFile& file, bool sdxl = false) {
   for (auto& e : file.entries) {
     if (e.component.empty()) e.component = e.module.rfind("text_model.", 0) == 0 ? "text_encoder" : "unet";
-    if (e.component != "unet" && e.component != "text_encoder")
-      SDLORA_THROW(FormatError, "[lora] " << file.path << ": '" << e.key << "' belongs to '" << e.component
-                                          << "', which a Stable Diffusion 1.x / 2.x checkpoint does not have "
-                                             "(an SDXL LoRA?)");
+    if (e.component != "unet" && e.component != "text_encoder" && !(sdxl && e.component == "text_encoder_2"))
+      SDLORA_THROW(FormatError, "[lora] " << file.path << ": '" << e.key << "' belongs to '" << e.component << "', which "
+                                          << (sdxl ? "an SDXL checkpoint" : "a Stable Diffusion 1.x / 2.x checkpoint")
+                                          << " does not have" << (sdxl ? "" : " (an SDXL LoRA?)"));
   }
 }
 
@@ -70,7 +70,7 @@ std::vector<LoadedLora> apply_loras(models::StableDiffusion<T, Cpu>& sd, std::ve
   lora::UnetLayout const layout = unet_layout(sd.unet.config());
   for (std::size_t i = 0; i < specs.size(); ++i) {
     lora::LoraFile file = lora::read_lora(specs[i].path, layout);
-    route_components(file);
+    route_components(file, sd.is_sdxl());
     LoadedLora l;
     l.path = specs[i].path;
     l.name = std::filesystem::path(specs[i].path).stem().string();
@@ -80,6 +80,7 @@ std::vector<LoadedLora> apply_loras(models::StableDiffusion<T, Cpu>& sd, std::ve
     lora::ApplyOptions const o{.multiplier = l.scale, .mode = mode, .adapter_name = l.adapter_name};
     l.unet_layers = lora::apply(sd.unet, file, "unet", o).applied;
     l.text_encoder_layers = lora::apply(sd.text_encoder, file, "text_encoder", o).applied;
+    if (sd.is_sdxl()) l.text_encoder_layers += lora::apply(sd.text_encoder_2, file, "text_encoder_2", o).applied;
     if (l.unet_layers + l.text_encoder_layers == 0)
       SDLORA_THROW(FormatError, "[lora] " << l.path << ": no layer of the model matched");
     out.push_back(std::move(l));
@@ -98,6 +99,10 @@ void set_lora_scale(models::StableDiffusion<T, Cpu>& sd, LoadedLora& l, double s
   lora::set_multiplier(sd.text_encoder, l.adapter_name, scale);
   lora::set_lycoris_multiplier(sd.unet, l.adapter_name, scale);
   lora::set_lycoris_multiplier(sd.text_encoder, l.adapter_name, scale);
+  if (sd.is_sdxl()) {
+    lora::set_multiplier(sd.text_encoder_2, l.adapter_name, scale);
+    lora::set_lycoris_multiplier(sd.text_encoder_2, l.adapter_name, scale);
+  }
   l.scale = scale;
 }
 
@@ -108,6 +113,10 @@ void merge_loras(Context<Cpu>& ctx, models::StableDiffusion<T, Cpu>& sd) {
   lora::merge_all(ctx, sd.text_encoder);
   lora::merge_lycoris_all(sd.unet);
   lora::merge_lycoris_all(sd.text_encoder);
+  if (sd.is_sdxl()) {
+    lora::merge_all(ctx, sd.text_encoder_2);
+    lora::merge_lycoris_all(sd.text_encoder_2);
+  }
 }
 /// Subtracts merged adapters back out (before set_lora_scale on a merged model).
 template <class T>
@@ -116,6 +125,10 @@ void unmerge_loras(Context<Cpu>& ctx, models::StableDiffusion<T, Cpu>& sd) {
   lora::unmerge_lycoris_all(sd.text_encoder);
   lora::unmerge_all(ctx, sd.unet);
   lora::unmerge_all(ctx, sd.text_encoder);
+  if (sd.is_sdxl()) {
+    lora::unmerge_lycoris_all(sd.text_encoder_2);
+    lora::unmerge_all(ctx, sd.text_encoder_2);
+  }
 }
 
 }  // namespace sdlora::pipeline
