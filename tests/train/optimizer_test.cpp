@@ -1,5 +1,7 @@
 /// @file optimizer_test.cpp
 /// @brief Optimizers, LR schedules and gradient clipping against torch / transformers / diffusers fixtures.
+#include <unistd.h>  // getpid
+
 #include <cstring>     // std::memcmp
 #include <filesystem>  // std::filesystem::temp_directory_path
 #include <functional>  // std::function
@@ -270,20 +272,25 @@ TEST_CASE("AdamW8bit resumed from a saved state continues bit-exactly", "[train]
   auto ob = make_optimizer<float>(o, b.refs());
   run(a, *oa, 0, 6);
   run(b, *ob, 0, 3);
-  std::string const path = std::filesystem::temp_directory_path() / "sdlora_opt_adamw8bit.safetensors";
-  save_optimizer_state(ob->state_dict(), path);
+  // Through a training checkpoint, as sdlora-train saves and resumes (checkpoint-3/optimizer.safetensors).
+  std::filesystem::path const dir =
+      std::filesystem::temp_directory_path() / ("sdlora_adamw8bit_" + std::to_string(::getpid()));
+  TrainingState<float> ts;
+  ts.global_step = 3;
+  ts.parameters = capture_parameters(b.refs());
+  ts.optimizer = ob->state_dict();
+  std::string const checkpoint = save_checkpoint(dir.string(), ts);
   {  // The codes are stored as one byte each.
-    io::SafetensorsFile const file(path);
+    io::SafetensorsFile const file((std::filesystem::path(checkpoint) / "optimizer.safetensors").string());
     CHECK(file.info("b.state1").dtype == DType::U8);
     CHECK(file.info("c.state2").dtype == DType::U8);
     CHECK(file.info("b.absmax1").shape == Shape{18});
     CHECK(file.info("a.state1").dtype == DType::F32);
   }
-  OptimizerState<float> const saved = load_optimizer_state<float>(path);
-  std::filesystem::remove(path);
-  c.a.value = b.a.value;
-  c.b.value = b.b.value;
-  c.c.value = b.c.value;
+  TrainingState<float> const loaded = load_checkpoint<float>(checkpoint);
+  std::filesystem::remove_all(dir);
+  OptimizerState<float> const& saved = loaded.optimizer;
+  restore_parameters(c.refs(), loaded.parameters);
   c.train();
   auto oc = make_optimizer<float>(o, c.refs());
   oc->load_state_dict(saved);
