@@ -83,25 +83,28 @@ namespace detail {
 inline TensorView<float const, Cpu> as_matrix(Tensor<float> const& t) {
   return t.view().reshaped(Shape{t.dim(0), t.numel() / t.dim(0)});
 }
-/// op(a) @ b in float with the library's GEMM (the sums torch makes in float, multithreaded).
-inline Tensor<float> matmul(TensorView<float const, Cpu> a, TensorView<float const, Cpu> b, bool trans_a = false) {
+/// op(a) @ b with the library's GEMM (the sums torch makes in float, multithreaded). A template so that a translation
+/// unit which only reads files needs no backend (ops::Impl<Gemm, Cpu> is instantiated only where a delta is built).
+template <class T>
+Tensor<T> matmul(TensorView<T const, Cpu> a, TensorView<T const, Cpu> b, bool trans_a = false) {
   Context<Cpu> ctx;
-  auto c = Tensor<float>::uninitialized(Shape{trans_a ? a.dim(1) : a.dim(0), b.dim(1)});
-  ops::gemm<float, Cpu>(ctx, c.view(), a, b, {.trans_a = trans_a});
+  auto c = Tensor<T>::uninitialized(Shape{trans_a ? a.dim(1) : a.dim(0), b.dim(1)});
+  ops::gemm<T, Cpu>(ctx, c.view(), a, b, {.trans_a = trans_a});
   return c;
 }
 /// rebuild(t (R, R, K), a (R, P), b (R, Q)) [p, q*K + k] = sum_{i,j} t[i, j, k] a[i, p] b[j, q]: (P, Q*K).
 /// reference: lycoris/functional/general.py rebuild_tucker (einsum "i j ..., i p, j r -> p r ...")
-inline Tensor<float> rebuild_tucker(Tensor<float> const& t, Tensor<float> const& a, Tensor<float> const& b) {
+template <class T>
+Tensor<T> rebuild_tucker(Tensor<T> const& t, Tensor<T> const& a, Tensor<T> const& b) {
   Index const r = t.dim(0), kk = t.numel() / (r * r), q_n = b.dim(1);
-  Tensor<float> tb(Shape{r, q_n * kk});  // (R, Q*K): [i, q*K + k] = sum_j t[i, j, k] b[j, q]   (small: R*R*K*Q)
+  Tensor<T> tb(Shape{r, q_n * kk});  // (R, Q*K): [i, q*K + k] = sum_j t[i, j, k] b[j, q]   (small: R*R*K*Q)
   for (Index i = 0; i < r; ++i)
     for (Index j = 0; j < r; ++j)
       for (Index q = 0; q < q_n; ++q) {
-        float const bq = b(j * q_n + q);
+        T const bq = b(j * q_n + q);
         for (Index k = 0; k < kk; ++k) tb(i * q_n * kk + q * kk + k) += t((i * r + j) * kk + k) * bq;
       }
-  return matmul(a.view(), tb.view(), true);  // a^T (P, R) @ tb (R, Q*K)
+  return matmul<T>(a.view(), tb.view(), true);  // a^T (P, R) @ tb (R, Q*K)
 }
 
 /// The weight (O, I, K) a layer's delta must have, from its weight shape (O, I[, kh, kw]).
@@ -188,8 +191,11 @@ inline std::string lycoris_shape_problem(LycorisFactors const& f, Shape const& w
 
 /// The delta scale * product for a weight of shape `w` (O, I[, kh, kw]), before the multiplier: the factor products
 /// in float (as LyCORIS computes them), the Hadamard / Kronecker product and the scale in double, rounded once.
-/// Throws FormatError when the factors do not fit the weight.
-inline Tensor<float> lycoris_delta(LycorisFactors const& f, Shape const& w) {
+/// Throws FormatError when the factors do not fit the weight. (T is the factors' float; a template parameter so that
+/// the GEMM is instantiated only where a delta is built.)
+template <class T = float>
+Tensor<T> lycoris_delta(LycorisFactors const& f, Shape const& w) {
+  static_assert(std::is_same_v<T, float>, "LyCORIS factors are read as float");
   if (std::string const why = detail::lycoris_shape_problem(f, w); !why.empty())
     SDLORA_THROW(FormatError, "[lycoris] the factors do not fit the weight " << w << ": " << why);
   detail::WeightDims const d = detail::weight_dims(w);
@@ -199,8 +205,8 @@ inline Tensor<float> lycoris_delta(LycorisFactors const& f, Shape const& w) {
     auto half = [&](char const* n) {  // (O, I*K)
       std::string const a = std::string("hada_w") + n + "_a", b = std::string("hada_w") + n + "_b",
                         t = std::string("hada_t") + n;
-      if (f.has(t)) return detail::rebuild_tucker(f.at(t), f.at(a), f.at(b));
-      return detail::matmul(detail::as_matrix(f.at(a)), detail::as_matrix(f.at(b)));
+      if (f.has(t)) return detail::rebuild_tucker<T>(f.at(t), f.at(a), f.at(b));
+      return detail::matmul<T>(detail::as_matrix(f.at(a)), detail::as_matrix(f.at(b)));
     };
     Tensor<float> const h1 = half("1"), h2 = half("2");
     float const *p1 = h1.data(), *p2 = h2.data();
@@ -209,12 +215,12 @@ inline Tensor<float> lycoris_delta(LycorisFactors const& f, Shape const& w) {
     return out;
   }
   Tensor<float> const w1 = f.has("lokr_w1") ? f.at("lokr_w1")
-                                            : detail::matmul(detail::as_matrix(f.at("lokr_w1_a")),
+                                            : detail::matmul<T>(detail::as_matrix(f.at("lokr_w1_a")),
                                                              detail::as_matrix(f.at("lokr_w1_b")));  // (a, b)
   Tensor<float> const w2 = f.has("lokr_w2")   ? f.at("lokr_w2")
-                           : f.has("lokr_t2") ? detail::rebuild_tucker(f.at("lokr_t2"), f.at("lokr_w2_a"),
+                           : f.has("lokr_t2") ? detail::rebuild_tucker<T>(f.at("lokr_t2"), f.at("lokr_w2_a"),
                                                                        f.at("lokr_w2_b"))
-                                              : detail::matmul(detail::as_matrix(f.at("lokr_w2_a")),
+                                              : detail::matmul<T>(detail::as_matrix(f.at("lokr_w2_a")),
                                                                detail::as_matrix(f.at("lokr_w2_b")));  // (c, d*K)
   Index const a_n = w1.dim(0), b_n = w1.dim(1), c = w2.dim(0), dk = w2.numel() / c;  // dk = d*K
   // dW[i*c + p, (j*d + q)*K + k] = w1[i, j] * w2[p, q*K + k]   (torch.kron with w1 unsqueezed to (a, b, 1, 1))
