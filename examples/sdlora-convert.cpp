@@ -7,24 +7,8 @@
 #include <string>    // std::string
 #include <vector>    // std::vector
 
-// The CPU kernels the models' and adapters' (virtual) layers refer to; nothing here runs a forward pass.
-#include <sdlora/backend/cpu/activation.hpp>
-#include <sdlora/backend/cpu/attention.hpp>
-#include <sdlora/backend/cpu/bias.hpp>
-#include <sdlora/backend/cpu/concat.hpp>
-#include <sdlora/backend/cpu/conv.hpp>
-#include <sdlora/backend/cpu/dropout.hpp>
-#include <sdlora/backend/cpu/elementwise.hpp>
-#include <sdlora/backend/cpu/embedding.hpp>
-#include <sdlora/backend/cpu/gelu.hpp>
-#include <sdlora/backend/cpu/gemm.hpp>      // ops::Impl<Gemm, Cpu> (LoRA merges)
-#include <sdlora/backend/cpu/layout.hpp>
-#include <sdlora/backend/cpu/norm.hpp>
+#include <sdlora/backend/cpu.hpp>           // the CPU kernels the models' and adapters' layers refer to
 #include <sdlora/backend/cpu/parallel.hpp>  // cpu::set_default_thread_count
-#include <sdlora/backend/cpu/reduce.hpp>
-#include <sdlora/backend/cpu/softmax.hpp>
-#include <sdlora/backend/cpu/timestep.hpp>
-#include <sdlora/backend/cpu/upsample.hpp>
 #include <sdlora/lora/convert.hpp>          // lora::convert_lora, lora::resize_lora, lora::save_lora
 #include <sdlora/lora/extract.hpp>          // lora::extract_lora
 #include <sdlora/models/checkpoint.hpp>     // models::load_stable_diffusion

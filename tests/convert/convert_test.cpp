@@ -133,6 +133,17 @@ TEST_CASE("kohya -> PEFT -> kohya round-trips tensor-identical, metadata carried
     CHECK(test::rel_l2(it->second->up, e.up) == 0.0);
     CHECK(it->second->alpha == e.alpha);
   }
+  // LyCORIS layers stay kohya (kohya -> kohya keeps them byte for byte); they have no PEFT form and no rank to cut.
+  std::string const loha = test::fixture("lycoris/loha.safetensors"), loha_back = (scratch() / "loha.safetensors").string();
+  lora::convert_lora(loha, lora::LoraFormat::Kohya, loha_back);
+  io::SafetensorsFile const la(loha), lb(loha_back);
+  for (auto const& key : la.keys()) {
+    INFO(key);
+    REQUIRE(lb.contains(key));
+    CHECK(lb.bytes(key) == la.bytes(key));
+  }
+  CHECK_THROWS_WITH(lora::convert_lora(loha, lora::LoraFormat::Peft, peft), Catch::Contains("LoHa"));
+  CHECK_THROWS_WITH(lora::resize_lora(lora::read_lora(loha), 2), Catch::Contains("LyCORIS LoHa"));
   // Keys of no LoRA layout are not silently dropped.
   CHECK_THROWS_WITH(lora::convert_lora(test::fixture("models/tiny-sd1.safetensors"), lora::LoraFormat::Peft, peft),
                     Catch::Contains("tiny-sd1.safetensors"));

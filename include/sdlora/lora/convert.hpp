@@ -115,11 +115,16 @@ struct ResizedLayer {
 /// in double) and truncated to its `rank` largest singular values, split evenly (sqrt(S)) between the new factors.
 /// alpha is set to old_scale * new_rank, so the effective delta new_alpha / new_rank * up' @ down' is the best
 /// rank-`rank` approximation of the old one (Eckart-Young). Entries already at rank <= `rank` are re-factored at
-/// their own rank (the same delta). `report` (optional) receives one line per layer.
+/// their own rank (the same delta). LyCORIS (LoHa / LoKr) layers are refused. `report` (optional) receives one line
+/// per layer.
 inline LoraFile resize_lora(LoraFile const& file, Index rank, std::vector<ResizedLayer>* report = nullptr) {
   if (rank < 1) SDLORA_THROW(ConfigError, "[lora.resize] the rank must be at least 1, got " << rank);
   LoraFile out = file;
   for (auto& e : out.entries) {
+    if (e.lycoris)
+      SDLORA_THROW(FormatError, "[lora.resize] " << file.path << ": '" << e.key << "' is a LyCORIS "
+                                                 << lycoris_algo_name(e.lycoris->algo)
+                                                 << " layer; only LoRA (lora_down / lora_up) layers can be resized");
     Index const r = e.rank(), rows = e.up.dim(0);
     double const scale = e.scale(1.0);
     Eigen::MatrixXd const B = detail::as_matrix(e.up, rows);  // (out, r)
