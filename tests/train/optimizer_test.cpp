@@ -221,8 +221,8 @@ TEST_CASE("AdamW8bit matches bitsandbytes' AdamW8bit step by step", "[train][opt
     OptimizerState<float> const st = opt.state_dict();
     for (std::string const k : {"a", "b", "c"}) {
       INFO("step " << s << " parameter " << k);
-      // Parameters: 1e-6 relative L2. The moments below are bit-exact; the parameter update itself differs from
-      // torch's by at most an ulp on some elements (torch's vectorised addcdiv and division by a scalar).
+      // Parameters: 1e-6 relative L2 (measured <= 5e-9). The moments below are bit-exact; the parameter update
+      // differs from torch's by one ulp on ~1% of the elements (where the decayed parameter and the step cancel).
       CHECK(test::rel_l2(p[k].value, f.load<float>(k + "." + t)) < 1e-6);
       if (k == "a") {  // below min_8bit_size: float32 moments, bitsandbytes' 32-bit update
         REQUIRE(st.codes.count("a.state1") == 0);

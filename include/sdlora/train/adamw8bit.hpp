@@ -307,7 +307,7 @@ class AdamW8bit final : public Optimizer<T, B> {
         float const denom = std::sqrt(v[std::size_t(i)]) / c2 + eps;
         float xi = x[begin + i];
         if (decays) xi = xi * decay;
-        x[begin + i] = std::fma(neg_step, m[std::size_t(i)] / denom, xi);
+        x[begin + i] = xi + (neg_step * m[std::size_t(i)]) / denom;  // addcdiv: self + value * t1 / t2
       }
       amax1[b] = q1.quantize_block(m.data(), len, c1 + begin);
       amax2[b] = q2.quantize_block(v.data(), len, c2s + begin);
@@ -335,7 +335,7 @@ class AdamW8bit final : public Optimizer<T, B> {
       v[i] = std::fma(a2 * g[i], g[i], v[i] * b2);
       float xi = x[i];
       if (decays) xi = xi * decay;
-      x[i] = std::fma(step_size, m[i] / (std::sqrt(v[i]) + eps_c2), xi);
+      x[i] = std::fma(step_size, m[i] / (std::sqrt(v[i]) + eps_c2), xi);  // add_(alpha=): a vectorised fmadd
     }
   }
 
