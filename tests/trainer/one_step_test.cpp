@@ -1,5 +1,7 @@
 #include <catch2/catch.hpp>
 
+#include <set>  // std::set
+
 #include <sdlora/pipeline.hpp>
 #include <sdlora/train/trainer.hpp>
 
@@ -122,4 +124,56 @@ TEST_CASE("Textual Inversion rejects tokens already in the vocabulary and multi-
   o.placeholder_token = "<new>";
   o.initializer_token = "stuffed toy";
   CHECK_THROWS_WITH(train::Trainer<float>(ctx, sd, o), Catch::Contains("exactly one"));
+}
+
+TEST_CASE("One SDXL DreamBooth-LoRA step (prior preservation, both text-encoder LoRAs, min-SNR 5) matches "
+          "diffusers' train_dreambooth_lora_sdxl recipe", "[train][sdxl][conformance]") {
+  // Loss and gradients: rel L2 <= 1e-4 (whole fp32 SDXL-shaped model forward and backward through both text
+  // encoders); parameters after one clipped AdamW step (UNet lr 1e-4, text encoders 5e-5): <= 1e-5.
+  Context<Cpu> ctx;
+  auto sd = models::load_stable_diffusion<float>(test::fixture("models/tiny-sdxl"));
+  io::SafetensorsFile ref(test::fixture("train/one_step_sdxl_dreambooth.safetensors"));
+  train::TrainerOptions o;
+  o.method = train::Method::DreamBooth;
+  o.rank = 4;
+  o.alpha = 4;
+  o.with_prior_preservation = true;
+  o.prior_loss_weight = 1.0;
+  o.snr_gamma = 5.0;
+  o.train_text_encoder = true;
+  o.text_encoder_lr = 5e-5;
+  o.optimizer.lr = 1e-4;
+  o.optimizer.weight_decay = 1e-2;
+  train::Trainer<float> trainer(ctx, sd, o);
+  auto params = trainer.parameters();
+  std::size_t text_2 = 0;
+  for (auto const& p : params) {
+    INFO(p.name);
+    REQUIRE(ref.contains("before." + fixture_name(p.name)));
+    p.param->value = ref.load<float>("before." + fixture_name(p.name), p.param->shape());
+    text_2 += p.name.rfind("text_encoder_2.", 0) == 0;
+  }
+  CHECK(text_2 == 2 * 4 * 3);  // lora_A and lora_B of q, k, v, out in each of text_encoder_2's 3 layers
+  std::size_t expected = 0;
+  for (auto const& key : ref.keys()) expected += key.rfind("before.", 0) == 0;
+  CHECK(params.size() == expected);  // text_encoder's last layer (no gradient in diffusers either) is left out
+  auto b = fixture_batch(ref);
+  b.input_ids_2 = ref.load<std::int32_t>("input_ids_2");
+  b.time_ids = ref.load<float>("time_ids");
+  double const loss = trainer.forward_backward(b);
+  CHECK(loss == Approx(double(ref.load<float>("loss")(0))).epsilon(1e-4));
+  for (auto const& p : params) {
+    INFO(p.name);
+    CHECK(test::rel_l2(p.param->grad, ref.load<float>("grad." + fixture_name(p.name))) < 1e-4);
+  }
+  trainer.optimizer_step();
+  for (auto const& p : params) {
+    INFO(p.name);
+    CHECK(test::rel_l2(p.param->value, ref.load<float>("after." + fixture_name(p.name))) < 1e-5);
+  }
+  // The LoRA file covers the UNet and both encoders.
+  auto file = trainer.lora_file();
+  std::set<std::string> components;
+  for (auto const& e : file.entries) components.insert(e.component);
+  CHECK(components == std::set<std::string>{"unet", "text_encoder", "text_encoder_2"});
 }

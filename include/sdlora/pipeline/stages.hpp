@@ -7,6 +7,7 @@
 #include <algorithm>  // std::max
 #include <cstdint>  // std::int32_t
 #include <string>   // std::string
+#include <utility>  // std::pair
 #include <vector>   // std::vector
 
 #include <sdlora/core/rng.hpp>          // TorchGenerator
@@ -72,6 +73,26 @@ Tensor<T, B> cat_batch(TensorView<T const, B> a, TensorView<T const, B> b) {
   return out;
 }
 
+/// cat([a, b], dim=-1) of (N, L, Ca) and (N, L, Cb): SDXL's two text encoders' states side by side.
+template <class T, class B>
+Tensor<T, B> concat_features(Context<B>& ctx, TensorView<T const, B> a, TensorView<T const, B> b) {
+  Index const n = a.dim(0), l = a.dim(1), ca = a.dim(2), cb = b.dim(2);
+  Tensor<T, B> out(Shape{n * l, ca + cb});
+  ops::concat_channels<T, B>(ctx, out.view(), a.reshaped(Shape{n * l, ca}), b.reshaped(Shape{n * l, cb}));
+  out.reshape(Shape{n, l, ca + cb});
+  return out;
+}
+/// The inverse: d(a), d(b) of d(cat([a, b], dim=-1)), `ca` channels for a.
+template <class T, class B>
+std::pair<Tensor<T, B>, Tensor<T, B>> split_features(Context<B>& ctx, TensorView<T const, B> y, Index ca) {
+  Index const n = y.dim(0), l = y.dim(1), cb = y.dim(2) - ca;
+  Tensor<T, B> a(Shape{n, l, ca}), b(Shape{n, l, cb});
+  auto const flat = Tensor<T, B>::from_view(y);
+  ops::split_channels<T, B>(ctx, a.view().reshaped(Shape{n * l, ca}), b.view().reshaped(Shape{n * l, cb}),
+                            flat.view().reshaped(Shape{n * l, ca + cb}));
+  return {std::move(a), std::move(b)};
+}
+
 /// The conditioning of N prompts. SD 1.x / 2.x: encode_prompts. SDXL (diffusers' StableDiffusionXLPipeline
 /// encode_prompt): both text encoders' hidden_states[-(clip_skip + 2)] concatenated along the channels, the pooled
 /// embedding from text_encoder_2, and the time ids of `sizes`. With `zeros`, the context and pooled embedding are
@@ -91,11 +112,8 @@ Conditioning<T, B> encode_conditioning(Context<B>& ctx, models::StableDiffusion<
   auto a = sd.text_encoder.forward_hidden_and_pooled(ctx, tokenize(sd.tokenizer, expanded), nn::Mode::Infer, clip_skip);
   auto b = sd.text_encoder_2.forward_hidden_and_pooled(ctx, tokenize(sd.tokenizer_2, expanded), nn::Mode::Infer,
                                                        clip_skip);
-  Index const n = a.hidden.dim(0), l = a.hidden.dim(1), c1 = a.hidden.dim(2), c2 = b.hidden.dim(2);
-  out.context = Tensor<T, B>(Shape{n * l, c1 + c2});
-  ops::concat_channels<T, B>(ctx, out.context.view(), a.hidden.view().reshaped(Shape{n * l, c1}),
-                             b.hidden.view().reshaped(Shape{n * l, c2}));
-  out.context.reshape(Shape{n, l, c1 + c2});
+  Index const n = a.hidden.dim(0);
+  out.context = concat_features<T, B>(ctx, a.hidden.view(), b.hidden.view());
   out.pooled = std::move(b.pooled);
   if (zeros) {
     out.context = Tensor<T, B>(out.context.shape());

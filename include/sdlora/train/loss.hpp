@@ -125,17 +125,21 @@ LossAndGrad<T> weighted_mse_loss(TensorView<T const, Cpu> pred, TensorView<T con
   return out;
 }
 
-/// DreamBooth prior preservation (train_dreambooth_lora.py): the batch holds the instance samples in its first half
-/// and the class samples in its second; loss = mse(instance half) + prior_weight * mse(class half).
+/// DreamBooth prior preservation (train_dreambooth_lora.py, train_dreambooth_lora_sdxl.py): the batch holds the
+/// instance samples in its first half and the class samples in its second; loss = instance loss + prior_weight *
+/// mse(class half). The instance loss is mse, or with `instance_weights` (one per instance sample: min-SNR-γ of the
+/// instance timesteps, as the scripts compute it) weighted_mse_loss.
 template <class T>
 LossAndGrad<T> prior_preservation_loss(TensorView<T const, Cpu> pred, TensorView<T const, Cpu> target,
-                                       double prior_weight) {
+                                       double prior_weight, std::span<float const> instance_weights = {}) {
   detail::check_pair("prior_preservation_loss", pred, target);
   Index const batch = pred.dim(0);
   SDLORA_EXPECTS(batch % 2 == 0,
                  "[prior_preservation_loss] batch " << pred.shape() << " must hold instance and class halves");
   Index const half = batch / 2;
-  LossAndGrad<T> instance = mse_loss<T>(pred.slice(0, half), target.slice(0, half));
+  LossAndGrad<T> instance = instance_weights.empty()
+                                ? mse_loss<T>(pred.slice(0, half), target.slice(0, half))
+                                : weighted_mse_loss<T>(pred.slice(0, half), target.slice(0, half), instance_weights);
   LossAndGrad<T> prior = mse_loss<T>(pred.slice(half, batch), target.slice(half, batch));
   LossAndGrad<T> out{instance.value + prior_weight * prior.value, Tensor<T, Cpu>::uninitialized(pred.shape())};
   Index const n = instance.grad.numel();

@@ -72,10 +72,13 @@ struct TrainerOptions {
 };
 
 /// One micro-batch: latents already multiplied by the VAE scaling factor, token ids, and (optionally) the noise
-/// and timesteps; empty ones are drawn from the trainer's generator in diffusers' order.
+/// and timesteps; empty ones are drawn from the trainer's generator in diffusers' order. SDXL also needs the second
+/// tokenizer's ids and each sample's time ids (train_dreambooth_lora_sdxl.py's compute_time_ids).
 struct MicroBatch {
   Tensor<float, Cpu> latents;          // (N, C, h, w)
   Tensor<std::int32_t, Cpu> input_ids;  // (N, 77)
+  Tensor<std::int32_t, Cpu> input_ids_2;  // (N, 77): SDXL, tokenizer_2's ids
+  Tensor<float, Cpu> time_ids;            // (N, 6): SDXL, original size (h, w), crop top-left, target size (h, w)
   Tensor<float, Cpu> noise;            // (N, C, h, w) or empty
   std::vector<std::int64_t> timesteps;  // N values or empty
 };
@@ -108,12 +111,20 @@ class Trainer {
 
     nn::set_trainable(sd_.unet, false);
     nn::set_trainable(sd_.text_encoder, false);
+    nn::set_trainable(sd_.text_encoder_2, false);
+    if (sd_.is_sdxl() && o_.method == Method::TextualInversion)
+      SDLORA_THROW(ConfigError, "[train] Textual Inversion on SDXL (an embedding per text encoder) is not supported; "
+                                "train a LoRA or DreamBooth-LoRA");
     if (o_.method == Method::TextualInversion) setup_textual_inversion();
     else setup_lora();
     sd_.unet.set_gradient_checkpointing(o_.gradient_checkpointing);
 
     unet_params_ = trainable_parameters<T>(sd_.unet, "unet");
     text_params_ = trainable_parameters<T>(sd_.text_encoder, "text_encoder");
+    if (sd_.is_sdxl()) {
+      auto two = trainable_parameters<T>(sd_.text_encoder_2, "text_encoder_2");
+      text_params_.insert(text_params_.end(), two.begin(), two.end());
+    }
     if (unet_params_.empty() && text_params_.empty()) SDLORA_THROW(ConfigError, "[train] nothing to train");
     if (!unet_params_.empty()) unet_opt_ = make_optimizer<T>(o_.optimizer, unet_params_);
     if (!text_params_.empty()) {
@@ -287,12 +298,17 @@ class Trainer {
     generator_.set_torch_state_bytes(bytes);
   }
 
-  /// The trained LoRA (UNet and text encoder adapters) as one file description.
+  /// The trained LoRA (UNet and text encoder adapters; SDXL: both text encoders) as one file description.
   lora::LoraFile lora_file() {
     auto f = lora::collect(sd_.unet, "unet");
     auto te = lora::collect(sd_.text_encoder, "text_encoder");
     f.entries.insert(f.entries.end(), std::make_move_iterator(te.entries.begin()),
                      std::make_move_iterator(te.entries.end()));
+    if (sd_.is_sdxl()) {
+      auto te2 = lora::collect(sd_.text_encoder_2, "text_encoder_2");
+      f.entries.insert(f.entries.end(), std::make_move_iterator(te2.entries.begin()),
+                       std::make_move_iterator(te2.entries.end()));
+    }
     return f;
   }
 
@@ -323,30 +339,59 @@ class Trainer {
                                                                            std::span<std::int64_t const>(b.timesteps));
     bool const text_trains = !text_params_.empty();
     auto const mode_text = text_trains ? nn::Mode::Train : nn::Mode::Infer;
-    auto text = sd_.text_encoder.forward(ctx_, b.input_ids, mode_text);
     Tensor<T, Cpu> ts(Shape{n});
     for (Index i = 0; i < n; ++i) ts(i) = T(b.timesteps[std::size_t(i)]);
     // The UNet keeps activations only when its own parameters train or gradients must reach the text encoder.
     auto const mode_unet = nn::Mode::Train;
-    auto pred = sd_.unet.forward(ctx_, convert<T>(noisy.view()).view(), ts.view(), text.last_hidden_state.view(),
-                                 mode_unet);
+    Tensor<T, Cpu> pred;
+    Index text_channels = 0;  // SDXL: text_encoder's share of the context channels
+    if (sd_.is_sdxl()) {
+      // train_dreambooth_lora_sdxl.py: encode_prompt with both encoders (hidden_states[-2] side by side, pooled
+      // from text_encoder_2), unet_added_conditions = {time_ids, text_embeds}.
+      SDLORA_EXPECTS(b.input_ids_2.shape() == b.input_ids.shape() && b.time_ids.rank() == 2 && b.time_ids.dim(0) == n &&
+                         b.time_ids.dim(1) == 6,
+                     "[train] an SDXL micro-batch needs input_ids_2 " << b.input_ids.shape() << " and time_ids (" << n
+                                                                      << ", 6), got " << b.input_ids_2.shape()
+                                                                      << " and " << b.time_ids.shape());
+      auto a = sd_.text_encoder.forward_hidden_and_pooled(ctx_, b.input_ids, mode_text);
+      auto c = sd_.text_encoder_2.forward_hidden_and_pooled(ctx_, b.input_ids_2, mode_text);
+      text_channels = a.hidden.dim(2);
+      auto const context = pipeline::concat_features<T, Cpu>(ctx_, a.hidden.view(), c.hidden.view());
+      auto const time_ids = convert<T>(b.time_ids.view());
+      pred = sd_.unet.forward(ctx_, convert<T>(noisy.view()).view(), ts.view(), context.view(),
+                              {c.pooled.view(), time_ids.view()}, mode_unet);
+    } else {
+      auto text = sd_.text_encoder.forward(ctx_, b.input_ids, mode_text);
+      pred = sd_.unet.forward(ctx_, convert<T>(noisy.view()).view(), ts.view(), text.last_hidden_state.view(),
+                              mode_unet);
+    }
     auto const tgt = convert<T>(target.view());
-    LossAndGrad<T> loss;
-    if (o_.with_prior_preservation) {
-      loss = prior_preservation_loss<T>(pred.view(), tgt.view(), o_.prior_loss_weight);
-    } else if (o_.snr_gamma > 0) {
+    std::vector<float> snr_weights;
+    if (o_.snr_gamma > 0) {
+      // With prior preservation the weights are those of the instance half only (diffusers' dreambooth scripts).
+      std::size_t const count = o_.with_prior_preservation ? b.timesteps.size() / 2 : b.timesteps.size();
       auto const snr = compute_snr(TensorView<float const, Cpu>(noise_scheduler_->alphas_cumprod().data(),
                                                                 Shape{Index(noise_scheduler_->alphas_cumprod().size())}),
-                                   std::span<std::int64_t const>(b.timesteps));
-      auto const w = min_snr_weights(snr, o_.snr_gamma, prediction_);
-      loss = weighted_mse_loss<T>(pred.view(), tgt.view(), std::span<float const>(w));
-    } else {
-      loss = mse_loss<T>(pred.view(), tgt.view());
+                                   std::span<std::int64_t const>(b.timesteps.data(), count));
+      snr_weights = min_snr_weights(snr, o_.snr_gamma, prediction_);
     }
+    LossAndGrad<T> loss;
+    if (o_.with_prior_preservation)
+      loss = prior_preservation_loss<T>(pred.view(), tgt.view(), o_.prior_loss_weight, snr_weights);
+    else if (o_.snr_gamma > 0)
+      loss = weighted_mse_loss<T>(pred.view(), tgt.view(), std::span<float const>(snr_weights));
+    else
+      loss = mse_loss<T>(pred.view(), tgt.view());
     if (o_.gradient_accumulation_steps > 1)
       ops::scale<T, Cpu>(ctx_, loss.grad.view(), 1.0 / o_.gradient_accumulation_steps);
     auto g = sd_.unet.backward(ctx_, loss.grad.view());
-    if (text_trains) sd_.text_encoder.backward(ctx_, g.dencoder_hidden_states.view());
+    if (text_trains && sd_.is_sdxl()) {
+      auto [d1, d2] = pipeline::split_features<T, Cpu>(ctx_, g.dencoder_hidden_states.view(), text_channels);
+      sd_.text_encoder.backward_hidden_and_pooled(ctx_, d1.view(), TensorView<T const, Cpu>());
+      sd_.text_encoder_2.backward_hidden_and_pooled(ctx_, d2.view(), g.dtext_embeds.view());
+    } else if (text_trains) {
+      sd_.text_encoder.backward(ctx_, g.dencoder_hidden_states.view());
+    }
     return loss.value;
   }
 
@@ -377,6 +422,14 @@ class Trainer {
       if (te.layers == 0)
         SDLORA_THROW(ConfigError, "[train] text target modules '" << o_.text_target_modules
                                                                   << "' match no text-encoder layer");
+      if (sd_.is_sdxl()) {
+        io.seed = o_.seed + 2;
+        lora::inject(sd_.text_encoder_2, io);
+        // SDXL reads text_encoder's penultimate layer: its last layer only feeds the unused pooled output, its
+        // adapters get no gradient and, as torch's AdamW skips parameters without one, stay out of the optimizer.
+        auto& layers = sd_.text_encoder.layers;
+        if (!layers.empty()) nn::set_trainable(layers.back(), false);
+      }
     }
   }
 
@@ -428,7 +481,9 @@ class Trainer {
         if (k.rfind(p.name + ".", 0) == 0) return true;
       return false;
     };
-    auto per_param = [](std::string const& k) { return k.rfind("unet.", 0) == 0 || k.rfind("text_encoder.", 0) == 0; };
+    auto per_param = [](std::string const& k) {
+      return k.rfind("unet.", 0) == 0 || k.rfind("text_encoder.", 0) == 0 || k.rfind("text_encoder_2.", 0) == 0;
+    };
     for (auto const& [k, v] : all.tensors)
       if (mine(k)) out.tensors[k] = v;
     for (auto const& [k, v] : all.codes)
