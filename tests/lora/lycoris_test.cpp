@@ -256,6 +256,9 @@ TEST_CASE("Malformed LyCORIS files give a one-line FormatError naming the key", 
   auto const both =
       write("both", {{"lokr_w1", {2, 2}}, {"lokr_w1_a", {2, 1}}, {"lokr_w1_b", {1, 2}}, {"lokr_w2", {4, 4}}});
   expect_error(both, {base, "full and a decomposed"}, true);
+  auto const empty = write("empty", {{"hada_w1_a", {8, 0}}, {"hada_w1_b", {0, 8}}, {"hada_w2_a", {8, 2}},
+                                     {"hada_w2_b", {2, 8}}});
+  expect_error(empty, {base + ".hada_w1_a", "(8, 0)"}, true);
   // Factors that do not fit the layer (proj_in is a (8, 8, 1, 1) conv): apply names the key and both shapes.
   auto const shape = write("shape", {{"lokr_w1", {2, 2}}, {"lokr_w2", {4, 3}}, {"alpha", {}}});
   expect_error(shape, {base + ".lokr_w1", "(8, 8, 1, 1)", "lokr_w2 (4, 3)"}, false);

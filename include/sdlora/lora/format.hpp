@@ -106,7 +106,12 @@ inline LycorisFactors read_lycoris_layer(io::SafetensorsFile const& f, std::stri
   l.algo = f.contains(base + ".hada_w1_a") ? LycorisAlgo::LoHa : LycorisAlgo::LoKr;
   for (char const* suffix : kLycorisSuffixes)
     if (f.contains(base + "." + suffix)) {
-      l.tensors[suffix] = f.load<float>(base + "." + suffix);
+      Tensor<float> t = f.load<float>(base + "." + suffix);
+      if (t.rank() < 2 || t.rank() > 4 || t.numel() == 0)
+        SDLORA_THROW(FormatError, "[lora.read] " << f.path() << ": '" << base << "." << suffix
+                                                 << "' must be a non-empty tensor of 2 to 4 dimensions, got "
+                                                 << t.shape());
+      l.tensors[suffix] = std::move(t);
       used.insert(base + "." + suffix);
     }
   auto require = [&](char const* have, char const* need) {
