@@ -32,6 +32,7 @@
 #include <cstdint>      // std::uint8_t, std::uint16_t, std::int64_t
 #include <map>          // std::map
 #include <memory>       // std::unique_ptr, std::make_unique
+#include <set>          // std::set
 #include <string>       // std::string
 #include <string_view>  // std::string_view
 #include <type_traits>  // std::is_same_v
@@ -64,7 +65,8 @@ inline QuantMap dynamic_map(bool is_signed) {
     float const step = (end - start) / float(points - 1);
     std::vector<float> b(std::size_t(points), 0.0f);  // torch.linspace(0.1, 1, points)
     for (int k = 0; k < points; ++k)
-      b[std::size_t(k)] = k < points / 2 ? std::fma(step, float(k), start) : std::fma(-step, float(points - 1 - k), end);
+      b[std::size_t(k)] =
+          k < points / 2 ? std::fma(step, float(k), start) : std::fma(-step, float(points - 1 - k), end);
     float const scale = float(std::pow(10.0, i - 6));  // the Python float 10 ** (i - 6), as a float32 scalar
     for (int k = 0; k + 1 < points; ++k) {
       float const mean = (b[std::size_t(k)] + b[std::size_t(k) + 1]) / 2.0f;
@@ -185,8 +187,10 @@ class AdamW8bit final : public Optimizer<T, B> {
       Index const n = p.value.numel();
       if (s.step == 0) init(s, p.shape());
       s.step += 1;
-      if (quantized(n)) step_8bit(p, s);
-      else step_32bit(p, s);
+      if (quantized(n))
+        step_8bit(p, s);
+      else
+        step_32bit(p, s);
     }
   }
 
@@ -213,11 +217,11 @@ class AdamW8bit final : public Optimizer<T, B> {
   void load_state_dict(OptimizerState<T> const& in) override {
     this->check_type(in);
     this->check_no_strangers(in, {"state1", "state2", "absmax1", "absmax2"});
-    for (auto const& [key, t] : in.codes) {
-      bool known = false;
-      for (auto const& p : this->params_) known = known || key == p.name + ".state1" || key == p.name + ".state2";
-      if (!known) SDLORA_THROW(FormatError, "[optimizer] state tensor '" << key << "' belongs to no parameter");
-    }
+    std::set<std::string> known;
+    for (auto const& p : this->params_) known.insert({p.name + ".state1", p.name + ".state2"});
+    for (auto const& [key, t] : in.codes)
+      if (!known.count(key))
+        SDLORA_THROW(FormatError, "[optimizer] state tensor '" << key << "' belongs to no parameter");
     this->lr_ = Base::scalar(in, "lr");
     for (auto const& ref : this->params_) {
       Slot& s = state_.at(ref.name);
@@ -280,7 +284,7 @@ class AdamW8bit final : public Optimizer<T, B> {
     double const bias2_sqrt = std::sqrt(1.0 - std::pow(o_.beta2, double(s.step)));
     float const b1 = float(o_.beta1), a1 = float(1.0 - o_.beta1);  // m.mul_(beta1).add_(g, alpha=1 - beta1)
     float const b2 = float(o_.beta2), a2 = float(1.0 - o_.beta2);  // v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
-    float const c2 = float(bias2_sqrt);                              // (v.sqrt() / correction2).add_(eps)
+    float const c2 = float(bias2_sqrt);                            // (v.sqrt() / correction2).add_(eps)
     float const eps = float(o_.eps);
     float const decay = float(1.0 - lr * o_.weight_decay);  // p.mul_(1 - lr * weight_decay) when weight_decay > 0
     float const neg_step = float(-lr / bias1);              // p.addcdiv_(m, denom, value=-lr / correction1)
@@ -288,12 +292,12 @@ class AdamW8bit final : public Optimizer<T, B> {
     BlockwiseQuantizer const& q1 = BlockwiseQuantizer::signed_dynamic();
     BlockwiseQuantizer const& q2 = BlockwiseQuantizer::unsigned_dynamic();
 
-    float* x = p.value.data();        // (numel)
-    float const* g = p.grad.data();   // (numel)
-    std::uint8_t* c1 = s.codes1.data();  // (numel)
-    std::uint8_t* c2s = s.codes2.data(); // (numel)
-    float* amax1 = s.absmax1.data();  // (blocks)
-    float* amax2 = s.absmax2.data();  // (blocks)
+    float* x = p.value.data();            // (numel)
+    float const* g = p.grad.data();       // (numel)
+    std::uint8_t* c1 = s.codes1.data();   // (numel)
+    std::uint8_t* c2s = s.codes2.data();  // (numel)
+    float* amax1 = s.absmax1.data();      // (blocks)
+    float* amax2 = s.absmax2.data();      // (blocks)
     Index const n = p.value.numel(), nb = blocks(n);
     sdlora::cpu::parallel_for(Context<Cpu>{}, nb, n > kParallelMin, [&](Index b) {
       Index const begin = b * kQuantBlockSize, len = std::min(kQuantBlockSize, n - begin);
@@ -321,7 +325,7 @@ class AdamW8bit final : public Optimizer<T, B> {
     double const bias2_sqrt = std::sqrt(1.0 - std::pow(o_.beta2, double(s.step)));
     float const b1 = float(o_.beta1), a1 = float(1.0 - o_.beta1);
     float const b2 = float(o_.beta2), a2 = float(1.0 - o_.beta2);
-    float const eps_c2 = float(o_.eps * bias2_sqrt);         // state2.sqrt() + eps * correction2
+    float const eps_c2 = float(o_.eps * bias2_sqrt);          // state2.sqrt() + eps * correction2
     float const step_size = float(-lr * bias2_sqrt / bias1);  // p.add_(update, alpha=step_size)
     float const decay = float(1.0 - lr * o_.weight_decay);
     bool const decays = o_.weight_decay > 0;
