@@ -395,13 +395,13 @@ class Run {
     loss /= double(micro.size());
     auto const params = trainer_->parameters();
     std::size_t n = 0;
-    for (auto const& p : params) n += std::size_t(p.param->grad.numel());
+    for (auto const& p : params) n += std::size_t(p.param->grad.numel() - exchanged_from(p));
     int const ranks = comm_.size();
     flat_.assign(n + 1 + std::size_t(ranks), 0.0f);  // (gradients..., loss, stop signal of each rank)
     std::size_t at = 0;
     for (auto const& p : params) {
       T const* g = p.param->grad.data();
-      for (Index i = 0; i < p.param->grad.numel(); ++i) flat_[at++] = float(g[i]);
+      for (Index i = exchanged_from(p); i < p.param->grad.numel(); ++i) flat_[at++] = float(g[i]);
     }
     flat_[n] = float(loss);
     flat_[n + 1 + std::size_t(comm_.rank())] = float(o_.stop_requested ? o_.stop_requested() : 0);
@@ -410,7 +410,7 @@ class Run {
     at = 0;
     for (auto const& p : params) {
       T* g = p.param->grad.data();
-      for (Index i = 0; i < p.param->grad.numel(); ++i) g[i] = T(flat_[at++] * inv);
+      for (Index i = exchanged_from(p); i < p.param->grad.numel(); ++i) g[i] = T(flat_[at++] * inv);
     }
     double const global_loss = double(flat_[n] * inv);
     agreed_stop_ = 0;
@@ -422,6 +422,17 @@ class Run {
     StepReport r = trainer_->optimizer_step();
     r.loss = global_loss;
     return r;
+  }
+
+  /// Where a parameter's exchanged gradient starts: Textual Inversion trains only the new token rows at the end of
+  /// the embedding (the backward pass leaves the gradient of every row before them zero), so only those rows travel,
+  /// not the whole (vocabulary, width) gradient (152 MB on SD 1.5).
+  Index exchanged_from(ParamRef<T, Cpu> const& p) const {
+    auto const& ids = trainer_->placeholder_ids();
+    if (o_.trainer.method != Method::TextualInversion || ids.empty() ||
+        p.param != &sd_.text_encoder.token_embedding.weight)
+      return 0;
+    return Index(ids.front()) * p.param->grad.dim(1);
   }
 
   /// Data parallel: the latents of every cacheable example, encoded once over all ranks (rank 0 reads the ones its
