@@ -3,7 +3,7 @@
 /// LoRA files, the pipeline stages, the denoising loop, txt2img, img2img). A translation unit that includes this
 /// header does not compile these functions (nor the text encoder, UNet and VAE code under them): it calls the copies
 /// compiled once in the `sdlora::instances` library (src/instances.cpp), which the program must then link. This cuts a
-/// txt2img program's compile from about 23 s to about 7 s of CPU at -O2 (benchmarks/RESULTS.md, "Compile time").
+/// txt2img program's compile from about 24 s to about 9 s of CPU at -O2 (benchmarks/RESULTS.md, "Compile time").
 /// Optional: without it every translation unit instantiates what it calls, as for any header-only library. The
 /// library target exists in a build of this source tree (add_subdirectory / FetchContent); the installed package is
 /// header-only and does not ship it.
@@ -39,6 +39,14 @@ SDLORA_INSTANCE Tensor<float, Cpu> guided_noise<float, Cpu>(Context<Cpu>&, model
                                                             TensorView<float const, Cpu>, double,
                                                             TensorView<float const, Cpu>, TensorView<float const, Cpu>,
                                                             double);
+SDLORA_INSTANCE Conditioning<float, Cpu> encode_conditioning<float, Cpu>(Context<Cpu>&,
+                                                                        models::StableDiffusion<float, Cpu>&,
+                                                                        std::vector<std::string> const&, int,
+                                                                        SizeConditioning const&, bool);
+SDLORA_INSTANCE Tensor<float, Cpu> guided_noise<float, Cpu>(Context<Cpu>&, models::UNet2DConditionModel<float, Cpu>&,
+                                                            TensorView<float const, Cpu>, double,
+                                                            Conditioning<float, Cpu> const&,
+                                                            Conditioning<float, Cpu> const&, double);
 SDLORA_INSTANCE Tensor<float, Cpu> decode_latents<float, Cpu>(Context<Cpu>&, models::AutoencoderKL<float, Cpu>&,
                                                               TensorView<float const, Cpu>);
 SDLORA_INSTANCE Tensor<float, Cpu> encode_images<float, Cpu>(Context<Cpu>&, models::AutoencoderKL<float, Cpu>&,
@@ -47,6 +55,11 @@ SDLORA_INSTANCE Tensor<float, Cpu> denoise<float>(Context<Cpu>&, models::UNet2DC
                                                   schedulers::Scheduler&, Tensor<float, Cpu>,
                                                   std::vector<double> const&, TensorView<float const, Cpu>,
                                                   TensorView<float const, Cpu>, double, TorchGenerator&,
+                                                  StepCallback const&);
+SDLORA_INSTANCE Tensor<float, Cpu> denoise<float>(Context<Cpu>&, models::UNet2DConditionModel<float, Cpu>&,
+                                                  schedulers::Scheduler&, Tensor<float, Cpu>,
+                                                  std::vector<double> const&, Conditioning<float, Cpu> const&,
+                                                  Conditioning<float, Cpu> const&, double, TorchGenerator&,
                                                   StepCallback const&);
 SDLORA_INSTANCE Generated txt2img<float>(Context<Cpu>&, models::StableDiffusion<float, Cpu>&, GenerateOptions const&,
                                          StepCallback const&);
