@@ -216,13 +216,13 @@ Tensor<T> lycoris_delta(LycorisFactors const& f, Shape const& w) {
   }
   Tensor<float> const w1 = f.has("lokr_w1") ? f.at("lokr_w1")
                                             : detail::matmul<T>(detail::as_matrix(f.at("lokr_w1_a")),
-                                                             detail::as_matrix(f.at("lokr_w1_b")));  // (a, b)
-  Tensor<float> const w2 = f.has("lokr_w2")   ? f.at("lokr_w2")
-                           : f.has("lokr_t2") ? detail::rebuild_tucker<T>(f.at("lokr_t2"), f.at("lokr_w2_a"),
-                                                                       f.at("lokr_w2_b"))
-                                              : detail::matmul<T>(detail::as_matrix(f.at("lokr_w2_a")),
-                                                               detail::as_matrix(f.at("lokr_w2_b")));  // (c, d*K)
-  Index const a_n = w1.dim(0), b_n = w1.dim(1), c = w2.dim(0), dk = w2.numel() / c;  // dk = d*K
+                                                                detail::as_matrix(f.at("lokr_w1_b")));  // (a, b)
+  Tensor<float> const w2 = f.has("lokr_w2") ? f.at("lokr_w2")
+                           : f.has("lokr_t2")
+                               ? detail::rebuild_tucker<T>(f.at("lokr_t2"), f.at("lokr_w2_a"), f.at("lokr_w2_b"))
+                               : detail::matmul<T>(detail::as_matrix(f.at("lokr_w2_a")),
+                                                   detail::as_matrix(f.at("lokr_w2_b")));  // (c, d*K)
+  Index const a_n = w1.dim(0), b_n = w1.dim(1), c = w2.dim(0), dk = w2.numel() / c;        // dk = d*K
   // dW[i*c + p, (j*d + q)*K + k] = w1[i, j] * w2[p, q*K + k]   (torch.kron with w1 unsqueezed to (a, b, 1, 1))
   for (Index i = 0; i < a_n; ++i)
     for (Index p = 0; p < c; ++p) {
