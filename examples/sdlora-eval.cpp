@@ -59,6 +59,7 @@ struct Args {
   bool json = false;
   int batch = 8;
   int threads = 0;
+  long long max_image_pixels = static_cast<long long>(io::kDefaultMaxImagePixels);
   // sweep
   std::string model, lora, unseen_prompts, scales = "0,0.25,0.5,0.75,1", seeds = "0", out, sampler;
   int steps = 30, width = 0, height = 0;
@@ -78,6 +79,8 @@ po::options_description options(std::string const& command, Args& a) {
   if (metric)
     d.add_options()
       ("images", po::value(&a.images)->value_name("DIR"), "the images to score (PNG/JPEG/BMP), in file-name order")
+      ("max-image-pixels", po::value(&a.max_image_pixels)->value_name("N")->default_value(a.max_image_pixels),
+                           "refuse images of more pixels, from their header (default: Pillow's MAX_IMAGE_PIXELS; 0: no limit)")
       ("json", po::bool_switch(&a.json), "print one JSON object {\"metric\", \"value\", \"n\", \"per_image\"}");
   if (command != "ssim")
     d.add_options()("batch", po::value(&a.batch)->value_name("N")->default_value(8), "images per encoder batch");
@@ -602,6 +605,9 @@ int run(int argc, char** argv) {
   if (a.batch <= 0) SDLORA_THROW(ConfigError, "--batch must be positive, got " << a.batch);
   if (a.threads < 0) SDLORA_THROW(ConfigError, "--threads must be >= 0, got " << a.threads);
   cpu::set_default_thread_count(a.threads);  // every Context<Cpu> the program makes
+  if (a.max_image_pixels < 0)
+    SDLORA_THROW(ConfigError, "--max-image-pixels must be >= 0 (0: no limit), got " << a.max_image_pixels);
+  io::set_max_image_pixels(std::uint64_t(a.max_image_pixels));  // every image the encoders and metrics read
   if (command == "sweep") return run_sweep(a);
   if (command == "compare") return run_compare(a);
   eval::MetricResult const r = command == "clip-score" ? run_clip_score(a)

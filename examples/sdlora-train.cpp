@@ -86,6 +86,7 @@ struct Args {
   int threads = 0;
   double collective_timeout = 1800;
   std::string weights_dtype = "f32";
+  long long max_image_pixels = static_cast<long long>(io::kDefaultMaxImagePixels);
 };
 
 po::options_description options(Args& a) {
@@ -165,7 +166,8 @@ po::options_description options(Args& a) {
     ("on_nan", po::value(&a.on_nan)->value_name("stop|skip")->default_value("stop"), "a step with a NaN / inf loss or gradient: stop naming the module (no LoRA written), or skip its update (counted in loss.csv)")
     ("weights_dtype", po::value(&a.weights_dtype)->value_name("f32|f16|bf16")->default_value("f32"), "keep the frozen base weights in 16 bits (half the memory; compute, LoRA weights and optimizer state stay f32)")
     ("threads", po::value(&a.threads)->value_name("N")->default_value(0), "CPU threads (0: all)")
-    ("collective_timeout", po::value(&a.collective_timeout)->value_name("S")->default_value(1800), "mpirun -np N: end the job when a rank waits more than S seconds for the others (a hung or lost rank; must exceed a step, a checkpoint and the validation images; 0: forever)");
+    ("collective_timeout", po::value(&a.collective_timeout)->value_name("S")->default_value(1800), "mpirun -np N: end the job when a rank waits more than S seconds for the others (a hung or lost rank; must exceed a step, a checkpoint and the validation images; 0: forever)")
+    ("max_image_pixels", po::value(&a.max_image_pixels)->value_name("N")->default_value(a.max_image_pixels), "skip (with --strict: refuse) training images of more pixels, from their header (default: Pillow's MAX_IMAGE_PIXELS; 0: no limit)");
   // clang-format on
   return d;
 }
@@ -301,6 +303,9 @@ int run(int argc, char** argv) {
   if (a.with_prior_preservation && (a.class_data_dir.empty() || a.class_prompt.empty()))
     SDLORA_THROW(ConfigError, "--with_prior_preservation needs --class_data_dir and --class_prompt");
   cpu::set_default_thread_count(a.threads);  // every Context<Cpu> the program makes
+  if (a.max_image_pixels < 0)
+    SDLORA_THROW(ConfigError, "--max_image_pixels must be >= 0 (0: no limit), got " << a.max_image_pixels);
+  io::set_max_image_pixels(std::uint64_t(a.max_image_pixels));  // every image the datasets read
 
   Communicator comm(a.collective_timeout);
   std::ostream null_stream(nullptr);

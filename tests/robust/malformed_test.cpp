@@ -1,9 +1,11 @@
 /// @file malformed_test.cpp
-/// @brief Malformed files of each kind given to sdlora-generate and sdlora-train (a LoRA, an embedding, an init
-/// image, a model, a dataset's metadata.csv, a --config file, a checkpoint's state.json): a one-line error that names
-/// the file, exit 1 or 2, never a signal (and, in the sanitizer build, never a sanitizer report).
+/// @brief Malformed files of each kind given to sdlora-generate, sdlora-train and sdlora-eval (a LoRA, an embedding,
+/// an init image, a model, a dataset's metadata.csv, a --config file, a checkpoint's state.json, images to score, a
+/// CLIPModel folder's files): a one-line error that names the file, exit 1 or 2, never a signal (and, in the
+/// sanitizer build, never a sanitizer report).
 #include <catch2/catch.hpp>
 
+#include <cstdint>     // std::uint32_t
 #include <filesystem>  // std::filesystem
 #include <fstream>     // std::ofstream
 #include <string>      // std::string
@@ -135,5 +137,98 @@ TEST_CASE("sdlora-train refuses malformed files with one line naming them", "[ro
     train::save_checkpoint(out.string(), s);
     auto const f = write("train_out/checkpoint-1/state.json", "{\"format\": \"sdlora-training-state\",");
     check_refused(train_args(images, {"--resume-from-checkpoint", (out / "checkpoint-1").string()}), f.parent_path());
+  }
+}
+
+namespace {
+std::vector<std::string> eval(std::string const& command, std::vector<std::string> extra) {
+  std::vector<std::string> a = {SDLORA_EVAL_EXE, command, "--threads", "1"};
+  a.insert(a.end(), extra.begin(), extra.end());
+  return a;
+}
+
+/// A copy of the tiny CLIPModel fixture under `name` with `file` replaced by `bytes`; returns the replaced file.
+fs::path clip_with(std::string const& name, std::string const& file, std::string const& bytes) {
+  fs::path const dir = scratch() / name;
+  fs::remove_all(dir);
+  fs::copy(test::fixture("eval/clip"), dir, fs::copy_options::recursive);
+  return write(name + "/" + file, bytes);
+}
+
+/// A folder holding one image file `name` with `bytes`.
+fs::path image_dir(std::string const& dir, std::string const& name, std::string const& bytes) {
+  fs::remove_all(scratch() / dir);
+  return write(dir + "/" + name, bytes);
+}
+
+/// A 54-byte BMP whose header claims w x h 24-bit pixels (stb would decode w * h * 3 bytes of zeros).
+std::string bmp_bomb(std::uint32_t w, std::uint32_t h) {
+  std::string s = "BM";
+  auto le = [&](std::uint32_t v, int n) {
+    for (int i = 0; i < n; ++i) s += char((v >> (8 * i)) & 0xffu);
+  };
+  le(54, 4), le(0, 4), le(54, 4), le(40, 4), le(w, 4), le(h, 4), le(1, 2), le(24, 2);
+  for (int i = 0; i < 6; ++i) le(0, 4);
+  return s;
+}
+}  // namespace
+
+TEST_CASE("sdlora-eval refuses malformed files with one line naming them", "[robust][e2e]") {
+  std::string const reference = test::fixture("eval/reference"), generated = test::fixture("eval/generated");
+  fs::path const one_ref = image_dir("one_reference", "r.png", test::read_bytes(reference + "/r0.png"));
+  SECTION("image: not an image") {
+    auto const f = image_dir("not_image", "g.png", "\x89PNG\r\n\x1a\n but then nothing");
+    check_refused(eval("ssim", {"--images", f.parent_path().string(), "--reference", one_ref.parent_path().string()}),
+                  f);
+  }
+  SECTION("image: a header claiming 10000 x 10000 pixels (over the default limit)") {
+    auto const f = image_dir("bomb", "bomb.bmp", bmp_bomb(10000, 10000));
+    check_refused(eval("ssim", {"--images", f.parent_path().string(), "--reference", one_ref.parent_path().string()}),
+                  f);
+  }
+  SECTION("image: over --max-image-pixels") {
+    check_refused(eval("ssim", {"--images", one_ref.parent_path().string(), "--reference",
+                                one_ref.parent_path().string(), "--max-image-pixels", "16"}),
+                  one_ref);
+  }
+  SECTION("CLIP folder: config.json that is not JSON") {
+    auto const f = clip_with("clip_bad_config", "config.json", "{\"text_config\": {");
+    check_refused(eval("clip-i", {"--clip", f.parent_path().string(), "--images", generated, "--reference", reference}),
+                  f);
+  }
+  SECTION("CLIP folder: config.json nested 100000 deep") {
+    auto const f = clip_with("clip_deep_config", "config.json", std::string(100000, '[') + std::string(100000, ']'));
+    check_refused(eval("clip-i", {"--clip", f.parent_path().string(), "--images", generated, "--reference", reference}),
+                  f);
+  }
+  SECTION("CLIP folder: model.safetensors with a header longer than the file") {
+    auto const f = clip_with("clip_cut_model", "model.safetensors", kCutSafetensors);
+    check_refused(eval("clip-i", {"--clip", f.parent_path().string(), "--images", generated, "--reference", reference}),
+                  f);
+  }
+  SECTION("CLIP folder: preprocessor_config.json that is not JSON") {
+    auto const f = clip_with("clip_bad_preprocessor", "preprocessor_config.json", "not json");
+    check_refused(eval("clip-i", {"--clip", f.parent_path().string(), "--images", generated, "--reference", reference}),
+                  f);
+  }
+  SECTION("CLIP folder: vocab.json of random bytes") {
+    auto const f = clip_with("clip_bad_vocab", "vocab.json", std::string(64, '\x7f'));
+    check_refused(eval("clip-score", {"--clip", f.parent_path().string(), "--images", generated, "--prompts",
+                                      test::fixture("eval/prompts.txt")}),
+                  f);
+  }
+  auto const sweep = [&](std::string const& model, std::string const& lora) {
+    auto const prompts = write("sweep_prompts.txt", "a photo of a cat\n");
+    return eval("sweep", {"--clip", test::fixture("eval/clip"), "--reference", reference, "--model", model, "--lora",
+                          lora, "--prompts", prompts.string(), "--scales", "0,1", "--seeds", "3", "--steps", "2",
+                          "--width", "16", "--height", "16", "--out", (scratch() / "sweep_out").string()});
+  };
+  SECTION("sweep: a LoRA of random bytes") {
+    auto const f = write("garbage_sweep_lora.safetensors", "not a safetensors file at all");
+    check_refused(sweep(test::fixture("models/tiny-sd1"), f.string()), f);
+  }
+  SECTION("sweep: a model file that is cut") {
+    auto const f = write("broken_sweep_model.safetensors", kCutSafetensors);
+    check_refused(sweep(f.string(), test::fixture("pipeline/lora_kohya.safetensors")), f);
   }
 }

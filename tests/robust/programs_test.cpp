@@ -1,13 +1,19 @@
 /// @file programs_test.cpp
 /// @brief sdlora-train and sdlora-generate under trouble (issue 15): a NaN in the model's weights, SIGINT / SIGTERM
-/// mid-run, writes past RLIMIT_FSIZE. Each test spawns the program, provokes the trouble and checks the exit status,
-/// the one-line message, and that every file under a final name is whole (and no LoRA from a broken state exists).
+/// mid-run, writes past RLIMIT_FSIZE, a full disk (a tiny tmpfs, where mounting one is permitted). Each test spawns
+/// the program, provokes the trouble and checks the exit status, the one-line message, and that every file under a
+/// final name is whole (and no LoRA from a broken state exists).
 #include <catch2/catch.hpp>
 
-#include <signal.h>  // SIGINT, SIGTERM
+#include <signal.h>       // SIGINT, SIGTERM
+#include <sys/mount.h>    // mount, umount2, MS_REMOUNT
+#include <sys/statvfs.h>  // statvfs
 
 #include <algorithm>   // std::count
+#include <cerrno>      // errno
 #include <chrono>      // std::chrono
+#include <cstdint>     // std::uint64_t
+#include <cstring>     // std::strerror
 #include <filesystem>  // std::filesystem
 #include <fstream>     // std::ifstream
 #include <limits>      // std::numeric_limits
@@ -104,6 +110,14 @@ void require_whole_files(fs::path const& dir) {
     if (e.path().extension() == ".safetensors") REQUIRE_NOTHROW(io::SafetensorsFile(p));
     if (e.path().extension() == ".png") REQUIRE_NOTHROW(io::load_image(p));
   }
+}
+
+/// Files and folders under `dir` whose name ends in ".tmp": what a failed write left behind.
+std::vector<std::string> tmp_leftovers(fs::path const& dir) {
+  std::vector<std::string> out;
+  for (auto const& e : fs::recursive_directory_iterator(dir))
+    if (e.path().extension() == ".tmp") out.push_back(e.path().string());
+  return out;
 }
 }  // namespace
 
@@ -238,6 +252,7 @@ TEST_CASE("Writes past RLIMIT_FSIZE fail naming the file; the last checkpoint st
     CHECK(r.err.find("checkpoint-3.tmp/parameters.safetensors") != std::string::npos);
     CHECK(r.err.find("File too large") != std::string::npos);
     CHECK_FALSE(fs::exists(dir / "checkpoint-3"));
+    CHECK(tmp_leftovers(dir).empty());  // neither parameters.safetensors.tmp nor the checkpoint-3.tmp folder
     CHECK(train::load_checkpoint<float>((dir / "checkpoint-2").string()).global_step == 2);
   }
   SECTION("the LoRA") {
@@ -250,6 +265,7 @@ TEST_CASE("Writes past RLIMIT_FSIZE fail naming the file; the last checkpoint st
     CHECK(r.err.find("sdlora_lora.safetensors") != std::string::npos);
     CHECK(r.err.find("File too large") != std::string::npos);
     CHECK_FALSE(fs::exists(dir / "sdlora_lora.safetensors"));
+    CHECK(tmp_leftovers(dir).empty());  // no sdlora_lora.safetensors.tmp
   }
   SECTION("an image") {
     fs::path const png = scratch() / "fsize_image.png";
@@ -265,4 +281,70 @@ TEST_CASE("Writes past RLIMIT_FSIZE fail naming the file; the last checkpoint st
     CHECK_FALSE(fs::exists(png.string() + ".tmp"));
   }
   require_whole_files(dir);
+}
+
+namespace {
+/// A tmpfs mounted at `dir` for the lifetime of the object (needs CAP_SYS_ADMIN: root outside a restricted
+/// container); `error` says why when it could not be mounted.
+struct Tmpfs {
+  fs::path dir;
+  bool mounted = false;
+  std::string error;
+  Tmpfs(fs::path d, std::uint64_t bytes) : dir(std::move(d)) {
+    fs::create_directories(dir);
+    std::string const opts = "size=" + std::to_string(bytes) + ",mode=0755";
+    mounted = ::mount("tmpfs", dir.c_str(), "tmpfs", MS_NOSUID | MS_NODEV, opts.c_str()) == 0;
+    if (!mounted) error = std::strerror(errno);
+  }
+  bool resize(std::uint64_t bytes) {
+    std::string const opts = "size=" + std::to_string(bytes) + ",mode=0755";
+    return ::mount("tmpfs", dir.c_str(), "tmpfs", MS_REMOUNT | MS_NOSUID | MS_NODEV, opts.c_str()) == 0;
+  }
+  std::uint64_t used() const {
+    struct statvfs s {};
+    if (::statvfs(dir.c_str(), &s) != 0) return 0;
+    return std::uint64_t(s.f_blocks - s.f_bfree) * s.f_frsize;
+  }
+  ~Tmpfs() {
+    if (mounted) ::umount2(dir.c_str(), MNT_DETACH);
+  }
+  Tmpfs(Tmpfs const&) = delete;
+  Tmpfs& operator=(Tmpfs const&) = delete;
+};
+}  // namespace
+
+TEST_CASE("A full disk (a tiny tmpfs) fails naming the file; the last checkpoint stays loadable; nothing partial",
+          "[robust][e2e]") {
+  Tmpfs disk(scratch() / "tmpfs", 8u << 20);
+  if (!disk.mounted) {
+    WARN("SKIPPED: cannot mount a tmpfs here (" << disk.error << "; needs root / CAP_SYS_ADMIN); the RLIMIT_FSIZE "
+         "test covers the same code paths");
+    return;
+  }
+  // One step and its checkpoint, then shrink the disk to that much plus half a checkpoint: the next checkpoint
+  // runs out of space part-way.
+  auto r = run(train_args("tmpfs") + std::vector<std::string>{"--max-train-steps", "1", "--checkpointing-steps", "1"},
+               "tmpfs_a");
+  INFO(r.err);
+  REQUIRE(r.status.code == 0);
+  std::string const lora = test::read_bytes(scratch() / "tmpfs" / "sdlora_lora.safetensors");  // the 1-step LoRA
+  std::uint64_t const used = disk.used();
+  REQUIRE(used > 0);
+  REQUIRE(disk.resize((used + used / 2 + 4095) / 4096 * 4096));
+  r = run(train_args("tmpfs") + std::vector<std::string>{"--max-train-steps", "3", "--checkpointing-steps", "1",
+                                                         "--resume-from-checkpoint", "latest"},
+          "tmpfs_b");
+  INFO(r.err);
+  CHECK(r.status.signal == 0);
+  CHECK(r.status.code == 1);
+  REQUIRE(r.err.rfind("sdlora-train:") != std::string::npos);
+  std::string const last = r.err.substr(r.err.rfind("sdlora-train:"));
+  CHECK(lines(last) == 1);
+  CHECK(last.find("No space left on device") != std::string::npos);
+  CHECK(last.find((scratch() / "tmpfs").string()) != std::string::npos);  // names the file it was writing
+  CHECK_FALSE(fs::exists(scratch() / "tmpfs" / "checkpoint-2"));
+  CHECK(test::read_bytes(scratch() / "tmpfs" / "sdlora_lora.safetensors") == lora);  // the old file, whole
+  CHECK(tmp_leftovers(scratch() / "tmpfs").empty());
+  CHECK(train::load_checkpoint<float>((scratch() / "tmpfs" / "checkpoint-1").string()).global_step == 1);
+  require_whole_files(scratch() / "tmpfs");
 }
