@@ -42,7 +42,7 @@ constexpr char kUsage[] =
     "for usage, 1 otherwise.\n";
 
 struct Args {
-  std::string in, out, to, model, config, base, tuned, save_precision;
+  std::string in, out, to, model, config, base, tuned, save_precision, svd = "exact";
   std::vector<std::string> loras;
   int rank = 0, conv_rank = 0, threads = 0;
   double clamp_quantile = 0.99, min_diff = 0.01;
@@ -79,7 +79,9 @@ po::options_description options(std::string const& command, Args& a) {
       ("clamp-quantile", po::value(&a.clamp_quantile)->value_name("Q")->default_value(0.99),
        "clamp factor entries at this quantile of their magnitudes (1: no clamp)")
       ("min-diff", po::value(&a.min_diff)->value_name("D")->default_value(0.01),
-       "leave the text encoder out when no weight changed by more than this");
+       "leave the text encoder out when no weight changed by more than this")
+      ("svd", po::value(&a.svd)->value_name("exact|randomized")->default_value("exact"),
+       "exact: full SVD per layer (BDCSVD); randomized: range finder + small SVD, ~50x faster on SD 1.5 layers");
   if (command == "extract" || command == "resize")
     d.add_options()("rank", po::value(&a.rank)->value_name("R"), "the LoRA rank (extract: of Linear and 1x1 conv layers)");
   if (command != "dtype")
@@ -174,6 +176,8 @@ int run_extract(Args const& a) {
   require(a.out, "out", "the LoRA file to write");
   if (a.rank < 1) SDLORA_THROW(ConfigError, "--rank must be at least 1, got " << a.rank);
   if (a.conv_rank < 0) SDLORA_THROW(ConfigError, "--conv-rank must be >= 0, got " << a.conv_rank);
+  if (a.svd != "exact" && a.svd != "randomized")
+    SDLORA_THROW(ConfigError, "--svd must be exact or randomized, got '" << a.svd << "'");
   std::cout << "loading " << a.base << " and " << a.tuned << "\n" << std::flush;
   auto base = models::load_stable_diffusion<float>(a.base, load_options(a));
   auto tuned = models::load_stable_diffusion<float>(a.tuned, load_options(a));
@@ -181,6 +185,7 @@ int run_extract(Args const& a) {
   o.rank = a.rank;
   o.conv_rank = a.conv_rank;
   o.clamp_quantile = a.clamp_quantile;
+  o.svd = a.svd == "randomized" ? lora::SvdMethod::Randomized : lora::SvdMethod::Exact;
   o.progress = [](std::string const& name, std::size_t done, std::size_t n) {
     std::cout << "[extract] " << done << "/" << n << " " << name << "\n" << std::flush;
   };

@@ -232,19 +232,32 @@ TEST_CASE("extract_lora recovers a known low-rank difference and keeps the top s
     CHECK(rel(delta(e), truth.at(e.component + "/" + e.module)) <= 1e-4);
   }
   CHECK(conv);  // 3x3 convolutions were extracted (conv_rank)
+  // The randomized SVD finds the same rank-2 differences (its range finder spans them exactly).
+  o.svd = lora::SvdMethod::Randomized;
+  auto const fast = lora::extract_lora(base.unet, tuned.unet, "unet", o);
+  REQUIRE(!fast.entries.empty());
+  for (auto const& e : fast.entries) {
+    INFO(e.module);
+    CHECK(rel(delta(e), truth.at("unet/" + e.module)) <= 1e-4);
+  }
+  o.svd = lora::SvdMethod::Exact;
 
   // Rank 1 of a rank-2 difference: the top singular pair.
   o.rank = 1;
   o.conv_rank = 0;
-  auto const top = lora::extract_lora(base.unet, tuned.unet, "unet", o);
-  REQUIRE(!top.entries.empty());
-  for (auto const& e : top.entries) {
-    INFO(e.module);
-    Eigen::MatrixXd const& d = truth.at("unet/" + e.module);
-    Eigen::JacobiSVD<Eigen::MatrixXd> svd(d, Eigen::ComputeThinU | Eigen::ComputeThinV);
-    Eigen::MatrixXd const best = svd.singularValues()(0) * svd.matrixU().col(0) * svd.matrixV().col(0).transpose();
-    CHECK(rel(delta(e), best) <= 1e-4);
+  for (auto method : {lora::SvdMethod::Exact, lora::SvdMethod::Randomized}) {
+    o.svd = method;
+    auto const top = lora::extract_lora(base.unet, tuned.unet, "unet", o);
+    REQUIRE(!top.entries.empty());
+    for (auto const& e : top.entries) {
+      INFO(e.module << (method == lora::SvdMethod::Randomized ? " randomized" : " exact"));
+      Eigen::MatrixXd const& d = truth.at("unet/" + e.module);
+      Eigen::JacobiSVD<Eigen::MatrixXd> svd(d, Eigen::ComputeThinU | Eigen::ComputeThinV);
+      Eigen::MatrixXd const best = svd.singularValues()(0) * svd.matrixU().col(0) * svd.matrixV().col(0).transpose();
+      CHECK(rel(delta(e), best) <= 1e-4);
+    }
   }
+  o.svd = lora::SvdMethod::Exact;
 
   // Clamping: every factor entry within the q-quantile of the unclamped magnitudes.
   o.rank = 2;

@@ -7,6 +7,7 @@
 
 #include <algorithm>   // std::sort, std::min, std::clamp
 #include <cmath>       // std::abs, std::floor
+#include <cstdint>     // std::uint64_t
 #include <functional>  // std::function
 #include <map>         // std::map
 #include <string>      // std::string
@@ -23,6 +24,14 @@
 
 namespace sdlora::lora {
 
+/// How extract_lora factors each difference.
+enum class SvdMethod {
+  Exact,       ///< Eigen::BDCSVD of the whole (out, fan) matrix (kohya's full SVD; seconds per 1280-wide layer)
+  Randomized,  ///< a randomized range finder (rank + 10 columns, 2 power iterations) and BDCSVD of the small
+               ///< projected matrix (Halko, Martinsson & Tropp 2011, alg. 4.4); the same top singular triplets for a
+               ///< difference of rank <= rank + 10, close otherwise; ~50x faster on SD 1.5 layers
+};
+
 /// Options of extract_lora.
 struct ExtractOptions {
   Index rank = 4;        ///< rank of Linear and 1x1 Conv2d layers
@@ -31,6 +40,7 @@ struct ExtractOptions {
   /// A component whose largest |tuned - base| over the selected layers is below this is left out entirely (kohya's
   /// --min_diff, which it applies to the text encoder). 0 keeps every component.
   double min_diff = 0.0;
+  SvdMethod svd = SvdMethod::Exact;
   /// Called after each layer: (dotted name, layers done, layers selected).
   std::function<void(std::string const&, std::size_t, std::size_t)> progress;
 };
@@ -63,12 +73,47 @@ inline double quantile(std::vector<double> values, double q) {
 
 /// The LoRA entry of one weight difference `diff` (out, fan) at `rank`: the truncated SVD (double), U S and Vh
 /// clamped at the `q`-quantile of |U S| and |Vh| together.
-inline void factor_difference(Eigen::MatrixXd const& diff, Index rank, double q, Eigen::MatrixXd& up,
-                              Eigen::MatrixXd& down) {
-  Eigen::BDCSVD<Eigen::MatrixXd> svd(diff, Eigen::ComputeThinU | Eigen::ComputeThinV);
-  Index const k = std::min<Index>(rank, svd.singularValues().size());
-  up = svd.matrixU().leftCols(k) * svd.singularValues().head(k).asDiagonal();  // (out, k)
-  down = svd.matrixV().leftCols(k).transpose();                                // (k, fan)
+/// Orthonormal columns spanning those of `y` (thin QR).
+inline Eigen::MatrixXd orthonormal(Eigen::MatrixXd const& y) {
+  Eigen::HouseholderQR<Eigen::MatrixXd> qr(y);
+  return qr.householderQ() * Eigen::MatrixXd::Identity(y.rows(), std::min(y.rows(), y.cols()));
+}
+
+/// The top `k` singular triplets of `a` (m, n) by a randomized range finder with `power` subspace iterations; the
+/// test matrix is a fixed pseudo-random sequence, so the result is deterministic.
+inline void randomized_svd(Eigen::MatrixXd const& a, Index k, int power, Eigen::MatrixXd& u, Eigen::VectorXd& s,
+                           Eigen::MatrixXd& v) {
+  Index const l = std::min<Index>(k + 10, std::min(a.rows(), a.cols()));
+  Eigen::MatrixXd omega(a.cols(), l);  // (n, l) uniform in [-1, 1)
+  std::uint64_t state = 0x9E3779B97F4A7C15ull;
+  for (Index i = 0; i < omega.size(); ++i) {
+    state = state * 6364136223846793005ull + 1442695040888963407ull;
+    omega.data()[i] = double(state >> 11) / double(1ull << 53) * 2.0 - 1.0;
+  }
+  Eigen::MatrixXd q = orthonormal(a * omega);  // (m, l)
+  for (int i = 0; i < power; ++i) q = orthonormal(a * orthonormal(a.transpose() * q));
+  Eigen::MatrixXd const b = q.transpose() * a;  // (l, n)
+  Eigen::BDCSVD<Eigen::MatrixXd> svd(b, Eigen::ComputeThinU | Eigen::ComputeThinV);
+  u = q * svd.matrixU();
+  s = svd.singularValues();
+  v = svd.matrixV();
+}
+
+inline void factor_difference(Eigen::MatrixXd const& diff, Index rank, double q, SvdMethod method,
+                              Eigen::MatrixXd& up, Eigen::MatrixXd& down) {
+  Eigen::MatrixXd u, v;
+  Eigen::VectorXd s;
+  if (method == SvdMethod::Randomized) {
+    randomized_svd(diff, rank, 2, u, s, v);
+  } else {
+    Eigen::BDCSVD<Eigen::MatrixXd> svd(diff, Eigen::ComputeThinU | Eigen::ComputeThinV);
+    u = svd.matrixU();
+    s = svd.singularValues();
+    v = svd.matrixV();
+  }
+  Index const k = std::min<Index>(rank, s.size());
+  up = u.leftCols(k) * s.head(k).asDiagonal();  // (out, k)
+  down = v.leftCols(k).transpose();              // (k, fan)
   if (q >= 1.0) return;
   std::vector<double> mags;
   mags.reserve(std::size_t(up.size() + down.size()));
@@ -160,7 +205,7 @@ LoraFile extract_lora(Module& base, Module& tuned, std::string const& component,
   for (std::size_t i = 0; i < layers.size(); ++i) {
     Layer const& l = layers[i];
     Eigen::MatrixXd up, down;
-    detail::factor_difference(difference(l), l.rank, o.clamp_quantile, up, down);
+    detail::factor_difference(difference(l), l.rank, o.clamp_quantile, o.svd, up, down);
     Index const k = up.cols();
     LoraEntry e;
     e.component = component;
