@@ -230,6 +230,11 @@ TEST_CASE("Random crop and flip draw exactly what torchvision draws from the sam
     CHECK(level(ex.image((0 * th + 0) * th + x0)) == int(left % 256));
     CHECK(level(ex.image((1 * th + 0) * th + x0)) == int(top % 256));
     CHECK(ex.caption == (drop(c) < 0.5f ? "" : "x"));
+    // SDXL's micro-conditioning: the source size and the crop's corner (train_dreambooth_lora_sdxl.py).
+    CHECK(ex.geometry.original_height == h);
+    CHECK(ex.geometry.original_width == w);
+    CHECK(ex.geometry.crop_top == top);
+    CHECK(ex.geometry.crop_left == left);
     flips += flip;
     moved += top + left > 0;
   }
@@ -252,6 +257,13 @@ TEST_CASE("Resize + centre crop: shorter side to the resolution, deterministic w
   // 48x96 -> 24x48 (scale 1/2), centre crop left = 12: column 0 of the crop is source column 24..25 -> x ~ 24.5.
   double const x_first = (a.image(0) + 1.0) / 2.0 * 255.0;
   CHECK(x_first == Approx(24.5).margin(0.6));
+  // The geometry SDXL's time ids take: from get(), and from the header alone (what cached latents use).
+  for (auto const& geo : {a.geometry, d.geometry(0)}) {
+    CHECK(geo.original_height == 48);
+    CHECK(geo.original_width == 96);
+    CHECK(geo.crop_top == 0);
+    CHECK(geo.crop_left == 12);
+  }
 }
 
 TEST_CASE("Aspect-ratio buckets: kohya's list at 512 and assignment", "[data]") {

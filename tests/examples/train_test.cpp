@@ -85,3 +85,39 @@ TEST_CASE("sdlora-train --method textual_inversion writes both embedding formats
   CHECK(r.code != 0);
   CHECK(r.err.find("already in the vocabulary") != std::string::npos);
 }
+
+TEST_CASE("sdlora-train on SDXL: DreamBooth-LoRA with both text encoders, min-SNR, random crops; the LoRA loads in "
+          "sdlora-generate", "[examples][e2e][sdxl]") {
+  std::string const sdxl = "--pretrained-model '" + test::fixture("models/tiny-sdxl") + "' --instance-data-dir '" +
+                           (scratch() / "samples" / "images").string() + "' --resolution 16 --output-dir '" +
+                           (scratch() / "sdxl").string() + "' --threads 1 --seed 3";
+  auto r = run(sdxl + " --method dreambooth --instance-prompt 'a photo of sks dog' --train-text-encoder "
+                      "--snr-gamma 5 --random-crop --max-train-steps 2 --checkpointing-steps 0 --save-format both");
+  INFO(r.err);
+  REQUIRE(r.code == 0);
+  fs::path const dir = scratch() / "sdxl";
+  io::SafetensorsFile kohya((dir / "sdlora_lora.safetensors").string());
+  CHECK(kohya.metadata().at("ss_base_model_version") == "sdxl_base_v1-0");
+  bool te1 = false, te2 = false, unet = false;
+  for (auto const& k : kohya.keys()) {
+    te1 = te1 || k.rfind("lora_te1_", 0) == 0;
+    te2 = te2 || k.rfind("lora_te2_", 0) == 0;
+    unet = unet || k.rfind("lora_unet_", 0) == 0;
+  }
+  CHECK((te1 && te2 && unet));
+  io::SafetensorsFile peft((dir / "pytorch_lora_weights.safetensors").string());
+  bool peft_te2 = false;
+  for (auto const& k : peft.keys()) peft_te2 = peft_te2 || k.rfind("text_encoder_2.", 0) == 0;
+  CHECK(peft_te2);
+  std::string const csv = read_bytes(dir / "loss.csv");
+  CHECK(std::count(csv.begin(), csv.end(), '\n') == 3);  // header + 2 steps
+  CHECK(csv.find("nan") == std::string::npos);
+  // The trained file is an SDXL LoRA the generator applies to all three networks.
+  auto g = test::run_program(SDLORA_GENERATE_EXE_FOR_TRAIN,
+                             "--model '" + test::fixture("models/tiny-sdxl") + "' --prompt 'a photo of sks dog' "
+                             "--steps 2 --seed 1 --threads 1 --lora '" + (dir / "sdlora_lora.safetensors").string() +
+                             "' --out '" + (dir / "with_lora.png").string() + "'", scratch());
+  INFO(g.err);
+  CHECK(g.code == 0);
+  CHECK(fs::exists(dir / "with_lora.png"));
+}

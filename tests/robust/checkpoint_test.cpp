@@ -24,7 +24,7 @@ class Flat : public train::ExampleSource {
   std::int64_t size() const override { return 4; }
   bool random_augmentation() const override { return false; }
   train::TrainExample get(std::int64_t index, std::uint64_t) override {
-    train::TrainExample ex{Tensor<float>(Shape{3, 16, 16}), "a flat colour"};
+    train::TrainExample ex{Tensor<float>(Shape{3, 16, 16}), "a flat colour", {}};
     ex.image.fill(0.2f * float(index) - 0.3f);
     return ex;
   }

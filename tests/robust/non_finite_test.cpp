@@ -29,7 +29,7 @@ class Squares : public train::ExampleSource {
   std::int64_t size() const override { return 4; }
   bool random_augmentation() const override { return false; }
   train::TrainExample get(std::int64_t index, std::uint64_t) override {
-    train::TrainExample ex{Tensor<float>(Shape{3, 16, 16}), "a square, flat style"};
+    train::TrainExample ex{Tensor<float>(Shape{3, 16, 16}), "a square, flat style", {}};
     for (Index c = 0; c < 3; ++c)
       for (Index y = 0; y < 16; ++y)
         for (Index x = 0; x < 16; ++x) {

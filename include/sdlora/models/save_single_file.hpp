@@ -35,7 +35,8 @@ inline std::string ldm_key_from_unet(std::string const& name, UNetConfig const& 
   static std::map<std::string, std::string> const kFixed = {
       {"time_embedding.linear_1", "time_embed.0"}, {"time_embedding.linear_2", "time_embed.2"},
       {"conv_in", "input_blocks.0.0"},             {"conv_norm_out", "out.0"},
-      {"conv_out", "out.2"}};
+      {"conv_out", "out.2"},                       {"add_embedding.linear_1", "label_emb.0.0"},
+      {"add_embedding.linear_2", "label_emb.0.2"}};
   static std::vector<std::pair<std::string, std::string>> const kResnet = {
       {"norm1", "in_layers.0"},  {"conv1", "in_layers.2"},  {"time_emb_proj", "emb_layers.1"},
       {"norm2", "out_layers.0"}, {"conv2", "out_layers.3"}, {"conv_shortcut", "skip_connection"}};

@@ -83,4 +83,12 @@ inline Bucket cover_size(Bucket const& bucket, Index height, Index width) {
           std::max(bucket.width, Index(std::lround(double(width) * scale)))};
 }
 
+/// Where an example's pixels came from: the source image's size before resizing and the top-left corner of the crop
+/// in the resized image (what SDXL's time ids record: train_dreambooth_lora_sdxl.py's original_size and
+/// crop_top_left).
+struct Geometry {
+  Index original_height = 0, original_width = 0;
+  Index crop_top = 0, crop_left = 0;
+};
+
 }  // namespace sdlora::train

@@ -23,7 +23,7 @@
 
 #include <algorithm>                      // std::sort, std::find, std::min, std::max, std::clamp
 #include <cctype>                         // std::isdigit, std::tolower
-#include <cmath>                          // std::abs
+#include <cmath>                          // std::abs, std::nearbyint
 #include <cstdint>                        // std::uint8_t, std::uint64_t, std::int64_t
 #include <filesystem>                     // std::filesystem
 #include <fstream>                        // std::ifstream
@@ -54,6 +54,7 @@ struct Example {
   Tensor<float, Cpu> image;  // (3, H, W) in [-1, 1]; H = W = resolution, or the bucket's size
   std::string caption;       // after caption dropout
   std::string source;        // the image path or "file.npy#17", for errors and logs
+  Geometry geometry;         // the source size and the crop (SDXL's micro-conditioning)
 };
 
 /// Where the examples come from. Auto: a `.npy` file, or a folder with `.npy` files and no images, is QuickDraw;
@@ -105,6 +106,8 @@ struct SkippedFile {
 };
 
 namespace detail {
+/// Reads an image header (defined below).
+inline bool image_info(std::string const& path, Index& height, Index& width, std::string& reason);
 namespace fs = std::filesystem;
 
 /// RFC 4180 CSV: comma-separated fields, double-quoted fields may hold commas, line breaks and "" for a quote;
@@ -270,15 +273,8 @@ class Dataset {
     Tensor<float, Cpu> img = load_source(r);  // (3, h, w) in [-1, 1]
     Bucket const target = target_size(index);
     Index const h = img.dim(1), w = img.dim(2);
-    // Resize: shorter side to the resolution, or to cover the bucket.
-    Bucket resized;
-    if (options_.bucketing) {
-      resized = cover_size(target, h, w);
-    } else if (h <= w) {
-      resized = {target.height, Index(double(target.height) * double(w) / double(h))};
-    } else {
-      resized = {Index(double(target.width) * double(h) / double(w)), target.width};
-    }
+    Bucket const resized = resized_size(index, h, w);
+    ex.geometry = centre_geometry(target, resized, h, w);
     if (resized.height != h || resized.width != w) {
       io::Filter const f = r.row >= 0 ? io::Filter::Bicubic : options_.filter;
       img = io::resize(img.view(), resized.height, resized.width, f);  // (3, rh, rw)
@@ -292,6 +288,8 @@ class Dataset {
         Index const top = g.randint(0, img.dim(1) - target.height + 1, Shape{1})(0);
         Index const left = g.randint(0, img.dim(2) - target.width + 1, Shape{1})(0);
         img = io::crop(img.view(), top, left, target.height, target.width);  // (3, H, W)
+        ex.geometry.crop_top = top;
+        ex.geometry.crop_left = left;
       }
     }  // a window equal to the image draws nothing (torchvision returns early too)
     if (options_.random_flip && g.rand(Shape{1})(0) < 0.5f) img = io::hflip(img.view());
@@ -313,6 +311,18 @@ class Dataset {
   bool random_augmentation() const { return !options_.center_crop || options_.random_flip; }
   /// Whether get() draws from its generator at all.
   bool uses_generator() const { return random_augmentation() || options_.caption_dropout > 0; }
+
+  /// The geometry get() gives `index` without random crop, from the image header alone (no decode): what a cached
+  /// example's SDXL time ids need.
+  Geometry geometry(Index index) const {
+    Record const& r = record(index);
+    Index h = 28, w = 28;  // QuickDraw rows
+    if (r.row < 0) {
+      std::string reason;
+      if (!detail::image_info(r.path, h, w, reason)) SDLORA_THROW(IoError, "[dataset] " << r.path << ": " << reason);
+    }
+    return centre_geometry(target_size(index), resized_size(index, h, w), h, w);
+  }
 
   /// The (height, width) get() returns for `index`: the bucket's, or resolution x resolution.
   Bucket target_size(Index index) const {
@@ -357,6 +367,23 @@ class Dataset {
 
  private:
   friend Dataset open_dataset(DatasetOptions const& options);
+
+  /// The size an (h, w) source is resized to: shorter side to the resolution, or covering the bucket.
+  Bucket resized_size(Index index, Index h, Index w) const {
+    Bucket const target = target_size(index);
+    if (options_.bucketing) return cover_size(target, h, w);
+    if (h <= w) return {target.height, Index(double(target.height) * double(w) / double(h))};
+    return {Index(double(target.width) * double(h) / double(w)), target.width};
+  }
+  /// The original size and the centre crop's corner (io::center_crop's rounding) of a resized image.
+  static Geometry centre_geometry(Bucket target, Bucket resized, Index h, Index w) {
+    Geometry g;
+    g.original_height = h;
+    g.original_width = w;
+    g.crop_top = Index(std::nearbyint(double(resized.height - target.height) / 2.0));
+    g.crop_left = Index(std::nearbyint(double(resized.width - target.width) / 2.0));
+    return g;
+  }
 
   Tensor<float, Cpu> load_source(Record const& r) const {
     if (r.row < 0) return io::decode_image(io::detail::read_file_bytes(r.path, "[dataset]"), r.path);

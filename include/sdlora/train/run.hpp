@@ -30,6 +30,7 @@
 #include <sdlora/io/safetensors.hpp>    // io::SafetensorsWriter
 #include <sdlora/pipeline/stages.hpp>   // pipeline::tokenize, encode_images
 #include <sdlora/pipeline/txt2img.hpp>  // pipeline::txt2img (validation)
+#include <sdlora/train/bucketing.hpp>    // Geometry
 #include <sdlora/train/communicator.hpp>  // Communicator, SingleProcess
 #include <sdlora/train/latent_cache.hpp>  // LatentCache, latent_key
 #include <sdlora/train/non_finite.hpp>  // NonFiniteError, all_finite
@@ -44,6 +45,7 @@ namespace sdlora::train {
 struct TrainExample {
   Tensor<float, Cpu> image;
   std::string caption;
+  Geometry geometry;  // source size and crop corner (SDXL's time ids)
 };
 
 /// Where a run's examples come from (an image folder, QuickDraw bitmaps, DreamBooth instance or class images).
@@ -58,6 +60,8 @@ class ExampleSource {
   virtual bool random_augmentation() const = 0;
   /// The caption alone (used with cached latents); override when loading the image is the expensive part.
   virtual std::string caption(std::int64_t index, std::uint64_t seed) { return get(index, seed).caption; }
+  /// The geometry of `index` without random augmentation (SDXL time ids of a cached example).
+  virtual Geometry geometry(std::int64_t index) { return get(index, 0).geometry; }
   /// A hash of everything the (unaugmented) image of `index` depends on, for the on-disk latent cache; nothing when
   /// the source cannot tell (its latents are then cached in memory only).
   virtual std::optional<std::uint64_t> content_hash(std::int64_t /*index*/) const { return std::nullopt; }
@@ -517,11 +521,12 @@ class Run {
   /// The latents (1, 4, h, w) of example `index` of `src`; VAE sampling noise from the example's seed (from the
   /// index alone when cached).
   Tensor<float, Cpu> latents_of(ExampleSource& src, LatentMap& c, LatentCache* d, std::int64_t index,
-                                std::uint64_t example_seed, std::string& caption) {
+                                std::uint64_t example_seed, std::string& caption, Geometry* geometry = nullptr) {
     bool const cacheable = o_.cache_latents && !src.random_augmentation();
     auto const hit = c.find(index);
     if (cacheable && hit != c.end()) {
       caption = src.caption(index, example_seed);
+      if (geometry) *geometry = src.geometry(index);
       return hit->second;
     }
     std::optional<std::uint64_t> key;
@@ -530,6 +535,7 @@ class Run {
       if (key)
         if (auto z = d->lookup(*key)) {
           caption = src.caption(index, example_seed);
+          if (geometry) *geometry = src.geometry(index);
           c[index] = *z;
           ++result_.latents_from_disk;
           return std::move(*z);
@@ -537,6 +543,7 @@ class Run {
     }
     TrainExample ex = src.get(index, example_seed);
     caption = ex.caption;
+    if (geometry) *geometry = ex.geometry;
     Index const h = ex.image.dim(1), w = ex.image.dim(2);
     auto batch = std::move(ex.image).reshaped(Shape{1, 3, h, w});
     TorchGenerator g(cacheable ? mix_seed(seed_, 0x1A7E, std::uint64_t(index)) : example_seed);
@@ -553,6 +560,7 @@ class Run {
     std::vector<Tensor<float, Cpu>> lat;
     std::vector<std::string> captions;
     std::vector<std::int64_t> class_indices;
+    std::vector<Geometry> geometry;  // SDXL's time ids
     int const batch = o_.train_batch_size, ranks = comm_.size();
     for (int b = 0; b < batch * ranks; ++b) {
       if (position_ >= std::int64_t(order_.size())) {
@@ -566,7 +574,8 @@ class Run {
       std::int64_t const index = order_[std::size_t(position_)];
       std::uint64_t const ex_seed = mix_seed(seed_, std::uint64_t(epoch_), std::uint64_t(position_));
       std::string caption;  // caption dropout, if any, is the source's (from the example's seed)
-      lat.push_back(latents_of(data_, cache_, disk_.get(), index, ex_seed, caption));
+      geometry.emplace_back();
+      lat.push_back(latents_of(data_, cache_, disk_.get(), index, ex_seed, caption, &geometry.back()));
       captions.push_back(caption);
       class_indices.push_back((epoch_ * std::int64_t(order_.size()) + position_));
       ++position_;
@@ -575,8 +584,9 @@ class Run {
       for (int b = 0; b < o_.train_batch_size; ++b) {
         std::int64_t const k = class_indices[std::size_t(b)] % class_data_->size();
         std::string caption;
+        geometry.emplace_back();
         lat.push_back(latents_of(*class_data_, class_cache_, class_disk_.get(), k,
-                                 mix_seed(seed_, 0xC1A55, std::uint64_t(k)), caption));
+                                 mix_seed(seed_, 0xC1A55, std::uint64_t(k)), caption, &geometry.back()));
         captions.push_back(caption);
       }
     }
@@ -590,6 +600,17 @@ class Run {
       std::copy_n(lat[std::size_t(i)].data(), lat[std::size_t(i)].numel(), m.latents.data() + i * lat[0].numel());
     }
     m.input_ids = pipeline::tokenize(sd_.tokenizer, captions);
+    if (sd_.is_sdxl()) {  // train_dreambooth_lora_sdxl.py: compute_time_ids(original_size, crop_top_left)
+      m.input_ids_2 = pipeline::tokenize(sd_.tokenizer_2, captions);
+      m.time_ids = Tensor<float, Cpu>(Shape{n, 6});
+      Index const f = sd_.vae_scale();
+      for (Index i = 0; i < n; ++i) {
+        Geometry const& g = geometry[std::size_t(i)];
+        float const row[6] = {float(g.original_height), float(g.original_width), float(g.crop_top),
+                              float(g.crop_left),       float(m.latents.dim(2) * f), float(m.latents.dim(3) * f)};
+        for (int k = 0; k < 6; ++k) m.time_ids.at({i, k}) = row[k];
+      }
+    }
     if (ranks > 1) take_noise_rows(m);
     return m;
   }
@@ -618,7 +639,7 @@ class Run {
   void write_outputs() {
     namespace fs = std::filesystem;
     std::map<std::string, std::string> meta;
-    meta["ss_base_model_version"] = sd_.base_model == "sd2" ? "sd_v2" : "sd_v1";
+    meta["ss_base_model_version"] = sd_.is_sdxl() ? "sdxl_base_v1-0" : sd_.base_model == "sd2" ? "sd_v2" : "sd_v1";
     meta["ss_sd_model_name"] = fs::path(sd_.source).filename().string();
     meta["ss_steps"] = std::to_string(result_.steps);
     meta["ss_network_dim"] = std::to_string(o_.trainer.rank);
@@ -659,6 +680,7 @@ class Run {
       if (o_.save_format == "kohya" || o_.save_format == "both") {
         lora::KohyaSaveOptions ko;
         ko.base_model_version = meta["ss_base_model_version"];
+        ko.sdxl_text_encoders = sd_.is_sdxl();  // lora_te1_ / lora_te2_
         ko.dtype = o_.save_dtype;
         ko.metadata = meta;
         std::string const path = (out_dir_ / (o_.output_name + ".safetensors")).string();

@@ -24,8 +24,9 @@ class DatasetSource : public ExampleSource {
   TrainExample get(std::int64_t index, std::uint64_t seed) override {
     TorchGenerator g(seed);
     auto ex = dataset_.get(index, g);
-    return {std::move(ex.image), std::move(ex.caption)};
+    return {std::move(ex.image), std::move(ex.caption), ex.geometry};
   }
+  Geometry geometry(std::int64_t index) override { return dataset_.geometry(index); }
   /// Without random crop / flip, the only draw is caption dropout's: replay it without loading the image.
   std::string caption(std::int64_t index, std::uint64_t seed) override {
     if (dataset_.random_augmentation()) return get(index, seed).caption;
@@ -85,6 +86,7 @@ class TemplateSource : public ExampleSource {
   std::vector<std::int64_t> epoch_order(TorchGenerator& g, int batch_size) const override {
     return inner_.epoch_order(g, batch_size);
   }
+  Geometry geometry(std::int64_t index) override { return inner_.geometry(index); }
 
  private:
   DatasetSource inner_;

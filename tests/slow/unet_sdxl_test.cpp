@@ -1,0 +1,132 @@
+/// @file unet_sdxl_test.cpp
+/// @brief The full-size SDXL 1.0 UNet (UNetConfig::sdxl(), 2,567,463,684 parameters: diffusers' count) with random
+/// weights written as an SDXL single file in 16 bits (model.diffusion_model.* SGM keys, label_emb included), loaded
+/// back through the single-file key mapping with 16-bit weight storage, and run once at 32x32 latents with CFG's
+/// batch of 2 and SDXL's micro-conditioning. Records time and peak RSS. Label `slow` (minutes; ~10 GB peak: the load
+/// still builds the float model before narrowing its weights, see docs/performance.md).
+#include <catch2/catch.hpp>
+
+#include <chrono>      // std::chrono::steady_clock
+#include <cmath>       // std::sqrt, std::isfinite
+#include <cstdint>     // std::uint64_t
+#include <cstdlib>     // std::atof
+#include <filesystem>  // std::filesystem
+#include <fstream>     // std::ifstream
+#include <string>      // std::string
+
+#include <sdlora/backend/cpu.hpp>              // the CPU kernels
+#include <sdlora/io/safetensors.hpp>           // io::SafetensorsWriter, io::SafetensorsFile
+#include <sdlora/models/save_single_file.hpp>  // models::ldm_key_from_unet
+#include <sdlora/models/unet.hpp>              // models::UNet2DConditionModel, UNetConfig
+#include <sdlora/models/weights.hpp>           // models::load_parameters
+#include <sdlora/nn/storage.hpp>               // nn::set_weight_storage
+
+#include "support.hpp"  // test::random_tensor
+
+using namespace sdlora;
+namespace fs = std::filesystem;
+
+namespace {
+
+double status_mb(std::string const& key) {
+  std::ifstream f("/proc/self/status");
+  std::string line;
+  while (std::getline(f, line))
+    if (line.rfind(key, 0) == 0) return std::atof(line.c_str() + key.size()) / 1024.0;
+  return 0;
+}
+
+/// uniform(+-1/sqrt(fan_in)) weights (rank >= 2) from splitmix64 per element; norms and biases as initialised.
+template <class M>
+void randomize(M& module) {
+  std::uint64_t seed = 1;
+  nn::for_each_parameter(module, [&](std::string const&, auto& p) {
+    if (p.value.rank() < 2) return;
+    float* const d = p.value.data();
+    Index const n = p.value.numel();
+    double const bound = 1.0 / std::sqrt(double(n) / double(p.value.dim(0)));
+    std::uint64_t const s = seed++;
+    cpu::parallel_for(Context<Cpu>{}, n, true, [&](Index i) {
+      std::uint64_t z = s * 0x9E3779B97F4A7C15ull + std::uint64_t(i) + 1;
+      z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+      z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+      z ^= z >> 31;
+      d[i] = float((2.0 * double(z >> 11) * 0x1.0p-53 - 1.0) * bound);
+    });
+  });
+}
+
+}  // namespace
+
+TEST_CASE("The full-size SDXL UNet loads from a 16-bit single file and runs one 32x32 forward", "[slow][unet][sdxl]") {
+  auto const cfg = models::UNetConfig::sdxl();
+  fs::path const dir = fs::temp_directory_path() / "sdlora_slow_sdxl";
+  fs::create_directories(dir);
+  fs::path const file = dir / "sdxl_unet_random.safetensors";
+  {  // Write the random file, each weight narrowed to fp16 as real SDXL checkpoints ship.
+    models::UNet2DConditionModel<float> unet(cfg);
+    std::size_t params = 0;
+    nn::for_each_parameter(unet, [&](std::string const&, auto& p) { params += std::size_t(p.value.numel()); });
+    REQUIRE(params == 2567463684);  // diffusers' SDXL 1.0 UNet2DConditionModel
+    randomize(unet);
+    io::SafetensorsWriter w;
+    nn::for_each_parameter(unet, [&](std::string const& name, auto& p) {
+      std::string const key = models::ldm_key_from_unet(name, cfg);
+      REQUIRE_FALSE(key.empty());
+      w.add_as<half, float>(std::string(models::kLdmUnetPrefix) + key, p.value.view());
+      p.value = Tensor<float>();  // the writer holds the fp16 copy
+    });
+    w.write(file.string());
+  }
+  std::ofstream("/proc/self/clear_refs") << "5";
+  auto const l0 = std::chrono::steady_clock::now();
+  models::UNet2DConditionModel<float> unet(cfg);
+  nn::StorageReport report;
+  {  // the file's mapped pages count in RSS while it is open
+    io::SafetensorsFile f(file.string());
+    models::SourceMap src;
+    for (auto const& key : f.keys()) {
+      std::string const name = models::unet_key_from_ldm(key.substr(std::string(models::kLdmUnetPrefix).size()), cfg);
+      REQUIRE_FALSE(name.empty());
+      src[name] = {&f, models::KeySource{key}};
+    }
+    models::load_parameters<float>(unet, src, "unet from " + file.string());
+    nn::set_trainable(unet, false);
+    report = nn::set_weight_storage(unet, DType::F16);
+  }
+  BackendMemory<Cpu>::release_cached();  // the freed float weights' blocks go back to the OS
+  double const load_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - l0).count();
+  double const load_peak_mb = status_mb("VmHWM:"), weights_mb = status_mb("VmRSS:");
+
+  Context<Cpu> ctx;
+  auto const sample = test::random_tensor<float>(Shape{2, 4, 32, 32}, 1);    // CFG: (2, 4, 32, 32)
+  auto const context = test::random_tensor<float>(Shape{2, 77, 2048}, 2);    // both encoders' states side by side
+  auto const pooled = test::random_tensor<float>(Shape{2, 1280}, 3);          // text_encoder_2's text_embeds
+  Tensor<float> time_ids(Shape{2, 6});
+  float const ids[6] = {256, 256, 0, 0, 256, 256};
+  for (Index b = 0; b < 2; ++b)
+    for (int k = 0; k < 6; ++k) time_ids.at({b, k}) = ids[k];
+  Tensor<float> t(Shape{2});
+  t(0) = t(1) = 981.0f;
+  std::ofstream("/proc/self/clear_refs") << "5";
+  auto const t0 = std::chrono::steady_clock::now();
+  auto const y = unet.forward(ctx, sample.view(), t.view(), context.view(), {pooled.view(), time_ids.view()});
+  double const seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  double const peak_mb = status_mb("VmHWM:");
+  WARN("SDXL UNet: load " << load_s << " s (peak RSS " << load_peak_mb << " MB, " << report.weights
+                          << " weights narrowed to fp16, RSS after " << weights_mb << " MB); forward 2x4x32x32 "
+                          << seconds << " s, " << ctx.threads() << " threads, peak RSS " << peak_mb << " MB");
+  fs::remove(file);
+
+  REQUIRE(y.shape() == Shape{2, 4, 32, 32});
+  double sum = 0, sum2 = 0;
+  for (Index i = 0; i < y.numel(); ++i) {
+    REQUIRE(std::isfinite(y(i)));
+    sum += y(i);
+    sum2 += double(y(i)) * y(i);
+  }
+  double const mean = sum / double(y.numel()), std = std::sqrt(sum2 / double(y.numel()) - mean * mean);
+  CHECK(std > 1e-3);
+  CHECK(std < 1e3);
+  CHECK(weights_mb < 2567463684.0 * 2 / 1e6 * 1.2);  // the weights live in 16 bits after the load
+}
