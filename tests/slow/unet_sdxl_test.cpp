@@ -128,5 +128,11 @@ TEST_CASE("The full-size SDXL UNet loads from a 16-bit single file and runs one 
   double const mean = sum / double(y.numel()), std = std::sqrt(sum2 / double(y.numel()) - mean * mean);
   CHECK(std > 1e-3);
   CHECK(std < 1e3);
-  CHECK(weights_mb < 2567463684.0 * 2 / 1e6 * 1.2);  // the weights live in 16 bits after the load
+  // The weights live in 16 bits after the load (the process RSS above also holds allocator slack: measured 7.5 GB
+  // for 5.1 GB of weights, and a load peak of 15.4 GB: the float model plus the file's mapped pages).
+  double bytes = 0;
+  nn::for_each_parameter(unet, [&](std::string const&, auto& p) {
+    bytes += p.is_16bit() ? double(p.value16.numel()) * 2 : double(p.value.numel()) * 4;
+  });
+  CHECK(bytes < 2567463684.0 * 2 * 1.01);
 }
