@@ -13,6 +13,7 @@
 
 #include <sdlora/core/json.hpp>
 #include <sdlora/pipeline.hpp>
+#include <sdlora/schedulers/factory.hpp>
 #include <sdlora/train/dataset.hpp>
 #include <sdlora/train/state.hpp>
 
@@ -30,6 +31,14 @@ TEST_CASE("Fuzz findings give one-line errors", "[io][fuzz]") {
   CHECK_THROWS_WITH(models::UNetConfig::from_json(unet), Catch::Contains("norm_num_groups must be positive"));
   nlohmann::json clip = {{"num_attention_heads", 0}};
   CHECK_THROWS_AS(models::ClipTextConfig::from_json(clip), ConfigError);
+  // config_fuzz, second campaign: 71707170 training timesteps made the Euler scheduler allocate 2 GB of tables.
+  nlohmann::json const huge = models::read_json(test::fixture("fuzz/findings/config-huge-num-train-timesteps.json"));
+  for (char const* name : {"ddim", "euler", "dpmpp_2m", "pndm", "ddpm"})
+    CHECK_THROWS_WITH(schedulers::make_scheduler(name, huge),
+                      Catch::Contains("'num_train_timesteps' must lie in [2, 100000], got 71707170"));
+  nlohmann::json ok = huge;
+  ok["num_train_timesteps"] = 4000;  // the largest in use (improved DDPM)
+  CHECK(schedulers::make_scheduler("euler", ok) != nullptr);
 }
 
 namespace {

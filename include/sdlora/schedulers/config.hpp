@@ -261,8 +261,11 @@ inline SchedulerConfig SchedulerConfig::from_json(nlohmann::json const& j, Sched
     }
   }
   // Value checks diffusers makes (or that would make the math meaningless).
-  if (c.num_train_timesteps < 2)
-    SDLORA_THROW(ConfigError, "[scheduler] field 'num_train_timesteps' must be >= 2, got " << c.num_train_timesteps);
+  // The upper bound keeps a hostile scheduler_config.json from allocating gigabytes of tables (config_fuzz found
+  // 71707170 timesteps: 2 GB); models train with 1000, a few with 4000.
+  if (c.num_train_timesteps < 2 || c.num_train_timesteps > 100000)
+    SDLORA_THROW(ConfigError, "[scheduler] field 'num_train_timesteps' must lie in [2, 100000], got "
+                                  << c.num_train_timesteps);
   if (c.trained_betas && int(c.trained_betas->size()) != c.num_train_timesteps)
     SDLORA_THROW(ConfigError, "[scheduler] field 'trained_betas' has " << c.trained_betas->size() << " values for "
                                                                        << c.num_train_timesteps << " timesteps");
