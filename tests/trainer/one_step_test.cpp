@@ -64,6 +64,25 @@ TEST_CASE("One LoRA training step matches diffusers' train_text_to_image_lora re
   check_one_step("lora", o);
 }
 
+TEST_CASE("Frozen text encoders encode each distinct prompt once; the kept embeddings give the same step",
+          "[train]") {
+  Context<Cpu> ctx;
+  auto sd = models::load_stable_diffusion<float>(test::fixture("models/tiny-sd1"));
+  io::SafetensorsFile ref(test::fixture("train/one_step_lora.safetensors"));
+  train::TrainerOptions o;
+  train::Trainer<float> trainer(ctx, sd, o);
+  CHECK(trainer.cached_prompts() == 0);
+  double const first = trainer.forward_backward(fixture_batch(ref));
+  CHECK(trainer.cached_prompts() == 2);  // the fixture batch holds two prompts
+  // A changed token-embedding row now would change a fresh encoding; the kept embeddings do not see it.
+  auto const ids = ref.load<std::int32_t>("input_ids");
+  Index const dim = sd.text_encoder.config().hidden_size;
+  for (Index c = 0; c < dim; ++c) sd.text_encoder.token_embedding.weight.value.at({ids(1), c}) += 1.0f;
+  double const second = trainer.forward_backward(fixture_batch(ref));
+  CHECK(trainer.cached_prompts() == 2);
+  CHECK(second == first);
+}
+
 TEST_CASE("One min-SNR-5 LoRA step matches diffusers", "[train][conformance]") {
   train::TrainerOptions o;
   o.snr_gamma = 5.0;

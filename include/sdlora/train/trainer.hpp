@@ -6,6 +6,7 @@
 /// clipping, optimizer and LR schedule, and the state a checkpoint needs. Include <sdlora/train.hpp> instead.
 #pragma once
 
+#include <algorithm>  // std::copy_n
 #include <cmath>    // std::isfinite
 #include <cstdint>  // std::int64_t
 #include <limits>   // std::numeric_limits
@@ -148,6 +149,8 @@ class Trainer {
     all.insert(all.end(), text_params_.begin(), text_params_.end());
     return all;
   }
+  /// Distinct prompts whose embeddings the frozen text encoders computed and kept (0 while a text encoder trains).
+  std::size_t cached_prompts() const { return prompt_cache_.size(); }
   /// Textual Inversion: the ids of the added token rows.
   std::vector<int> const& placeholder_ids() const { return placeholder_ids_; }
   std::vector<std::string> const& placeholder_tokens() const { return placeholder_tokens_; }
@@ -353,17 +356,26 @@ class Trainer {
                      "[train] an SDXL micro-batch needs input_ids_2 " << b.input_ids.shape() << " and time_ids (" << n
                                                                       << ", 6), got " << b.input_ids_2.shape()
                                                                       << " and " << b.time_ids.shape());
-      auto a = sd_.text_encoder.forward_hidden_and_pooled(ctx_, b.input_ids, mode_text);
-      auto c = sd_.text_encoder_2.forward_hidden_and_pooled(ctx_, b.input_ids_2, mode_text);
-      text_channels = a.hidden.dim(2);
-      auto const context = pipeline::concat_features<T, Cpu>(ctx_, a.hidden.view(), c.hidden.view());
       auto const time_ids = convert<T>(b.time_ids.view());
-      pred = sd_.unet.forward(ctx_, convert<T>(noisy.view()).view(), ts.view(), context.view(),
-                              {c.pooled.view(), time_ids.view()}, mode_unet);
-    } else {
+      if (text_trains) {
+        auto a = sd_.text_encoder.forward_hidden_and_pooled(ctx_, b.input_ids, mode_text);
+        auto c = sd_.text_encoder_2.forward_hidden_and_pooled(ctx_, b.input_ids_2, mode_text);
+        text_channels = a.hidden.dim(2);
+        auto const context = pipeline::concat_features<T, Cpu>(ctx_, a.hidden.view(), c.hidden.view());
+        pred = sd_.unet.forward(ctx_, convert<T>(noisy.view()).view(), ts.view(), context.view(),
+                                {c.pooled.view(), time_ids.view()}, mode_unet);
+      } else {
+        auto const cond = frozen_conditioning(b);
+        pred = sd_.unet.forward(ctx_, convert<T>(noisy.view()).view(), ts.view(), cond.context.view(),
+                                {cond.pooled.view(), time_ids.view()}, mode_unet);
+      }
+    } else if (text_trains) {
       auto text = sd_.text_encoder.forward(ctx_, b.input_ids, mode_text);
       pred = sd_.unet.forward(ctx_, convert<T>(noisy.view()).view(), ts.view(), text.last_hidden_state.view(),
                               mode_unet);
+    } else {
+      auto const cond = frozen_conditioning(b);
+      pred = sd_.unet.forward(ctx_, convert<T>(noisy.view()).view(), ts.view(), cond.context.view(), mode_unet);
     }
     auto const tgt = convert<T>(target.view());
     std::vector<float> snr_weights;
@@ -393,6 +405,44 @@ class Trainer {
       sd_.text_encoder.backward(ctx_, g.dencoder_hidden_states.view());
     }
     return loss.value;
+  }
+
+  /// Prompt embeddings while the text encoders are frozen (no text-encoder LoRA, no Textual Inversion): each
+  /// distinct prompt is encoded once, alone (so that its embedding does not depend on the batch it came in and a
+  /// resumed run stays bit-identical), and kept, as diffusers' scripts precompute them when the encoders do not train.
+  pipeline::Conditioning<T, Cpu> frozen_conditioning(MicroBatch const& b) {
+    Index const n = b.input_ids.dim(0), l = b.input_ids.dim(1);
+    bool const sdxl = sd_.is_sdxl();
+    pipeline::Conditioning<T, Cpu> out;
+    for (Index i = 0; i < n; ++i) {
+      std::vector<std::int32_t> key(b.input_ids.data() + i * l, b.input_ids.data() + (i + 1) * l);
+      if (sdxl) key.insert(key.end(), b.input_ids_2.data() + i * l, b.input_ids_2.data() + (i + 1) * l);
+      auto it = prompt_cache_.find(key);
+      if (it == prompt_cache_.end()) {
+        Tensor<std::int32_t, Cpu> ids(Shape{1, l}), ids_2;
+        std::copy_n(b.input_ids.data() + i * l, l, ids.data());
+        pipeline::Conditioning<T, Cpu> one;
+        if (sdxl) {
+          ids_2 = Tensor<std::int32_t, Cpu>(Shape{1, l});
+          std::copy_n(b.input_ids_2.data() + i * l, l, ids_2.data());
+          auto a = sd_.text_encoder.forward_hidden_and_pooled(ctx_, ids);
+          auto c = sd_.text_encoder_2.forward_hidden_and_pooled(ctx_, ids_2);
+          one.context = pipeline::concat_features<T, Cpu>(ctx_, a.hidden.view(), c.hidden.view());
+          one.pooled = std::move(c.pooled);
+        } else {
+          one.context = std::move(sd_.text_encoder.forward(ctx_, ids).last_hidden_state);
+        }
+        it = prompt_cache_.emplace(std::move(key), std::move(one)).first;
+      }
+      auto const& row = it->second;
+      if (i == 0) {
+        out.context = Tensor<T, Cpu>(Shape{n, row.context.dim(1), row.context.dim(2)});
+        if (sdxl) out.pooled = Tensor<T, Cpu>(Shape{n, row.pooled.dim(1)});
+      }
+      std::copy_n(row.context.data(), row.context.numel(), out.context.data() + i * row.context.numel());
+      if (sdxl) std::copy_n(row.pooled.data(), row.pooled.numel(), out.pooled.data() + i * row.pooled.numel());
+    }
+    return out;
   }
 
   /// A step whose loss or gradient norm is not finite: its gradients are dropped, the step counts (the learning
@@ -507,6 +557,7 @@ class Trainer {
   std::vector<std::string> placeholder_tokens_;
   Tensor<T, Cpu> frozen_rows_;  // (V, dim): Textual Inversion restores these rows after every step
   std::vector<MicroBatch> failed_batches_;  // the last skipped step's micro-batches (noise drawn), for diagnosis
+  std::map<std::vector<std::int32_t>, pipeline::Conditioning<T, Cpu>> prompt_cache_;  // frozen_conditioning
 };
 
 }  // namespace sdlora::train
