@@ -232,3 +232,20 @@ TEST_CASE("sdlora-eval refuses malformed files with one line naming them", "[rob
     check_refused(sweep(f.string(), test::fixture("pipeline/lora_kohya.safetensors")), f);
   }
 }
+
+TEST_CASE("sdlora-train refuses training images over the pixel limit from their header", "[robust][e2e]") {
+  SECTION("a 54-byte BMP claiming 10000 x 10000 pixels, --strict") {
+    auto const f = image_dir("bomb_data", "bomb.bmp", bmp_bomb(10000, 10000));
+    check_refused(train_args(f.parent_path().string(), {"--strict"}), f);
+  }
+  SECTION("the same without --strict: skipped, so the folder is empty, and the message names it") {
+    auto const f = image_dir("bomb_data", "bomb.bmp", bmp_bomb(10000, 10000));
+    check_refused(train_args(f.parent_path().string(), {}), f);
+  }
+  SECTION("--max_image_pixels below the sample images' size") {
+    fs::path const data = scratch() / "small_limit";
+    fs::remove_all(data);
+    fs::copy(scratch() / "samples" / "images", data, fs::copy_options::recursive);
+    check_refused(train_args(data.string(), {"--strict", "--max_image_pixels", "16"}), data / "0000.png");
+  }
+}
