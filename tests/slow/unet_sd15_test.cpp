@@ -15,42 +15,10 @@
 #include <sdlora/models/unet.hpp>  // models::UNet2DConditionModel, UNetConfig
 #include <sdlora/sdlora.hpp>
 
+#include "slow/full_size.hpp"  // test::status_mb, test::randomize_weights
 #include "support.hpp"  // test::random_tensor
 
 using namespace sdlora;
-
-namespace {
-
-/// Megabytes of a "VmHWM:" / "VmRSS:" line of /proc/self/status (0 where unavailable).
-double status_mb(std::string const& key) {
-  std::ifstream f("/proc/self/status");
-  std::string line;
-  while (std::getline(f, line))
-    if (line.rfind(key, 0) == 0) return std::atof(line.c_str() + key.size()) / 1024.0;
-  return 0;
-}
-
-/// torch's default init scale: uniform(+-1/sqrt(fan_in)) for weights (rank >= 2), from splitmix64 per element.
-template <class M>
-void randomize(M& module) {
-  std::uint64_t seed = 1;
-  nn::for_each_parameter(module, [&](std::string const&, auto& p) {
-    if (p.value.rank() < 2) return;
-    float* const d = p.value.data();
-    Index const n = p.value.numel();
-    double const bound = 1.0 / std::sqrt(double(n) / double(p.value.dim(0)));
-    std::uint64_t const s = seed++;
-    cpu::parallel_for(Context<Cpu>{}, n, true, [&](Index i) {
-      std::uint64_t z = s * 0x9E3779B97F4A7C15ull + std::uint64_t(i) + 1;
-      z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-      z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-      z ^= z >> 31;
-      d[i] = float((2.0 * double(z >> 11) * 0x1.0p-53 - 1.0) * bound);
-    });
-  });
-}
-
-}  // namespace
 
 TEST_CASE("The full-size SD 1.5 UNet runs one 64x64 forward with bounded extra memory", "[slow][unet]") {
   Context<Cpu> ctx;
@@ -58,18 +26,18 @@ TEST_CASE("The full-size SD 1.5 UNet runs one 64x64 forward with bounded extra m
   std::size_t params = 0;
   nn::for_each_parameter(unet, [&](std::string const&, auto& p) { params += std::size_t(p.value.numel()); });
   REQUIRE(params == 859520964);  // diffusers' SD 1.5 UNet2DConditionModel has 859,520,964 parameters
-  randomize(unet);
+  test::randomize_weights(unet);
   auto const sample = test::random_tensor<float>(Shape{1, 4, 64, 64}, 1);   // (N, 4, H, W)
   auto const context = test::random_tensor<float>(Shape{1, 77, 768}, 2);    // (N, L, 768)
   Tensor<float> t(Shape{1});
   t(0) = 981.0f;
-  double const weights_mb = status_mb("VmRSS:");
+  double const weights_mb = test::status_mb("VmRSS:");
   std::ofstream("/proc/self/clear_refs") << "5";  // peak RSS := current RSS (Linux >= 4.0)
 
   auto const t0 = std::chrono::steady_clock::now();
   auto const y = unet.forward(ctx, sample.view(), t.view(), context.view());  // (N, 4, H, W)
   double const seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  double const peak_mb = status_mb("VmHWM:");
+  double const peak_mb = test::status_mb("VmHWM:");
   WARN("SD 1.5 UNet forward 1x4x64x64: " << seconds << " s, " << ctx.threads() << " threads, weights RSS "
                                          << weights_mb << " MB, peak RSS " << peak_mb << " MB (+"
                                          << peak_mb - weights_mb << " MB)");

@@ -21,42 +21,11 @@
 #include <sdlora/models/weights.hpp>           // models::load_parameters
 #include <sdlora/nn/storage.hpp>               // nn::set_weight_storage
 
+#include "slow/full_size.hpp"  // test::status_mb, test::randomize_weights
 #include "support.hpp"  // test::random_tensor
 
 using namespace sdlora;
 namespace fs = std::filesystem;
-
-namespace {
-
-double status_mb(std::string const& key) {
-  std::ifstream f("/proc/self/status");
-  std::string line;
-  while (std::getline(f, line))
-    if (line.rfind(key, 0) == 0) return std::atof(line.c_str() + key.size()) / 1024.0;
-  return 0;
-}
-
-/// uniform(+-1/sqrt(fan_in)) weights (rank >= 2) from splitmix64 per element; norms and biases as initialised.
-template <class M>
-void randomize(M& module) {
-  std::uint64_t seed = 1;
-  nn::for_each_parameter(module, [&](std::string const&, auto& p) {
-    if (p.value.rank() < 2) return;
-    float* const d = p.value.data();
-    Index const n = p.value.numel();
-    double const bound = 1.0 / std::sqrt(double(n) / double(p.value.dim(0)));
-    std::uint64_t const s = seed++;
-    cpu::parallel_for(Context<Cpu>{}, n, true, [&](Index i) {
-      std::uint64_t z = s * 0x9E3779B97F4A7C15ull + std::uint64_t(i) + 1;
-      z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-      z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-      z ^= z >> 31;
-      d[i] = float((2.0 * double(z >> 11) * 0x1.0p-53 - 1.0) * bound);
-    });
-  });
-}
-
-}  // namespace
 
 TEST_CASE("The full-size SDXL UNet loads from a 16-bit single file and runs one 32x32 forward", "[slow][unet][sdxl]") {
   auto const cfg = models::UNetConfig::sdxl();
@@ -68,7 +37,7 @@ TEST_CASE("The full-size SDXL UNet loads from a 16-bit single file and runs one 
     std::size_t params = 0;
     nn::for_each_parameter(unet, [&](std::string const&, auto& p) { params += std::size_t(p.value.numel()); });
     REQUIRE(params == 2567463684);  // diffusers' SDXL 1.0 UNet2DConditionModel
-    randomize(unet);
+    test::randomize_weights(unet);
     io::SafetensorsWriter w;
     nn::for_each_parameter(unet, [&](std::string const& name, auto& p) {
       std::string const key = models::ldm_key_from_unet(name, cfg);
@@ -96,7 +65,7 @@ TEST_CASE("The full-size SDXL UNet loads from a 16-bit single file and runs one 
   }
   BackendMemory<Cpu>::release_cached();  // the freed float weights' blocks go back to the OS
   double const load_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - l0).count();
-  double const load_peak_mb = status_mb("VmHWM:"), weights_mb = status_mb("VmRSS:");
+  double const load_peak_mb = test::status_mb("VmHWM:"), weights_mb = test::status_mb("VmRSS:");
 
   Context<Cpu> ctx;
   auto const sample = test::random_tensor<float>(Shape{2, 4, 32, 32}, 1);    // CFG: (2, 4, 32, 32)
@@ -112,7 +81,7 @@ TEST_CASE("The full-size SDXL UNet loads from a 16-bit single file and runs one 
   auto const t0 = std::chrono::steady_clock::now();
   auto const y = unet.forward(ctx, sample.view(), t.view(), context.view(), {pooled.view(), time_ids.view()});
   double const seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  double const peak_mb = status_mb("VmHWM:");
+  double const peak_mb = test::status_mb("VmHWM:");
   WARN("SDXL UNet: load " << load_s << " s (peak RSS " << load_peak_mb << " MB, " << report.weights
                           << " weights narrowed to fp16, RSS after " << weights_mb << " MB); forward 2x4x32x32 "
                           << seconds << " s, " << ctx.threads() << " threads, peak RSS " << peak_mb << " MB");
