@@ -67,7 +67,8 @@ TEST_CASE("custom_denoise: the hand-written loop with two LoRAs gives txt2img's 
   // Tolerance: one 8-bit level (2/255 in [-1, 1]). The example runs the UNet on the two CFG halves separately where
   // txt2img batches them, so the floats may differ in the last bits and a pixel may round to the neighbouring level.
   fs::path const png = scratch() / "denoise.png";
-  std::string const a = test::fixture("pipeline/lora_kohya.safetensors"), b = test::fixture("pipeline/lora_peft.safetensors");
+  std::string const a = test::fixture("pipeline/lora_kohya.safetensors");
+  std::string const b = test::fixture("pipeline/lora_peft.safetensors");
   auto r = test::run_program(SDLORA_EXAMPLE_DENOISE_EXE, tiny() + " " + q(a) + " " + q(b) + " " + q(png) + " 16 4",
                              scratch());
   INFO(r.out << r.err);
@@ -75,14 +76,16 @@ TEST_CASE("custom_denoise: the hand-written loop with two LoRAs gives txt2img's 
   auto const got = io::load_image(png.string());
   REQUIRE(got.shape() == Shape{3, 16, 16});
   CHECK(max_abs_diff(got, library_image({{a, 0.8}, {b, 0.4}})) <= 2.0f / 255 + 1e-6f);
-  // The scales must matter: swapping them (same file contents, different weights per layout) changes nothing only if
-  // the files were ignored; without any LoRA the image is several levels away.
+  // Both LoRAs must matter: without them the image is more than four levels away somewhere, and without the second
+  // (scale 0.4) more than one level.
   CHECK(max_abs_diff(got, library_image({})) > 8.0f / 255);
+  CHECK(max_abs_diff(got, library_image({{a, 0.8}})) > 2.0f / 255 + 1e-6f);
 }
 
 TEST_CASE("custom_training: a run stopped at step 2 resumes from its checkpoint to the uninterrupted run's LoRA",
           "[examples][e2e]") {
-  fs::path const data = scratch() / "samples" / "images", resumed = scratch() / "resumed", straight = scratch() / "straight";
+  fs::path const data = scratch() / "samples" / "images";
+  fs::path const resumed = scratch() / "resumed", straight = scratch() / "straight";
   auto run = [&](fs::path const& out, std::string const& steps) {
     auto r = test::run_program(SDLORA_EXAMPLE_TRAIN_EXE, tiny() + " " + q(data) + " " + q(out) + " " + steps + " 16",
                                scratch());
