@@ -225,6 +225,21 @@ TEST_CASE("image: a file over the pixel limit is refused from its header, naming
   CHECK_NOTHROW(io::load_image("img_limit.png"));
 }
 
+TEST_CASE("image: a JPEG Huffman table of more than 256 codes is refused before stb sees it", "[io][image][fuzz]") {
+  // image_fuzz's finding: stb_image 2.27 (Debian's libstb) writes past its Huffman tables for such a DHT segment.
+  std::string const finding = test::fixture("fuzz/findings/jpeg-dht-over-256-codes.jpg");
+  CHECK_THROWS_AS(io::load_image(finding), IoError);
+  CHECK_THROWS_WITH(io::load_image(finding), Contains("jpeg-dht-over-256-codes.jpg") &&
+                                                 Contains("corrupt JPEG (a Huffman table of"));
+  // Valid files pass the check: the fuzz seeds (baseline and progressive JPEG, PNG, BMP) all decode.
+  for (char const* seed : {"baseline.jpg", "progressive.jpg", "rgb.png", "la.png", "palette.png", "grey16.png",
+                           "rgb.bmp"}) {
+    INFO(seed);
+    auto const img = io::load_image(test::fixture(std::string("fuzz/image/") + seed));
+    CHECK(img.dim(0) == 3);
+  }
+}
+
 TEST_CASE("image: crop, center_crop, random_crop and hflip on a tiny image", "[io][image]") {
   auto const img = indexed(3, 5, 6);  // (3, 5, 6), value k*100 + y*10 + x
   auto c = io::crop(img, 1, 2, 3, 2);

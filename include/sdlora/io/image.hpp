@@ -231,6 +231,45 @@ inline Tensor<float, Cpu> from_uint8(TensorView<std::uint8_t const, Cpu> pixels,
   return out;
 }
 
+namespace detail {
+/// The reason stb_image must not see `bytes`, or "" when it may. stb_image up to 2.27 (the libstb-dev snapshot of
+/// Debian 12 and Ubuntu) trusts the 16 code counts of a JPEG DHT segment: counts adding up to more than 256 write
+/// past its Huffman tables (heap memory after them, function pointers included; image_fuzz found it; upstream 2.28
+/// checks it). This walks the marker segments as stb does (byte-wise resynchronisation, lengths, entropy-coded
+/// data up to the next marker) and checks every table stb would build, before stbi_info or stbi_load run.
+inline std::string jpeg_refusal(std::string_view bytes) {
+  auto const u = [&](std::size_t i) -> std::size_t {  // stb reads 0 past the end
+    return i < bytes.size() ? static_cast<unsigned char>(bytes[i]) : 0;
+  };
+  if (bytes.size() < 2 || u(0) != 0xFF || u(1) != 0xD8) return "";
+  std::size_t pos = 2;
+  while (pos < bytes.size()) {
+    if (u(pos) != 0xFF) {  // not at a marker: stb skips byte by byte (and so through entropy-coded data)
+      ++pos;
+      continue;
+    }
+    while (pos < bytes.size() && u(pos) == 0xFF) ++pos;  // fill bytes
+    if (pos >= bytes.size()) break;
+    std::size_t const m = u(pos++);
+    if (m == 0x00 || m == 0x01 || m == 0xD8 || (m >= 0xD0 && m <= 0xD7)) continue;  // stuffed 0xFF, TEM, SOI, RSTn
+    if (m == 0xD9) break;                                                          // EOI
+    std::size_t const len = u(pos) << 8 | u(pos + 1);
+    if (m == 0xC4) {  // DHT: tables of (class/id, 16 counts, values) while stb's length has bytes left
+      for (std::size_t p = pos + 2; p < pos + len && p < bytes.size();) {
+        std::size_t n = 0;
+        for (std::size_t i = 1; i <= 16; ++i) n += u(p + i);
+        if (n > 256)
+          return "corrupt JPEG (a Huffman table of " + std::to_string(n) + " codes at byte " + std::to_string(p) +
+                 "; at most 256)";
+        p += 17 + n;
+      }
+    }
+    pos += len;
+  }
+  return "";
+}
+}  // namespace detail
+
 /// Pillow's `Image.MAX_IMAGE_PIXELS` (1024 * 1024 * 1024 // 4 // 3), the limit diffusers' users get: the default
 /// pixel limit of load_image / decode_image. Pillow warns above it and refuses twice as many; sdlora refuses above it.
 inline constexpr std::uint64_t kDefaultMaxImagePixels = 89'478'485;
@@ -263,6 +302,8 @@ inline Tensor<float, Cpu> decode_image(std::string_view bytes, std::string const
                                        ImageLoadOptions const& options) {
   if (bytes.size() > std::size_t(INT_MAX))
     SDLORA_THROW(IoError, "[load_image] cannot read " << name << ": file larger than 2 GB");
+  if (std::string const why = detail::jpeg_refusal(bytes); !why.empty())
+    SDLORA_THROW(IoError, "[load_image] cannot read " << name << ": " << why);
   auto const* data = reinterpret_cast<unsigned char const*>(bytes.data());
   int w = 0, h = 0, channels = 0;
   if (!detail::stb::stbi_info_from_memory(data, int(bytes.size()), &w, &h, &channels))

@@ -422,6 +422,10 @@ inline bool image_info(std::string const& path, Index& height, Index& width, std
     reason = e.what();
     return false;
   }
+  if (std::string const why = io::detail::jpeg_refusal(bytes); !why.empty()) {
+    reason = why;
+    return false;
+  }
   int w = 0, h = 0, c = 0;
   if (bytes.size() > std::size_t(INT_MAX) ||
       !io::detail::stb::stbi_info_from_memory(reinterpret_cast<unsigned char const*>(bytes.data()), int(bytes.size()),
