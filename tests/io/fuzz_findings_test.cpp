@@ -36,6 +36,13 @@ TEST_CASE("Fuzz findings give one-line errors", "[io][fuzz]") {
   for (char const* name : {"ddim", "euler", "dpmpp_2m", "pndm", "ddpm"})
     CHECK_THROWS_WITH(schedulers::make_scheduler(name, huge),
                       Catch::Contains("'num_train_timesteps' must lie in [2, 100000], got 71707170"));
+  // config_fuzz, third campaign: "sample_size": 6.5e23 read as int (undefined behaviour in nlohmann's get<int>).
+  CHECK_THROWS_WITH(models::UNetConfig::from_json(
+                        models::read_json(test::fixture("fuzz/findings/config-float-out-of-int-range.json"))),
+                    Catch::Contains("field 'sample_size' is not an integer in range"));
+  CHECK_THROWS_AS(models::UNetConfig::from_json(nlohmann::json{{"block_out_channels", {8, 1e30}}}), ConfigError);
+  CHECK_THROWS_AS(models::UNetConfig::from_json(nlohmann::json{{"layers_per_block", 2.5}}), ConfigError);
+  CHECK(models::UNetConfig::from_json(nlohmann::json{{"sample_size", 32.0}}).sample_size == 32);
   nlohmann::json ok = huge;
   ok["num_train_timesteps"] = 4000;  // the largest in use (improved DDPM)
   CHECK(schedulers::make_scheduler("euler", ok) != nullptr);

@@ -241,8 +241,10 @@ inline std::string jpeg_refusal(std::string_view bytes) {
   auto const u = [&](std::size_t i) -> std::size_t {  // stb reads 0 past the end
     return i < bytes.size() ? static_cast<unsigned char>(bytes[i]) : 0;
   };
-  if (bytes.size() < 2 || u(0) != 0xFF || u(1) != 0xD8) return "";
-  std::size_t pos = 2;
+  std::size_t pos = 1;  // stb takes any number of 0xFF fill bytes before SOI: FF FF D8 is a JPEG too
+  while (pos < bytes.size() && u(pos) == 0xFF) ++pos;
+  if (u(0) != 0xFF || u(pos) != 0xD8) return "";
+  ++pos;
   while (pos < bytes.size()) {
     if (u(pos) != 0xFF) {  // not at a marker: stb skips byte by byte (and so through entropy-coded data)
       ++pos;

@@ -3,12 +3,16 @@
 /// by presets (SD 1.x, SD 2.x base and v, tiny test models). Include <sdlora/models.hpp> instead.
 #pragma once
 
-#include <algorithm>  // std::find
-#include <fstream>    // std::ifstream
-#include <iterator>   // std::istreambuf_iterator
-#include <optional>   // std::optional
-#include <string>     // std::string
-#include <vector>     // std::vector
+#include <algorithm>    // std::find
+#include <cmath>        // std::floor
+#include <cstdint>      // std::int64_t, std::uint64_t
+#include <fstream>      // std::ifstream
+#include <iterator>     // std::istreambuf_iterator
+#include <limits>       // std::numeric_limits
+#include <optional>     // std::optional
+#include <string>       // std::string
+#include <type_traits>  // std::is_integral_v, std::is_signed_v
+#include <vector>       // std::vector
 
 #include <nlohmann/json.hpp>  // nlohmann::json
 
@@ -33,13 +37,46 @@ inline nlohmann::json read_json(std::string const& path) {
 }
 
 namespace detail {
+template <class T>
+struct is_vector : std::false_type {};
+template <class U>
+struct is_vector<std::vector<U>> : std::true_type {};
+
+/// `v` as T. An integer field (or list of them) holding a float with a fraction, or a number outside T's range, is
+/// a ConfigError naming the field: nlohmann's get<int> of 6.5e23 is undefined behaviour (config_fuzz found it).
+template <class T>
+T number_as(nlohmann::json const& v, char const* field) {
+  if constexpr (is_vector<T>::value) {
+    if (!v.is_array()) return v.get<T>();  // nlohmann's type error
+    T out;
+    for (auto const& e : v) out.push_back(number_as<typename T::value_type>(e, field));
+    return out;
+  } else if constexpr (std::is_integral_v<T> && std::is_signed_v<T>) {
+    constexpr double kLimit = -double(std::numeric_limits<T>::lowest());  // 2^(bits - 1), exact in a double
+    bool fits = true;
+    if (v.is_number_float()) {
+      double const d = v.get<double>();
+      fits = d >= -kLimit && d < kLimit && d == std::floor(d);
+    } else if (v.is_number_unsigned()) {
+      fits = v.get<std::uint64_t>() <= std::uint64_t(std::numeric_limits<T>::max());
+    } else if (v.is_number_integer()) {
+      std::int64_t const x = v.get<std::int64_t>();
+      fits = x >= std::int64_t(std::numeric_limits<T>::lowest()) && x <= std::int64_t(std::numeric_limits<T>::max());
+    }
+    if (!fits) SDLORA_THROW(ConfigError, "[config] field '" << field << "' is not an integer in range: " << v.dump());
+    return v.get<T>();
+  } else {
+    return v.get<T>();
+  }
+}
+
 /// `field` as T when present and not null, else `fallback`; a ConfigError names the field on a type mismatch.
 template <class T>
 T get_or(nlohmann::json const& j, char const* field, T fallback) {
   auto it = j.find(field);
   if (it == j.end() || it->is_null()) return fallback;
   try {
-    return it->get<T>();
+    return number_as<T>(*it, field);
   } catch (nlohmann::json::exception const&) {
     SDLORA_THROW(ConfigError, "[config] field '" << field << "' has the wrong type: " << it->dump());
   }
@@ -48,9 +85,9 @@ T get_or(nlohmann::json const& j, char const* field, T fallback) {
 inline std::vector<int> per_block(nlohmann::json const& j, char const* field, std::size_t blocks, int fallback) {
   auto it = j.find(field);
   if (it == j.end() || it->is_null()) return std::vector<int>(blocks, fallback);
-  if (it->is_number_integer()) return std::vector<int>(blocks, it->get<int>());
+  if (it->is_number()) return std::vector<int>(blocks, number_as<int>(*it, field));
   if (it->is_array()) {
-    auto v = it->get<std::vector<int>>();
+    auto v = number_as<std::vector<int>>(*it, field);
     if (v.size() != blocks)
       SDLORA_THROW(ConfigError, "[config] field '" << field << "' has " << v.size() << " entries for " << blocks
                                                    << " blocks");
