@@ -232,11 +232,11 @@ inline Tensor<float, Cpu> from_uint8(TensorView<std::uint8_t const, Cpu> pixels,
 }
 
 namespace detail {
-/// The reason stb_image must not see `bytes`, or "" when it may. stb_image up to 2.27 (the libstb-dev snapshot of
-/// Debian 12 and Ubuntu) trusts the 16 code counts of a JPEG DHT segment: counts adding up to more than 256 write
-/// past its Huffman tables (heap memory after them, function pointers included; image_fuzz found it; upstream 2.28
-/// checks it). This walks the marker segments as stb does (byte-wise resynchronisation, lengths, entropy-coded
-/// data up to the next marker) and checks every table stb would build, before stbi_info or stbi_load run.
+/// The reason stb_image must not see `bytes`, or "" when it may. stb_image 2.27 (the libstb-dev snapshot of Debian
+/// 12) trusts the 16 code counts of a JPEG DHT segment: counts adding up to more than 256 write up to about 4 KB past
+/// its Huffman tables, inside the decoder's heap-allocated state (image_fuzz found it; newer stb_image refuses such a
+/// segment). This walks the marker segments as stb does (fill bytes, byte-wise resynchronisation, lengths,
+/// entropy-coded data up to the next marker) and checks every table stb would build, before stbi_info or stbi_load.
 inline std::string jpeg_refusal(std::string_view bytes) {
   auto const u = [&](std::size_t i) -> std::size_t {  // stb reads 0 past the end
     return i < bytes.size() ? static_cast<unsigned char>(bytes[i]) : 0;
