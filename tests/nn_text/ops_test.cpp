@@ -1,7 +1,8 @@
 // Unit tests of the text-side ops: softmax, GELU / QuickGELU / GEGLU, dropout, embedding.
 #include <catch2/catch.hpp>
 
-#include <cmath>    // std::exp, std::erf
+#include <algorithm>  // std::max
+#include <cmath>    // std::exp, std::erf, std::abs
 #include <cstdint>  // std::int32_t
 #include <vector>   // std::vector
 
@@ -95,6 +96,36 @@ TEST_CASE("GEGLU splits the last axis into hidden and gate; backward matches fin
   Tensor<double> odd(Shape{2, 3, 7});
   CHECK_THROWS_WITH((ops::geglu_forward<double, Cpu>(ctx, ops::Geglu{}, y.view(), odd.view())),
                     Catch::Contains("[geglu]") && Catch::Contains("(2, 3, 7)"));
+}
+
+TEST_CASE("float GEGLU (vectorised erf) stays within a few ulp of the double-precision formula", "[ops][geglu]") {
+  // Gate values over [-10, 10] (erf saturates past +-4), hidden values 1: y = gelu(g). Tolerance per element:
+  // 2e-6 relative plus 1e-6 absolute: the float path is Eigen's rational erf (a few ulp, not libm's), and for
+  // g << 0 the formula's 1 + erf(g / sqrt(2)) cancels to a few ulp of 1 times 0.5 |g| in any float implementation
+  // (torch's included), where gelu itself is ~1e-6.
+  Context<Cpu> ctx;
+  Index const n = 4001;
+  Tensor<float> h(Shape{1, 2 * n}), y(Shape{1, n}), dy(Shape{1, n}), dh(Shape{1, 2 * n});
+  for (Index j = 0; j < n; ++j) {
+    h(j) = 1.0f;
+    h(n + j) = float(-10.0 + 20.0 * double(j) / double(n - 1));
+    dy(j) = 1.0f;
+  }
+  ops::geglu_forward<float, Cpu>(ctx, ops::Geglu{}, y.view(), h.view());
+  ops::geglu_backward<float, Cpu>(ctx, ops::Geglu{}, dh.view(), h.view(), dy.view());
+  double worst = 0, worst_grad = 0, worst_hidden = 0;
+  for (Index j = 0; j < n; ++j) {
+    double const g = h(n + j);
+    double const ref = ops::fn::Gelu{}(g), dref = ops::fn::GeluBackward{}(1.0, g);
+    worst = std::max(worst, std::abs(double(y(j)) - ref) / (2e-6 * std::abs(ref) + 1e-6));
+    worst_grad = std::max(worst_grad, std::abs(double(dh(n + j)) - dref) / (2e-6 * std::abs(dref) + 1e-6));
+    worst_hidden = std::max(worst_hidden, std::abs(double(dh(j)) - ref) / (2e-6 * std::abs(ref) + 1e-6));
+  }
+  INFO("worst error / tolerance: " << worst << " (value), " << worst_grad << " (gate gradient), " << worst_hidden
+                                   << " (hidden gradient = gelu(g))");
+  CHECK(worst <= 1.0);
+  CHECK(worst_grad <= 1.0);
+  CHECK(worst_hidden <= 1.0);
 }
 
 TEST_CASE("dropout masks are a pure function of (seed, counter, index) and backward reuses them",
