@@ -93,12 +93,12 @@ inline nlohmann::json vae_config_json(VaeConfig const& c) {
 
 /// transformers' CLIPTextModel config.json for `c`.
 inline nlohmann::json clip_text_config_json(ClipTextConfig const& c) {
-  return {{"architectures", {"CLIPTextModel"}},
+  return {{"architectures", {c.with_projection ? "CLIPTextModelWithProjection" : "CLIPTextModel"}},
           {"model_type", "clip_text_model"},
           {"vocab_size", c.vocab_size},
           {"hidden_size", c.hidden_size},
           {"intermediate_size", c.intermediate_size},
-          {"projection_dim", c.hidden_size},
+          {"projection_dim", c.projection_dim},
           {"num_hidden_layers", c.num_hidden_layers},
           {"num_attention_heads", c.num_attention_heads},
           {"max_position_embeddings", c.max_position_embeddings},
@@ -127,16 +127,16 @@ void save_component(Module& module, std::string const& what, std::string const& 
 /// Writes `sd` as a diffusers folder: model_index.json, unet/ and vae/ (config.json +
 /// diffusion_pytorch_model.safetensors), text_encoder/ (config.json + model.safetensors with transformers 4's
 /// "text_model." keys), tokenizer/ (vocab.json, merges.txt, special_tokens_map.json, tokenizer_config.json) and
-/// scheduler/scheduler_config.json. `dir` is created; existing files in it are replaced.
+/// scheduler/scheduler_config.json; SDXL also text_encoder_2/ and tokenizer_2/ and a StableDiffusionXLPipeline
+/// model_index.json. `dir` is created; existing files in it are replaced.
 template <class T>
 void save_diffusers_folder(StableDiffusion<T, Cpu>& sd, std::string const& dir, SaveOptions const& options = {}) {
   namespace fs = std::filesystem;
-  if (sd.is_sdxl())
-    SDLORA_THROW(ConfigError, "[save] " << dir << ": writing SDXL checkpoints (text_encoder_2, tokenizer_2) is not "
-                                               "supported yet");
   fs::path const root(dir);
   std::error_code ec;
-  for (char const* sub : {"unet", "vae", "text_encoder", "tokenizer", "scheduler"}) {
+  std::vector<std::string> subs = {"unet", "vae", "text_encoder", "tokenizer", "scheduler"};
+  if (sd.is_sdxl()) subs.insert(subs.end(), {"text_encoder_2", "tokenizer_2"});
+  for (auto const& sub : subs) {
     fs::create_directories(root / sub, ec);
     if (ec) SDLORA_THROW(IoError, "[save] cannot create " << (root / sub).string() << ": " << ec.message());
   }
@@ -149,19 +149,40 @@ void save_diffusers_folder(StableDiffusion<T, Cpu>& sd, std::string const& dir, 
   detail::write_json_file(root / "text_encoder" / "config.json", clip_text_config_json(sd.text_encoder.config()));
   detail::save_component(sd.text_encoder, "text_encoder", (root / "text_encoder" / "model.safetensors").string(),
                          options.dtype);
-  sd.tokenizer.save_vocab_merges((root / "tokenizer" / "vocab.json").string(),
-                                 (root / "tokenizer" / "merges.txt").string());
-  std::string const pad = sd.tokenizer.id_to_token(sd.tokenizer.pad_id());
-  nlohmann::json const special = {{"bos_token", "<|startoftext|>"}, {"eos_token", "<|endoftext|>"},
-                                  {"unk_token", "<|endoftext|>"}, {"pad_token", pad}};
-  detail::write_json_file(root / "tokenizer" / "special_tokens_map.json", special);
-  nlohmann::json tok = special;
-  tok["tokenizer_class"] = "CLIPTokenizer";
-  tok["model_max_length"] = 77;
-  tok["do_lower_case"] = true;
-  detail::write_json_file(root / "tokenizer" / "tokenizer_config.json", tok);
+  auto write_tokenizer = [&](tokenizer::ClipTokenizer const& t, char const* sub) {
+    t.save_vocab_merges((root / sub / "vocab.json").string(), (root / sub / "merges.txt").string());
+    std::string const pad = t.id_to_token(t.pad_id());
+    nlohmann::json const special = {{"bos_token", "<|startoftext|>"}, {"eos_token", "<|endoftext|>"},
+                                    {"unk_token", "<|endoftext|>"}, {"pad_token", pad}};
+    detail::write_json_file(root / sub / "special_tokens_map.json", special);
+    nlohmann::json tok = special;
+    tok["tokenizer_class"] = "CLIPTokenizer";
+    tok["model_max_length"] = 77;
+    tok["do_lower_case"] = true;
+    detail::write_json_file(root / sub / "tokenizer_config.json", tok);
+  };
+  write_tokenizer(sd.tokenizer, "tokenizer");
+  if (sd.is_sdxl()) {  // StableDiffusionXLPipeline: the second encoder (with its projection) and tokenizer
+    detail::write_json_file(root / "text_encoder_2" / "config.json", clip_text_config_json(sd.text_encoder_2.config()));
+    detail::save_component(sd.text_encoder_2, "text_encoder_2",
+                           (root / "text_encoder_2" / "model.safetensors").string(), options.dtype);
+    write_tokenizer(sd.tokenizer_2, "tokenizer_2");
+  }
   detail::write_json_file(root / "scheduler" / "scheduler_config.json", sd.scheduler_config);
   std::string const scheduler = sd.scheduler_config.value("_class_name", std::string("PNDMScheduler"));
+  if (sd.is_sdxl()) {
+    detail::write_json_file(root / "model_index.json",
+                            {{"_class_name", "StableDiffusionXLPipeline"},
+                             {"force_zeros_for_empty_prompt", sd.force_zeros_for_empty_prompt},
+                             {"scheduler", {"diffusers", scheduler}},
+                             {"text_encoder", {"transformers", "CLIPTextModel"}},
+                             {"text_encoder_2", {"transformers", "CLIPTextModelWithProjection"}},
+                             {"tokenizer", {"transformers", "CLIPTokenizer"}},
+                             {"tokenizer_2", {"transformers", "CLIPTokenizer"}},
+                             {"unet", {"diffusers", "UNet2DConditionModel"}},
+                             {"vae", {"diffusers", "AutoencoderKL"}}});
+    return;
+  }
   detail::write_json_file(root / "model_index.json",
                           {{"_class_name", "StableDiffusionPipeline"},
                            {"scheduler", {"diffusers", scheduler}},

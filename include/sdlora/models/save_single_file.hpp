@@ -198,13 +198,11 @@ void for_each_weight(Module& module, std::string const& what, F&& f) {
 }  // namespace detail
 
 /// Writes `sd` as one `.safetensors` file in the original LDM layout (SD 1.x with the transformers text encoder,
-/// SD 2.x with OpenCLIP's), every floating-point tensor in `options.dtype`. load_single_file reads it back with
+/// SD 2.x with OpenCLIP's; SDXL in the SGM layout with both encoders under conditioner.embedders), every
+/// floating-point tensor in `options.dtype`. load_single_file reads it back with
 /// every parameter identical (for F32). Throws ConfigError for a parameter the layout has no key for.
 template <class T>
 void save_single_file(StableDiffusion<T, Cpu>& sd, std::string const& path, SaveOptions const& options = {}) {
-  if (sd.is_sdxl())
-    SDLORA_THROW(ConfigError, "[save] " << path << ": writing SDXL checkpoints (second text encoder, SGM names) is "
-                                                   "not supported yet");
   io::SafetensorsWriter w;
   auto unmapped = [&](std::string const& what, std::string const& name) {
     SDLORA_THROW(ConfigError, "[save] " << path << ": " << what << " parameter '" << name
@@ -224,22 +222,31 @@ void save_single_file(StableDiffusion<T, Cpu>& sd, std::string const& path, Save
     if (unsqueeze) t.reshape(Shape{t.dim(0), t.dim(1), 1, 1});  // (C, C) -> (C, C, 1, 1)
     detail::add_in_dtype(w, kLdmVaePrefix + key, t, options.dtype);
   });
-  if (sd.base_model != "sd2") {  // SD 1.x: the transformers CLIPTextModel under cond_stage_model.transformer.
-    detail::for_each_weight(sd.text_encoder, "text_encoder", [&](std::string const& name, Tensor<float> t) {
-      detail::add_in_dtype(w, kLdmClipPrefix + name, t, options.dtype);
+  // A transformers CLIPTextModel as it is under `prefix` (SD 1.x: cond_stage_model.transformer., SDXL's first
+  // encoder: conditioner.embedders.0.transformer.).
+  auto write_transformers_clip = [&](auto& text, std::string const& what, std::string const& prefix) {
+    detail::for_each_weight(text, what, [&](std::string const& name, Tensor<float> t) {
+      detail::add_in_dtype(w, prefix + name, t, options.dtype);
     });
-    Index const positions = sd.text_encoder.config().max_position_embeddings;
-    Tensor<std::int64_t> ids(Shape{1, positions});  // (1, 77): older loaders expect the buffer
-    for (Index i = 0; i < positions; ++i) ids(i) = i;
-    w.add(std::string(kLdmClipPrefix) + "text_model.embeddings.position_ids", ids);
-  } else {  // SD 2.x: OpenCLIP names, q / k / v fused along axis 0
+  };
+  // OpenCLIP names under `prefix` (SD 2.x: cond_stage_model.model., SDXL's second encoder:
+  // conditioner.embedders.1.model.), q / k / v fused along axis 0; SDXL's text projection stored as OpenCLIP applies
+  // it (x @ P: the transpose of transformers' weight).
+  auto write_openclip = [&](auto& text, std::string const& what, std::string const& prefix) {
     std::map<std::string, std::vector<Tensor<float>>> fused;  // in_proj key -> its q, k, v parts
-    detail::for_each_weight(sd.text_encoder, "text_encoder", [&](std::string const& name, Tensor<float> t) {
+    detail::for_each_weight(text, what, [&](std::string const& name, Tensor<float> t) {
+      if (name == "text_projection.weight") {
+        Tensor<float> pt(Shape{t.dim(1), t.dim(0)});
+        for (Index r = 0; r < t.dim(0); ++r)
+          for (Index c = 0; c < t.dim(1); ++c) pt.at({c, r}) = t.at({r, c});
+        detail::add_in_dtype(w, prefix + "text_projection", pt, options.dtype);
+        return;
+      }
       int part = -1;
       std::string const key = openclip_key_from_clip(name, part);
-      if (key.empty()) unmapped("text_encoder", name);
+      if (key.empty()) unmapped(what, name);
       if (part < 0) {
-        detail::add_in_dtype(w, kLdmOpenClipPrefix + key, t, options.dtype);
+        detail::add_in_dtype(w, prefix + key, t, options.dtype);
         return;
       }
       auto& parts = fused[key];
@@ -255,8 +262,20 @@ void save_single_file(StableDiffusion<T, Cpu>& sd, std::string const& path, Save
       Tensor<float> all = Tensor<float>::uninitialized(Shape(dims));  // (3C, C) or (3C)
       for (int i = 0; i < 3; ++i)
         std::copy(parts[std::size_t(i)].data(), parts[std::size_t(i)].data() + rows * cols, all.data() + i * rows * cols);
-      detail::add_in_dtype(w, kLdmOpenClipPrefix + key, all, options.dtype);
+      detail::add_in_dtype(w, prefix + key, all, options.dtype);
     }
+  };
+  if (sd.is_sdxl()) {  // SGM layout: both encoders under conditioner.embedders
+    write_transformers_clip(sd.text_encoder, "text_encoder", kSdxlClipPrefix);
+    write_openclip(sd.text_encoder_2, "text_encoder_2", kSdxlOpenClipPrefix);
+  } else if (sd.base_model != "sd2") {  // SD 1.x: the transformers CLIPTextModel under cond_stage_model.transformer.
+    write_transformers_clip(sd.text_encoder, "text_encoder", kLdmClipPrefix);
+    Index const positions = sd.text_encoder.config().max_position_embeddings;
+    Tensor<std::int64_t> ids(Shape{1, positions});  // (1, 77): older loaders expect the buffer
+    for (Index i = 0; i < positions; ++i) ids(i) = i;
+    w.add(std::string(kLdmClipPrefix) + "text_model.embeddings.position_ids", ids);
+  } else {  // SD 2.x: OpenCLIP names, q / k / v fused along axis 0
+    write_openclip(sd.text_encoder, "text_encoder", kLdmOpenClipPrefix);
   }
   w.set_metadata("format", "pt");
   for (auto const& [k, v] : options.metadata) w.set_metadata(k, v);
