@@ -43,6 +43,11 @@ TEST_CASE("Fuzz findings give one-line errors", "[io][fuzz]") {
   CHECK_THROWS_AS(models::UNetConfig::from_json(nlohmann::json{{"block_out_channels", {8, 1e30}}}), ConfigError);
   CHECK_THROWS_AS(models::UNetConfig::from_json(nlohmann::json{{"layers_per_block", 2.5}}), ConfigError);
   CHECK(models::UNetConfig::from_json(nlohmann::json{{"sample_size", 32.0}}).sample_size == 32);
+  // lora_fuzz, last campaign: a kohya layer whose lora_up (4, 2) does not chain with its lora_down (4, 2) was read
+  // (and would only have failed inside a GEMM when applied).
+  std::string const lora = test::fixture("fuzz/findings/lora-up-rank-mismatch.safetensors");
+  CHECK_THROWS_WITH(lora::read_lora(lora), Catch::Contains("lora-up-rank-mismatch.safetensors") &&
+                                               Catch::Contains("are not a down (r, in) / up (out, r) pair"));
   nlohmann::json ok = huge;
   ok["num_train_timesteps"] = 4000;  // the largest in use (improved DDPM)
   CHECK(schedulers::make_scheduler("euler", ok) != nullptr);

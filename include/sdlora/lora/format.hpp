@@ -81,6 +81,17 @@ inline bool ends_with(std::string const& s, std::string const& suffix) {
 inline bool starts_with(std::string const& s, std::string const& prefix) { return s.rfind(prefix, 0) == 0; }
 
 /// kohya prefix -> component.
+/// A LoRA layer's factors must chain: down (r, in[, kh, kw]) then up (out, r[, 1, 1]). One FormatError naming the
+/// keys otherwise (found by lora_fuzz: an up of the wrong rank would only fail later, inside a GEMM).
+inline void check_factor_shapes(std::string const& path, std::string const& down_key, Tensor<float> const& down,
+                                std::string const& up_key, Tensor<float> const& up) {
+  bool const ok = (down.rank() == 2 || down.rank() == 4) && (up.rank() == 2 || up.rank() == 4) && down.dim(0) > 0 &&
+                  up.dim(1) == down.dim(0);
+  if (!ok)
+    SDLORA_THROW(FormatError, "[lora.read] " << path << ": '" << down_key << "' " << down.shape() << " and '" << up_key
+                                             << "' " << up.shape() << " are not a down (r, in) / up (out, r) pair");
+}
+
 inline std::optional<std::pair<std::string, std::string>> kohya_component(std::string const& base) {
   static std::array<std::pair<char const*, char const*>, 4> const kPrefixes = {
       {{"lora_unet_", "unet"}, {"lora_te1_", "text_encoder"}, {"lora_te2_", "text_encoder_2"},
@@ -179,6 +190,7 @@ inline LoraFile read_kohya(io::SafetensorsFile const& f, UnetLayout const& layou
     e.key = key;
     e.down = f.load<float>(key);
     e.up = f.load<float>(up_key);
+    check_factor_shapes(f.path(), key, e.down, up_key, e.up);
     e.dtype = f.info(key).dtype;
     used.insert(key);
     used.insert(up_key);
@@ -323,6 +335,7 @@ inline LoraFile read_peft(io::SafetensorsFile const& f) {
     e.key = p.down_key;
     e.down = f.load<float>(p.down_key);
     e.up = f.load<float>(p.up_key);
+    check_factor_shapes(f.path(), p.down_key, e.down, p.up_key, e.up);
     e.dtype = f.info(p.down_key).dtype;
     used.insert(p.down_key);
     used.insert(p.up_key);
