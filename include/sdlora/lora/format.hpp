@@ -173,6 +173,17 @@ inline LoraFile read_kohya(io::SafetensorsFile const& f, UnetLayout const& layou
   out.format = LoraFormat::Kohya;
   out.metadata = f.metadata();
   std::set<std::string> used;
+  // An entry named from its kohya layer: component, module (LDM UNet names mapped with `layout`), key.
+  auto named_entry = [&](std::pair<std::string, std::string> const& comp, std::string const& key) {
+    LoraEntry e;
+    e.component = comp.first;
+    e.flat = comp.second;
+    if (e.component == "unet")
+      if (auto mapped = ldm_unet_to_diffusers(e.flat, layout)) e.flat = *mapped;
+    e.module = guess_dotted(e.flat);
+    e.key = key;
+    return e;
+  };
   for (auto const& key : f.keys()) {
     if (!ends_with(key, ".lora_down.weight")) continue;
     std::string const base = key.substr(0, key.size() - std::string(".lora_down.weight").size());
@@ -181,13 +192,7 @@ inline LoraFile read_kohya(io::SafetensorsFile const& f, UnetLayout const& layou
     if (!comp) continue;  // reported as unknown below
     if (!f.contains(up_key))
       SDLORA_THROW(FormatError, "[lora.read] " << f.path() << ": '" << key << "' has no '" << up_key << "'");
-    LoraEntry e;
-    e.component = comp->first;
-    e.flat = comp->second;
-    if (e.component == "unet")
-      if (auto mapped = ldm_unet_to_diffusers(e.flat, layout)) e.flat = *mapped;
-    e.module = guess_dotted(e.flat);
-    e.key = key;
+    LoraEntry e = named_entry(*comp, key);
     e.down = f.load<float>(key);
     e.up = f.load<float>(up_key);
     check_factor_shapes(f.path(), key, e.down, up_key, e.up);
@@ -211,13 +216,7 @@ inline LoraFile read_kohya(io::SafetensorsFile const& f, UnetLayout const& layou
     std::string const base = key.substr(0, key.rfind('.'));
     auto comp = kohya_component(base);
     if (!comp) continue;  // reported as unknown below
-    LoraEntry e;
-    e.component = comp->first;
-    e.flat = comp->second;
-    if (e.component == "unet")
-      if (auto mapped = ldm_unet_to_diffusers(e.flat, layout)) e.flat = *mapped;
-    e.module = guess_dotted(e.flat);
-    e.key = key;
+    LoraEntry e = named_entry(*comp, key);
     e.dtype = f.info(key).dtype;
     e.lycoris = read_lycoris_layer(f, base, used);
     e.has_alpha = e.lycoris->alpha.has_value();
