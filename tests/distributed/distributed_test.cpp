@@ -89,15 +89,6 @@ Difference relative_difference(fs::path const& a, fs::path const& b) {
   return out;
 }
 
-/// Rows of loss.csv (steps done).
-int loss_rows(fs::path const& dir) {
-  std::ifstream in(dir / "loss.csv");
-  std::string line;
-  int n = -1;
-  while (std::getline(in, line)) ++n;
-  return std::max(n, 0);
-}
-
 /// The sdlora-train processes whose parent is `launcher` (mpirun starts the local ranks itself).
 std::vector<pid_t> ranks_of(pid_t launcher) {
   std::vector<pid_t> out;
@@ -147,7 +138,7 @@ TEST_CASE("mpirun -np 2 trains the LoRA of one process at twice the batch, the s
   auto const same = relative_difference(b / "sdlora_lora.safetensors", a / "sdlora_lora.safetensors");
   CHECK(same.whole == 0);
   CHECK(test::read_bytes(a / "loss.csv") == test::read_bytes(b / "loss.csv"));
-  CHECK(loss_rows(a) == 4);
+  CHECK(test::loss_rows(a) == 4);
 }
 
 TEST_CASE("mpirun -np 2 trains Textual Inversion: only the new token rows are exchanged", "[distributed][e2e]") {
@@ -182,7 +173,7 @@ TEST_CASE("a rank killed with SIGKILL ends the job with an error; the resumed jo
   auto const args = args_for(dir);
   {
     test::Child job(args, dir / "stdout.txt", dir / "stderr.txt");
-    REQUIRE(test::wait_for([&] { return loss_rows(dir) >= 12; }, 120s));
+    REQUIRE(test::wait_for([&] { return test::loss_rows(dir) >= 12; }, 120s));
     auto const ranks = ranks_of(job.pid());
     REQUIRE(ranks.size() == 2);
     ::kill(ranks.back(), SIGKILL);
@@ -192,12 +183,12 @@ TEST_CASE("a rank killed with SIGKILL ends the job with an error; the resumed jo
     INFO(test::read_bytes(dir / "stderr.txt"));
     CHECK(test::read_bytes(dir / "stderr.txt").find("signal 9") != std::string::npos);
   }
-  CHECK(loss_rows(dir) < 200);
+  CHECK(test::loss_rows(dir) < 200);
   auto r = run(args, dir);
   INFO(r.err);
   REQUIRE(r.status.code == 0);
   CHECK(r.err.find("resumed from") != std::string::npos);
-  CHECK(loss_rows(dir) == 200);
+  CHECK(test::loss_rows(dir) == 200);
   // Resumed with the same N: the same bits as a run that was never killed.
   r = run(args_for(ref), ref);
   REQUIRE(r.status.code == 0);
@@ -211,7 +202,7 @@ TEST_CASE("a hung rank ends the job through --collective-timeout", "[distributed
   auto const args = mpirun(2, train_args(dir, {"--train-batch-size", "1", "--max-train-steps", "100000",
                                                "--checkpointing-steps", "0", "--collective-timeout", "3"}));
   test::Child job(args, dir / "stdout.txt", dir / "stderr.txt");
-  REQUIRE(test::wait_for([&] { return loss_rows(dir) >= 5; }, 120s));
+  REQUIRE(test::wait_for([&] { return test::loss_rows(dir) >= 5; }, 120s));
   auto const ranks = ranks_of(job.pid());
   REQUIRE(ranks.size() == 2);
   ::kill(ranks.back(), SIGSTOP);  // alive but never reaching the next all-reduce

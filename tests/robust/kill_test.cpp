@@ -50,15 +50,6 @@ bool has_temporaries(fs::path const& dir) {
   return false;
 }
 
-/// Rows of loss.csv (steps done), 0 when it does not exist yet.
-int loss_rows(fs::path const& dir) {
-  std::ifstream in(dir / "loss.csv");
-  std::string line;
-  int n = -1;
-  while (std::getline(in, line)) ++n;
-  return std::max(n, 0);
-}
-
 int env_int(char const* name, int fallback) {
   char const* v = std::getenv(name);
   return v && *v ? std::stoi(v) : fallback;
@@ -102,7 +93,7 @@ TEST_CASE("sdlora-train killed with SIGKILL at random times resumes to a bit-ide
       test::ChildStatus s{true};
       if (attempt == 0) {
         int const steps = after_steps(rng);
-        test::wait_for([&] { return loss_rows(dir) >= steps || child.poll().has_value(); }, 10min);
+        test::wait_for([&] { return test::loss_rows(dir) >= steps || child.poll().has_value(); }, 10min);
         s = child.wait(std::chrono::duration_cast<std::chrono::milliseconds>(
             std::chrono::duration<double>(within_step(rng))));
       } else {

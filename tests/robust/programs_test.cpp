@@ -92,15 +92,6 @@ int skipped_rows(std::string const& csv) {
   return n;
 }
 
-/// Rows of loss.csv (steps done), 0 when it does not exist yet.
-int loss_rows(fs::path const& dir) {
-  std::ifstream in(dir / "loss.csv");
-  std::string line;
-  int n = -1;
-  while (std::getline(in, line)) ++n;
-  return std::max(n, 0);
-}
-
 /// Every .safetensors and .png under `dir` opens as a whole file (no partial file under a final name).
 void require_whole_files(fs::path const& dir) {
   for (auto const& e : fs::recursive_directory_iterator(dir)) {
@@ -181,7 +172,7 @@ TEST_CASE("SIGINT / SIGTERM during training finish the step, checkpoint, print t
     auto const args =
         train_args(name) + std::vector<std::string>{"--max-train-steps", "100000", "--checkpointing-steps", "0"};
     test::Child child(args, out, err);
-    REQUIRE(test::wait_for([&] { return loss_rows(dir) >= 2 && test::catches(child.pid(), SDLORA_TRAIN_EXE, sig); },
+    REQUIRE(test::wait_for([&] { return test::loss_rows(dir) >= 2 && test::catches(child.pid(), SDLORA_TRAIN_EXE, sig); },
                            5min));
     child.signal(sig);
     auto const s = child.wait(5min);
@@ -190,7 +181,7 @@ TEST_CASE("SIGINT / SIGTERM during training finish the step, checkpoint, print t
     REQUIRE_FALSE(s.running);
     CHECK(s.signal == 0);
     CHECK(s.code == 128 + sig);
-    int const steps = loss_rows(dir);  // every finished step has its row, and the checkpoint is the last of them
+    int const steps = test::loss_rows(dir);  // every finished step has its row, and the checkpoint is the last of them
     CHECK(fs::exists(dir / ("checkpoint-" + std::to_string(steps))));
     CHECK_FALSE(fs::exists(dir / "sdlora_lora.safetensors"));
     auto const at = e.find("resume with:\n  ");

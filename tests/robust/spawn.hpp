@@ -9,6 +9,7 @@
 #include <sys/wait.h>      // waitpid, WIFEXITED, WEXITSTATUS, WIFSIGNALED, WTERMSIG, WNOHANG
 #include <unistd.h>        // fork, execv, dup2, _exit
 
+#include <algorithm>   // std::max
 #include <chrono>      // std::chrono
 #include <filesystem>  // std::filesystem
 #include <fstream>     // std::ifstream
@@ -114,6 +115,15 @@ bool wait_for(F&& ready, std::chrono::milliseconds timeout) {
     std::this_thread::sleep_for(std::chrono::milliseconds(2));
   }
   return ready();
+}
+
+/// Rows of a training run's loss.csv (the steps it finished), 0 when the file does not exist yet.
+inline int loss_rows(std::filesystem::path const& dir) {
+  std::ifstream in(dir / "loss.csv");
+  std::string line;
+  int n = -1;
+  while (std::getline(in, line)) ++n;
+  return std::max(n, 0);
 }
 
 }  // namespace sdlora::test
