@@ -2,6 +2,8 @@
 /// @brief sdlora-make-samples: writes the procedural sample data (train/sample_data.hpp) for demos and tests:
 /// `<out>/quickdraw/<class>.npy` (QuickDraw-style 28 x 28 scribbles) and `<out>/images/NNNN.png` + `metadata.csv`
 /// (captioned flat-colour scenes), deterministic from --seed; --preview also writes `<out>/preview.png`.
+/// `--toy-world base|style|subject|concept` writes one toy-world set instead: `<out>/NNNN.png` + `metadata.csv`
+/// (and, for `subject`, its class images in `<out>/class/`).
 #include <algorithm>                     // std::min
 #include <cstdint>                       // std::uint64_t
 #include <iostream>                      // std::cout, std::cerr
@@ -46,6 +48,7 @@ int run(int argc, char** argv) {
   std::string out;
   train::SampleDataOptions o;
   bool preview = false;
+  std::string toy_world, token;
   po::options_description flags("sdlora-make-samples: procedural sample data (scribbles + captioned images)");
   // clang-format off
   flags.add_options()
@@ -55,7 +58,15 @@ int run(int argc, char** argv) {
       ("count", po::value(&o.images)->default_value(16), "captioned images")
       ("size", po::value(&o.image_size)->default_value(64), "side of the captioned images in pixels (>= 8)")
       ("scribbles", po::value(&o.scribbles_per_class)->default_value(100), "scribbles per class (28 x 28)")
-      ("preview", po::bool_switch(&preview), "also write <out>/preview.png (a grid of both)");
+      ("preview", po::bool_switch(&preview), "also write <out>/preview.png (a grid of both)")
+      ("toy-world", po::value(&toy_world)->value_name("SET"),
+       "write one toy-world set instead (64 px shapes in named colours on named backgrounds, captioned): base "
+       "(circle, square, triangle, star, heart, diamond; 8 colours), style (the same scenes and captions as black "
+       "scribbled outlines on white), subject (a yellow star with a red dot, 'a sks toy on a green background'; "
+       "class images 'a toy on ...' in <out>/class/) or concept (the unseen crescent, 'a white <toy-shape> on a blue "
+       "background'); --count scenes of --size px into <out>/NNNN.png + metadata.csv")
+      ("token", po::value(&token)->value_name("TOK"),
+       "--toy-world subject: the identifier (default sks); concept: the placeholder (default <toy-shape>)");
   // clang-format on
   auto const args = cli::normalize_flags(argc, argv, '-');
   for (auto const& a : args)
@@ -64,6 +75,18 @@ int run(int argc, char** argv) {
       return 0;
     }
   cli::parse(flags, args);
+  if (!toy_world.empty()) {
+    train::ToyWorldOptions t;
+    t.set = train::parse_toy_set(toy_world);
+    t.count = o.images;
+    t.size = o.image_size;
+    t.seed = o.seed;
+    t.token = token;
+    auto const files = train::write_toy_world(out, t);
+    std::cerr << kProgram << ": wrote " << files.size() << " files: " << t.count << " toy-world '" << toy_world
+              << "' scenes of " << t.size << " px in " << out << "\n";
+    return 0;
+  }
   auto const files = train::write_sample_data(out, o);
   if (preview) write_preview(out + "/preview.png", o);
   std::cerr << kProgram << ": wrote " << files.files.size() << " files: " << o.classes.size() << " x "
