@@ -2,7 +2,8 @@
 /// @brief Procedural sample data for demos and tests, deterministic from a seed: QuickDraw-style 28 x 28 scribbles
 /// (`<class>.npy`, uint8 (N, 784), white anti-aliased strokes on black) and a small captioned image folder (simple
 /// flat-colour scenes as PNG + `metadata.csv`), and the "toy world" (one named-colour shape on a named background,
-/// captioned from its parameters, plus its style / subject / concept sets for the adapters). Include <sdlora/train.hpp> instead.
+/// captioned from its parameters, plus its style / subject / concept sets for the adapters). Include <sdlora/train.hpp>
+/// instead.
 ///
 /// Every drawing has its own random stream (splitmix64 of the seed, the class or image index and the drawing's
 /// number), so asking for more drawings keeps the first ones. Geometry uses std::sin / std::cos in double; the bytes
@@ -352,11 +353,11 @@ inline ToySet parse_toy_set(std::string const& name) {
 struct ToyScene {
   Tensor<float, Cpu> image;  // (3, S, S) in [0, 1]
   std::string caption;
-  std::string shape;           // "circle", ..., "crescent", or "sks" for the subject
-  std::string color;           // the shape's palette name ("yellow" for the subject; "black" for style outlines)
-  std::string background;      // the background's palette name ("white" for style scenes)
-  double cx = 0, cy = 0;       // the shape's centre in image units ([0, 1), y down)
-  double radius = 0;           // its half-extent in image units
+  std::string shape;       // "circle", ..., "crescent", or "sks" for the subject
+  std::string color;       // the shape's palette name ("yellow" for the subject; "black" for style outlines)
+  std::string background;  // the background's palette name ("white" for style scenes)
+  double cx = 0, cy = 0;   // the shape's centre in image units ([0, 1), y down)
+  double radius = 0;       // its half-extent in image units
 };
 
 namespace detail {
@@ -381,7 +382,7 @@ inline std::vector<Point> toy_outline(std::string const& shape) {
   } else if (shape == "star") {  // five points, inner radius 0.42
     ring(10, -kPi / 2, [](int k) { return k % 2 ? 0.42 : 1.0; });
     for (Point& q : p) q.y += 0.095;  // centre the bounding box (the lower points reach 0.81)
-  } else if (shape == "heart") {  // x = 16 sin^3 t, y = 13 cos t - 5 cos 2t - 2 cos 3t - cos 4t, scaled to [-1, 1]
+  } else if (shape == "heart") {      // x = 16 sin^3 t, y = 13 cos t - 5 cos 2t - 2 cos 3t - cos 4t, scaled to [-1, 1]
     for (int k = 0; k < 64; ++k) {
       double const t = 2 * kPi * k / 64, s = std::sin(t);
       double const y = 13 * std::cos(t) - 5 * std::cos(2 * t) - 2 * std::cos(3 * t) - std::cos(4 * t);
@@ -405,7 +406,7 @@ inline std::vector<Point> toy_outline(std::string const& shape) {
     for (Point& q : p) q.x += shift;
   } else {
     SDLORA_THROW(ConfigError, "[toy_world] unknown shape '" << shape << "' (circle, square, triangle, star, heart, "
-                                                             << "diamond, " << kToyConceptShape << ")");
+                                                            << "diamond, " << kToyConceptShape << ")");
   }
   return p;
 }
@@ -510,8 +511,8 @@ inline ToyScene make_toy_scene(ToySet set, Index index, Index size, std::uint64_
   auto ordinary = [&](std::uint64_t stream, bool cycle) {  // a base-like shape, colour, background, placement
     detail::SampleRng rng(seed, stream, std::uint64_t(index));
     int const shape = cycle ? int(index % Index(shapes.size())) : rng.below(int(shapes.size()));
-    int const fg = cycle ? int(index / Index(shapes.size()) % Index(kToyPalette.size()))
-                         : rng.below(int(kToyPalette.size()));
+    int const fg =
+        cycle ? int(index / Index(shapes.size()) % Index(kToyPalette.size())) : rng.below(int(kToyPalette.size()));
     int const bg = detail::toy_color_except(rng, {fg});
     s.shape = shapes[std::size_t(shape)];
     s.color = name(fg);
@@ -580,10 +581,10 @@ inline ToyScene make_toy_scene(ToySet set, Index index, Index size, std::uint64_
 /// What write_toy_world makes.
 struct ToyWorldOptions {
   ToySet set = ToySet::Base;
-  Index count = 16;    // scenes
-  Index size = 64;     // their side in pixels
+  Index count = 16;  // scenes
+  Index size = 64;   // their side in pixels
   std::uint64_t seed = 0;
-  std::string token;   // the subject's identifier / the concept's placeholder (empty: "sks" / "<toy-shape>")
+  std::string token;  // the subject's identifier / the concept's placeholder (empty: "sks" / "<toy-shape>")
 };
 
 /// Writes `<out>/NNNN.png` (caption also in a tEXt chunk "caption") and `<out>/metadata.csv` (file_name,text) for
