@@ -1,8 +1,8 @@
 /// @file vae_objective.hpp
 /// @brief Training an AutoencoderKL: one forward + backward of the KL-regularised reconstruction objective of
 /// diffusers' AutoencoderKL recipe (examples/research_projects/autoencoderkl, without LPIPS or the GAN), leaving the
-/// gradients in the trainable parameters for an optimizer (train/optimizer.hpp). Include this header (train.hpp,
-/// being model-independent, does not).
+/// gradients in the trainable parameters for an optimizer (train/optimizer.hpp). Include this header after the CPU
+/// backend (<sdlora/sdlora.hpp> or <sdlora/backend/cpu.hpp>); train.hpp, being model-independent, does not include it.
 ///
 ///   moments        = quant_conv(encoder(x))                              (N, 2L, h, w)
 ///   mean, logvar   = split(moments); logvar = clamp(logvar, -30, 20)     DiagonalGaussianDistribution
@@ -13,7 +13,9 @@
 ///   loss           = reconstruction + kl_weight * kl
 ///
 /// The images are both the encoder's input and the reconstruction target (as in the recipe), so the returned
-/// d loss / d images has both parts. Typical loop (CPU, float):
+/// d loss / d images has both parts. Memory: the encoder and decoder keep their activations for backward (a
+/// 64/128/128-channel VAE at batch 16 on 64x64 images peaks near 1.1 GB); setting `gradient_checkpointing` on their
+/// ResnetBlock2Ds trades recomputation for memory. Typical loop (CPU, float):
 /// @code
 ///   models::AutoencoderKL<float> vae(config);             // random init, or load_parameters(...)
 ///   nn::set_trainable(vae, true);
