@@ -2,12 +2,16 @@
 /// @brief The toy world (train/sample_data.hpp) and its pixel measures (eval/toy_measures.hpp): the sets are
 /// deterministic and captioned from their parameters, and the measures read those parameters back from the pixels
 /// alone (dominant colour = the caption's colour, background = the caption's background, the style set's outlines
-/// measured and the flat scenes' not, the right shape ranked first) on a few hundred generated scenes.
+/// measured and the flat scenes' not, the right shape ranked first) on a few hundred generated scenes; and the
+/// labelled figures of issue 14 (loss.png's axes and title, the LoRA-scale sweep grid's labels).
 #include <catch2/catch.hpp>
+#include <cmath>                         // std::exp, std::nan, std::abs
 #include <filesystem>                    // std::filesystem
 #include <fstream>                       // std::ifstream
 #include <map>                           // std::map
+#include <sdlora/eval/plot.hpp>          // eval::scale_sweep_grid, eval::kBlack
 #include <sdlora/eval/toy_measures.hpp>  // eval::dominant_color, outline_fraction, shape_scores
+#include <sdlora/train/plot.hpp>         // train::plot_curve
 #include <sdlora/train/sample_data.hpp>  // train::make_toy_scene, write_toy_world
 #include <string>                        // std::string, std::getline
 
@@ -137,4 +141,76 @@ TEST_CASE("Toy measures: colour, background, outline style and shape read back f
   CHECK(eval::shape_scores(blank)[0].iou == 0.0);
   CHECK(eval::outline_fraction(blank) == 0.0);
   CHECK_THROWS(eval::outline_fraction(Tensor<float, Cpu>(Shape{1, 32, 32})));
+}
+
+// The labelled outputs: loss.png (train::plot_curve) has axes with tick values, axis labels and a title, and its
+// curves go the way the losses go; a scale sweep's grid has the prompt above and "scale S" over the columns.
+TEST_CASE("Labelled outputs: the loss plot's axes and title, the sweep grid's labels", "[toy_world][plot]") {
+  std::vector<double> losses;
+  for (int i = 0; i < 200; ++i) losses.push_back(2.0 * std::exp(-i / 60.0) + 0.3 + 0.2 * ((i * 37) % 11) / 11.0);
+  losses[50] = std::nan("");  // skipped, as a non-finite loss.csv row
+  auto const img = train::plot_curve(losses);
+  REQUIRE(img.shape() == Shape{3, 360, 640});
+  auto is = [&](Index y, Index x, eval::Rgb c) {
+    for (Index k = 0; k < 3; ++k)
+      if (std::abs(img.at({k, y, x}) - c[std::size_t(k)]) > 1e-6f) return false;
+    return true;
+  };
+  auto count = [&](Index y0, Index y1, Index x0, Index x1, eval::Rgb c) {
+    Index n = 0;
+    for (Index y = y0; y < y1; ++y)
+      for (Index x = x0; x < x1; ++x) n += is(y, x, c);
+    return n;
+  };
+  // Text is drawn in eval::kBlack: the title (scale 2) above the plot area (rows 6-20), the tick values left of it
+  // (columns 0-62) and below it (rows 323-330), the x label at the bottom (rows 346-353), the y label at the left.
+  CHECK(count(6, 20, 200, 440, eval::kBlack) > 60);     // "training loss"
+  CHECK(count(30, 315, 20, 63, eval::kBlack) > 40);     // y tick values
+  CHECK(count(323, 331, 70, 620, eval::kBlack) > 30);   // x tick values (0, 50, 100, ...)
+  CHECK(count(346, 354, 250, 440, eval::kBlack) > 40);  // "optimizer step"
+  CHECK(count(100, 260, 6, 16, eval::kBlack) > 20);     // "loss", vertical
+  // The moving average (dark blue) falls: its pixels in the left fifth of the plot area lie higher (smaller rows)
+  // than those in the right fifth.
+  eval::Rgb const dark{0.05f, 0.25f, 0.55f};
+  auto mean_row = [&](Index x0, Index x1) {
+    double sum = 0, n = 0;
+    for (Index y = 30; y < 316; ++y)
+      for (Index x = x0; x < x1; ++x)
+        if (is(y, x, dark)) sum += double(y), ++n;
+    return n > 0 ? sum / n : -1.0;
+  };
+  double const left = mean_row(80, 180), right = mean_row(510, 610);
+  INFO("mean row of the moving average: left " << left << ", right " << right);
+  CHECK(left > 0);
+  CHECK(right > left + 100);
+
+  // A sweep of 16 px images: cells enlarged 4x (64 px, wider than "scale 0.5"), the prompt as a title (wrapped to
+  // two lines here), the columns labelled.
+  std::vector<Tensor<float, Cpu>> cells;
+  for (int c = 0; c < 3; ++c) {
+    Tensor<float, Cpu> cell(Shape{3, 16, 16});
+    for (Index i = 0; i < cell.numel(); ++i) cell(i) = float((i * 7 + c * 13) % 17) / 16.0f;
+    cells.push_back(std::move(cell));
+  }
+  std::string const prompt = "a red circle on a blue background, drawn as a scribble";
+  auto const grid = eval::scale_sweep_grid(cells, {0.0, 0.5, 1.0}, prompt);
+  Index const width = 3 * (64 + 4) + 4, lines = Index(eval::wrap_text(prompt, width - 8).size());
+  CHECK(lines == 2);
+  REQUIRE(grid.shape() == Shape{3, lines * (eval::kTextHeight + 4) + eval::kTextHeight + 8 + 64 + 8, width});
+  Index const y0 = grid.dim(1) - 4 - 64;
+  for (Index c = 0; c < 3; ++c) {
+    Index const x0 = 4 + c * (64 + 4);
+    float worst = 0;
+    for (Index k = 0; k < 3; ++k)
+      for (Index y = 0; y < 64; ++y)
+        for (Index x = 0; x < 64; ++x)
+          worst = std::max(worst, std::abs(grid.at({k, y0 + y, x0 + x}) - cells[std::size_t(c)].at({k, y / 4, x / 4})));
+    CHECK(worst == 0.0f);  // each cell is its image, pixels repeated
+    // Its label ("scale 0", "scale 0.5", "scale 1") is drawn centred above it, in the row under the title.
+    Index ink = 0;
+    for (Index y = y0 - 4 - eval::kTextHeight - 4; y < y0 - 4; ++y)
+      for (Index x = x0; x < x0 + 64; ++x) ink += grid.at({0, y, x}) < 0.5f;
+    CHECK(ink > 40);
+  }
+  CHECK_THROWS(eval::scale_sweep_grid({}, {0.0}, "p"));
 }

@@ -1,15 +1,18 @@
 /// @file plot.hpp
 /// @brief Figures for experiments without a plotting library: a 5x7 bitmap font, a line plot with axes, ticks, tick
-/// labels, axis labels, a title and a legend (metric vs LoRA scale), and an image grid with column and row labels.
+/// labels, axis labels, a title and a legend (metric vs LoRA scale), and an image grid with a title and column and
+/// row labels (a LoRA-scale sweep).
 /// Images are RGB (3, H, W) float tensors in [0, 1] (io::save_png with io::ImageRange::ZeroToOne).
-/// Include <sdlora/eval.hpp> instead.
+/// Include <sdlora/eval.hpp>, or this header alone where the encoders are not wanted (it needs only core/: the
+/// trainer's loss plot and sdlora-generate's sweep grid include it directly).
 #pragma once
 
 #include <algorithm>  // std::min, std::max, std::clamp
 #include <array>      // std::array
 #include <cmath>      // std::floor, std::ceil, std::log10, std::pow, std::isfinite
 #include <cstdint>    // std::uint8_t
-#include <sstream>    // std::ostringstream
+#include <optional>   // std::optional
+#include <sstream>    // std::ostringstream, std::istringstream
 #include <string>     // std::string
 #include <vector>     // std::vector
 
@@ -165,7 +168,10 @@ inline std::vector<double> nice_ticks(double lo, double hi, int target = 5) {
 struct Series {
   std::string label;
   std::vector<double> x, y;
-  bool horizontal = false;  // a constant y[0] across the whole x range, drawn dashed
+  bool horizontal = false;     // a constant y[0] across the whole x range, drawn dashed
+  std::optional<Rgb> color{};  // default: kPalette by the series' position
+  bool markers = true;         // a mark at each point (off for long curves such as a training loss)
+  int thickness = 2;           // of the line, pixels
 };
 
 struct PlotOptions {
@@ -227,7 +233,7 @@ inline Tensor<float, Cpu> line_plot(std::vector<Series> const& series, PlotOptio
   Index const box_x = right - 8 - legend_w, box_y = top + 4, box_h = Index(series.size()) * 12 + 6;
   for (std::size_t i = 0; i < series.size(); ++i) {
     auto const& s = series[i];
-    Rgb const c = kPalette[i % kPalette.size()];
+    Rgb const c = s.color.value_or(kPalette[i % kPalette.size()]);
     if (s.horizontal) {
       if (!s.y.empty() && std::isfinite(s.y[0]))
         draw_line(img, double(left), py(s.y[0]), double(right), py(s.y[0]), c, 1, true);
@@ -235,8 +241,8 @@ inline Tensor<float, Cpu> line_plot(std::vector<Series> const& series, PlotOptio
       for (std::size_t k = 0; k < s.x.size() && k < s.y.size(); ++k) {
         if (!std::isfinite(s.x[k]) || !std::isfinite(s.y[k])) continue;
         if (k > 0 && std::isfinite(s.x[k - 1]) && std::isfinite(s.y[k - 1]))
-          draw_line(img, px(s.x[k - 1]), py(s.y[k - 1]), px(s.x[k]), py(s.y[k]), c, 2);
-        draw_line(img, px(s.x[k]) - 3, py(s.y[k]), px(s.x[k]) + 3, py(s.y[k]), c, 3);  // marker
+          draw_line(img, px(s.x[k - 1]), py(s.y[k - 1]), px(s.x[k]), py(s.y[k]), c, s.thickness);
+        if (s.markers) draw_line(img, px(s.x[k]) - 3, py(s.y[k]), px(s.x[k]) + 3, py(s.y[k]), c, 3);
       }
     }
   }
@@ -249,7 +255,7 @@ inline Tensor<float, Cpu> line_plot(std::vector<Series> const& series, PlotOptio
   Index legend_y = box_y + 4;
   for (std::size_t i = 0; i < series.size(); ++i) {
     auto const& s = series[i];
-    Rgb const c = kPalette[i % kPalette.size()];
+    Rgb const c = s.color.value_or(kPalette[i % kPalette.size()]);
     Index const lx = box_x + 6;
     draw_line(img, double(lx), double(legend_y + 3), double(lx + 18), double(legend_y + 3), c, 2, s.horizontal);
     draw_text(img, lx + 24, legend_y, s.label);
@@ -258,12 +264,28 @@ inline Tensor<float, Cpu> line_plot(std::vector<Series> const& series, PlotOptio
   return img;
 }
 
+/// `text` broken at spaces into lines of at most `width` pixels (a word longer than a line is cut).
+inline std::vector<std::string> wrap_text(std::string const& text, Index width) {
+  std::size_t const per_line = std::size_t(std::max<Index>(1, width / 6));
+  std::vector<std::string> lines;
+  std::string line;
+  std::istringstream words(text);
+  for (std::string word; words >> word;) {
+    if (word.size() > per_line) word = word.substr(0, per_line);
+    if (!line.empty() && line.size() + 1 + word.size() > per_line) lines.push_back(std::move(line)), line.clear();
+    line += (line.empty() ? "" : " ") + word;
+  }
+  if (!line.empty()) lines.push_back(line);
+  return lines;
+}
+
 /// Images (3, h, w) in [0, 1], row-major in `cols` columns, with a label above each column and left of each row,
-/// and `corner` above the row labels (what the columns are, e.g. "LoRA scale").
+/// `corner` above the row labels (what the columns are, e.g. "LoRA scale") and, when not empty, `title` above all
+/// (e.g. the prompt; wrapped at spaces to the grid's width).
 inline Tensor<float, Cpu> labelled_grid(std::vector<Tensor<float, Cpu>> const& cells, Index cols,
                                         std::vector<std::string> const& column_labels,
                                         std::vector<std::string> const& row_labels = {},
-                                        std::string const& corner = "") {
+                                        std::string const& corner = "", std::string const& title = "") {
   SDLORA_EXPECTS(!cells.empty() && cols > 0 && Index(cells.size()) % cols == 0,
                  "[labelled_grid] " << cells.size() << " images do not fill rows of " << cols);
   Shape const s = cells[0].shape();
@@ -274,14 +296,18 @@ inline Tensor<float, Cpu> labelled_grid(std::vector<Tensor<float, Cpu>> const& c
   Index label_w = 0;
   for (auto const& l : row_labels) label_w = std::max(label_w, text_width(l) + 8);
   if (!corner.empty()) label_w = std::max(label_w, text_width(corner) + 8);
-  Index const head = kTextHeight + 8;
-  Index const width = label_w + cols * (w + gap) + gap, height = head + rows * (h + gap) + gap;
+  Index const width = label_w + cols * (w + gap) + gap;
+  std::vector<std::string> const title_lines = title.empty() ? std::vector<std::string>{} : wrap_text(title, width - 8);
+  Index const title_h = Index(title_lines.size()) * (kTextHeight + 4);
+  Index const head = title_h + kTextHeight + 8, height = head + rows * (h + gap) + gap;
   Tensor<float, Cpu> img(Shape{3, height, width});  // (3, H, W)
   img.fill(1.0f);
-  draw_text(img, 4, 4, corner);
+  for (std::size_t i = 0; i < title_lines.size(); ++i)
+    draw_text(img, (width - text_width(title_lines[i])) / 2, 4 + Index(i) * (kTextHeight + 4), title_lines[i]);
+  draw_text(img, 4, title_h + 4, corner);
   for (Index c = 0; c < cols && c < Index(column_labels.size()); ++c) {
     std::string const& l = column_labels[std::size_t(c)];
-    draw_text(img, label_w + gap + c * (w + gap) + (w - text_width(l)) / 2, 4, l);
+    draw_text(img, label_w + gap + c * (w + gap) + (w - text_width(l)) / 2, title_h + 4, l);
   }
   for (Index r = 0; r < rows; ++r) {
     if (r < Index(row_labels.size()))
@@ -295,6 +321,38 @@ inline Tensor<float, Cpu> labelled_grid(std::vector<Tensor<float, Cpu>> const& c
     }
   }
   return img;
+}
+
+/// img (C, H, W) with every pixel repeated `factor` times in both directions (C, factor H, factor W).
+inline Tensor<float, Cpu> upscale_nearest(Tensor<float, Cpu> const& img, Index factor) {
+  SDLORA_EXPECTS(img.shape().rank() == 3 && factor >= 1, "[upscale_nearest] (C, H, W) and a factor >= 1, got "
+                                                             << img.shape() << " and " << factor);
+  Index const c = img.dim(0), h = img.dim(1), w = img.dim(2);
+  Tensor<float, Cpu> out(Shape{c, h * factor, w * factor});  // (C, factor H, factor W)
+  for (Index k = 0; k < c; ++k)
+    for (Index y = 0; y < h * factor; ++y)
+      for (Index x = 0; x < w * factor; ++x)
+        out((k * h * factor + y) * w * factor + x) = img((k * h + y / factor) * w + x / factor);
+  return out;
+}
+
+/// A LoRA-scale sweep as a figure: `prompt` as the title, "scale S" over each column (one per entry of `scales`),
+/// `row_labels` left of the rows; cells (3, h, w) in [0, 1] are scaled up by the smallest integer factor that makes
+/// them wider than their column labels, so that small images (16 px) stay readable.
+inline Tensor<float, Cpu> scale_sweep_grid(std::vector<Tensor<float, Cpu>> const& cells,
+                                           std::vector<double> const& scales, std::string const& prompt,
+                                           std::vector<std::string> const& row_labels = {}) {
+  SDLORA_EXPECTS(!cells.empty() && !scales.empty(), "[scale_sweep_grid] needs images and scales");
+  std::vector<std::string> labels;
+  Index widest = 0;
+  for (double v : scales) {
+    labels.push_back("scale " + short_number(v));
+    widest = std::max(widest, text_width(labels.back()));
+  }
+  Index const w = cells[0].dim(2), factor = std::max<Index>(1, (widest + 4 + w - 1) / w);
+  std::vector<Tensor<float, Cpu>> big;
+  for (auto const& c : cells) big.push_back(factor == 1 ? c : upscale_nearest(c, factor));
+  return labelled_grid(big, Index(scales.size()), labels, row_labels, "", prompt);
 }
 
 }  // namespace sdlora::eval

@@ -1,60 +1,43 @@
 /// @file plot.hpp
-/// @brief A small raster line plot (the training loss curve PNG) drawn without any plotting library.
-/// Include <sdlora/train.hpp> instead.
+/// @brief The training loss curve PNG (loss.png): eval::line_plot's axes, tick values, axis labels and title over
+/// the raw losses and their moving average. eval/plot.hpp is the drawing code (a bitmap font and a line plot on
+/// core tensors only: no encoder comes with it). Include <sdlora/train.hpp> instead.
 #pragma once
 
-#include <algorithm>  // std::min_element, std::max_element
-#include <cmath>      // std::isfinite
-#include <vector>     // std::vector
-
+#include <cmath>                   // std::isfinite
 #include <sdlora/core/tensor.hpp>  // Tensor
+#include <sdlora/eval/plot.hpp>    // eval::line_plot, eval::Series, eval::PlotOptions
+#include <string>                  // std::string
+#include <vector>                  // std::vector
 
 namespace sdlora::train {
 
-/// An RGB image (3, height, width) in [0, 1]: light grey raw values, a dark exponential moving average (weight
-/// `smoothing`), a frame and horizontal grid lines at quarters of the value range.
+/// An RGB image (3, height, width) in [0, 1]: the loss of each optimizer step (point i is step i + 1, as the rows
+/// of loss.csv) in light blue, its exponential moving average (weight `smoothing`) in dark blue, with axes, tick
+/// values, the labels "optimizer step" and "loss", the title "training loss" and a legend. Non-finite values are
+/// skipped.
 inline Tensor<float, Cpu> plot_curve(std::vector<double> const& ys, Index width = 640, Index height = 360,
                                      double smoothing = 0.9) {
-  Tensor<float, Cpu> img(Shape{3, height, width});
-  img.fill(1.0f);
-  auto put = [&](Index x, Index y, float r, float g, float b) {
-    if (x < 0 || y < 0 || x >= width || y >= height) return;
-    img.at({0, y, x}) = r;
-    img.at({1, y, x}) = g;
-    img.at({2, y, x}) = b;
-  };
-  Index const m = 20;  // margin in pixels
-  for (Index x = m; x < width - m; ++x) {
-    put(x, m, 0.2f, 0.2f, 0.2f);
-    put(x, height - m, 0.2f, 0.2f, 0.2f);
-    for (int q = 1; q < 4; ++q) put(x, m + (height - 2 * m) * q / 4, 0.85f, 0.85f, 0.85f);
+  eval::Series raw, smooth;
+  raw.label = "loss";
+  raw.color = eval::Rgb{0.65f, 0.78f, 0.92f};
+  raw.markers = false;
+  raw.thickness = 1;
+  smooth.label = "moving average (" + eval::short_number(smoothing) + ")";
+  smooth.color = eval::Rgb{0.05f, 0.25f, 0.55f};
+  smooth.markers = false;
+  double ema = 0;
+  bool first = true;
+  for (std::size_t i = 0; i < ys.size(); ++i) {
+    if (!std::isfinite(ys[i])) continue;
+    ema = first ? ys[i] : smoothing * ema + (1 - smoothing) * ys[i];
+    first = false;
+    raw.x.push_back(double(i + 1));
+    raw.y.push_back(ys[i]);
+    smooth.x.push_back(double(i + 1));
+    smooth.y.push_back(ema);
   }
-  for (Index y = m; y <= height - m; ++y) {
-    put(m, y, 0.2f, 0.2f, 0.2f);
-    put(width - m, y, 0.2f, 0.2f, 0.2f);
-  }
-  std::vector<double> v;
-  for (double y : ys)
-    if (std::isfinite(y)) v.push_back(y);
-  if (v.size() < 2) return img;
-  double const lo = *std::min_element(v.begin(), v.end()), hi = *std::max_element(v.begin(), v.end());
-  double const span = hi > lo ? hi - lo : 1.0;
-  auto px = [&](std::size_t i) { return m + Index(double(i) / double(v.size() - 1) * double(width - 2 * m)); };
-  auto py = [&](double y) { return height - m - Index((y - lo) / span * double(height - 2 * m)); };
-  auto line = [&](std::size_t i, double y0, double y1, float shade) {
-    Index const x0 = px(i - 1), x1 = px(i), a = py(y0), b = py(y1);
-    Index const steps = std::max<Index>({1, std::abs(x1 - x0), std::abs(b - a)});
-    for (Index s = 0; s <= steps; ++s)
-      put(x0 + (x1 - x0) * s / steps, a + (b - a) * s / steps, shade, shade, shade + 0.1f * (1 - shade));
-  };
-  for (std::size_t i = 1; i < v.size(); ++i) line(i, v[i - 1], v[i], 0.75f);
-  double ema = v[0], prev = v[0];
-  for (std::size_t i = 1; i < v.size(); ++i) {
-    ema = smoothing * ema + (1 - smoothing) * v[i];
-    line(i, prev, ema, 0.1f);
-    prev = ema;
-  }
-  return img;
+  return eval::line_plot({raw, smooth}, {"training loss", "optimizer step", "loss", width, height});
 }
 
 }  // namespace sdlora::train

@@ -438,12 +438,6 @@ inline int toy_color_except(SampleRng& rng, std::initializer_list<int> avoid) {
   return ok[std::size_t(rng.below(int(ok.size())))];
 }
 
-inline int toy_color_index(std::string_view name) {
-  for (int k = 0; k < int(kToyPalette.size()); ++k)
-    if (name == kToyPalette[std::size_t(k)].name) return k;
-  return -1;
-}
-
 /// The flat-colour rendering: `fill` inside `outline` (placed at p), `bg` elsewhere, 4 x 4 samples per pixel; `dot`
 /// (a colour) paints a disc of 0.28 radius at the centre when set.
 inline Tensor<float, Cpu> render_toy(Index size, std::vector<Point> const& outline, ToyPlacement p,
