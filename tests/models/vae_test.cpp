@@ -207,6 +207,26 @@ TEST_CASE("One VAE training step matches diffusers' loss and gradients (tiny SD 
     });
     CHECK(checked == 19);
   }
+  SECTION("mean squared error with every resnet gradient-checkpointed") {
+    auto vae = tiny_sd1_vae();
+    nn::set_trainable(vae, true);
+    int checkpointed = 0;
+    auto checkpoint = [&](auto& blocks) {
+      for (auto& block : blocks)
+        for (auto& r : block.resnets) r.gradient_checkpointing = true, ++checkpointed;
+    };
+    checkpoint(vae.encoder.down_blocks);
+    checkpoint(vae.decoder.up_blocks);
+    for (auto* mid : {&vae.encoder.mid_block, &vae.decoder.mid_block})
+      for (auto& r : mid->resnets) r.gradient_checkpointing = true, ++checkpointed;
+    REQUIRE(checkpointed == 2 + 4 + 4);
+    auto const step = train::vae_training_step<float>(ctx, vae, images.view(), noise.view(), {.kl_weight = kl_weight});
+    CHECK(step.loss == Approx(ref.load<float>("mse.loss")(0)).epsilon(1e-5));
+    CHECK(rel_l2(step.dimages, ref.load<float>("mse.dimages")) < 1e-4);
+    CHECK(rel_l2(vae.encoder.conv_in.weight.grad, ref.load<float>("mse.grad.encoder.conv_in.weight")) < 1e-4);
+    CHECK(rel_l2(vae.decoder.mid_block.resnets[1].conv2.weight.grad,
+                 ref.load<float>("mse.grad.decoder.mid_block.resnets.1.conv2.weight")) < 1e-4);
+  }
   SECTION("L1, and only the decoder trainable") {
     auto vae = tiny_sd1_vae();
     nn::set_trainable(vae.decoder, true);
