@@ -1,7 +1,9 @@
 /// @file image_fuzz.cpp
-/// @brief libFuzzer target for images through io::decode_image (stb_image: PNG, JPEG, BMP and the rest): any bytes
-/// are rejected with a sdlora::Error or decode to RGB (3, H, W) within the pixel limit, without reading outside the
-/// input. The limit is 2^20 pixels here (not the default 89 M) so that every accepted input decodes in a few MB.
+/// @brief libFuzzer target for images through io::decode_image (JPEG: libjpeg-turbo, PNG: libpng, BMP and the rest:
+/// stb_image; stb for all of them when built without the libraries): any bytes are rejected with a sdlora::Error or
+/// decode to RGB (3, H, W) within the pixel limit, and decode_image_size reads the same size from the header,
+/// without reading outside the input. The limit is 2^20 pixels here (not the default 89 M) so that every accepted
+/// input decodes in a few MB.
 #include <cstddef>  // std::size_t
 #include <cstdint>  // std::uint8_t
 #include <string>   // std::string
@@ -16,6 +18,8 @@ extern "C" int LLVMFuzzerTestOneInput(std::uint8_t const* data, std::size_t size
     auto const img = sdlora::io::decode_image(bytes, "fuzz-input", options);  // (3, H, W)
     if (img.rank() != 3 || img.dim(0) != 3) __builtin_trap();
     if (std::uint64_t(img.dim(1)) * std::uint64_t(img.dim(2)) > options.max_pixels) __builtin_trap();
+    auto const [width, height] = sdlora::io::decode_image_size(bytes, "fuzz-input");
+    if (width != img.dim(2) || height != img.dim(1)) __builtin_trap();
     for (float const v : img.span())
       if (!(v >= -1.0f && v <= 1.0f)) __builtin_trap();
   } catch (sdlora::Error const&) {

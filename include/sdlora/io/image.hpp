@@ -1,7 +1,13 @@
 /// @file image.hpp
-/// @brief Images as float tensors (3, H, W): loading (PNG, JPEG, BMP, TGA, GIF, ... through stb_image), saving PNG
-/// with tEXt/iTXt text chunks, reading those chunks back, resizing (stb_image_resize), crops, flips and grids.
-/// Include <sdlora/sdlora.hpp> instead.
+/// @brief Images as float tensors (3, H, W): loading (JPEG through libjpeg-turbo, PNG through libpng, BMP, TGA, GIF,
+/// ... through stb_image), saving PNG with tEXt/iTXt text chunks, reading those chunks back, resizing
+/// (stb_image_resize), crops, flips and grids. Include <sdlora/sdlora.hpp> instead.
+///
+/// Decoders: JPEG and PNG, the images that come from strangers, go through the OSS-Fuzz-hardened system libraries
+/// when the build found them (SDLORA_WITH_LIBJPEG / SDLORA_WITH_LIBPNG, set by CMake on the sdlora target; see
+/// image_codecs.hpp), and stb_image's JPEG / PNG decoders are then not compiled at all: Debian 12's stb_image 2.27
+/// reads and writes outside its Huffman tables on crafted JPEGs (docs/security.md). Without the libraries stb_image
+/// decodes them, behind a check of the JPEG Huffman tables. BMP, TGA, GIF, PSD, HDR and PNM always go through stb.
 ///
 /// stb is compiled into every translation unit that includes this header, with internal linkage (STB_*_STATIC inside
 /// an anonymous namespace), so a program needs no STB_*_IMPLEMENTATION file of its own and links no stb symbol.
@@ -9,9 +15,10 @@
 ///
 /// Conventions, chosen to match diffusers' training scripts and pipelines:
 /// - load_image converts like PIL's `image.convert("RGB")`: grey is replicated, alpha is dropped (not composited).
-///   16-bit PNGs are reduced to 8 bits by stb (v >> 8). EXIF orientation is not applied (diffusers' DreamBooth
-///   script calls exif_transpose; rotate such images beforehand). stb's JPEG decoder (its IDCT and chroma
-///   upsampling) differs from libjpeg's, so JPEG pixels can differ from PIL's by a few levels; PNG/BMP are exact.
+///   16-bit PNGs are reduced to 8 bits (v >> 8). EXIF orientation is not applied (diffusers' DreamBooth script
+///   calls exif_transpose; rotate such images beforehand). With libjpeg, JPEG pixels are those of PIL (the same
+///   accurate integer IDCT and fancy upsampling); stb's JPEG decoder (the fallback) can differ from them by a few
+///   levels. PNG/BMP are exact either way.
 /// - from_uint8 computes `u / 255.f` (torchvision ToTensor) and then `(v - 0.5f) / 0.5f` (Normalize([0.5], [0.5]))
 ///   for ImageRange::MinusOneToOne, in float, so it is bit-identical to the torchvision transform.
 /// - to_uint8 computes `clamp(x / 2 + 0.5, 0, 1)` (VaeImageProcessor.denormalize) then `round(v * 255)` with ties to
@@ -34,14 +41,16 @@
 #include <cstring>      // std::memcpy, std::strerror
 #include <fstream>      // std::ifstream, std::ofstream
 #include <iterator>     // std::istreambuf_iterator
+#include <memory>       // std::unique_ptr
 #include <sstream>      // std::ostringstream
 #include <string>       // std::string
 #include <string_view>  // std::string_view
 #include <utility>      // std::pair
 #include <vector>       // std::vector
 
-#include <sdlora/core/error.hpp>   // IoError, FormatError, ConfigError, SDLORA_EXPECTS
-#include <sdlora/core/tensor.hpp>  // Tensor, TensorView
+#include <sdlora/core/error.hpp>         // IoError, FormatError, ConfigError, SDLORA_EXPECTS
+#include <sdlora/core/tensor.hpp>        // Tensor, TensorView
+#include <sdlora/io/image_codecs.hpp>    // detail::jpeg_decode, detail::png_decode (with the libraries)
 
 // The C headers stb includes, included here at global scope so that stb's own #includes inside the namespace below
 // are no-ops (libstdc++'s <math.h> and <stdlib.h> wrappers add using-declarations that belong in the global scope).
@@ -71,6 +80,13 @@ namespace {
 #endif
 #define STB_IMAGE_STATIC
 #define STB_IMAGE_IMPLEMENTATION
+#if defined(SDLORA_WITH_LIBJPEG)
+#define STBI_NO_JPEG  // libjpeg decodes JPEG (image_codecs.hpp)
+#endif
+#if defined(SDLORA_WITH_LIBPNG)
+#define STBI_NO_PNG        // libpng decodes PNG (image_codecs.hpp)
+#define STBI_SUPPORT_ZLIB  // stbi_zlib_decode_malloc still inflates PNG text chunks
+#endif
 #define STB_IMAGE_WRITE_STATIC
 #define STB_IMAGE_WRITE_IMPLEMENTATION
 #define STB_IMAGE_RESIZE_STATIC
@@ -97,6 +113,10 @@ namespace {
 #undef STB_IMAGE_WRITE_IMPLEMENTATION
 #undef STB_IMAGE_RESIZE_STATIC
 #undef STB_IMAGE_RESIZE_IMPLEMENTATION
+#undef STBI_NO_JPEG
+#undef STBI_NO_PNG
+#undef STBI_SUPPORT_ZLIB
+#undef STBI_NO_ZLIB
 #undef STBI_INCLUDE_STB_IMAGE_H
 #undef INCLUDE_STB_IMAGE_WRITE_H
 #undef STBIR_INCLUDE_STB_IMAGE_RESIZE_H
@@ -232,7 +252,8 @@ inline Tensor<float, Cpu> from_uint8(TensorView<std::uint8_t const, Cpu> pixels,
 }
 
 namespace detail {
-/// The reason stb_image must not see `bytes`, or "" when it may. stb_image 2.27 (the libstb-dev snapshot of Debian
+/// The reason stb_image must not see `bytes`, or "" when it may (only stb's JPEG decoder needs it: without libjpeg).
+/// stb_image 2.27 (the libstb-dev snapshot of Debian
 /// 12) trusts the 16 code counts of a JPEG DHT segment: counts adding up to more than 256 write up to about 4 KB past
 /// its Huffman tables, inside the decoder's heap-allocated state (image_fuzz found it; newer stb_image refuses such a
 /// segment). This walks the marker segments as stb does (fill bytes, byte-wise resynchronisation, lengths,
@@ -297,36 +318,116 @@ struct ImageLoadOptions {
   std::uint64_t max_pixels = max_image_pixels();
 };
 
+namespace detail {
+
+/// Which decoder reads `bytes`: libjpeg for what stb_image would take for a JPEG (0xFF fill bytes, then SOI: libjpeg
+/// refuses fill bytes, so such a file is an error rather than a trip into stb), libpng for the PNG signature, stb
+/// for the rest (and for everything without the libraries).
+enum class Decoder { LibJpeg, LibPng, Stb };
+
+inline Decoder decoder_for([[maybe_unused]] std::string_view bytes) {
+#if defined(SDLORA_WITH_LIBPNG)
+  if (bytes.substr(0, 8) == std::string_view("\x89PNG\r\n\x1a\n", 8)) return Decoder::LibPng;
+#endif
+#if defined(SDLORA_WITH_LIBJPEG)
+  std::size_t pos = 0;
+  while (pos < bytes.size() && bytes[pos] == '\xFF') ++pos;
+  if (pos > 0 && pos < bytes.size() && bytes[pos] == '\xD8') return Decoder::LibJpeg;
+#endif
+  return Decoder::Stb;
+}
+
+/// Runs libjpeg / libpng on `bytes` (see image_codecs.hpp); `why` is set to the reason of a failure.
+inline DecodedImage decode_with_library([[maybe_unused]] Decoder decoder, std::string_view bytes,
+                                        [[maybe_unused]] std::uint64_t max_pixels, [[maybe_unused]] bool header_only,
+                                        std::string& why) {
+  DecodedImage out{};
+  [[maybe_unused]] auto const* data = reinterpret_cast<unsigned char const*>(bytes.data());
+  char const* format = "";
+#if defined(SDLORA_WITH_LIBJPEG)
+  if (decoder == Decoder::LibJpeg) {
+    format = "JPEG";
+    jpeg_decode(data, bytes.size(), max_pixels, header_only, &out);
+  }
+#endif
+#if defined(SDLORA_WITH_LIBPNG)
+  if (decoder == Decoder::LibPng) {
+    format = "PNG";
+    png_decode(data, bytes.size(), max_pixels, header_only, &out);
+  }
+#endif
+  if (out.message[0] != '\0') why = std::string("corrupt ") + format + " (" + out.message + ")";
+  return out;
+}
+
+/// Width and height from the header of an image held in memory (nothing decoded), or the reason no decoder can
+/// read it ("" when it can).
+inline std::string image_size(std::string_view bytes, std::uint64_t& width, std::uint64_t& height) {
+  if (bytes.size() > std::size_t(INT_MAX)) return "file larger than 2 GB";
+  std::string why;
+  if (Decoder const d = decoder_for(bytes); d != Decoder::Stb) {
+    DecodedImage const info = decode_with_library(d, bytes, 0, /*header_only=*/true, why);
+    width = info.width;
+    height = info.height;
+    return why;
+  }
+  if (why = jpeg_refusal(bytes); !why.empty()) return why;
+  int w = 0, h = 0, channels = 0;
+  if (!stb::stbi_info_from_memory(reinterpret_cast<unsigned char const*>(bytes.data()), int(bytes.size()), &w, &h,
+                                  &channels))
+    return stb::stbi_failure_reason();
+  width = std::uint64_t(std::max(w, 0));
+  height = std::uint64_t(std::max(h, 0));
+  return "";
+}
+
+inline void check_pixel_limit(std::string const& name, std::uint64_t w, std::uint64_t h, std::uint64_t limit) {
+  if (limit != 0 && w * h > limit)
+    SDLORA_THROW(IoError, "[load_image] " << name << " is " << w << " x " << h << " = " << w * h
+                                          << " pixels, over the limit of " << limit
+                                          << " (--max-image-pixels raises it)");
+}
+
+}  // namespace detail
+
+/// Width and height of an image held in memory, from its header alone (nothing is decoded); `name` stands for the
+/// path in messages. IoError naming the file when no decoder can read the header.
+inline std::pair<Index, Index> decode_image_size(std::string_view bytes, std::string const& name) {
+  std::uint64_t w = 0, h = 0;
+  if (std::string const why = detail::image_size(bytes, w, h); !why.empty())
+    SDLORA_THROW(IoError, "[load_image] cannot read " << name << ": " << why);
+  return {Index(w), Index(h)};
+}
+
 /// Decodes an image file held in memory to RGB (3, H, W); `name` stands for the path in messages. The header is
-/// read first (stbi_info): an image of more than `options.max_pixels` pixels is an IoError naming the file and its
-/// size, and nothing is decoded.
+/// read first: an image of more than `options.max_pixels` pixels is an IoError naming the file and its size, and
+/// nothing is allocated for it or decoded. A file no decoder can read is an IoError naming it and the reason.
 inline Tensor<float, Cpu> decode_image(std::string_view bytes, std::string const& name,
                                        ImageLoadOptions const& options) {
   if (bytes.size() > std::size_t(INT_MAX))
     SDLORA_THROW(IoError, "[load_image] cannot read " << name << ": file larger than 2 GB");
+  if (detail::Decoder const d = detail::decoder_for(bytes); d != detail::Decoder::Stb) {
+    std::string why;
+    detail::DecodedImage const img = detail::decode_with_library(d, bytes, options.max_pixels, false, why);
+    if (!why.empty()) SDLORA_THROW(IoError, "[load_image] cannot read " << name << ": " << why);
+    detail::check_pixel_limit(name, img.width, img.height, options.max_pixels);  // then nothing was decoded
+    if (!img.pixels) SDLORA_THROW(IoError, "[load_image] cannot read " << name << ": no pixels decoded");
+    std::unique_ptr<unsigned char, decltype(&std::free)> const owned(img.pixels, &std::free);
+    return from_uint8(TensorView<std::uint8_t const, Cpu>(owned.get(), Shape{Index(img.height), Index(img.width), 3}),
+                      options.range);  // (3, H, W)
+  }
   if (std::string const why = detail::jpeg_refusal(bytes); !why.empty())
     SDLORA_THROW(IoError, "[load_image] cannot read " << name << ": " << why);
   auto const* data = reinterpret_cast<unsigned char const*>(bytes.data());
   int w = 0, h = 0, channels = 0;
   if (!detail::stb::stbi_info_from_memory(data, int(bytes.size()), &w, &h, &channels))
     SDLORA_THROW(IoError, "[load_image] cannot read " << name << ": " << detail::stb::stbi_failure_reason());
-  std::uint64_t const pixels = std::uint64_t(std::max(w, 0)) * std::uint64_t(std::max(h, 0));
-  if (options.max_pixels != 0 && pixels > options.max_pixels)
-    SDLORA_THROW(IoError, "[load_image] " << name << " is " << w << " x " << h << " = " << pixels
-                                          << " pixels, over the limit of " << options.max_pixels
-                                          << " (--max-image-pixels raises it)");
+  detail::check_pixel_limit(name, std::uint64_t(std::max(w, 0)), std::uint64_t(std::max(h, 0)), options.max_pixels);
   unsigned char* p = detail::stb::stbi_load_from_memory(data, int(bytes.size()), &w, &h, &channels, 3);
   if (!p)
     SDLORA_THROW(IoError, "[load_image] cannot read " << name << ": " << detail::stb::stbi_failure_reason());
-  Tensor<float, Cpu> out;
-  try {
-    out = from_uint8(TensorView<std::uint8_t const, Cpu>(p, Shape{h, w, 3}), options.range);  // (3, H, W)
-  } catch (...) {
-    detail::stb::stbi_image_free(p);
-    throw;
-  }
-  detail::stb::stbi_image_free(p);
-  return out;
+  std::unique_ptr<unsigned char, decltype(&detail::stb::stbi_image_free)> const owned(p, &detail::stb::stbi_image_free);
+  return from_uint8(TensorView<std::uint8_t const, Cpu>(p, Shape{h, w, 3}), options.range);  // (3, H, W)
 }
 
 inline Tensor<float, Cpu> decode_image(std::string_view bytes, std::string const& name,
@@ -334,7 +435,7 @@ inline Tensor<float, Cpu> decode_image(std::string_view bytes, std::string const
   return decode_image(bytes, name, ImageLoadOptions{range});
 }
 
-/// Loads an image file (PNG, JPEG, BMP, TGA, GIF, PSD, HDR, PNM) as RGB float (3, H, W) in `options.range`. An
+/// Loads an image file (JPEG, PNG, BMP, TGA, GIF, PSD, HDR, PNM) as RGB float (3, H, W) in `options.range`. An
 /// unreadable or undecodable file, or one over `options.max_pixels`, throws IoError naming the path and the reason.
 inline Tensor<float, Cpu> load_image(std::string const& path, ImageLoadOptions const& options) {
   return decode_image(detail::read_file_bytes(path, "[load_image]"), path, options);

@@ -413,7 +413,7 @@ namespace detail {
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"  // inside stb's PNG header parser, inlined here
 #endif
-/// Reads an image header (no decode): false with a reason when stb cannot read it.
+/// Reads an image header (no decode): false with a reason when no decoder can read it.
 inline bool image_info(std::string const& path, Index& height, Index& width, std::string& reason) {
   std::string bytes;
   try {
@@ -422,24 +422,18 @@ inline bool image_info(std::string const& path, Index& height, Index& width, std
     reason = e.what();
     return false;
   }
-  if (std::string const why = io::detail::jpeg_refusal(bytes); !why.empty()) {
-    reason = why;
+  std::uint64_t w = 0, h = 0;
+  if (std::string const why = io::detail::image_size(bytes, w, h); !why.empty()) {  // header only
+    reason = "not a readable image: " + why;
     return false;
   }
-  int w = 0, h = 0, c = 0;
-  if (bytes.size() > std::size_t(INT_MAX) ||
-      !io::detail::stb::stbi_info_from_memory(reinterpret_cast<unsigned char const*>(bytes.data()), int(bytes.size()),
-                                              &w, &h, &c)) {
-    reason = std::string("not a readable image: ") + io::detail::stb::stbi_failure_reason();
-    return false;
-  }
-  if (std::uint64_t const limit = io::max_image_pixels(); limit != 0 && std::uint64_t(w) * std::uint64_t(h) > limit) {
+  if (std::uint64_t const limit = io::max_image_pixels(); limit != 0 && w * h > limit) {
     reason = std::to_string(w) + " x " + std::to_string(h) + " pixels, over the limit of " + std::to_string(limit) +
              " (--max-image-pixels raises it)";
     return false;
   }
-  height = h;
-  width = w;
+  height = Index(h);
+  width = Index(w);
   return true;
 }
 #if defined(__GNUC__) && !defined(__clang__)
