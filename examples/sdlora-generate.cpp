@@ -17,6 +17,7 @@
 #include <vector>      // std::vector
 
 
+#include <sdlora/eval/plot.hpp>        // eval::scale_sweep_grid
 #include <sdlora/io/image.hpp>         // io::load_image, io::resize, io::encode_png, io::make_grid
 #include <sdlora/pipeline.hpp>         // pipeline::txt2img, img2img, apply_loras, read_embedding, add_embedding
 #include <sdlora/train/interrupt.hpp>  // train::StopSignals
@@ -127,7 +128,8 @@ po::options_description options(Args& a) {
                                                "and text-encoder parts) at SCALE (default 1); repeatable")
     ("merge-lora", po::bool_switch(&a.merge_lora), "merge the LoRAs into the weights (faster sampling)")
     ("lora-scales", po::value(&a.lora_scales)->value_name("S1,S2,.."), "sweep: every --lora at each scale with the same seed; writes "
-                                               "the images and a grid with one column per scale")
+                                               "the images and a grid with one column per scale (with more than one scale: "
+                                               "labelled 'scale S', the prompt above, cells enlarged to fit the labels)")
     ("init-image", po::value(&a.init_image)->value_name("PATH"), "image-to-image: the starting image (resized to --width/--height, or to "
                                              "a multiple of the VAE factor)")
     ("max-image-pixels", po::value(&a.max_image_pixels)->value_name("N")->default_value(a.max_image_pixels),
@@ -448,7 +450,18 @@ int run(int argc, char** argv) {
       for (int b = 0; b < a.batch; ++b)
         for (std::size_t k = 0; k < columns.size(); ++k)
           cells.push_back(images[std::size_t(c)][k * std::size_t(a.batch) + std::size_t(b)]);
-    auto const grid = io::make_grid(cells, Index(columns.size()));
+    Tensor<float, Cpu> grid = io::make_grid(cells, Index(columns.size()));  // (3, rows H, columns W) in [-1, 1]
+    if (sweep.size() > 1) {  // a labelled figure: the prompt as the title, "scale S" over the columns
+      std::vector<std::string> rows;
+      for (int c = 0; c < a.count && a.count * a.batch > 1; ++c)
+        for (int b = 0; b < a.batch; ++b)
+          rows.push_back("seed " + std::to_string(seed + std::uint64_t(c)) +
+                         (a.batch > 1 ? " #" + std::to_string(b) : ""));
+      for (auto& cell : cells)
+        for (Index i = 0; i < cell.numel(); ++i) cell(i) = cell(i) * 0.5f + 0.5f;
+      grid = eval::scale_sweep_grid(cells, sweep, a.prompt, rows);
+      for (Index i = 0; i < grid.numel(); ++i) grid(i) = grid(i) * 2.0f - 1.0f;
+    }
     std::string const path = names.grid();
     ensure_parent(path);
     save_png_atomic(path, grid.view(),

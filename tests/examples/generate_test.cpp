@@ -153,9 +153,19 @@ TEST_CASE("sdlora-generate --lora-scales writes one column per scale", "[example
   fs::path const grid = scratch() / "sweep.png", plain = scratch() / "plain.png";
   auto r = run(fast() + " --seed 42 --lora '" + lora + "' --lora-scales 0,0.5,1 --out '" + grid.string() + "'");
   REQUIRE(r.code == 0);
+  // The grid is a figure: the prompt above, "scale S" over the columns, the 16 px cells enlarged 4x (64 px: wider
+  // than "scale 0.5") with 4 px gaps.
   auto const g = io::load_image(grid.string());
-  CHECK(g.dim(2) == 3 * 16);
-  CHECK(g.dim(1) == 16);
+  CHECK(g.dim(2) == 3 * (64 + 4) + 4);
+  CHECK(g.dim(1) > 4 + 64 + 4 + 2 * 7);  // two lines of text (title, column labels) above the row
+  auto const cell = io::load_image((scratch() / "sweep-1.png").string());
+  Index const x0 = 4 + (64 + 4), y0 = g.dim(1) - 4 - 64;  // column 1, the only row
+  float worst = 0;
+  for (Index k = 0; k < 3; ++k)
+    for (Index y = 0; y < 64; ++y)
+      for (Index x = 0; x < 64; ++x)
+        worst = std::max(worst, std::abs(g.at({k, y0 + y, x0 + x}) - cell.at({k, y / 4, x / 4})));
+  CHECK(worst <= 1.01f / 127.5f);  // the same image, up to one 8-bit level of the [0, 1] round trip
   CHECK(parameters_of(grid).find("Lora scales: \"0,0.5,1\"") != std::string::npos);
   for (int i = 0; i < 3; ++i) REQUIRE(fs::exists(scratch() / ("sweep-" + std::to_string(i) + ".png")));
   CHECK(parameters_of(scratch() / "sweep-1.png").find("Lora: lora_kohya:0.5") != std::string::npos);
