@@ -55,3 +55,13 @@ SDLORA_CUDA_STORAGE_TYPES(SDLORA_CUDA_INSTANTIATE_SILU)
 SDLORA_CUDA_STORAGE_TYPES(SDLORA_CUDA_INSTANTIATE_SOFTMAX)
 SDLORA_CUDA_STORAGE_TYPES(SDLORA_CUDA_INSTANTIATE_TIMESTEP)
 SDLORA_CUDA_STORAGE_TYPES(SDLORA_CUDA_INSTANTIATE_UPSAMPLE)
+
+// Functors of the model layer that run through map on Cuda: the VAE's posterior sample (the generic pipeline's img2img
+// encode). Declared by nothing: a g++ translation unit calling them leaves launch_map<T, F> undefined for these.
+#include <sdlora/models/vae.hpp>  // models::LatentDistribution::LogvarToStd
+namespace sdlora::ops::gpu::instances {
+template <class T>
+using VaeSample = typename ::sdlora::models::LatentDistribution<T, ::sdlora::Cuda>::LogvarToStd;  // (one macro argument)
+}  // namespace sdlora::ops::gpu::instances
+#define SDLORA_CUDA_INSTANTIATE_VAE_SAMPLE(T) SDLORA_CUDA_INSTANTIATE_MAP(T, ::sdlora::ops::gpu::instances::VaeSample<T>)
+SDLORA_CUDA_STORAGE_TYPES(SDLORA_CUDA_INSTANTIATE_VAE_SAMPLE)

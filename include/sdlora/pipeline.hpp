@@ -7,6 +7,7 @@
 #include <sdlora/lora/format.hpp>
 #include <sdlora/models/checkpoint.hpp>
 #include <sdlora/pipeline/checks.hpp>
+#include <sdlora/pipeline/device.hpp>
 #include <sdlora/pipeline/embeddings.hpp>
 #include <sdlora/pipeline/lora.hpp>
 #include <sdlora/pipeline/stages.hpp>

@@ -1,8 +1,9 @@
 /// @file memory_test.cpp
 /// @brief CUDA backend basics: host <-> device round trips, device tensor copies, the caching allocator's reuse, and
-/// error messages that name the op.
+/// error messages that name the op; strided device copies, fill, to_backend / to_cpu.
 #include <catch2/catch.hpp>
 
+#include <array>        // std::array
 #include <type_traits>  // std::is_copy_constructible_v
 
 #include <sdlora/cuda.hpp>
@@ -90,4 +91,32 @@ TEST_CASE("CUDA and cuBLAS failures throw CudaError naming the op", "[cuda][erro
   // Shape errors come from the backend-neutral front ends, before any launch.
   Tensor<float, Cuda> wrong(Shape{3});
   CHECK_THROWS_AS((ops::add<float, Cuda>(ctx, wrong, y, y)), ShapeError);
+}
+
+TEST_CASE("strided device views copy like host views; fill, to_backend and to_cpu", "[cuda][memory]") {
+  // Exact: copies only. Each strided view of a device tensor must give the same elements as the same view of the
+  // host tensor (Tensor::from_view on the CPU walks the strides element by element).
+  auto const host = test::random_tensor<float>(Shape{4, 6, 10}, 3);  // (4, 6, 10)
+  Tensor<float, Cuda> const device = to_device(host);
+  auto same_view = [&](Shape shape, std::array<Index, kMaxRank> strides, Index offset) {
+    TensorView<float const, Cpu> const h(host.data() + offset, shape, strides);
+    TensorView<float const, Cuda> const d(device.data() + offset, shape, strides);
+    auto const want = Tensor<float, Cpu>::from_view(h);
+    auto const got = to_cpu<float, Cuda>(d);  // strided: from_view on the device, then one download
+    REQUIRE(got.shape() == want.shape());
+    for (Index i = 0; i < want.numel(); ++i) REQUIRE(got(i) == want(i));
+  };
+  same_view(Shape{4, 6, 3}, {60, 10, 1}, 2);   // a slice of the last axis: rows of 3, 10 apart
+  same_view(Shape{2, 6, 10}, {120, 10, 1}, 0);  // every other sample
+  same_view(Shape{4, 10, 6}, {60, 1, 10}, 0);   // the last two axes transposed: the last axis strided
+  same_view(Shape{4, 6}, {60, 10}, 7);          // one column of every row: rank 2, last axis strided
+  same_view(Shape{6, 1, 10}, {10, 10, 1}, 60);  // a middle axis of 1
+
+  Tensor<float, Cuda> filled(Shape{5, 3});
+  filled.fill(2.5f);
+  auto const f = to_host(filled);
+  for (Index i = 0; i < f.numel(); ++i) REQUIRE(f(i) == 2.5f);
+  auto const up = to_backend<Cuda>(host.view());
+  auto const back = to_cpu(up);
+  for (Index i = 0; i < host.numel(); ++i) REQUIRE(back(i) == host(i));
 }

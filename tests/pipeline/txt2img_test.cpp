@@ -59,3 +59,26 @@ TEST_CASE("Generation rejects bad sizes and can be cancelled", "[pipeline]") {
   o.sampler = "heun";
   CHECK_THROWS_WITH(pipeline::txt2img(ctx, tiny(), o), Catch::Contains("heun"));
 }
+
+TEST_CASE("on_backend copies a checkpoint parameter by parameter: the copy generates the same image", "[pipeline]") {
+  // Exact: the copy on the same backend holds the same float values (16-bit weights widened, which is what the CPU
+  // GEMM computes with), so the same seed must give the same bits. Adapters are refused: the copy has none.
+  Context<Cpu> ctx;
+  auto sd = models::load_stable_diffusion<float>(test::fixture("models/tiny-sd1"));
+  models::set_weight_storage(sd, DType::BF16);
+  auto copy = pipeline::on_backend<Cpu>(sd);
+  Index widened = 0;
+  nn::for_each_parameter(copy.unet, [&](std::string const&, nn::Parameter<float, Cpu>& p) {
+    REQUIRE(!p.is_16bit());
+    REQUIRE(!p.value.empty());
+    ++widened;
+  });
+  CHECK(widened > 0);
+  auto const o = options("euler_a");
+  auto const want = pipeline::txt2img(ctx, sd, o);
+  auto const got = pipeline::txt2img(ctx, copy, o);
+  for (Index i = 0; i < want.images.numel(); ++i) REQUIRE(got.images(i) == want.images(i));
+  lora::inject(sd.unet, lora::InjectOptions{});
+  CHECK_THROWS_WITH(pipeline::on_backend<Cpu>(sd), Catch::Contains("LoRA adapter") && Catch::Contains("to_q") &&
+                                                       Catch::Contains("ApplyMode::Merge"));
+}

@@ -134,13 +134,13 @@ class Tensor {
   }
   ~Tensor() { release(); }
 
-  /// A contiguous copy of any (possibly strided) view.
-  static Tensor from_view(TensorView<T const, B> v)
-    requires std::same_as<B, Cpu>
-  {
+  /// A contiguous copy of any (possibly strided) view. Another backend copies a contiguous view with
+  /// BackendMemory<B>::copy and a strided one with BackendMemory<B>::copy_strided (on the backend's memory).
+  static Tensor from_view(TensorView<T const, B> v) {
     Tensor t = uninitialized(v.shape());
     if (v.is_contiguous()) BackendMemory<B>::copy(t.data_, v.data(), t.bytes());  // saved activations: one memcpy
-    else copy_strided(t.data_, v, 0, 0);
+    else if constexpr (std::same_as<B, Cpu>) copy_strided(t.data_, v, 0, 0);
+    else BackendMemory<B>::copy_strided(t.data_, v.data(), v.shape(), v.strides(), sizeof(T));
     return t;
   }
 
@@ -206,10 +206,14 @@ class Tensor {
   {
     return data_[i];
   }
-  void fill(T value)
-    requires std::same_as<B, Cpu>
-  {
-    for (Index i = 0; i < numel(); ++i) data_[i] = value;
+  /// Every element = value (another backend: a host buffer uploaded with BackendMemory<B>::upload).
+  void fill(T value) {
+    if constexpr (std::same_as<B, Cpu>) {
+      for (Index i = 0; i < numel(); ++i) data_[i] = value;
+    } else {
+      std::vector<T> const host(std::size_t(numel()), value);
+      BackendMemory<B>::upload(data_, host.data(), bytes());
+    }
   }
 
  private:
@@ -260,6 +264,52 @@ Tensor<To, Cpu> convert(TensorView<From, Cpu> src) {
 template <class To, class From>
 Tensor<To, Cpu> convert(Tensor<From, Cpu> const& src) {
   return convert<To, From>(src.view());
+}
+
+/// A copy of a host view on backend B (B = Cpu: a contiguous host copy). Other backends upload with
+/// BackendMemory<B>::upload, which returns after the copy; this header needs no backend's headers.
+template <class B, class T>
+Tensor<T, B> to_backend(TensorView<T const, Cpu> host) {
+  if constexpr (std::same_as<B, Cpu>) {
+    return Tensor<T, Cpu>::from_view(host);
+  } else {
+    Tensor<T, Cpu> const contiguous = Tensor<T, Cpu>::from_view(host);
+    auto out = Tensor<T, B>::uninitialized(host.shape());
+    BackendMemory<B>::upload(out.data(), contiguous.data(), out.bytes());
+    return out;
+  }
+}
+template <class B, class T>
+  requires(!std::is_const_v<T>)
+Tensor<T, B> to_backend(TensorView<T, Cpu> host) {
+  return to_backend<B, T>(TensorView<T const, Cpu>(host));
+}
+template <class B, class T>
+Tensor<T, B> to_backend(Tensor<T, Cpu> const& host) {
+  return to_backend<B, T>(host.view());
+}
+/// A host copy of a view on any backend (a strided one is made contiguous on its backend first). Other backends
+/// download with BackendMemory<B>::download, which waits for the work queued before it.
+template <class T, class B>
+Tensor<T, Cpu> to_cpu(TensorView<T const, B> v) {
+  if constexpr (std::same_as<B, Cpu>) {
+    return Tensor<T, Cpu>::from_view(v);
+  } else {
+    Tensor<T, B> const contiguous = v.is_contiguous() ? Tensor<T, B>() : Tensor<T, B>::from_view(v);
+    auto out = Tensor<T, Cpu>::uninitialized(v.shape());
+    BackendMemory<B>::download(out.data(), v.is_contiguous() ? v.data() : contiguous.data(), out.bytes());
+    return out;
+  }
+}
+
+template <class T, class B>
+  requires(!std::is_const_v<T>)
+Tensor<T, Cpu> to_cpu(TensorView<T, B> v) {
+  return to_cpu<T, B>(TensorView<T const, B>(v));
+}
+template <class T, class B>
+Tensor<T, Cpu> to_cpu(Tensor<T, B> const& v) {
+  return to_cpu<T, B>(v.view());
 }
 
 }  // namespace sdlora

@@ -42,6 +42,13 @@ struct Identity {
   template <class T>
   SDLORA_HOST_DEVICE T operator()(T x) const { return x; }
 };
+/// Classifier-free guidance: uncond + scale * (cond - uncond), in T (diffusers' noise_pred_uncond +
+/// guidance_scale * (noise_pred_text - noise_pred_uncond)).
+struct Guidance {
+  double scale;
+  template <class T>
+  SDLORA_HOST_DEVICE T operator()(T uncond, T cond) const { return uncond + T(scale) * (cond - uncond); }
+};
 }  // namespace fn
 
 namespace detail {

@@ -5,9 +5,10 @@
 #pragma once
 
 #include <cmath>  // std::isfinite
+#include <type_traits>  // std::is_same_v
 
 #include <sdlora/core/error.hpp>   // Error
-#include <sdlora/core/tensor.hpp>  // Tensor, TensorView
+#include <sdlora/core/tensor.hpp>  // Tensor, TensorView, to_cpu
 
 namespace sdlora::pipeline {
 
@@ -29,6 +30,13 @@ bool all_finite(TensorView<T const, Cpu> x) {
 template <class T>
 bool all_finite(Tensor<T, Cpu> const& x) {
   return all_finite<T>(x.view());
+}
+/// The same for a tensor on another backend: copied to the host first (generation checks its prompt embeddings
+/// once per request this way).
+template <class T, class B>
+  requires(!std::is_same_v<B, Cpu>)
+bool all_finite(Tensor<T, B> const& x) {
+  return x.empty() || all_finite<T>(to_cpu<T, B>(x.view()).view());
 }
 
 }  // namespace sdlora::pipeline

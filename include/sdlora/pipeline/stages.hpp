@@ -1,12 +1,15 @@
 /// @file stages.hpp
 /// @brief The stages of a Stable Diffusion generation, each a public function a user can call alone: prompt
 /// encoding, initial latents, classifier-free-guided noise prediction, latent decoding and image post-processing.
-/// Include <sdlora/pipeline.hpp> instead.
+/// Every stage is generic over the backend B of the networks: token ids, timesteps, SDXL time ids and random draws
+/// are made on the host (TorchGenerator, as diffusers draws them on a CPU generator) and uploaded once; the
+/// networks' tensors stay on B. Include <sdlora/pipeline.hpp> instead.
 #pragma once
 
 #include <algorithm>  // std::max
 #include <cstdint>  // std::int32_t
 #include <string>   // std::string
+#include <type_traits>  // std::is_same_v
 #include <utility>  // std::pair
 #include <vector>   // std::vector
 
@@ -14,8 +17,32 @@
 #include <sdlora/pipeline/embeddings.hpp> // expand_prompt
 #include <sdlora/models/checkpoint.hpp> // StableDiffusion
 #include <sdlora/ops/concat.hpp>        // ops::concat_channels
+#include <sdlora/ops/elementwise.hpp>   // ops::zip, ops::scale, ops::fn::Guidance
 
 namespace sdlora::pipeline {
+
+namespace detail {
+/// A host float tensor as T on backend B (Cpu: the conversion itself, no second copy).
+template <class T, class B>
+Tensor<T, B> to_compute(TensorView<float const, Cpu> x) {
+  if constexpr (std::is_same_v<B, Cpu>) return convert<T>(x);
+  else return to_backend<B>(convert<T>(x).view());
+}
+/// A tensor of T on backend B as a host float tensor (Cpu: the conversion itself).
+template <class T, class B>
+Tensor<float, Cpu> to_host_float(TensorView<T const, B> x) {
+  if constexpr (std::is_same_v<B, Cpu>) return convert<float>(x);
+  else return convert<float>(to_cpu<T, B>(x).view());
+}
+/// (n) copies of the timestep t, made on the host and uploaded.
+template <class T, class B>
+Tensor<T, B> timestep_batch(Index n, double t) {
+  Tensor<T, Cpu> ts(Shape{n});
+  for (Index i = 0; i < n; ++i) ts(i) = T(t);
+  if constexpr (std::is_same_v<B, Cpu>) return ts;
+  else return to_backend<B>(ts.view());
+}
+}  // namespace detail
 
 /// Token ids (N, 77) of prompts: BOS, tokens, EOS, padding with the tokenizer's pad token, truncated to 77.
 inline Tensor<std::int32_t, Cpu> tokenize(tokenizer::ClipTokenizer const& tok, std::vector<std::string> const& prompts,
@@ -119,11 +146,13 @@ Conditioning<T, B> encode_conditioning(Context<B>& ctx, models::StableDiffusion<
     out.context = Tensor<T, B>(out.context.shape());
     out.pooled = Tensor<T, B>(out.pooled.shape());
   }
-  out.time_ids = Tensor<T, B>(Shape{n, 6});
+  Tensor<T, Cpu> time_ids(Shape{n, 6});  // (N, 6), made on the host
   int const row[6] = {sizes.original_height, sizes.original_width, sizes.crop_top,
                       sizes.crop_left,       sizes.target_height,  sizes.target_width};
   for (Index i = 0; i < n; ++i)
-    for (int k = 0; k < 6; ++k) out.time_ids.at({i, k}) = T(row[k]);
+    for (int k = 0; k < 6; ++k) time_ids.at({i, k}) = T(row[k]);
+  if constexpr (std::is_same_v<B, Cpu>) out.time_ids = std::move(time_ids);
+  else out.time_ids = to_backend<B>(time_ids.view());
   return out;
 }
 
@@ -136,6 +165,16 @@ inline Tensor<float, Cpu> initial_latents(TorchGenerator& generator, Shape shape
   return latents;
 }
 
+/// eps = eps_uncond + scale * (eps_cond - eps_uncond) of a (2N, ...) UNet output [uncond; cond], on B.
+template <class T, class B>
+Tensor<T, B> combine_guidance(Context<B>& ctx, Tensor<T, B> const& eps, Shape const& shape, double scale) {
+  Index const n = shape.numel();
+  auto out = Tensor<T, B>::uninitialized(shape);
+  ops::zip<T, B>(ctx, out.view(), TensorView<T const, B>(eps.data(), shape),
+                 TensorView<T const, B>(eps.data() + n, shape), ops::fn::Guidance{scale});
+  return out;
+}
+
 /// Classifier-free guidance: one UNet call on cat([uncond, cond]) inputs, then
 /// eps = eps_uncond + scale * (eps_cond - eps_uncond). With an empty `uncond` (scale <= 1), a plain call.
 template <class T, class B>
@@ -143,8 +182,7 @@ Tensor<T, B> guided_noise(Context<B>& ctx, models::UNet2DConditionModel<T, B>& u
                           double t, TensorView<T const, B> cond, TensorView<T const, B> uncond, double scale) {
   Index const n = latents.dim(0);
   if (uncond.empty()) {
-    Tensor<T, B> ts(Shape{n});
-    for (Index i = 0; i < n; ++i) ts(i) = T(t);
+    auto const ts = detail::timestep_batch<T, B>(n, t);  // (N)
     return unet.forward(ctx, latents, ts.view(), cond);
   }
   // Batch the two passes: latents twice, contexts [uncond; cond] along the batch axis.
@@ -154,14 +192,9 @@ Tensor<T, B> guided_noise(Context<B>& ctx, models::UNet2DConditionModel<T, B>& u
   Tensor<T, B> context(Shape{2 * n, cond.dim(1), cond.dim(2)});
   BackendMemory<B>::copy(context.data(), uncond.data(), std::size_t(uncond.numel()) * sizeof(T));
   BackendMemory<B>::copy(context.data() + uncond.numel(), cond.data(), std::size_t(cond.numel()) * sizeof(T));
-  Tensor<T, B> ts(Shape{2 * n});
-  for (Index i = 0; i < 2 * n; ++i) ts(i) = T(t);
+  auto const ts = detail::timestep_batch<T, B>(2 * n, t);             // (2N)
   auto eps = unet.forward(ctx, x.view(), ts.view(), context.view());  // (2N, C, h, w)
-  auto out = Tensor<T, B>::uninitialized(latents.shape());
-  T const* pu = eps.data();
-  T const* pc = eps.data() + latents.numel();
-  for (Index i = 0; i < latents.numel(); ++i) out(i) = pu[i] + T(scale) * (pc[i] - pu[i]);
-  return out;
+  return combine_guidance<T, B>(ctx, eps, latents.shape(), scale);
 }
 
 /// Classifier-free guidance on full conditionings (SDXL's pooled embeddings and time ids batched like the context);
@@ -173,22 +206,16 @@ Tensor<T, B> guided_noise(Context<B>& ctx, models::UNet2DConditionModel<T, B>& u
     return guided_noise<T, B>(ctx, unet, latents, t, cond.context.view(), uncond.context.view(), scale);
   Index const n = latents.dim(0);
   if (uncond.empty()) {
-    Tensor<T, B> ts(Shape{n});
-    for (Index i = 0; i < n; ++i) ts(i) = T(t);
+    auto const ts = detail::timestep_batch<T, B>(n, t);  // (N)
     return unet.forward(ctx, latents, ts.view(), cond.context.view(), cond.added());
   }
   auto const x = cat_batch<T, B>(latents, latents);
   auto const context = cat_batch<T, B>(uncond.context.view(), cond.context.view());
   auto const pooled = cat_batch<T, B>(uncond.pooled.view(), cond.pooled.view());
   auto const time_ids = cat_batch<T, B>(uncond.time_ids.view(), cond.time_ids.view());
-  Tensor<T, B> ts(Shape{2 * n});
-  for (Index i = 0; i < 2 * n; ++i) ts(i) = T(t);
+  auto const ts = detail::timestep_batch<T, B>(2 * n, t);  // (2N)
   auto eps = unet.forward(ctx, x.view(), ts.view(), context.view(), {pooled.view(), time_ids.view()});
-  auto out = Tensor<T, B>::uninitialized(latents.shape());
-  T const* pu = eps.data();
-  T const* pc = eps.data() + latents.numel();
-  for (Index i = 0; i < latents.numel(); ++i) out(i) = pu[i] + T(scale) * (pc[i] - pu[i]);
-  return out;
+  return combine_guidance<T, B>(ctx, eps, latents.shape(), scale);
 }
 
 /// Images (N, 3, H, W) in [-1, 1] (unclamped) from latents (N, C, h, w) in the UNet's scale.
@@ -200,13 +227,14 @@ Tensor<T, B> decode_latents(Context<B>& ctx, models::AutoencoderKL<T, B>& vae, T
 }
 
 /// Latents in the UNet's scale of images (N, 3, H, W) in [-1, 1]: a sample of the VAE's distribution with noise
-/// drawn from `generator` (as diffusers' retrieve_latents(..., sample_mode="sample")), times the scaling factor.
+/// drawn from `generator` on the host (as diffusers' retrieve_latents(..., sample_mode="sample")) and uploaded,
+/// times the scaling factor.
 template <class T, class B>
 Tensor<T, B> encode_images(Context<B>& ctx, models::AutoencoderKL<T, B>& vae, TensorView<T const, B> images,
                            TorchGenerator& generator) {
   auto dist = vae.encode(ctx, images);
-  auto noise = generator.randn(dist.mean.shape());
-  auto z = dist.sample(ctx, convert<T>(noise).view());
+  auto const noise = detail::to_compute<T, B>(generator.randn(dist.mean.shape()).view());  // (N, C, h, w)
+  auto z = dist.sample(ctx, noise.view());
   ops::scale<T, B>(ctx, z.view(), vae.config().scaling_factor);
   return z;
 }

@@ -74,6 +74,8 @@ struct Impl<Zip, Cuda> {
   ZIP(::sdlora::half, ::sdlora::ops::fn::Add) ZIP(::sdlora::half, ::sdlora::ops::fn::Sub)                       \
   ZIP(::sdlora::half, ::sdlora::ops::fn::Mul) ZIP(::sdlora::half, ::sdlora::ops::fn::Axpy)                      \
   ZIP(::sdlora::bfloat16, ::sdlora::ops::fn::Add) ZIP(::sdlora::bfloat16, ::sdlora::ops::fn::Sub)               \
-  ZIP(::sdlora::bfloat16, ::sdlora::ops::fn::Mul) ZIP(::sdlora::bfloat16, ::sdlora::ops::fn::Axpy)
+  ZIP(::sdlora::bfloat16, ::sdlora::ops::fn::Mul) ZIP(::sdlora::bfloat16, ::sdlora::ops::fn::Axpy)               \
+  ZIP(float, ::sdlora::ops::fn::Guidance) ZIP(double, ::sdlora::ops::fn::Guidance)                              \
+  ZIP(::sdlora::half, ::sdlora::ops::fn::Guidance) ZIP(::sdlora::bfloat16, ::sdlora::ops::fn::Guidance)
 
 SDLORA_CUDA_ELEMENTWISE_INSTANCES(SDLORA_CUDA_DECLARE_MAP, SDLORA_CUDA_DECLARE_ZIP)

@@ -9,7 +9,8 @@
 /// several contexts (streams) working on the same tensors, synchronize before a tensor dies.
 #pragma once
 
-#include <cstddef>        // std::size_t
+#include <array>          // std::array
+#include <cstddef>        // std::size_t, std::ptrdiff_t
 #include <mutex>          // std::mutex, std::lock_guard
 #include <unordered_map>  // std::unordered_map
 #include <utility>        // std::pair
@@ -19,6 +20,7 @@
 
 #include <sdlora/backend/cuda/check.hpp>  // SDLORA_CUDA_CHECK, CudaError
 #include <sdlora/core/backend.hpp>        // Cuda, BackendMemory
+#include <sdlora/core/shape.hpp>          // Shape, Index, kMaxRank
 #include <sdlora/core/tensor.hpp>         // Tensor, TensorView
 
 namespace sdlora {
@@ -155,6 +157,51 @@ struct BackendMemory<Cuda> {
     if (bytes) SDLORA_CUDA_CHECK(cudaMemset(dst, 0, bytes), "cuda zero");
   }
   static void synchronize() { SDLORA_CUDA_CHECK(cudaDeviceSynchronize(), "cuda synchronize"); }
+  /// Host-to-device copy of `bytes` from host memory; returns after the copy (Tensor::fill, to_backend).
+  static void upload(void* dst, void const* host, std::size_t bytes) {
+    if (bytes) SDLORA_CUDA_CHECK(cudaMemcpy(dst, host, bytes, cudaMemcpyHostToDevice), "cuda upload");
+  }
+  /// Device-to-host copy into host memory; waits for the work queued before it (to_cpu).
+  static void download(void* host, void const* src, std::size_t bytes) {
+    if (bytes) SDLORA_CUDA_CHECK(cudaMemcpy(host, src, bytes, cudaMemcpyDeviceToHost), "cuda download");
+  }
+  /// Gathers a strided device view (`shape`, `strides` in elements of `element_bytes`) into contiguous `dst`
+  /// (Tensor::from_view). No kernel: one cudaMemcpy2D per index of the axes before the last two (the last axis may
+  /// be strided too: a pitch of one element per row).
+  static void copy_strided(void* dst, void const* src, Shape const& shape, std::array<Index, kMaxRank> const& strides,
+                           std::size_t element_bytes) {
+    int const rank = shape.rank();
+    if (shape.numel() == 0) return;
+    if (rank == 0) return copy(dst, src, element_bytes);
+    Index const cols = shape[rank - 1], col_stride = strides[std::size_t(rank - 1)];
+    Index const rows = rank >= 2 ? shape[rank - 2] : 1, row_stride = rank >= 2 ? strides[std::size_t(rank - 2)] : 0;
+    Index outer = 1;
+    for (int a = 0; a + 2 < rank; ++a) outer *= shape[a];
+    auto* out = static_cast<char*>(dst);
+    auto const* in = static_cast<char const*>(src);
+    for (Index o = 0; o < outer; ++o) {
+      Index offset = 0, rest = o;  // the element offset of outer index o (row-major over the leading axes)
+      for (int a = rank - 3; a >= 0; --a) {
+        offset += (rest % shape[a]) * strides[std::size_t(a)];
+        rest /= shape[a];
+      }
+      char* d = out + std::size_t(o * rows * cols) * element_bytes;
+      char const* s = in + std::ptrdiff_t(offset) * std::ptrdiff_t(element_bytes);
+      if (col_stride == 1 && (rows == 1 || row_stride >= cols)) {  // rows of `cols` elements, `row_stride` apart
+        SDLORA_CUDA_CHECK(cudaMemcpy2D(d, std::size_t(cols) * element_bytes, s,
+                                       std::size_t(rows > 1 ? row_stride : cols) * element_bytes,
+                                       std::size_t(cols) * element_bytes, std::size_t(rows), cudaMemcpyDeviceToDevice),
+                          "cuda copy_strided");
+      } else {  // one element per "row", col_stride apart, for each of the rows
+        for (Index r = 0; r < rows; ++r)
+          SDLORA_CUDA_CHECK(cudaMemcpy2D(d + std::size_t(r * cols) * element_bytes, element_bytes,
+                                         s + std::ptrdiff_t(r * row_stride) * std::ptrdiff_t(element_bytes),
+                                         std::size_t(col_stride) * element_bytes, element_bytes, std::size_t(cols),
+                                         cudaMemcpyDeviceToDevice),
+                            "cuda copy_strided");
+      }
+    }
+  }
 };
 
 /// A device copy of a host view (made contiguous first when it is strided). Returns after the copy is done.
