@@ -19,6 +19,7 @@
 #include <sdlora/backend/cuda/elementwise.hpp>  // Impl<Map, Cuda>, Impl<Zip, Cuda>
 #include <sdlora/backend/cuda/gemm.hpp>         // Impl<Gemm, Cuda>
 #include <sdlora/backend/cuda/reduce.hpp>       // Impl<Reduce, Cuda>
+#include <sdlora/backend/cuda/update.hpp>       // Impl<Update, Cuda> (the optimizers' AdamW / SGD rules)
 
 // Layer ops
 #include <sdlora/backend/cuda/activation.hpp>  // Impl<Silu, Cuda>

@@ -18,6 +18,7 @@
 #include <sdlora/backend/cuda/kernels/bias.cuh>         // launch_bias_add, launch_bias_grad
 #include <sdlora/backend/cuda/kernels/elementwise.cuh>  // launch_map, launch_zip
 #include <sdlora/backend/cuda/kernels/reduce.cuh>       // launch_reduce
+#include <sdlora/backend/cuda/kernels/update.cuh>       // launch_update
 
 // Layer ops
 #include <sdlora/backend/cuda/kernels/attention.cuh>  // launch_attention_forward, launch_attention_backward
@@ -41,6 +42,7 @@ SDLORA_CUDA_INSTANTIATE_BIAS(float)
 SDLORA_CUDA_INSTANTIATE_BIAS(double)
 SDLORA_CUDA_INSTANTIATE_BIAS(::sdlora::half)
 SDLORA_CUDA_INSTANTIATE_BIAS(::sdlora::bfloat16)
+SDLORA_CUDA_UPDATE_INSTANCES(SDLORA_CUDA_INSTANTIATE_UPDATE)
 
 // Layer ops: every storage type (float, double, half, bfloat16).
 SDLORA_CUDA_STORAGE_TYPES(SDLORA_CUDA_INSTANTIATE_ATTENTION)

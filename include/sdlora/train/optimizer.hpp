@@ -4,6 +4,12 @@
 /// adamw8bit.hpp, included at the end). Their state is keyed by parameter name
 /// and saves to / loads from a safetensors file. Include <sdlora/train.hpp> instead.
 ///
+/// Backends: AdamW and SGD keep their state on the parameters' backend B and update every element there through
+/// ops::update with one host+device rule (ops/update.hpp); the scalars (bias corrections, learning rate) are made on
+/// the host each step. Adafactor's row / column means are host loops: on another backend it keeps its state on the
+/// host and copies each parameter's value and gradient down and the value back up per step (correct, not fast).
+/// State dicts are host tensors for every backend. AdamW8bit is CPU only.
+///
 /// Precision follows torch: elementwise math in T (float32 for float parameters); hyperparameter arithmetic that
 /// torch does on Python floats (bias corrections, `1 - lr * weight_decay`, `1 - beta2t`) in double, cast to T where
 /// torch passes the Python float to a tensor op. Reductions (Adafactor's RMS and means) accumulate in double and
@@ -25,13 +31,14 @@
 
 #include <nlohmann/json.hpp>  // nlohmann::json
 
-#include <sdlora/backend/cpu/parallel.hpp>  // cpu::parallel_for
+#include <sdlora/backend/cpu/update.hpp>  // Impl<Update, Cpu>
 #include <sdlora/core/backend.hpp>     // Cpu
 #include <sdlora/core/dtype.hpp>       // DType
 #include <sdlora/core/error.hpp>       // SDLORA_EXPECTS, SDLORA_THROW
 #include <sdlora/core/json.hpp>        // check_json_depth
 #include <sdlora/core/tensor.hpp>      // Tensor
 #include <sdlora/io/safetensors.hpp>   // io::SafetensorsWriter, io::SafetensorsFile
+#include <sdlora/ops/update.hpp>       // ops::update, ops::fn::AdamWUpdate, ops::fn::SgdUpdate
 #include <sdlora/train/param_ref.hpp>  // ParamRef
 
 namespace sdlora::train {
@@ -119,8 +126,6 @@ class Optimizer {
   std::vector<ParamRef<T, B>> const& params() const { return params_; }
 
  protected:
-  static_assert(std::is_same_v<B, Cpu>, "sdlora::train optimizers have CPU kernels only so far");
-
   bool active(ParamRef<T, B> const& p) const { return p.param->trainable && !p.param->grad.empty(); }
 
   void check_type(OptimizerState<T> const& s) const {
@@ -152,8 +157,19 @@ class Optimizer {
         SDLORA_THROW(FormatError, "[optimizer] state tensor '" << key << "' belongs to no parameter");
   }
 
+  /// A state tensor as a host tensor (state_dict) and back on B (load_state_dict).
+  static Tensor<T, Cpu> host_copy(Tensor<T, B> const& t) {
+    if constexpr (std::is_same_v<B, Cpu>) return t;
+    else return t.empty() ? Tensor<T, Cpu>() : to_cpu<T, B>(t.view());
+  }
+  static Tensor<T, B> backend_copy(Tensor<T, Cpu> const& t) {
+    if constexpr (std::is_same_v<B, Cpu>) return t;
+    else return t.empty() ? Tensor<T, B>() : to_backend<B>(t.view());
+  }
+
   std::vector<ParamRef<T, B>> params_;
   double lr_;
+  Context<B> ctx_;  // where the updates run (Cuda: its own stream, ordered with the legacy default stream)
 };
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -204,21 +220,8 @@ class AdamW final : public Optimizer<T, B> {
       T const bias2_sqrt = T(std::pow(bias2, 0.5));  // bias_correction2 ** 0.5
       T const eps = T(o_.eps);
       bool const decays = o_.weight_decay != 0;
-
-      T* x = p.value.data();       // (numel)
-      T const* g = p.grad.data();  // (numel)
-      T* m = s.exp_avg.data();     // (numel)
-      T* v = s.exp_avg_sq.data();  // (numel)
-      Index const n = p.value.numel();
-      sdlora::cpu::parallel_for(Context<Cpu>{}, n, n > kParallelMin, [&](Index i) {
-        T xi = x[i];
-        if (decays) xi = xi * decay;
-        T const gi = g[i];
-        m[i] = lerp(m[i], gi, w1);
-        v[i] = v[i] * b2 + c2 * gi * gi;
-        T const denom = std::sqrt(v[i]) / bias2_sqrt + eps;
-        x[i] = xi + neg_step_size * m[i] / denom;
-      });
+      ops::fn::AdamWUpdate<T> const rule{decay, w1, b2, c2, neg_step_size, bias2_sqrt, eps, decays};
+      ops::update<T, B>(this->ctx_, p.value.view(), p.grad.view(), s.exp_avg.view(), s.exp_avg_sq.view(), rule);
     }
   }
 
@@ -229,8 +232,8 @@ class AdamW final : public Optimizer<T, B> {
     for (auto const& [name, s] : state_) {
       if (s.step == 0) continue;
       out.scalars[name + ".step"] = double(s.step);
-      out.tensors.emplace(name + ".exp_avg", s.exp_avg);
-      out.tensors.emplace(name + ".exp_avg_sq", s.exp_avg_sq);
+      out.tensors.emplace(name + ".exp_avg", Base::host_copy(s.exp_avg));
+      out.tensors.emplace(name + ".exp_avg_sq", Base::host_copy(s.exp_avg_sq));
     }
     return out;
   }
@@ -245,19 +248,12 @@ class AdamW final : public Optimizer<T, B> {
       auto it = in.scalars.find(ref.name + ".step");
       if (it == in.scalars.end()) continue;  // never stepped
       s.step = std::int64_t(it->second);
-      s.exp_avg = Base::tensor(in, ref.name + ".exp_avg", ref.param->shape());
-      s.exp_avg_sq = Base::tensor(in, ref.name + ".exp_avg_sq", ref.param->shape());
+      s.exp_avg = Base::backend_copy(Base::tensor(in, ref.name + ".exp_avg", ref.param->shape()));
+      s.exp_avg_sq = Base::backend_copy(Base::tensor(in, ref.name + ".exp_avg_sq", ref.param->shape()));
     }
   }
 
  private:
-  static constexpr Index kParallelMin = 1 << 16;
-
-  /// at::lerp for a small weight (|w| < 0.5): self + w * (end - self).
-  static T lerp(T self, T end, T w) {
-    return std::abs(w) < T(0.5) ? self + w * (end - self) : end - (end - self) * (T(1) - w);
-  }
-
   struct Slot {
     std::int64_t step = 0;
     Tensor<T, B> exp_avg;     // (param shape)
@@ -307,20 +303,9 @@ class Sgd final : public Optimizer<T, B> {
       Tensor<T, B>& buf = buffers_.at(ref.name);
       bool const first = buf.empty();
       if (o_.momentum != 0 && first) buf = Tensor<T, B>::uninitialized(p.shape());
-      T* x = p.value.data();       // (numel)
-      T const* g = p.grad.data();  // (numel)
-      T* b = buf.data();           // (numel) or null without momentum
-      Index const n = p.value.numel();
       bool const decays = o_.weight_decay != 0, has_momentum = o_.momentum != 0;
-      sdlora::cpu::parallel_for(Context<Cpu>{}, n, n > kParallelMin, [&](Index i) {
-        T d = g[i];
-        if (decays) d = d + wd * x[i];  // grad.add(param, alpha=weight_decay)
-        if (has_momentum) {
-          b[i] = first ? d : b[i] * mom + keep * d;  // buf.mul_(momentum).add_(grad, alpha=1 - dampening)
-          d = o_.nesterov ? d + mom * b[i] : b[i];
-        }
-        x[i] = x[i] + neg_lr * d;  // param.add_(grad, alpha=-lr)
-      });
+      ops::fn::SgdUpdate<T> const rule{wd, mom, keep, neg_lr, decays, has_momentum, first, o_.nesterov};
+      ops::update<T, B>(this->ctx_, p.value.view(), p.grad.view(), buf.view(), TensorView<T, B>(), rule);
     }
   }
 
@@ -329,7 +314,7 @@ class Sgd final : public Optimizer<T, B> {
     out.type = std::string(type());
     out.scalars["lr"] = this->lr_;
     for (auto const& [name, b] : buffers_)
-      if (!b.empty()) out.tensors.emplace(name + ".momentum_buffer", b);
+      if (!b.empty()) out.tensors.emplace(name + ".momentum_buffer", Base::host_copy(b));
     return out;
   }
 
@@ -340,13 +325,12 @@ class Sgd final : public Optimizer<T, B> {
     for (auto const& ref : this->params_) {
       Tensor<T, B>& b = buffers_.at(ref.name);
       b = in.tensors.count(ref.name + ".momentum_buffer")
-              ? Base::tensor(in, ref.name + ".momentum_buffer", ref.param->shape())
+              ? Base::backend_copy(Base::tensor(in, ref.name + ".momentum_buffer", ref.param->shape()))
               : Tensor<T, B>();
     }
   }
 
  private:
-  static constexpr Index kParallelMin = 1 << 16;
   SgdOptions o_;
   std::map<std::string, Tensor<T, B>> buffers_;  // (param shape) each, empty before the first step
 };
@@ -409,22 +393,31 @@ class Adafactor final : public Optimizer<T, B> {
       if (!this->active(ref)) continue;
       nn::Parameter<T, B>& p = *ref.param;
       Slot& s = state_.at(ref.name);
+      // The arithmetic below reads host memory: another backend's value and gradient are copied down first and the
+      // value back up at the end.
+      Tensor<T, Cpu> value_host, grad_host;
+      if constexpr (!std::is_same_v<B, Cpu>) {
+        value_host = to_cpu<T, B>(p.value.view());
+        grad_host = to_cpu<T, B>(p.grad.view());
+      }
+      T* const xs = host_data(p.value, value_host);       // (numel)
+      T const* const gs = host_data(p.grad, grad_host);  // (numel)
       bool const factored = p.value.rank() >= 2;
       Index const n = p.value.numel();
       Index const cols = factored ? p.value.dim(-1) : n;
       Index const rows = factored ? p.value.dim(-2) : 1;
       Index const batch = factored ? n / (rows * cols) : 1;
       if (s.step == 0) {
-        if (o_.beta1) s.exp_avg = Tensor<T, B>(p.shape());
+        if (o_.beta1) s.exp_avg = Tensor<T, Cpu>(p.shape());
         if (factored) {
-          s.row = Tensor<T, B>(drop_axis(p.shape(), -1));
-          s.col = Tensor<T, B>(drop_axis(p.shape(), -2));
+          s.row = Tensor<T, Cpu>(drop_axis(p.shape(), -1));
+          s.col = Tensor<T, Cpu>(drop_axis(p.shape(), -2));
         } else {
-          s.sq = Tensor<T, B>(p.shape());
+          s.sq = Tensor<T, Cpu>(p.shape());
         }
       }
       s.step += 1;
-      T const rms_p = rms(p.value.data(), n);
+      T const rms_p = rms(xs, n);
       // _get_lr: Python's max(eps2, RMS) returns the float32 RMS tensor when it is larger, and then the learning
       // rate is a float32 product; otherwise it is a Python (double) product.
       double step_size = this->lr_;
@@ -440,8 +433,8 @@ class Adafactor final : public Optimizer<T, B> {
       T const keep = T(beta2t);
       T const blend = T(1.0 - beta2t);
       T const eps1 = T(o_.eps1);
-      T const* g = p.grad.data();  // (batch, rows, cols) or (n)
-      Tensor<T, B> u = Tensor<T, B>::uninitialized(p.shape());
+      T const* g = gs;  // (batch, rows, cols) or (n)
+      Tensor<T, Cpu> u = Tensor<T, Cpu>::uninitialized(p.shape());
       T* ud = u.data();
       if (factored) {
         T* r = s.row.data();  // (batch, rows)
@@ -488,13 +481,14 @@ class Adafactor final : public Optimizer<T, B> {
         T* m = s.exp_avg.data();
         for (Index i = 0; i < n; ++i) ud[i] = m[i] = m[i] * b1 + a1 * ud[i];
       }
-      T* x = p.value.data();
+      T* x = xs;
       if (o_.weight_decay != 0) {
         // p.add_(p, alpha=-weight_decay * lr): alpha is the Python product, or a float tensor when lr is one.
         T const alpha = lr_is_tensor ? T(-o_.weight_decay) * lr : T(-o_.weight_decay * lr_py);
         for (Index i = 0; i < n; ++i) x[i] = x[i] + alpha * x[i];
       }
       for (Index i = 0; i < n; ++i) x[i] = x[i] + (-ud[i]);
+      if constexpr (!std::is_same_v<B, Cpu>) BackendMemory<B>::upload(p.value.data(), xs, p.value.bytes());
     }
   }
 
@@ -535,6 +529,12 @@ class Adafactor final : public Optimizer<T, B> {
   }
 
  private:
+  /// The host elements of a parameter tensor: its own data on the Cpu, else the host copy made for this step.
+  template <class Tensor_>
+  static auto* host_data(Tensor_& t, Tensor<T, Cpu>& host) {
+    if constexpr (std::is_same_v<B, Cpu>) return t.data();
+    else return host.data();
+  }
   /// Adafactor._rms: ||x||_2 / sqrt(numel), the norm rounded to T before the division as torch's does.
   static T rms(T const* x, Index n) {
     double acc = 0;
@@ -549,10 +549,10 @@ class Adafactor final : public Optimizer<T, B> {
 
   struct Slot {
     std::int64_t step = 0;
-    Tensor<T, B> exp_avg;  // (param shape) when beta1 is set
-    Tensor<T, B> row;      // (..., R) factored second moment, rank >= 2
-    Tensor<T, B> col;      // (..., C)
-    Tensor<T, B> sq;       // (param shape) full second moment, rank < 2
+    Tensor<T, Cpu> exp_avg;  // (param shape) when beta1 is set; host tensors on every backend
+    Tensor<T, Cpu> row;      // (..., R) factored second moment, rank >= 2
+    Tensor<T, Cpu> col;      // (..., C)
+    Tensor<T, Cpu> sq;       // (param shape) full second moment, rank < 2
   };
   AdafactorOptions o_;
   std::map<std::string, Slot> state_;
@@ -582,7 +582,10 @@ std::unique_ptr<Optimizer<T, B>> make_optimizer(OptimizerOptions const& o, std::
   if (o.type == "adamw")
     return std::make_unique<AdamW<T, B>>(std::move(params),
                                          AdamWOptions{o.lr, o.beta1, o.beta2, o.eps, o.weight_decay});
-  if (o.type == "adamw8bit") return make_adamw8bit<T, B>(o, std::move(params));
+  if (o.type == "adamw8bit") {
+    if constexpr (std::is_same_v<B, Cpu>) return make_adamw8bit<T, B>(o, std::move(params));
+    else SDLORA_THROW(ConfigError, "[optimizer] adamw8bit runs on the CPU backend only; use adamw, sgd or adafactor");
+  }
   if (o.type == "sgd")
     return std::make_unique<Sgd<T, B>>(std::move(params),
                                        SgdOptions{o.lr, o.momentum, o.dampening, o.weight_decay, o.nesterov});
