@@ -230,9 +230,9 @@ TEST_CASE("One VAE training step matches diffusers' loss and gradients (tiny SD 
   SECTION("L1, and only the decoder trainable") {
     auto vae = tiny_sd1_vae();
     nn::set_trainable(vae.decoder, true);
-    auto const step = train::vae_training_step<float>(
-        ctx, vae, images.view(), noise.view(),
-        {.kl_weight = kl_weight, .reconstruction = train::VaeReconstructionLoss::L1});
+    auto const step =
+        train::vae_training_step<float>(ctx, vae, images.view(), noise.view(),
+                                        {.kl_weight = kl_weight, .reconstruction = train::VaeReconstructionLoss::L1});
     CHECK(step.loss == Approx(ref.load<float>("l1.loss")(0)).epsilon(1e-5));
     CHECK(step.reconstruction_loss == Approx(ref.load<float>("l1.reconstruction_loss")(0)).epsilon(1e-5));
     CHECK(step.kl_loss == Approx(ref.load<float>("l1.kl_loss")(0)).epsilon(1e-5));

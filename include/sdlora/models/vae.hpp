@@ -35,11 +35,11 @@ class VaeAttention {
   /// out (N, C, H, W) = x + attention(group_norm(x)) over the H*W positions.
   Tensor<T, B> forward(Context<B>& ctx, TensorView<T const, B> x, Mode mode = Mode::Infer) {
     Index const n = x.dim(0), c = x.dim(1), hh = x.dim(2), ww = x.dim(3);
-    auto h = group_norm.forward(ctx, x, mode);                           // (N, C, H, W)
-    auto tokens = Tensor<T, B>::uninitialized(Shape{n, hh * ww, c});    // (N, H*W, C)
+    auto h = group_norm.forward(ctx, x, mode);                        // (N, C, H, W)
+    auto tokens = Tensor<T, B>::uninitialized(Shape{n, hh * ww, c});  // (N, H*W, C)
     ops::nchw_to_nlc<T, B>(ctx, tokens.view(), h.view());
-    auto a = attn.forward(ctx, tokens.view(), {}, mode);                 // (N, H*W, C)
-    auto out = Tensor<T, B>::uninitialized(x.shape());                   // (N, C, H, W)
+    auto a = attn.forward(ctx, tokens.view(), {}, mode);  // (N, H*W, C)
+    auto out = Tensor<T, B>::uninitialized(x.shape());    // (N, C, H, W)
     ops::nlc_to_nchw<T, B>(ctx, out.view(), a.view());
     ops::add<T, B>(ctx, out.view(), out.view(), x);
     return out;
@@ -49,10 +49,10 @@ class VaeAttention {
     Index const n = dout.dim(0), c = dout.dim(1), hh = dout.dim(2), ww = dout.dim(3);
     auto dtokens = Tensor<T, B>::uninitialized(Shape{n, hh * ww, c});  // (N, H*W, C)
     ops::nchw_to_nlc<T, B>(ctx, dtokens.view(), dout);
-    auto const ga = attn.backward(ctx, dtokens.view());  // self-attention: q, k, v gradients summed in dx
-    auto dh = Tensor<T, B>::uninitialized(dout.shape());   // (N, C, H, W)
+    auto const ga = attn.backward(ctx, dtokens.view());   // self-attention: q, k, v gradients summed in dx
+    auto dh = Tensor<T, B>::uninitialized(dout.shape());  // (N, C, H, W)
     ops::nlc_to_nchw<T, B>(ctx, dh.view(), ga.dx.view());
-    auto dx = group_norm.backward(ctx, dh.view());  // (N, C, H, W)
+    auto dx = group_norm.backward(ctx, dh.view());    // (N, C, H, W)
     ops::add<T, B>(ctx, dx.view(), dx.view(), dout);  // residual
     return dx;
   }
@@ -166,7 +166,8 @@ class VaeEncoder {
     g = act_.backward(ctx, g.view());
     g = conv_norm_out.backward(ctx, g.view());
     g = mid_block.backward(ctx, g.view());
-    for (auto block = down_blocks.rbegin(); block != down_blocks.rend(); ++block) g = block->backward(ctx, std::move(g));
+    for (auto block = down_blocks.rbegin(); block != down_blocks.rend(); ++block)
+      g = block->backward(ctx, std::move(g));
     return conv_in.backward(ctx, g.view());
   }
   template <class V>
@@ -249,8 +250,8 @@ struct LatentDistribution {
 
   /// mean + exp(0.5 logvar) * noise, with `noise` (N, L, h, w) drawn by the caller (torch-compatible or Philox).
   Tensor<T, B> sample(Context<B>& ctx, TensorView<T const, B> noise) const {
-    SDLORA_EXPECTS(noise.shape() == mean.shape(), "[vae.sample] noise must be " << mean.shape() << ", got "
-                                                                                  << noise.shape());
+    SDLORA_EXPECTS(noise.shape() == mean.shape(),
+                   "[vae.sample] noise must be " << mean.shape() << ", got " << noise.shape());
     Tensor<T, B> out(mean.shape());
     Tensor<T, B> std_dev(logvar.shape());
     ops::map<T, B>(ctx, std_dev.view(), logvar.view(), LogvarToStd{});
@@ -296,11 +297,11 @@ class AutoencoderKL {
   /// Mode::Train keeps what encode_backward needs.
   LatentDistribution<T, B> encode(Context<B>& ctx, TensorView<T const, B> images, Mode mode = Mode::Infer) {
     int const f = config_.scale();
-    SDLORA_EXPECTS(images.rank() == 4 && images.dim(1) == config_.in_channels && images.dim(2) % f == 0 &&
-                       images.dim(3) % f == 0,
-                   "[vae.encode] images must be (N, " << config_.in_channels << ", H, W) with H, W multiples of " << f
-                                                      << ", got " << images.shape());
-    auto h = encoder.forward(ctx, images, mode);                          // (N, 2L, H / f, W / f)
+    SDLORA_EXPECTS(
+        images.rank() == 4 && images.dim(1) == config_.in_channels && images.dim(2) % f == 0 && images.dim(3) % f == 0,
+        "[vae.encode] images must be (N, " << config_.in_channels << ", H, W) with H, W multiples of " << f << ", got "
+                                           << images.shape());
+    auto h = encoder.forward(ctx, images, mode);  // (N, 2L, H / f, W / f)
     if (config_.use_quant_conv) h = quant_conv.forward(ctx, h.view(), mode);
     Index const n = h.dim(0), l = config_.latent_channels, hh = h.dim(2), ww = h.dim(3);
     LatentDistribution<T, B> d{Tensor<T, B>(Shape{n, l, hh, ww}), Tensor<T, B>(Shape{n, l, hh, ww})};
@@ -312,9 +313,8 @@ class AutoencoderKL {
   /// (N, L, H / f, W / f); parameter gradients accumulate.
   Tensor<T, B> encode_backward(Context<B>& ctx, TensorView<T const, B> dmean, TensorView<T const, B> dlogvar) {
     SDLORA_EXPECTS(dmean.rank() == 4 && dmean.shape() == dlogvar.shape() && dmean.dim(1) == config_.latent_channels,
-                   "[vae.encode_backward] dmean and dlogvar must both be (N, " << config_.latent_channels
-                                                                               << ", h, w), got " << dmean.shape()
-                                                                               << " and " << dlogvar.shape());
+                   "[vae.encode_backward] dmean and dlogvar must both be (N, "
+                       << config_.latent_channels << ", h, w), got " << dmean.shape() << " and " << dlogvar.shape());
     Index const l = config_.latent_channels;
     auto dmoments = Tensor<T, B>::uninitialized(Shape{dmean.dim(0), 2 * l, dmean.dim(2), dmean.dim(3)});
     ops::concat_channels<T, B>(ctx, dmoments.view(), dmean, dlogvar);  // (N, 2L, h, w)
@@ -326,9 +326,9 @@ class AutoencoderKL {
   /// Images (N, 3, H * f, W * f) (roughly in [-1, 1]) from latents (N, L, H, W) (already divided by the scaling
   /// factor). Mode::Train keeps what decode_backward needs.
   Tensor<T, B> decode(Context<B>& ctx, TensorView<T const, B> latents, Mode mode = Mode::Infer) {
-    SDLORA_EXPECTS(latents.rank() == 4 && latents.dim(1) == config_.latent_channels,
-                   "[vae.decode] latents must be (N, " << config_.latent_channels << ", H, W), got "
-                                                       << latents.shape());
+    SDLORA_EXPECTS(
+        latents.rank() == 4 && latents.dim(1) == config_.latent_channels,
+        "[vae.decode] latents must be (N, " << config_.latent_channels << ", H, W), got " << latents.shape());
     if (!config_.use_post_quant_conv) return decoder.forward(ctx, latents, mode);
     auto z = post_quant_conv.forward(ctx, latents, mode);
     return decoder.forward(ctx, z.view(), mode);

@@ -79,8 +79,8 @@ VaeStep<T, B> vae_training_step(Context<B>& ctx, models::AutoencoderKL<T, B>& va
   static_assert(std::is_same_v<B, Cpu>, "vae_training_step computes the loss on the host: use the CPU backend");
   SDLORA_EXPECTS(images.is_contiguous() && noise.is_contiguous(), "[vae_training_step] needs contiguous tensors");
   auto const dist = vae.encode(ctx, images, nn::Mode::Train);  // checks the images' shape
-  SDLORA_EXPECTS(noise.shape() == dist.mean.shape(), "[vae_training_step] noise must be " << dist.mean.shape()
-                                                                                          << ", got " << noise.shape());
+  SDLORA_EXPECTS(noise.shape() == dist.mean.shape(),
+                 "[vae_training_step] noise must be " << dist.mean.shape() << ", got " << noise.shape());
   Index const n = dist.mean.dim(0), nl = dist.mean.numel();
   // z = mean + std * eps, with the clamped logvar
   auto z = Tensor<T, B>::uninitialized(dist.mean.shape());  // (N, L, h, w)
@@ -96,9 +96,9 @@ VaeStep<T, B> vae_training_step(Context<B>& ctx, models::AutoencoderKL<T, B>& va
   }
   VaeStep<T, B> out;
   out.reconstruction = vae.decode(ctx, z.view(), nn::Mode::Train);  // (N, 3, H, W)
-  SDLORA_EXPECTS(out.reconstruction.shape() == images.shape(),
-                 "[vae_training_step] the reconstruction " << out.reconstruction.shape() << " differs from the images "
-                                                           << images.shape());
+  SDLORA_EXPECTS(out.reconstruction.shape() == images.shape(), "[vae_training_step] the reconstruction "
+                                                                   << out.reconstruction.shape()
+                                                                   << " differs from the images " << images.shape());
   // reconstruction loss and d loss / d recon
   Index const np = images.numel();
   auto drecon = Tensor<T, B>::uninitialized(images.shape());  // (N, 3, H, W)
@@ -166,9 +166,9 @@ VaeStep<T, Cpu> vae_training_step(Context<Cpu>& ctx, models::AutoencoderKL<T, Cp
                                   std::type_identity_t<TensorView<T const, Cpu>> images, Philox4x32& rng,
                                   VaeObjectiveOptions const& options = {}) {
   int const f = vae.config().scale();
-  SDLORA_EXPECTS(images.rank() == 4 && images.dim(2) % f == 0 && images.dim(3) % f == 0,
-                 "[vae_training_step] images must be (N, C, H, W) with H, W multiples of " << f << ", got "
-                                                                                             << images.shape());
+  SDLORA_EXPECTS(
+      images.rank() == 4 && images.dim(2) % f == 0 && images.dim(3) % f == 0,
+      "[vae_training_step] images must be (N, C, H, W) with H, W multiples of " << f << ", got " << images.shape());
   auto noise = Tensor<T, Cpu>::uninitialized(
       Shape{images.dim(0), vae.config().latent_channels, images.dim(2) / f, images.dim(3) / f});  // (N, L, h, w)
   rng.normal(noise);
