@@ -318,6 +318,17 @@ TEST_CASE("image: crafted JPEGs the fuzzer found are one-line IoErrors naming th
 #endif
 }
 
+TEST_CASE("image: a top-down BMP (negative height) is measured by its magnitude", "[io][image][fuzz]") {
+  // image_fuzz, first run on libjpeg / libpng: stbi_info reports a top-down BMP's height as stored, negative, and
+  // decode_image took it as 0 pixels, so a 54-byte BMP claiming 10000 x -10000 passed the pixel limit (300 MB).
+  CHECK_THAT(io_error([] { io::decode_image(bmp_header_only(10000, std::uint32_t(-10000)), "top-down.bmp"); }),
+             Contains("top-down.bmp is 10000 x 10000 = 100000000 pixels, over the limit"));
+  // The committed finding: 155 x -2, whose header size (0 rows) disagreed with the decoded image (2 rows).
+  std::string const file = test::fixture("fuzz/findings/bmp-top-down-negative-height.bmp");
+  CHECK(io::decode_image_size(file_bytes(file), file) == std::pair<Index, Index>{155, 2});
+  CHECK(io::load_image(file).shape() == Shape{3, 2, 155});
+}
+
 TEST_CASE("image: truncated, corrupt and oversized JPEG / PNG files are one-line IoErrors naming the file",
           "[io][image]") {
   std::string const jpg = file_bytes(test::fixture("fuzz/image/baseline.jpg"));

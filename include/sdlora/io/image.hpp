@@ -360,6 +360,10 @@ inline DecodedImage decode_with_library([[maybe_unused]] Decoder decoder, std::s
   return out;
 }
 
+/// A width or height from stbi_info: its magnitude. stb reports a top-down BMP's height as stored, negative (and
+/// decodes |h| rows): taken as 0 it let a BMP claiming 10000 x -10000 pixels past the pixel limit (image_fuzz).
+inline std::uint64_t stb_extent(int v) { return v < 0 ? std::uint64_t(-std::int64_t(v)) : std::uint64_t(v); }
+
 /// Width and height from the header of an image held in memory (nothing decoded), or the reason no decoder can
 /// read it ("" when it can).
 inline std::string image_size(std::string_view bytes, std::uint64_t& width, std::uint64_t& height) {
@@ -376,8 +380,8 @@ inline std::string image_size(std::string_view bytes, std::uint64_t& width, std:
   if (!stb::stbi_info_from_memory(reinterpret_cast<unsigned char const*>(bytes.data()), int(bytes.size()), &w, &h,
                                   &channels))
     return stb::stbi_failure_reason();
-  width = std::uint64_t(std::max(w, 0));
-  height = std::uint64_t(std::max(h, 0));
+  width = stb_extent(w);
+  height = stb_extent(h);
   return "";
 }
 
@@ -422,7 +426,7 @@ inline Tensor<float, Cpu> decode_image(std::string_view bytes, std::string const
   int w = 0, h = 0, channels = 0;
   if (!detail::stb::stbi_info_from_memory(data, int(bytes.size()), &w, &h, &channels))
     SDLORA_THROW(IoError, "[load_image] cannot read " << name << ": " << detail::stb::stbi_failure_reason());
-  detail::check_pixel_limit(name, std::uint64_t(std::max(w, 0)), std::uint64_t(std::max(h, 0)), options.max_pixels);
+  detail::check_pixel_limit(name, detail::stb_extent(w), detail::stb_extent(h), options.max_pixels);
   unsigned char* p = detail::stb::stbi_load_from_memory(data, int(bytes.size()), &w, &h, &channels, 3);
   if (!p)
     SDLORA_THROW(IoError, "[load_image] cannot read " << name << ": " << detail::stb::stbi_failure_reason());
