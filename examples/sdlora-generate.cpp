@@ -290,6 +290,7 @@ int run(int argc, char** argv) {
   ctx.num_threads = a.threads;
   models::LoadOptions lo;
   lo.config_dir = a.config_dir;
+  lo.weights_dtype = nn::parse_weight_dtype(a.weights_dtype);  // narrowed while loading
   auto sd = models::load_stable_diffusion<float>(a.model, lo);
   if (!a.vae.empty()) sd.vae = models::load_vae<float>(a.vae, sd.vae.config());
   bool const micro = !a.original_size.empty() || !a.target_size.empty() || !a.crops.empty();

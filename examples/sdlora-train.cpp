@@ -325,6 +325,7 @@ int train_model(Args const& a, train::Method method, std::string const& data_dir
   Context<Cpu> ctx;
   models::LoadOptions lo;
   lo.config_dir = a.config_dir;
+  lo.weights_dtype = nn::parse_weight_dtype(a.weights_dtype);  // narrowed while loading
   auto sd = models::load_stable_diffusion<float>(a.model, lo);
   models::set_weight_storage(sd, nn::parse_weight_dtype(a.weights_dtype));
   if (a.resolution % sd.vae_scale() != 0)

@@ -1,5 +1,7 @@
 #include <catch2/catch.hpp>
 
+#include <cstdint>  // std::uintptr_t
+
 #include "support.hpp"
 
 using namespace sdlora;
@@ -26,6 +28,29 @@ TEST_CASE("Tensor owns zeroed memory, copies deeply, moves cheaply", "[core]") {
   CHECK(moved.at({1, 2}) == 7.0f);
   CHECK(copy.empty());
   CHECK_THROWS_AS(t.at({2, 0}), ShapeError);
+}
+
+TEST_CASE("New tensors are zero whether their block is fresh (calloc) or reused dirty from the block cache",
+          "[core]") {
+  Shape const big{1 << 17};  // 512 KiB: a cached size class
+  for (int round = 0; round < 3; ++round) {
+    Tensor<float> fresh(big);
+    CHECK(reinterpret_cast<std::uintptr_t>(fresh.data()) % BackendMemory<Cpu>::kAlignment == 0);
+    Index nonzero = 0;
+    for (float v : fresh.span()) nonzero += v != 0.0f;
+    CHECK(nonzero == 0);
+    fresh.fill(3.0f);  // dirty: freed into the cache, the next round's tensor may be this block
+  }
+  auto dirty = Tensor<float>::uninitialized(big);
+  dirty.fill(-1.0f);
+  float const* block = dirty.data();
+  dirty = Tensor<float>();
+  Tensor<float> reused(big);
+  INFO("reused the dirty block: " << (reused.data() == block));
+  Index nonzero = 0;
+  for (float v : reused.span()) nonzero += v != 0.0f;
+  CHECK(nonzero == 0);
+  BackendMemory<Cpu>::release_cached();  // frees calloc'd and aligned_alloc'd blocks alike (ASan / valgrind clean)
 }
 
 TEST_CASE("Views slice the first axis, index, reshape and copy out contiguously", "[core]") {

@@ -1,8 +1,12 @@
 // The whole tiny pipeline with its frozen weights in 16 bits against the float pipeline, same seed. Tolerance: mean
-// |difference| of the final image <= 2/255 (images in [0, 1]), the bound for 16-bit weights.
+// |difference| of the final image <= 2/255 (images in [0, 1]), the bound for 16-bit weights. Then the same
+// weights narrowed while loading (LoadOptions::weights_dtype): bit for bit the model narrowed after loading.
 #include <catch2/catch.hpp>
 
 #include <cmath>
+#include <string>
+#include <type_traits>
+#include <vector>
 
 #include <sdlora/pipeline.hpp>
 
@@ -38,4 +42,89 @@ TEST_CASE("txt2img with F16 / BF16 frozen weights stays within 2/255 of float", 
     nn::set_weight_storage(sd.text_encoder, DType::F32);
     nn::set_weight_storage(sd.vae, DType::F32);
   }
+}
+
+namespace {
+/// Every parameter of `got` against `want` (same tree): the 16-bit storage and bits of each weight the GEMM reads,
+/// the float value of every other parameter. Returns how many weights were 16-bit.
+template <class Module>
+std::size_t check_same_storage(Module& got, Module& want, DType d) {
+  std::size_t sixteen = 0;
+  std::vector<nn::Parameter<float, Cpu>*> wanted;
+  nn::for_each_parameter(want, [&](std::string const&, nn::Parameter<float, Cpu>& p) { wanted.push_back(&p); });
+  std::size_t i = 0;
+  got.visit("", [&](std::string const& leaf_name, auto& leaf) {
+    using L = std::remove_cvref_t<decltype(leaf)>;
+    leaf.for_each_parameter(leaf_name, [&](std::string const& name, nn::Parameter<float, Cpu>& p) {
+      INFO(name);
+      REQUIRE(i < wanted.size());
+      nn::Parameter<float, Cpu> const& w = *wanted[i++];
+      bool weight = false;
+      if constexpr (nn::WeightLeaf<L>) weight = &p == &leaf.weight;
+      if (weight) {  // a frozen Linear / Conv2d weight: kept in 16 bits from the moment it was read
+        CHECK(p.value.empty());
+        CHECK(!p.value16.empty());
+        CHECK(p.storage == d);
+        REQUIRE(p.value16.shape() == w.value16.shape());
+        Index differ = 0;
+        for (Index e = 0; e < p.value16.numel(); ++e) differ += p.value16(e) != w.value16(e);
+        CHECK(differ == 0);
+        ++sixteen;
+      } else {  // norms, biases, embeddings stay float
+        CHECK(!p.is_16bit());
+        REQUIRE(p.value.shape() == w.value.shape());
+        Index differ = 0;
+        for (Index e = 0; e < p.value.numel(); ++e) differ += p.value(e) != w.value(e);
+        CHECK(differ == 0);
+      }
+    });
+  });
+  CHECK(i == wanted.size());
+  return sixteen;
+}
+}  // namespace
+
+// LoadOptions::weights_dtype narrows each frozen weight as it is read instead of after the whole float model: the
+// result must be the very model that load + set_weight_storage gives (bit for bit, so the outputs are those that the
+// test above bounds against float: checked equal here), from a float diffusers folder (read, then narrowed) and from
+// an fp16 single file (F16: the file's bits copied; BF16: read and narrowed).
+TEST_CASE("Loading with weights_dtype F16 / BF16 keeps each frozen weight in 16 bits from the start",
+          "[pipeline][storage]") {
+  Context<Cpu> ctx;
+  pipeline::GenerateOptions o;
+  o.prompt = "a photo of a cat";
+  o.steps = 2;
+  o.width = o.height = 16;
+  o.seed = 7;
+  o.sampler = "euler";
+  for (std::string const file : {"models/tiny-sd1", "models/tiny-sd1.safetensors"}) {
+    models::LoadOptions lo;
+    lo.config_dir = file == "models/tiny-sd1.safetensors" ? test::fixture("models/tiny-sd1") : "";
+    auto want = models::load_stable_diffusion<float>(test::fixture(file), lo);
+    auto const want_f32 = pipeline::txt2img(ctx, want, o);
+    for (DType d : {DType::F16, DType::BF16}) {
+      INFO(file << " " << dtype_name(d));
+      models::set_weight_storage(want, d);
+      lo.weights_dtype = d;
+      auto got = models::load_stable_diffusion<float>(test::fixture(file), lo);
+      std::size_t const sixteen = check_same_storage(got.unet, want.unet, d) +
+                                  check_same_storage(got.text_encoder, want.text_encoder, d) +
+                                  check_same_storage(got.vae, want.vae, d);
+      CHECK(sixteen == models::set_weight_storage(want, d).weights);  // every weight set_weight_storage converts
+      auto const a = pipeline::txt2img(ctx, got, o), b = pipeline::txt2img(ctx, want, o);
+      Index differ = 0;
+      double diff = 0;
+      for (Index i = 0; i < a.images.numel(); ++i) {
+        differ += a.images(i) != b.images(i);
+        diff += std::abs(double(a.images(i)) - double(want_f32.images(i)));
+      }
+      CHECK(differ == 0);
+      CHECK(diff / double(a.images.numel()) <= 2.0 / 255);  // the 16-bit bound against float, as above
+      models::set_weight_storage(want, DType::F32);
+    }
+  }
+  models::LoadOptions bad;
+  bad.weights_dtype = DType::I8;
+  CHECK_THROWS_WITH(models::load_stable_diffusion<float>(test::fixture("models/tiny-sd1"), bad),
+                    Catch::Contains("weights_dtype must be F32, F16 or BF16"));
 }

@@ -5,7 +5,8 @@
 
 #include <concepts>  // std::same_as
 #include <cstddef>   // std::size_t
-#include <cstdlib>   // std::aligned_alloc, std::free
+#include <cstdint>   // std::uintptr_t
+#include <cstdlib>   // std::aligned_alloc, std::calloc, std::free
 #include <cstring>   // std::memcpy, std::memset
 #include <mutex>          // std::mutex, std::lock_guard
 #include <new>            // std::bad_alloc
@@ -77,7 +78,7 @@ class HostBlockCache {
   void release() {
     std::lock_guard<std::mutex> lock(mutex_);
     for (auto& [bytes, blocks] : free_)
-      for (void* p : blocks) std::free(p);
+      for (void* p : blocks) std::free(static_cast<void**>(p)[1]);  // the block's own malloc pointer (header word 1)
     free_.clear();
     idle_ = 0;
   }
@@ -97,27 +98,19 @@ class HostBlockCache {
 template <>
 struct BackendMemory<Cpu> {
   static constexpr std::size_t kAlignment = 64;  // a cache line; vector loads of every ISA path
-  /// Each block starts with a kAlignment-byte header holding its size class (0: not cacheable), then the data.
-  static void* allocate(std::size_t bytes) {
-    if (bytes == 0) return nullptr;
-    std::size_t const rounded = (bytes + kAlignment - 1) / kAlignment * kAlignment;
-    bool const cacheable = rounded >= detail::HostBlockCache::kMinBytes && detail::HostBlockCache::enabled();
-    std::size_t const block =
-        cacheable ? (rounded + kAlignment + detail::HostBlockCache::kGranule - 1) / detail::HostBlockCache::kGranule *
-                        detail::HostBlockCache::kGranule
-                  : rounded + kAlignment;
-    void* base = cacheable ? detail::HostBlockCache::instance().take(block) : nullptr;
-    if (base == nullptr) base = std::aligned_alloc(kAlignment, block);
-    if (base == nullptr) throw std::bad_alloc();
-    *static_cast<std::size_t*>(base) = cacheable ? block : 0;
-    return static_cast<char*>(base) + kAlignment;
-  }
+  /// Each block starts with a kAlignment-byte header: word 0 its size class (0: not cacheable), word 1 the pointer
+  /// malloc returned (to free), then the data.
+  static void* allocate(std::size_t bytes) { return allocate_block(bytes, false); }
+  /// Zero-filled memory. A fresh block comes from calloc, whose large blocks are pages the OS has not handed out
+  /// yet: they cost no resident memory until written, so a model constructed with zero weights and then loaded
+  /// tensor by tensor never holds its whole float size (a reused cached block is cleared with memset).
+  static void* allocate_zeroed(std::size_t bytes) { return allocate_block(bytes, true); }
   static void deallocate(void* p) {
     if (p == nullptr) return;
     void* base = static_cast<char*>(p) - kAlignment;
     std::size_t const block = *static_cast<std::size_t*>(base);
     if (block != 0 && detail::HostBlockCache::instance().keep(base, block)) return;
-    std::free(base);
+    std::free(static_cast<void**>(base)[1]);
   }
   /// Returns the idle blocks kept for reuse to the OS (for example between generation and training).
   static void release_cached() { detail::HostBlockCache::instance().release(); }
@@ -128,6 +121,33 @@ struct BackendMemory<Cpu> {
     if (bytes) std::memset(dst, 0, bytes);
   }
   static void synchronize() {}
+
+ private:
+  static void* allocate_block(std::size_t bytes, bool zeroed) {
+    if (bytes == 0) return nullptr;
+    std::size_t const rounded = (bytes + kAlignment - 1) / kAlignment * kAlignment;
+    bool const cacheable = rounded >= detail::HostBlockCache::kMinBytes && detail::HostBlockCache::enabled();
+    std::size_t const block =
+        cacheable ? (rounded + kAlignment + detail::HostBlockCache::kGranule - 1) / detail::HostBlockCache::kGranule *
+                        detail::HostBlockCache::kGranule
+                  : rounded + kAlignment;
+    void* base = cacheable ? detail::HostBlockCache::instance().take(block) : nullptr;
+    if (base != nullptr) {
+      if (zeroed) std::memset(static_cast<char*>(base) + kAlignment, 0, rounded);
+    } else if (zeroed) {  // calloc aligns to 16 bytes: over-allocate and align the header up
+      void* raw = std::calloc(1, block + kAlignment);
+      if (raw == nullptr) throw std::bad_alloc();
+      std::uintptr_t const at = (reinterpret_cast<std::uintptr_t>(raw) + kAlignment - 1) / kAlignment * kAlignment;
+      base = reinterpret_cast<void*>(at);
+      static_cast<void**>(base)[1] = raw;
+    } else {
+      base = std::aligned_alloc(kAlignment, block);
+      if (base == nullptr) throw std::bad_alloc();
+      static_cast<void**>(base)[1] = base;
+    }
+    *static_cast<std::size_t*>(base) = cacheable ? block : 0;
+    return static_cast<char*>(base) + kAlignment;
+  }
 };
 
 /// A backend tag with allocate / deallocate / copy / zero / synchronize.

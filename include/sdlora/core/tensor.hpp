@@ -104,7 +104,15 @@ class Tensor {
   using backend = B;
 
   Tensor() = default;
-  explicit Tensor(Shape shape) : Tensor(uninitialized(shape)) { fill_zero(); }
+  explicit Tensor(Shape shape) {
+    if constexpr (requires(std::size_t n) { BackendMemory<B>::allocate_zeroed(n); }) {
+      shape_ = shape;  // zeroed by the allocator: the CPU's fresh pages are not touched (a model built to be loaded)
+      data_ = static_cast<T*>(BackendMemory<B>::allocate_zeroed(bytes()));
+    } else {
+      *this = uninitialized(shape);
+      fill_zero();
+    }
+  }
   static Tensor uninitialized(Shape shape) {
     Tensor t;
     t.shape_ = shape;

@@ -8,9 +8,9 @@
 #pragma once
 
 #include <fcntl.h>     // open
-#include <sys/mman.h>  // mmap, munmap
+#include <sys/mman.h>  // mmap, munmap, madvise
 #include <sys/stat.h>  // fstat
-#include <unistd.h>    // close, fsync
+#include <unistd.h>    // close, fsync, sysconf
 
 #include <algorithm>    // std::sort
 #include <cerrno>       // errno
@@ -129,6 +129,14 @@ class Mapping {
   Mapping& operator=(Mapping const&) = delete;
   unsigned char const* data() const { return data_; }
   std::size_t size() const { return size_; }
+  /// Drops the resident pages of bytes [begin, end) from this process (a mapped file only; the page cache keeps
+  /// them and a later read faults them in again, unchanged: the mapping is private and never written).
+  void release(std::size_t begin, std::size_t end) const {
+    if (!mapped_ || end <= begin) return;
+    std::size_t const page = std::size_t(::sysconf(_SC_PAGESIZE));
+    std::size_t const first = begin / page * page, last = std::min(size_, (end + page - 1) / page * page);
+    ::madvise(const_cast<unsigned char*>(data_) + first, last - first, MADV_DONTNEED);
+  }
 
  private:
   unsigned char const* data_ = nullptr;
@@ -177,6 +185,13 @@ class SafetensorsFile {
   std::string_view bytes(std::string const& key) const {
     TensorInfo const& t = info(key);
     return {reinterpret_cast<char const*>(data_begin() + t.begin), std::size_t(t.end - t.begin)};
+  }
+
+  /// Lets the pages of one tensor leave this process's resident memory once it has been read (loading a model
+  /// tensor by tensor then never holds the whole mapped file); the tensor stays readable.
+  void release(std::string const& key) const {
+    TensorInfo const& t = info(key);
+    map_->release(std::size_t(data_begin() - map_->data() + t.begin), std::size_t(data_begin() - map_->data() + t.end));
   }
 
   /// Reads one tensor converted to T (float/double/half/bfloat16/integers; 16-bit floats round to nearest even).

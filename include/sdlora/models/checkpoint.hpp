@@ -36,6 +36,10 @@ struct LoadOptions {
   /// Prediction type override for single files ("" = as detected: epsilon for SD 1.x, v_prediction for SD 2.x).
   std::string prediction_type;
   bool load_vae = true;
+  /// Storage of the frozen Linear and Conv2d weights: F32 (the model's own float type), F16 or BF16, narrowed tensor
+  /// by tensor as they are read (the programs' --weights-dtype; see models::set_weight_storage), so the load's peak
+  /// memory is about the 16-bit model rather than the float one.
+  DType weights_dtype = DType::F32;
 };
 
 /// The SD 1.5 scheduler configuration (PNDM), used for single files without a config folder.
@@ -129,6 +133,15 @@ inline std::vector<std::string> component_weight_files(fs::path const& dir, std:
   SDLORA_THROW(IoError, "[load] no " << base << ".safetensors (or sharded index) in " << dir.string());
 }
 
+/// LoadOptions::weights_dtype for a model of T: F32 means T's own type (a double model stays double).
+template <class T>
+DType storage_of(LoadOptions const& options) {
+  SDLORA_EXPECTS(options.weights_dtype == DType::F32 || options.weights_dtype == DType::F16 ||
+                     options.weights_dtype == DType::BF16,
+                 "[load] weights_dtype must be F32, F16 or BF16, got " << dtype_name(options.weights_dtype));
+  return options.weights_dtype == DType::F32 ? dtype_of<T>() : options.weights_dtype;
+}
+
 /// All tensors of several files as one source map (each file must stay alive: kept in `files`).
 inline SourceMap sources_of(std::vector<std::string> const& paths, std::vector<std::unique_ptr<io::SafetensorsFile>>& files,
                             std::string const& add_prefix_if_missing = "") {
@@ -160,7 +173,8 @@ ClipTextModel<T, Cpu> load_text_encoder(std::filesystem::path const& dir, std::s
   ClipTextModel<T, Cpu> text(cfg);
   // transformers 5 writes keys without the "text_model." prefix; 4.x (every SD checkpoint) with it.
   load_parameters<T>(text, sources_of(component_weight_files(dir / sub, "model", options.variant), files, "text_model."),
-                     sub + " from " + (dir / sub).string(), {"text_model.embeddings.position_ids"});
+                     sub + " from " + (dir / sub).string(), {"text_model.embeddings.position_ids"},
+                     storage_of<T>(options));
   return text;
 }
 
@@ -196,7 +210,7 @@ StableDiffusion<T, Cpu> load_diffusers_folder(std::string const& path, LoadOptio
   load_parameters<T>(sd.unet,
                      detail::sources_of(detail::component_weight_files(dir / "unet", "diffusion_pytorch_model",
                                                                        options.variant), files),
-                     "unet from " + (dir / "unet").string());
+                     "unet from " + (dir / "unet").string(), {}, detail::storage_of<T>(options));
 
   sd.text_encoder = detail::load_text_encoder<T>(dir, "text_encoder",
                                                  component_class("text_encoder") == "CLIPTextModelWithProjection",
@@ -216,7 +230,7 @@ StableDiffusion<T, Cpu> load_diffusers_folder(std::string const& path, LoadOptio
     load_parameters<T>(sd.vae,
                        detail::sources_of(detail::component_weight_files(dir / "vae", "diffusion_pytorch_model",
                                                                          options.variant), files),
-                       "vae from " + (dir / "vae").string());
+                       "vae from " + (dir / "vae").string(), {}, detail::storage_of<T>(options));
   }
   sd.tokenizer = detail::load_tokenizer(dir / "tokenizer", "", options);
   fs::path const sched = dir / "scheduler" / "scheduler_config.json";
@@ -315,10 +329,11 @@ StableDiffusion<T, Cpu> load_single_file(std::string const& path, LoadOptions co
     for (std::size_t i = 0; i < unknown.size() && i < 20; ++i) os << "\n    " << unknown[i];
     throw FormatError(os.str());
   }
-  load_parameters<T>(sd.unet, unet_src, "unet from " + path);
-  load_parameters<T>(sd.text_encoder, text_src, "text_encoder from " + path);
-  if (sdxl) load_parameters<T>(sd.text_encoder_2, text_2_src, "text_encoder_2 from " + path);
-  if (options.load_vae) load_parameters<T>(sd.vae, vae_src, "vae from " + path);
+  DType const storage = detail::storage_of<T>(options);
+  load_parameters<T>(sd.unet, unet_src, "unet from " + path, {}, storage);
+  load_parameters<T>(sd.text_encoder, text_src, "text_encoder from " + path, {}, storage);
+  if (sdxl) load_parameters<T>(sd.text_encoder_2, text_2_src, "text_encoder_2 from " + path, {}, storage);
+  if (options.load_vae) load_parameters<T>(sd.vae, vae_src, "vae from " + path, {}, storage);
   else sd.ignored_keys += vae_src.size();
 
   sd.tokenizer = tokenizer::ClipTokenizer::bundled(options.vocab_dir);

@@ -3,15 +3,20 @@
 /// every missing key, unexpected key and shape mismatch. Include <sdlora/models.hpp> instead.
 #pragma once
 
-#include <map>      // std::map
-#include <set>      // std::set
-#include <sstream>  // std::ostringstream
-#include <string>   // std::string
-#include <vector>   // std::vector
+#include <cstdint>      // std::uint16_t
+#include <cstring>      // std::memcpy
+#include <map>          // std::map
+#include <set>          // std::set
+#include <sstream>      // std::ostringstream
+#include <string>       // std::string
+#include <string_view>  // std::string_view
+#include <type_traits>  // std::remove_cvref_t
+#include <vector>       // std::vector
 
 #include <sdlora/io/safetensors.hpp>      // io::SafetensorsFile
 #include <sdlora/models/single_file.hpp>  // KeySource
-#include <sdlora/nn/module.hpp>           // nn::for_each_parameter
+#include <sdlora/nn/module.hpp>           // nn::Parameter::assign
+#include <sdlora/nn/storage.hpp>          // nn::WeightLeaf
 
 namespace sdlora::models {
 
@@ -72,29 +77,50 @@ struct LoadReport {
 /// Fills every parameter of `module` from `sources`. Missing parameters and shape mismatches always fail; sources no
 /// parameter uses fail unless their name matches one of `ignore` (prefixes). One FormatError names them all.
 /// `what` names the component in messages (e.g. "unet from /models/sd15/unet/...safetensors").
+/// `weight_storage` F16 / BF16 keeps every frozen Linear and Conv2d weight in 16 bits (nn::set_weight_storage)
+/// as it is read: tensor by tensor (a 16-bit file's bits are copied as they are), so the load never holds more than
+/// the 16-bit model, one float tensor and the pages of the file being read.
 template <class T, class Module>
 LoadReport load_parameters(Module& module, SourceMap const& sources, std::string const& what,
-                           std::vector<std::string> const& ignore = {}) {
+                           std::vector<std::string> const& ignore = {}, DType weight_storage = dtype_of<T>()) {
   std::vector<std::string> missing, mismatched;
   std::set<std::string> used;
   LoadReport report;
-  nn::for_each_parameter(module, [&](std::string const& name, auto& p) {
-    auto it = sources.find(name);
-    if (it == sources.end()) {
-      missing.push_back(name);
-      return;
-    }
-    used.insert(name);
-    auto t = read_source<T>(it->second);
-    if (!(t.shape() == p.value.shape())) {
-      std::ostringstream os;
-      os << name << " (file key '" << it->second.source.key << "'): expected " << p.value.shape() << ", file has "
-         << t.shape();
-      mismatched.push_back(os.str());
-      return;
-    }
-    p.value = std::move(t);
-    ++report.loaded;
+  bool const sixteen = weight_storage == DType::F16 || weight_storage == DType::BF16;
+  module.visit("", [&](std::string const& leaf_name, auto& leaf) {
+    using L = std::remove_cvref_t<decltype(leaf)>;
+    leaf.for_each_parameter(leaf_name, [&](std::string const& name, auto& p) {
+      auto it = sources.find(name);
+      if (it == sources.end()) {
+        missing.push_back(name);
+        return;
+      }
+      used.insert(name);
+      TensorSource const& src = it->second;
+      bool narrow = false;
+      if constexpr (nn::WeightLeaf<L>) narrow = sixteen && &p == &leaf.weight && !p.trainable;
+      auto mismatch = [&](Shape const& file_shape) {
+        std::ostringstream os;
+        os << name << " (file key '" << src.source.key << "'): expected " << p.shape() << ", file has " << file_shape;
+        mismatched.push_back(os.str());
+      };
+      io::TensorInfo const& info = src.file->info(src.source.key);
+      if (narrow && src.source.take == KeySource::Take::Whole && info.dtype == weight_storage) {
+        if (!(info.shape == p.shape())) return mismatch(info.shape);
+        auto bits = Tensor<std::uint16_t, Cpu>::uninitialized(info.shape);
+        std::string_view const raw = src.file->bytes(src.source.key);
+        if (bits.bytes() > 0) std::memcpy(bits.data(), raw.data(), bits.bytes());
+        p.assign_bits(std::move(bits), weight_storage);
+      } else {
+        auto t = read_source<T>(src);
+        if (!(t.shape() == p.shape())) return mismatch(t.shape());
+        p.assign(std::move(t), narrow ? weight_storage : dtype_of<T>());
+        // The float copy just freed would otherwise wait in the host block cache (up to 1 GiB of it).
+        if (narrow) BackendMemory<Cpu>::release_cached();
+      }
+      src.file->release(src.source.key);
+      ++report.loaded;
+    });
   });
   for (auto const& [name, src] : sources) {
     if (used.count(name)) continue;

@@ -93,6 +93,23 @@ struct Parameter {
       SDLORA_THROW(ConfigError, "[parameter] 16-bit storage of frozen weights is implemented for the CPU backend");
     }
   }
+  /// Replaces the value by `v` and keeps it in `d` (as set_storage): a loader narrows each frozen weight as soon as
+  /// it has read it, so a model with 16-bit weights never holds all of them in float.
+  void assign(Tensor<T, B>&& v, DType d) {
+    value16 = Tensor<std::uint16_t, B>();
+    storage = dtype_of<T>();
+    value = std::move(v);
+    set_storage(d);
+  }
+  /// Replaces the value by F16 or BF16 bits `bits` as stored in a file (no float copy at all). Frozen only.
+  void assign_bits(Tensor<std::uint16_t, B>&& bits, DType d) {
+    SDLORA_EXPECTS(d == DType::F16 || d == DType::BF16, "[parameter] 16-bit bits must be F16 or BF16, got "
+                                                            << dtype_name(d));
+    SDLORA_EXPECTS(!trainable, "[parameter] a trainable parameter stays in " << dtype_name(dtype_of<T>()));
+    value = Tensor<T, B>();
+    value16 = std::move(bits);
+    storage = d;
+  }
   /// The value as T (a copy widened from the 16 bits when stored so).
   Tensor<T, B> widened() const {
     if (!is_16bit()) return value;
