@@ -4,6 +4,7 @@
 /// alone (dominant colour = the caption's colour, background = the caption's background, the style set's outlines
 /// measured and the flat scenes' not, the right shape ranked first) on a few hundred generated scenes; and the
 /// labelled figures of issue 14 (loss.png's axes and title, the LoRA-scale sweep grid's labels).
+#include <algorithm>  // std::clamp, std::max, std::min
 #include <catch2/catch.hpp>
 #include <cmath>                         // std::exp, std::nan, std::abs
 #include <filesystem>                    // std::filesystem
@@ -102,13 +103,13 @@ TEST_CASE("Toy measures: colour, background, outline style and shape read back f
   INFO("colour " << right_color << ", background " << right_background << ", shape " << right_shape << " of " << kScenes
                  << "; smallest colour share " << min_share << ", smallest shape margin " << min_shape_margin
                  << "; outline: base max " << max_base_outline << ", style min " << min_style_outline);
-  CHECK(right_color == kScenes);       // every scene: its caption's colour is the dominant non-background colour
-  CHECK(min_share > 0.7);              // measured 0.84: anti-aliased edges vote for mixtures, weighted down
-  CHECK(right_background == kScenes);  // the border's mode is the caption's background
-  CHECK(max_base_outline < 0.005);     // measured 0 (0.0024 with seed 5): flat scenes, black shapes and backgrounds too
-  CHECK(min_style_outline > 0.015);    // measured 0.021 (the smallest outlines): 2-3 px strokes
+  CHECK(right_color == kScenes);           // every scene: its caption's colour is the dominant non-background colour
+  CHECK(min_share > 0.7);                  // measured 0.90: anti-aliased edges vote for mixtures, weighted down
+  CHECK(right_background == kScenes);      // the border's mode is the caption's background
+  CHECK(max_base_outline < 0.005);         // measured 0.0002 (0.0027 with seed 5): flat scenes, black ones too
+  CHECK(min_style_outline > 0.015);        // measured 0.025 (the smallest outlines): 2-3 px strokes
   CHECK(right_shape >= kScenes * 9 / 10);  // the brief's bar: the right shape first for >= 90% (measured 100%)
-  CHECK(min_shape_margin > 0.05);          // measured 0.13 over the runner-up IoU
+  CHECK(min_shape_margin > 0.05);          // measured 0.11 over the runner-up IoU
 
   // The concept's crescent, which no base scene shows, is recognised against all seven shapes with a wide margin,
   // and the subject (a star with a dot) is a star.
@@ -122,7 +123,7 @@ TEST_CASE("Toy measures: colour, background, outline style and shape read back f
   }
   INFO("crescents " << crescents << ", stars " << stars << " of 40; smallest crescent margin " << min_crescent_margin);
   CHECK(crescents == 40);
-  CHECK(min_crescent_margin > 0.2);  // measured 0.36
+  CHECK(min_crescent_margin > 0.2);  // measured 0.35
   CHECK(stars >= 36);
 
   // Outlines count as their shape (enclosed holes are filled): the style set's shapes are mostly found too.
@@ -141,6 +142,47 @@ TEST_CASE("Toy measures: colour, background, outline style and shape read back f
   CHECK(eval::shape_scores(blank)[0].iou == 0.0);
   CHECK(eval::outline_fraction(blank) == 0.0);
   CHECK_THROWS(eval::outline_fraction(Tensor<float, Cpu>(Shape{1, 32, 32})));
+}
+
+// Generated images are not clean: the measures must hold on scenes blurred (3 x 3 box) with uniform noise of +-0.1
+// per channel, what a small model's decoder gives at best. Measured on these 100 scenes: colour, background and
+// shape all right; outline at most 0.0042 on flat scenes and at least 0.031 on outlines.
+TEST_CASE("Toy measures hold on blurred, noisy scenes", "[toy_world]") {
+  auto degrade = [](Tensor<float, Cpu> const& img, Index i) {
+    Index const h = img.dim(1), w = img.dim(2);
+    Tensor<float, Cpu> out(img.shape());  // (3, H, W)
+    train::detail::SampleRng rng(99, 7, std::uint64_t(i));
+    for (Index k = 0; k < 3; ++k)
+      for (Index y = 0; y < h; ++y)
+        for (Index x = 0; x < w; ++x) {
+          double sum = 0;
+          for (Index dy = -1; dy <= 1; ++dy)
+            for (Index dx = -1; dx <= 1; ++dx)
+              sum += img((k * h + std::clamp<Index>(y + dy, 0, h - 1)) * w + std::clamp<Index>(x + dx, 0, w - 1));
+          out((k * h + y) * w + x) = float(std::clamp(sum / 9 + rng.uniform(-0.1, 0.1), 0.0, 1.0));
+        }
+    return out;
+  };
+  Index colors = 0, backgrounds = 0, shapes = 0;
+  double max_base_outline = 0, min_style_outline = 1;
+  for (Index i = 0; i < 100; ++i) {
+    auto const s = train::make_toy_scene(ToySet::Base, i, 64, 12);
+    auto const img = degrade(s.image, i);
+    colors += eval::dominant_color(img).name == s.color;
+    backgrounds += eval::background_color_name(img) == s.background;
+    shapes += eval::shape_scores(img)[0].shape == s.shape;
+    max_base_outline = std::max(max_base_outline, eval::outline_fraction(img));
+    if (i < 50)
+      min_style_outline = std::min(
+          min_style_outline, eval::outline_fraction(degrade(train::make_toy_scene(ToySet::Style, i, 64, 12).image, i)));
+  }
+  INFO("colour " << colors << ", background " << backgrounds << ", shape " << shapes << " of 100; outline: base max "
+                 << max_base_outline << ", style min " << min_style_outline);
+  CHECK(colors >= 98);
+  CHECK(backgrounds >= 98);
+  CHECK(shapes >= 90);
+  CHECK(max_base_outline < 0.008);
+  CHECK(min_style_outline > 0.012);
 }
 
 // The labelled outputs: loss.png (train::plot_curve) has axes with tick values, axis labels and a title, and its

@@ -121,12 +121,14 @@ inline ColorShare dominant_color(Tensor<float, Cpu> const& img) {
   return {train::kToyPalette[best].name, votes[best] / total};
 }
 
-/// The outline-style measure: the fraction of the image's pixels that are dark, unsaturated ink (max channel
-/// < 0.4, max - min < 0.2) in thin lines. A dark pixel is in a thin line when a morphological opening with a disc
-/// of radius sqrt(5) (a 5 x 5 square without its corners; outside the image counts as dark) removes it and at most
-/// half of its dark 8-connected region survives that opening, so that the thin tips of a solid black star or the
-/// corners of a black square do not count. About 0.02-0.1 at 64 px for the toy world's scribbled outlines (2-3 px
-/// strokes), about 0 (below 0.003) for its flat scenes, black shapes and backgrounds included.
+/// The outline-style measure: the fraction of the image's pixels that are dark, unsaturated ink in thin lines. A pixel
+/// is dark when most of its 3 x 3 neighbourhood has max channel < 0.55 and max - min < 0.35 (the majority vote keeps
+/// noise from punching holes in a black region or making dark specks; only black is that dark in the palette). A
+/// dark pixel is in a thin line when a morphological opening with a disc of radius sqrt(5) (a 5 x 5 square without
+/// its corners; outside the image counts as dark) removes it and at most half of its dark 8-connected region
+/// survives that opening, so that the thin tips of a solid black star or the corners of a black square do not count.
+/// About 0.02-0.1 at 64 px for the toy world's scribbled outlines (2-3 px strokes), below 0.003 for its flat
+/// scenes, black shapes and backgrounds included; the same with uniform noise of +-0.1 after a 3 x 3 blur.
 inline double outline_fraction(Tensor<float, Cpu> const& img) {
   detail::check_toy_image(img, "[outline_fraction]");
   Index const h = img.dim(1), w = img.dim(2);
@@ -135,8 +137,20 @@ inline double outline_fraction(Tensor<float, Cpu> const& img) {
     for (Index x = 0; x < w; ++x) {
       ToyRgb const c = detail::pixel(img, y, x);
       float const hi = std::max({c[0], c[1], c[2]}), lo = std::min({c[0], c[1], c[2]});
-      dark[std::size_t(y * w + x)] = hi < 0.4f && hi - lo < 0.2f;
+      dark[std::size_t(y * w + x)] = hi < 0.55f && hi - lo < 0.35f;
     }
+  {  // majority of the 3 x 3 neighbourhood: noise neither punches holes in dark regions nor makes dark specks
+    std::vector<std::uint8_t> vote(dark.size());
+    for (Index y = 0; y < h; ++y)
+      for (Index x = 0; x < w; ++x) {
+        int n = 0, total = 0;
+        for (Index yy = std::max<Index>(0, y - 1); yy <= std::min(h - 1, y + 1); ++yy)
+          for (Index xx = std::max<Index>(0, x - 1); xx <= std::min(w - 1, x + 1); ++xx)
+            n += dark[std::size_t(yy * w + xx)], ++total;
+        vote[std::size_t(y * w + x)] = 2 * n > total;
+      }
+    dark.swap(vote);
+  }
   auto inside = [&](Index y, Index x) { return y >= 0 && x >= 0 && y < h && x < w; };
   constexpr int kRadius = 2, kRadius2 = 5;  // the disc: dx^2 + dy^2 <= 5
   for (Index y = 0; y < h; ++y)
@@ -235,6 +249,23 @@ inline Tensor<float, Cpu> fill_holes(Tensor<float, Cpu> const& mask) {
   return out;
 }
 
+/// The median of each 3 x 3 neighbourhood of a mask (H, W) (edge pixels repeated): isolated noise goes, edges stay.
+inline Tensor<float, Cpu> median3(Tensor<float, Cpu> const& mask) {
+  Index const h = mask.dim(0), w = mask.dim(1);
+  Tensor<float, Cpu> out(Shape{h, w});  // (H, W)
+  for (Index y = 0; y < h; ++y)
+    for (Index x = 0; x < w; ++x) {
+      std::array<float, 9> v{};
+      std::size_t n = 0;
+      for (Index dy = -1; dy <= 1; ++dy)
+        for (Index dx = -1; dx <= 1; ++dx)
+          v[n++] = mask(std::clamp<Index>(y + dy, 0, h - 1) * w + std::clamp<Index>(x + dx, 0, w - 1));
+      std::nth_element(v.begin(), v.begin() + 4, v.end());
+      out(y * w + x) = v[4];
+    }
+  return out;
+}
+
 /// The IoU (sum of minima over sum of maxima) of a soft mask (H, W) with the toy shape `shape` (train::toy_shapes()
 /// or "crescent") placed at the mask's centroid and scaled to the mask's area, both at the shape's own area
 /// centroid; the shape is rendered with 3 x 3 samples per pixel. 0 for an empty mask.
@@ -285,10 +316,10 @@ inline std::vector<std::string> toy_target_shapes() {
 }
 
 /// The shape measure: shape_iou of the image's foreground (foreground_mask, enclosed holes filled so that outline
-/// drawings count as their shape) with each target, best first.
+/// drawings count as their shape, then a 3 x 3 median against noise) with each target, best first.
 inline std::vector<ShapeScore> shape_scores(Tensor<float, Cpu> const& img,
                                             std::vector<std::string> const& targets = toy_target_shapes()) {
-  Tensor<float, Cpu> const mask = fill_holes(foreground_mask(img));
+  Tensor<float, Cpu> const mask = median3(fill_holes(foreground_mask(img)));
   std::vector<ShapeScore> out;
   for (auto const& t : targets) out.push_back({t, shape_iou(mask, t)});
   std::stable_sort(out.begin(), out.end(), [](ShapeScore const& a, ShapeScore const& b) { return a.iou > b.iou; });
