@@ -23,6 +23,9 @@
 #include <sdlora/train/interrupt.hpp>  // train::StopSignals
 #include <sdlora/train/progress.hpp>   // train::Progress
 #include <sdlora/train/state.hpp>      // train::write_file_atomic
+#if defined(SDLORA_HAS_CUDA)             // a build with -DSDLORA_CUDA=ON: --device cuda
+#include <sdlora/cuda.hpp>               // Context<Cuda>
+#endif
 
 #include "common/cli.hpp"  // cli::normalize_flags, cli::parse, cli::run_main, cli::path_and_scale, cli::parse_list
 
@@ -59,6 +62,7 @@ struct Args {
   std::vector<std::string> embeddings;
   std::string out = "outputs";
   int threads = 0;
+  std::string device = "cpu";
   std::string weights_dtype = "f32";
   std::string vae;                                   // a replacement VAE
   std::string original_size, target_size, crops;     // SDXL micro-conditioning
@@ -154,7 +158,10 @@ po::options_description options(Args& a) {
                                                                 "the output size)")
     ("crops-coords-top-left", po::value(&a.crops)->value_name("TOP,LEFT"), "SDXL micro-conditioning: the crop's top-left "
                                                                           "corner (default: 0,0)")
-    ("threads", po::value(&a.threads)->value_name("N")->default_value(0), "CPU threads (0: all)");
+    ("threads", po::value(&a.threads)->value_name("N")->default_value(0), "CPU threads (0: all)")
+    ("device", po::value(&a.device)->value_name("cpu|cuda")->default_value("cpu"), "where the text encoder, UNet and VAE "
+                                                         "run; cuda needs a build with -DSDLORA_CUDA=ON (LoRAs are "
+                                                         "then merged into the weights; no --lora-scales sweep)");
   // clang-format on
   return d;
 }
@@ -262,6 +269,17 @@ int run(int argc, char** argv) {
   if (!a.init_image.empty() && !(a.strength > 0 && a.strength <= 1))
     SDLORA_THROW(ConfigError, "--strength must be in (0, 1], got " << a.strength);
   if (a.threads < 0) SDLORA_THROW(ConfigError, "--threads must be >= 0, got " << a.threads);
+  if (a.device != "cpu" && a.device != "cuda")
+    SDLORA_THROW(ConfigError, "--device must be cpu or cuda, got '" << a.device << "'");
+#if !defined(SDLORA_HAS_CUDA)
+  if (a.device == "cuda")
+    SDLORA_THROW(ConfigError, "--device cuda: this sdlora-generate was built without the CUDA backend (configure with "
+                              "-DSDLORA_CUDA=ON)");
+#endif
+  bool const on_gpu = a.device == "cuda";
+  if (on_gpu && !a.lora_scales.empty())
+    SDLORA_THROW(ConfigError, "--lora-scales is not available with --device cuda yet (the LoRAs are merged before "
+                              "the model moves to the GPU): sweep on --device cpu");
   if (a.max_image_pixels < 0)
     SDLORA_THROW(ConfigError, "--max-image-pixels must be >= 0 (0: no limit), got " << a.max_image_pixels);
   std::string sampler = a.sampler;
@@ -310,7 +328,18 @@ int run(int argc, char** argv) {
   // LoRAs: adapters for a sweep (the scale changes per column; merged per column with --merge-lora).
   bool const sweeping = !sweep.empty();
   auto loaded = pipeline::apply_loras(sd, lora_specs,
-                                      a.merge_lora && !sweeping ? lora::ApplyMode::Merge : lora::ApplyMode::Adapter);
+                                      (a.merge_lora || on_gpu) && !sweeping ? lora::ApplyMode::Merge
+                                                                            : lora::ApplyMode::Adapter);
+#if defined(SDLORA_HAS_CUDA)
+  // --device cuda: the loaded (TI rows added, LoRAs merged) checkpoint copied to the GPU once; the host copy stays
+  // for the scheduler's configuration and the PNG parameters.
+  std::unique_ptr<Context<Cuda>> gpu;
+  std::unique_ptr<models::StableDiffusion<float, Cuda>> sd_gpu;
+  if (on_gpu) {
+    gpu = std::make_unique<Context<Cuda>>();
+    sd_gpu = std::make_unique<models::StableDiffusion<float, Cuda>>(pipeline::on_backend<Cuda>(sd));
+  }
+#endif
 
   // Size: flags, else the init image (rounded down to the VAE factor), else the model's native size.
   Tensor<float, Cpu> init;
@@ -426,8 +455,16 @@ int run(int argc, char** argv) {
         scales.push_back(l.scale);
       }
       if (column && a.merge_lora) pipeline::merge_loras(ctx, sd);
-      auto out = init.empty() ? pipeline::txt2img(ctx, sd, g, callback)
-                              : pipeline::img2img(ctx, sd, init.view(), g, callback);
+      auto generate = [&]() -> pipeline::Generated {
+#if defined(SDLORA_HAS_CUDA)
+        if (sd_gpu)
+          return init.empty() ? pipeline::txt2img(*gpu, *sd_gpu, g, callback)
+                              : pipeline::img2img(*gpu, *sd_gpu, init.view(), g, callback);
+#endif
+        return init.empty() ? pipeline::txt2img(ctx, sd, g, callback)
+                            : pipeline::img2img(ctx, sd, init.view(), g, callback);
+      };
+      auto out = generate();
       Index const per = 3 * Index(a.height) * a.width;
       for (int b = 0; b < a.batch; ++b) {
         Tensor<float, Cpu> img(Shape{3, a.height, a.width});

@@ -84,6 +84,7 @@ struct Args {
   std::string config_file;
   std::string on_nan = "stop";
   int threads = 0;
+  std::string device = "cpu";
   double collective_timeout = 1800;
   std::string weights_dtype = "f32";
   long long max_image_pixels = static_cast<long long>(io::kDefaultMaxImagePixels);
@@ -166,6 +167,7 @@ po::options_description options(Args& a) {
     ("on_nan", po::value(&a.on_nan)->value_name("stop|skip")->default_value("stop"), "a step with a NaN / inf loss or gradient: stop naming the module (no LoRA written), or skip its update (counted in loss.csv)")
     ("weights_dtype", po::value(&a.weights_dtype)->value_name("f32|f16|bf16")->default_value("f32"), "keep the frozen base weights in 16 bits (half the memory; compute, LoRA weights and optimizer state stay f32)")
     ("threads", po::value(&a.threads)->value_name("N")->default_value(0), "CPU threads (0: all)")
+    ("device", po::value(&a.device)->value_name("cpu")->default_value("cpu"), "where training runs: cpu (the trainer is not backend-generic yet; cuda is refused)")
     ("collective_timeout", po::value(&a.collective_timeout)->value_name("S")->default_value(1800), "mpirun -np N: end the job when a rank waits more than S seconds for the others (a hung or lost rank; must exceed a step, a checkpoint and the validation images; 0: forever)")
     ("max_image_pixels", po::value(&a.max_image_pixels)->value_name("N")->default_value(a.max_image_pixels), "skip (with --strict: refuse) training images of more pixels, from their header (default: Pillow's MAX_IMAGE_PIXELS; 0: no limit)");
   // clang-format on
@@ -286,6 +288,10 @@ int run(int argc, char** argv) {
       SDLORA_THROW(ConfigError, "--config " << a.config_file << ": " << e.what());
     }
   }
+  if (a.device == "cuda")
+    SDLORA_THROW(ConfigError, "--device cuda: sdlora-train runs on the CPU only so far (its trainer is not generic over "
+                              "the backend yet; sdlora-generate has --device cuda)");
+  if (a.device != "cpu") SDLORA_THROW(ConfigError, "--device must be cpu, got '" << a.device << "'");
   if (a.model.empty()) a.model = a.model_alias;
   if (a.model.empty()) SDLORA_THROW(ConfigError, "--pretrained_model is required");
   if (!a.instance_data_dir.empty() && a.method == "lora") a.method = "dreambooth";

@@ -57,7 +57,7 @@ TEST_CASE("sdlora-generate --help documents every flag", "[examples][e2e]") {
   for (char const* flag : {"--model", "--config-dir", "--prompt", "--negative-prompt", "--steps", "--cfg", "--sampler",
                            "--karras", "--seed", "--width", "--height", "--batch", "--count", "--lora",
                            "--merge-lora", "--lora-scales", "--init-image", "--strength", "--clip-skip",
-                           "--embedding", "--out", "--threads", "--vae", "--original-size", "--target-size",
+                           "--embedding", "--out", "--threads", "--device", "--vae", "--original-size", "--target-size",
                            "--crops-coords-top-left", "--help"}) {
     INFO(flag);
     CHECK(r.out.find(std::string(flag) + " ") != std::string::npos);
@@ -97,6 +97,26 @@ TEST_CASE("sdlora-generate errors are one line with a non-zero exit", "[examples
     CHECK(r.code == 2);
     CHECK(lines(r.err) == 1);
     CHECK(r.err.find("steps") != std::string::npos);
+  }
+  SECTION("--device: cpu or cuda; cuda only in a build with the CUDA backend") {
+    auto r = run(fast() + " --device tpu");
+    CHECK(r.code == 2);
+    CHECK(lines(r.err) == 1);
+    CHECK(r.err.find("--device must be cpu or cuda, got 'tpu'") != std::string::npos);
+    r = run(fast() + " --device cuda --out '" + (scratch() / "device.png").string() + "'");
+    if (!SDLORA_GENERATE_HAS_CUDA) {  // refused before the model loads, naming the build option
+      CHECK(r.code == 2);
+      CHECK(lines(r.err) == 1);
+      CHECK(r.err.find("built without the CUDA backend") != std::string::npos);
+      CHECK(r.err.find("-DSDLORA_CUDA=ON") != std::string::npos);
+      CHECK_FALSE(fs::exists(scratch() / "device.png"));
+    } else if (r.code != 0) {  // a CUDA build on a machine without a usable GPU: one line from the CUDA runtime
+      CHECK(lines(r.err) == 1);
+      CHECK(r.err.find("cuda") != std::string::npos);
+    }
+    r = run(fast() + " --device cuda --lora x.safetensors --lora-scales 0,1");
+    CHECK(r.code != 0);
+    CHECK(lines(r.err) == 1);
   }
   SECTION("missing LoRA and embedding files") {
     auto r = run(fast() + " --lora /no/such/lora.safetensors:0.5");

@@ -51,6 +51,10 @@ TEST_CASE("sdlora-train reports bad flags and missing inputs in one line", "[exa
   r = run(base("bad_sched") + " --lr-scheduler sometimes");
   CHECK(r.code != 0);
   CHECK(r.err.find("sometimes") != std::string::npos);
+  r = run(base("cuda") + " --device cuda");  // the trainer is Cpu-only: refused before anything loads
+  CHECK(r.code == 2);
+  CHECK(std::count(r.err.begin(), r.err.end(), '\n') == 1);
+  CHECK(r.err.find("--device cuda: sdlora-train runs on the CPU only") != std::string::npos);
 }
 
 TEST_CASE("sdlora-train writes the LoRA, loss.csv and checkpoints, and a larger --max_train_steps continues",
