@@ -1,7 +1,8 @@
 /// @file sdlora-eval.cpp
 /// @brief sdlora-eval: CLIP score, CLIP image similarity (CLIP-I), DINO similarity and SSIM of image folders, with
 /// transformers CLIPModel / ViTModel folders as the encoders, computed as torchmetrics and the DreamBooth paper do;
-/// a LoRA-scale sweep (generate, score, plot, grid) and a comparison table of several output folders.
+/// a LoRA-scale sweep (generate, score, plot, grid; with --toy-measures the toy world's pixel measures against each
+/// prompt's parsed colour, background and shape) and a comparison table of several output folders.
 /// Reference: docs/cli.md.
 #include <algorithm>   // std::sort
 #include <cctype>      // std::tolower
@@ -10,6 +11,7 @@
 #include <iomanip>     // std::setprecision
 #include <iostream>    // std::cout, std::cerr
 #include <cmath>       // std::nan, std::isfinite, std::floor
+#include <sstream>     // std::ostringstream
 #include <map>         // std::map
 #include <optional>    // std::optional
 #include <string>      // std::string
@@ -18,7 +20,8 @@
 
 #include <nlohmann/json.hpp>  // nlohmann::json
 
-#include <sdlora/eval.hpp>           // eval::ClipEncoder, eval::DinoEncoder, eval::clip_score, eval::ssim, eval::line_plot
+#include <sdlora/eval.hpp>           // eval::ClipEncoder, eval::DinoEncoder, eval::clip_score, eval::ssim, eval::line_plot,
+                                     // eval::measure_toy_image
 #include <sdlora/pipeline.hpp>       // models::load_stable_diffusion, pipeline::apply_loras, pipeline::txt2img
 #include <sdlora/train/dataset.hpp>  // train::detail::read_metadata
 
@@ -43,10 +46,11 @@ constexpr char kUsage[] =
     "              mean cosine of DINO ViT class tokens (DreamBooth's DINO)\n"
     "  ssim        --images DIR --reference DIR\n"
     "              SSIM of image pairs in file-name order (torchmetrics defaults: Gaussian 11, sigma 1.5)\n"
-    "  sweep       --model M --lora FILE --prompts FILE --reference DIR --clip DIR [--dino DIR]\n"
+    "  sweep       --model M --lora FILE --prompts FILE (--reference DIR --clip DIR [--dino DIR] | --toy-measures)\n"
     "              [--unseen-prompts FILE] [--scales 0,0.25,..,1] [--seeds 1,2] --out DIR\n"
     "              generates every prompt at every LoRA scale with fixed seeds; writes results.csv, plot.png\n"
-    "              (CLIP score and CLIP-I / DINO vs scale) and grid.png (columns labelled with the scales)\n"
+    "              (CLIP score and CLIP-I / DINO vs scale) and grid.png (columns labelled with the scales);\n"
+    "              --toy-measures: toy-world pixel measures per image (results.csv), per scale (summary.csv)\n"
     "  compare     --clip DIR [--dino DIR] --prompts FILE --reference DIR --run NAME=DIR ... --out DIR\n"
     "              one table (results.csv, results.md) of CLIP score, CLIP-I, DINO and SSIM per output folder\n"
     "Metric commands print one line, or with --json one object {\"metric\", \"value\", \"n\", \"per_image\"}.\n"
@@ -57,6 +61,7 @@ constexpr char kUsage[] =
 struct Args {
   std::string clip, dino, images, reference, prompts, metadata, pairing = "all";
   bool json = false;
+  bool toy_measures = false;  // sweep
   int batch = 8;
   int threads = 0;
   long long max_image_pixels = static_cast<long long>(io::kDefaultMaxImagePixels);
@@ -122,7 +127,10 @@ po::options_description options(std::string const& command, Args& a) {
       ("sampler", po::value(&a.sampler)->value_name("NAME"), "ddpm | ddim | pndm | euler | euler_a | dpmpp_2m (default: the "
                                                              "checkpoint's scheduler)")
       ("width", po::value(&a.width)->value_name("W"), "image width (default: the model's native size)")
-      ("height", po::value(&a.height)->value_name("H"), "image height (default: the model's native size)");
+      ("height", po::value(&a.height)->value_name("H"), "image height (default: the model's native size)")
+      ("toy-measures", po::bool_switch(&a.toy_measures), "toy-world pixel measures of every image against its prompt "
+                       "('a red circle on a blue background'): dominant colour, background, outline fraction, shape; "
+                       "results.csv per image, summary.csv per scale; --clip / --reference become optional");
   if (command == "compare")
     d.add_options()("run", po::value(&a.runs)->value_name("NAME=DIR")->composing(), "a folder of generated images and "
                     "its name in the table (base, lora, dreambooth, ti, ...); repeatable");
@@ -358,7 +366,11 @@ SweepPlan plan_sweep(Args const& a) {
   if (a.prompts.empty()) SDLORA_THROW(ConfigError, "--prompts is required (one prompt per line)");
   if (a.out.empty()) SDLORA_THROW(ConfigError, "--out is required (a folder for results.csv, plot.png, grid.png)");
   if (a.steps <= 0) SDLORA_THROW(ConfigError, "--steps must be positive, got " << a.steps);
-  require_dir(a.clip, "clip", "a transformers CLIPModel folder");
+  if (a.clip.empty() && !a.toy_measures)
+    SDLORA_THROW(ConfigError, "sweep needs --clip DIR (CLIP score, CLIP-I against --reference) or --toy-measures "
+                              "(toy-world pixel measures), or both");
+  if (!a.clip.empty()) require_dir(a.clip, "clip", "a transformers CLIPModel folder");
+  if (!a.dino.empty() && a.clip.empty()) SDLORA_THROW(ConfigError, "--dino needs --clip (DINO is scored with CLIP-I)");
   if (!a.dino.empty()) require_dir(a.dino, "dino", "a transformers ViTModel folder");
   SweepPlan p;
   p.scales = cli::parse_list(a.scales, "scales");
@@ -368,7 +380,7 @@ SweepPlan plan_sweep(Args const& a) {
   }
   p.sets.emplace_back("prompts", read_lines(a.prompts, "prompts"));
   if (!a.unseen_prompts.empty()) p.sets.emplace_back("unseen", read_lines(a.unseen_prompts, "unseen-prompts"));
-  p.references = load_all(list_images(a.reference, "reference"));
+  if (!a.clip.empty()) p.references = load_all(list_images(a.reference, "reference"));
   return p;
 }
 
@@ -449,10 +461,10 @@ void write_sweep_csv(fs::path const& file, std::vector<Row> const& rows, std::si
   if (!csv) SDLORA_THROW(IoError, "cannot write " << file.string());
 }
 
-/// plot.png: CLIP score (prompt fidelity) vs scale above, similarity to the references vs scale below, the
+/// plot.png's CLIP panels: CLIP score (prompt fidelity) vs scale, similarity to the references vs scale with the
 /// references' own similarity dashed.
-void write_sweep_plot(fs::path const& file, SweepPlan const& p, std::vector<Row> const& rows, bool dino,
-                      double ref_clip_i, double ref_dino) {
+std::vector<Tensor<float, Cpu>> clip_panels(SweepPlan const& p, std::vector<Row> const& rows, bool dino,
+                                            double ref_clip_i, double ref_dino) {
   std::vector<eval::Series> text_series, image_series;
   for (auto const& set : p.sets) {
     eval::Series t{"clip score (" + set.first + ")", {}, {}}, c{"clip-i (" + set.first + ")", {}, {}},
@@ -469,15 +481,18 @@ void write_sweep_plot(fs::path const& file, SweepPlan const& p, std::vector<Row>
   }
   if (std::isfinite(ref_clip_i)) image_series.push_back({"clip-i among references", {}, {ref_clip_i}, true});
   if (std::isfinite(ref_dino)) image_series.push_back({"dino among references", {}, {ref_dino}, true});
-  auto const top = eval::line_plot(text_series, {"CLIP score vs LoRA scale", "LoRA scale", "CLIP score", 640, 360});
-  auto const bottom = eval::line_plot(image_series, {"Similarity to the references", "LoRA scale", "cosine", 640, 360});
-  Tensor<float, Cpu> plot(Shape{3, 720, 640});  // (3, H, W): the two panels stacked
-  for (Index k = 0; k < 3; ++k)
-    for (Index y = 0; y < 360; ++y)
-      for (Index x = 0; x < 640; ++x) {
-        plot.at({k, y, x}) = top.at({k, y, x});
-        plot.at({k, 360 + y, x}) = bottom.at({k, y, x});
-      }
+  return {eval::line_plot(text_series, {"CLIP score vs LoRA scale", "LoRA scale", "CLIP score", 640, 360}),
+          eval::line_plot(image_series, {"Similarity to the references", "LoRA scale", "cosine", 640, 360})};
+}
+
+/// Panels (3, 360, 640) each, stacked top to bottom into plot.png.
+void write_panels(fs::path const& file, std::vector<Tensor<float, Cpu>> const& panels) {
+  Index const h = 360, w = 640;
+  Tensor<float, Cpu> plot(Shape{3, h * Index(panels.size()), w});  // (3, H, W)
+  for (std::size_t i = 0; i < panels.size(); ++i)
+    for (Index k = 0; k < 3; ++k)
+      for (Index y = 0; y < h; ++y)
+        for (Index x = 0; x < w; ++x) plot.at({k, Index(i) * h + y, x}) = panels[i].at({k, y, x});
   io::save_png(file.string(), plot.view(), io::ImageRange::ZeroToOne);
 }
 
@@ -489,22 +504,173 @@ void write_sweep_grid(fs::path const& file, SweepPlan const& p, SweepImages cons
   io::save_png(file.string(), grid.view(), io::ImageRange::ZeroToOne);
 }
 
+// ---- toy-world measures ---------------------------------------------------------------------------------------
+
+/// One generated image with its toy measures.
+struct ToyRow {
+  std::string set, prompt, image;
+  double scale = 0;
+  std::uint64_t seed = 0;
+  eval::ToyImageMeasures m;
+};
+
+/// Every image of the sweep through eval::measure_toy_image, in (set, scale, prompt, seed) order.
+std::vector<ToyRow> measure_sweep(SweepPlan const& p, SweepImages const& images) {
+  std::vector<ToyRow> out;
+  for (std::size_t si = 0; si < p.sets.size(); ++si)
+    for (std::size_t k = 0; k < p.scales.size(); ++k)
+      for (std::size_t i = 0; i < images.by_set_scale[si][k].size(); ++i) {
+        ToyRow r;
+        r.set = p.sets[si].first;
+        r.scale = p.scales[k];
+        r.seed = p.seeds[i % p.seeds.size()];
+        r.prompt = images.prompts[si][i];
+        r.image = "images/" + r.set + "-p" + std::to_string(i / p.seeds.size() + 1) + "-seed" +
+                  std::to_string(r.seed) + "-scale" + eval::short_number(r.scale) + ".png";
+        r.m = eval::measure_toy_image(to_unit(images.by_set_scale[si][k][i]), r.prompt);
+        out.push_back(std::move(r));
+      }
+  return out;
+}
+
+/// Per (set, scale): the accuracies over the images whose prompt parses, the mean outline fraction over all.
+struct ToySummary {
+  std::string set;
+  double scale = 0;
+  std::size_t n = 0, parsed = 0, color = 0, background = 0, shape = 0;
+  double outline = 0, shape_score = 0;  // means: over all images, over the parsed ones
+  double accuracy(std::size_t hits) const { return parsed ? double(hits) / double(parsed) : std::nan(""); }
+};
+
+std::vector<ToySummary> summarize_toy(SweepPlan const& p, std::vector<ToyRow> const& rows) {
+  std::vector<ToySummary> out;
+  for (auto const& set : p.sets)
+    for (double scale : p.scales) {
+      ToySummary s{set.first, scale};
+      for (auto const& r : rows) {
+        if (r.set != set.first || r.scale != scale) continue;
+        ++s.n;
+        s.outline += r.m.outline;
+        if (!r.m.caption) continue;
+        ++s.parsed;
+        s.color += *r.m.color_match, s.background += *r.m.background_match, s.shape += *r.m.shape_first;
+        s.shape_score += r.m.shape_score.value_or(0.0);
+      }
+      s.outline = s.n ? s.outline / double(s.n) : std::nan("");
+      s.shape_score = s.parsed ? s.shape_score / double(s.parsed) : std::nan("");
+      out.push_back(s);
+    }
+  return out;
+}
+
+/// A measure with 6 significant digits; empty when not finite (no parsed prompt).
+std::string precise(double v) {
+  if (!std::isfinite(v)) return "";
+  std::ostringstream os;
+  os << std::setprecision(6) << v;
+  return os.str();
+}
+std::string flag(std::optional<bool> b) { return b ? (*b ? "1" : "0") : ""; }
+std::string csv_field(std::string const& v) {
+  if (v.find_first_of(",\"\n\r") == std::string::npos) return v;
+  std::string out = "\"";
+  for (char c : v) out += c == '"' ? std::string("\"\"") : std::string(1, c);
+  return out + "\"";
+}
+
+/// results.csv with --toy-measures: one row per image; the prompt's fields and the matches empty when it does not
+/// parse as a toy caption.
+void write_toy_results(fs::path const& file, std::vector<ToyRow> const& rows) {
+  std::ofstream csv(file);
+  csv << "prompt_set,scale,seed,prompt,image,color,background,shape,dominant_color,dominant_share,color_match,"
+         "background_color,background_match,outline_fraction,shape_score,shape_first,best_shape\n";
+  for (auto const& r : rows) {
+    auto const& m = r.m;
+    csv << r.set << "," << eval::short_number(r.scale) << "," << r.seed << "," << csv_field(r.prompt) << ","
+        << r.image << "," << (m.caption ? m.caption->color : "") << "," << (m.caption ? m.caption->background : "")
+        << "," << (m.caption ? m.caption->shape : "") << "," << m.dominant.name << "," << precise(m.dominant.share)
+        << "," << flag(m.color_match) << "," << m.background << "," << flag(m.background_match) << ","
+        << precise(m.outline) << "," << (m.shape_score ? precise(*m.shape_score) : "") << "," << flag(m.shape_first)
+        << "," << (m.shapes.empty() ? "" : m.shapes.front().shape) << "\n";
+  }
+  csv.close();
+  if (!csv) SDLORA_THROW(IoError, "cannot write " << file.string());
+}
+
+/// summary.csv: one row per (set, scale).
+void write_toy_summary(fs::path const& file, std::vector<ToySummary> const& rows) {
+  std::ofstream csv(file);
+  csv << "prompt_set,scale,n,parsed,color_accuracy,background_accuracy,shape_accuracy,mean_outline_fraction,"
+         "mean_shape_score\n";
+  for (auto const& s : rows)
+    csv << s.set << "," << eval::short_number(s.scale) << "," << s.n << "," << s.parsed << ","
+        << precise(s.accuracy(s.color)) << "," << precise(s.accuracy(s.background)) << ","
+        << precise(s.accuracy(s.shape)) << "," << precise(s.outline) << "," << precise(s.shape_score) << "\n";
+  csv.close();
+  if (!csv) SDLORA_THROW(IoError, "cannot write " << file.string());
+}
+
+/// plot.png's toy panels: the outline fraction (the scribble-style measure) vs scale, and the colour, background and
+/// shape accuracies vs scale.
+std::vector<Tensor<float, Cpu>> toy_panels(SweepPlan const& p, std::vector<ToySummary> const& rows) {
+  std::vector<eval::Series> outline, accuracy;
+  for (auto const& set : p.sets) {
+    std::string const tag = p.sets.size() > 1 ? " (" + set.first + ")" : "";
+    eval::Series o{"outline fraction" + tag, {}, {}}, c{"colour accuracy" + tag, {}, {}},
+        b{"background accuracy" + tag, {}, {}}, s{"shape accuracy" + tag, {}, {}};
+    for (auto const& r : rows)
+      if (r.set == set.first) {
+        o.x.push_back(r.scale), o.y.push_back(r.outline);
+        c.x.push_back(r.scale), c.y.push_back(r.accuracy(r.color));
+        b.x.push_back(r.scale), b.y.push_back(r.accuracy(r.background));
+        s.x.push_back(r.scale), s.y.push_back(r.accuracy(r.shape));
+      }
+    outline.push_back(o);
+    accuracy.insert(accuracy.end(), {c, b, s});
+  }
+  return {eval::line_plot(outline, {"Outline fraction vs LoRA scale", "LoRA scale", "outline fraction (style)", 640,
+                                    360}),
+          eval::line_plot(accuracy, {"Toy-prompt accuracy vs LoRA scale", "LoRA scale", "fraction of prompts", 640,
+                                     360})};
+}
+
 int run_sweep(Args const& a) {
   SweepPlan const plan = plan_sweep(a);  // cheap checks before any model loads
   SweepImages const images = generate_sweep(a, plan);
-  Scorers sc = Scorers::load(a, plan.references);
-  std::vector<Row> const rows = score_sweep(sc, plan, images);
-  double const ref_clip_i = self_similarity(sc.clip_ref);
-  double const ref_dino = sc.dino ? self_similarity(sc.dino_ref) : std::nan("");
   fs::path const out(a.out);
-  write_sweep_csv(out / "results.csv", rows, plan.references.size(), ref_clip_i, ref_dino);
-  write_sweep_plot(out / "plot.png", plan, rows, sc.dino.has_value(), ref_clip_i, ref_dino);
+  std::vector<Tensor<float, Cpu>> panels;
+  std::vector<std::string> written{"results.csv"};
+  if (!a.clip.empty()) {
+    Scorers sc = Scorers::load(a, plan.references);
+    std::vector<Row> const rows = score_sweep(sc, plan, images);
+    double const ref_clip_i = self_similarity(sc.clip_ref);
+    double const ref_dino = sc.dino ? self_similarity(sc.dino_ref) : std::nan("");
+    // With --toy-measures results.csv is the per-image toy table and the CLIP table is clip.csv.
+    std::string const table = a.toy_measures ? "clip.csv" : "results.csv";
+    write_sweep_csv(out / table, rows, plan.references.size(), ref_clip_i, ref_dino);
+    if (a.toy_measures) written.push_back(table);
+    panels = clip_panels(plan, rows, sc.dino.has_value(), ref_clip_i, ref_dino);
+    for (auto const& r : rows)
+      std::cout << r.name << " scale " << eval::short_number(r.scale) << ": clip_score " << cell(r.clip_score)
+                << ", clip_i " << cell(r.clip_i) << (sc.dino ? ", dino " + cell(r.dino) : std::string()) << "\n";
+  }
+  if (a.toy_measures) {
+    auto const toy = measure_sweep(plan, images);
+    auto const summary = summarize_toy(plan, toy);
+    write_toy_results(out / "results.csv", toy);
+    write_toy_summary(out / "summary.csv", summary);
+    written.push_back("summary.csv");
+    for (auto& panel : toy_panels(plan, summary)) panels.push_back(std::move(panel));
+    for (auto const& s : summary)
+      std::cout << s.set << " scale " << eval::short_number(s.scale) << ": colour " << s.color << "/" << s.parsed
+                << ", background " << s.background << "/" << s.parsed << ", shape " << s.shape << "/" << s.parsed
+                << ", mean outline fraction " << precise(s.outline) << "\n";
+  }
+  write_panels(out / "plot.png", panels);
   write_sweep_grid(out / "grid.png", plan, images);
-  for (auto const& r : rows)
-    std::cout << r.name << " scale " << eval::short_number(r.scale) << ": clip_score " << cell(r.clip_score)
-              << ", clip_i " << cell(r.clip_i) << (sc.dino ? ", dino " + cell(r.dino) : std::string()) << "\n";
-  std::cerr << kProgram << ": wrote " << plan.images() << " images, results.csv, plot.png and grid.png to " << a.out
-            << "\n";
+  std::cerr << kProgram << ": wrote " << plan.images() << " images, ";
+  for (auto const& w : written) std::cerr << w << ", ";
+  std::cerr << "plot.png and grid.png to " << a.out << "\n";
   return 0;
 }
 

@@ -1,20 +1,24 @@
 /// @file program_test.cpp
 /// @brief End-to-end tests of the sdlora-eval program on the tiny CLIP / ViT fixtures: each metric command's JSON
 /// against the transformers / torchmetrics references, and the one-line errors with their exit codes (wrong prompt
-/// count, unreadable image, missing model file). The executable's path comes from CMake (SDLORA_EVAL_EXE).
+/// count, unreadable image, missing model file); the LoRA-scale sweep with CLIP and with the toy-world measures (whose
+/// per-image columns are recomputed from the written images). The executable's path comes from CMake (SDLORA_EVAL_EXE).
 #include <catch2/catch.hpp>
 
 #include <algorithm>   // std::count
 #include <cmath>       // std::fabs
 #include <filesystem>  // std::filesystem
 #include <fstream>     // std::ofstream, std::ifstream
+#include <map>         // std::map
 #include <sstream>     // std::stringstream
 #include <string>      // std::string
+#include <vector>      // std::vector
 
 #include <nlohmann/json.hpp>  // nlohmann::json
 
-#include <sdlora/io/image.hpp>        // io::load_image
-#include <sdlora/io/safetensors.hpp>  // io::SafetensorsFile
+#include <sdlora/eval/toy_measures.hpp>  // eval::measure_toy_image
+#include <sdlora/io/image.hpp>           // io::load_image
+#include <sdlora/io/safetensors.hpp>     // io::SafetensorsFile
 
 #include "examples/program.hpp"
 #include "support.hpp"
@@ -41,6 +45,18 @@ long lines(std::string const& s) { return std::count(s.begin(), s.end(), '\n'); 
 double expected(std::string const& key) {
   io::SafetensorsFile ref(test::fixture("eval/expected.safetensors"));
   return ref.load<double>(key)(0);
+}
+/// The rows of a CSV file without quoted fields, split at commas (empty fields kept).
+std::vector<std::vector<std::string>> read_csv(fs::path const& file) {
+  std::ifstream in(file);
+  std::vector<std::vector<std::string>> rows;
+  for (std::string line; std::getline(in, line);) {
+    rows.emplace_back();
+    std::stringstream ss(line);
+    for (std::string f; std::getline(ss, f, ',');) rows.back().push_back(f);
+    if (!line.empty() && line.back() == ',') rows.back().emplace_back();
+  }
+  return rows;
 }
 
 }  // namespace
@@ -199,6 +215,18 @@ TEST_CASE("sdlora-eval sweep and compare reject bad input with one line", "[exam
   CHECK(r.code == 1);
   CHECK(lines(r.err) == 1);
   CHECK(r.err.find("/no/such/model") != std::string::npos);
+  // Neither CLIP nor the toy measures asked for; DINO without CLIP.
+  std::string const model_lora = "sweep --model '" + test::fixture("models/tiny-sd1") + "' --lora '" +
+                                 test::fixture("pipeline/lora_kohya.safetensors") + "' --prompts x --out x";
+  r = run(model_lora);
+  CHECK(r.code == 2);
+  CHECK(lines(r.err) == 1);
+  CHECK(r.err.find("sweep needs --clip DIR") != std::string::npos);
+  CHECK(r.err.find("--toy-measures") != std::string::npos);
+  r = run(model_lora + " --toy-measures --dino " + fx("dino"));
+  CHECK(r.code == 2);
+  CHECK(lines(r.err) == 1);
+  CHECK(r.err.find("--dino needs --clip") != std::string::npos);
   r = run("compare --clip " + fx("clip") + " --prompts " + fx("prompts.txt") + " --reference " + fx("reference") +
           " --run nodir --out '" + (scratch() / "cmp-bad").string() + "'");
   CHECK(r.code == 2);
@@ -239,4 +267,93 @@ TEST_CASE("sdlora-eval compare tabulates every metric per run", "[examples][e2e]
   CHECK(md.find("| base | 5 |") != std::string::npos);
   CHECK(md.find("| ref | 5 |") != std::string::npos);
   CHECK(r.out == md);
+}
+
+TEST_CASE("sdlora-eval sweep --toy-measures: toy measures per image and per scale, without CLIP", "[examples][e2e]") {
+  // The tiny model's images are noise: this proves the plumbing (every column is the measure of the image written
+  // next to it, every summary the aggregate of its rows), not the values.
+  fs::path const out = scratch() / "toy-sweep";
+  std::ofstream(scratch() / "toy.txt") << "a red circle on a blue background\nan orange star on a white background\n"
+                                          "a photo of a cat\n";
+  auto const r = run("sweep --model '" + test::fixture("models/tiny-sd1") + "' --lora '" +
+                     test::fixture("pipeline/lora_kohya.safetensors") + "' --scales 0,0.5,1 --seeds 3 --prompts '" +
+                     (scratch() / "toy.txt").string() +
+                     "' --toy-measures --steps 2 --width 16 --height 16 --threads 2 --out '" + out.string() + "'");
+  INFO(r.err);
+  REQUIRE(r.code == 0);
+  CHECK_FALSE(fs::exists(out / "clip.csv"));
+
+  auto const rows = read_csv(out / "results.csv");
+  REQUIRE(rows.size() == 1 + 3 * 3);  // header, 3 scales x 3 prompts x 1 seed
+  std::vector<std::string> const header{"prompt_set", "scale", "seed", "prompt", "image", "color", "background",
+                                        "shape", "dominant_color", "dominant_share", "color_match",
+                                        "background_color", "background_match", "outline_fraction", "shape_score",
+                                        "shape_first", "best_shape"};
+  CHECK(rows[0] == header);
+  std::map<std::string, std::vector<std::vector<std::string>>> by_scale;
+  for (std::size_t i = 1; i < rows.size(); ++i) {
+    auto const& row = rows[i];
+    INFO("results.csv row " << i);
+    REQUIRE(row.size() == header.size());
+    CHECK(row[0] == "prompts");
+    CHECK(row[2] == "3");
+    by_scale[row[1]].push_back(row);
+    // Every column is the measure of the written image (6 significant digits in the file).
+    auto const img = io::load_image((out / row[4]).string(), io::ImageRange::ZeroToOne);  // (3, 16, 16)
+    auto const m = eval::measure_toy_image(img, row[3]);
+    CHECK(row[8] == m.dominant.name);
+    CHECK(std::stod(row[13]) == Approx(m.outline).margin(1e-6));
+    CHECK(row[11] == m.background);
+    CHECK(row[16] == m.shapes.front().shape);
+    if (row[3] == "a photo of a cat") {  // not a toy caption: its fields and comparisons are empty
+      for (int k : {5, 6, 7, 10, 12, 14, 15}) CHECK(row[std::size_t(k)].empty());
+    } else {
+      REQUIRE(m.caption);
+      CHECK(row[5] == m.caption->color);
+      CHECK(row[6] == m.caption->background);
+      CHECK(row[7] == m.caption->shape);
+      CHECK(row[10] == (*m.color_match ? "1" : "0"));
+      CHECK(row[12] == (*m.background_match ? "1" : "0"));
+      CHECK(row[15] == (*m.shape_first ? "1" : "0"));
+      CHECK(std::stod(row[14]) == Approx(*m.shape_score).margin(1e-6));
+    }
+  }
+  CHECK(rows[1][3] == "a red circle on a blue background");
+  CHECK(rows[1][4] == "images/prompts-p1-seed3-scale0.png");
+  CHECK(rows[5][4] == "images/prompts-p2-seed3-scale0.5.png");
+
+  // summary.csv: one row per scale, the accuracies over the 2 parsed prompts, the outline mean over all 3.
+  auto const summary = read_csv(out / "summary.csv");
+  REQUIRE(summary.size() == 1 + 3);
+  CHECK(summary[0] == std::vector<std::string>{"prompt_set", "scale", "n", "parsed", "color_accuracy",
+                                               "background_accuracy", "shape_accuracy", "mean_outline_fraction",
+                                               "mean_shape_score"});
+  for (std::size_t i = 1; i < summary.size(); ++i) {
+    auto const& s = summary[i];
+    REQUIRE(s.size() == 9);
+    CHECK(s[0] == "prompts");
+    CHECK(s[1] == std::vector<std::string>{"0", "0.5", "1"}[i - 1]);
+    CHECK(s[2] == "3");
+    CHECK(s[3] == "2");
+    auto const& images = by_scale[s[1]];
+    REQUIRE(images.size() == 3);
+    double color = 0, background = 0, shape = 0, outline = 0;
+    for (auto const& row : images) {
+      outline += std::stod(row[13]) / 3;
+      if (row[10].empty()) continue;
+      color += std::stod(row[10]) / 2, background += std::stod(row[12]) / 2, shape += std::stod(row[15]) / 2;
+    }
+    CHECK(std::stod(s[4]) == Approx(color).margin(1e-6));
+    CHECK(std::stod(s[5]) == Approx(background).margin(1e-6));
+    CHECK(std::stod(s[6]) == Approx(shape).margin(1e-6));
+    CHECK(std::stod(s[7]) == Approx(outline).margin(1e-5));
+    CHECK(r.out.find("prompts scale " + s[1] + ": colour ") != std::string::npos);
+  }
+  // The LoRA changes the images, and the figures are there: two toy panels (outline fraction, accuracies), the grid.
+  CHECK(test::rel_l2(io::load_image((out / "images" / "prompts-p1-seed3-scale0.png").string()),
+                     io::load_image((out / "images" / "prompts-p1-seed3-scale1.png").string())) > 1e-3);
+  CHECK(io::load_image((out / "plot.png").string()).shape() == Shape{3, 720, 640});
+  auto const grid = io::load_image((out / "grid.png").string());
+  CHECK(grid.dim(2) > 3 * 16);
+  CHECK(grid.dim(1) > 3 * 16);
 }

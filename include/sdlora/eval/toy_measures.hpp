@@ -8,12 +8,15 @@
 
 #include <algorithm>                     // std::sort, std::max, std::min, std::clamp, std::nth_element
 #include <array>                         // std::array
+#include <cctype>                        // std::tolower
 #include <cmath>                         // std::sqrt, std::floor
 #include <cstdint>                       // std::uint8_t
 #include <map>                           // std::map
+#include <optional>                      // std::optional
 #include <sdlora/core/error.hpp>         // SDLORA_EXPECTS
 #include <sdlora/core/tensor.hpp>        // Tensor
 #include <sdlora/train/sample_data.hpp>  // train::kToyPalette, train::toy_shapes, train::detail::toy_outline
+#include <sstream>                       // std::istringstream
 #include <string>                        // std::string
 #include <utility>                       // std::pair
 #include <vector>                        // std::vector
@@ -33,6 +36,32 @@ struct ShapeScore {
   std::string shape;
   double iou = 0;  // in [0, 1]
 };
+
+/// The parameters a toy caption names: "a|an <colour> <shape> on a|an <colour> background".
+struct ToyCaption {
+  std::string color, shape, background;
+};
+
+/// Parses a toy caption (train::make_toy_scene's base / style captions, train::toy_prompts, the concept's captions
+/// when its token is "crescent"): the colours must be palette names and the shape one of toy_target_shapes(); words
+/// are split at spaces, letters compared in lower case, a final '.' ignored, either article accepted. Anything else
+/// ("a sks toy on ...", "a photo of a cat") gives nullopt.
+inline std::optional<ToyCaption> parse_toy_caption(std::string const& caption);
+
+/// What the toy measures say about one image, and how that compares with its caption's parameters (the comparisons
+/// are empty when the caption does not parse).
+struct ToyImageMeasures {
+  std::optional<ToyCaption> caption;  // the parsed prompt
+  ColorShare dominant;                // dominant_color
+  std::string background;             // background_color_name
+  double outline = 0;                 // outline_fraction
+  std::vector<ShapeScore> shapes;     // shape_scores against toy_target_shapes(), best first
+  std::optional<bool> color_match, background_match, shape_first;  // dominant / background / first shape = caption's
+  std::optional<double> shape_score;  // the caption's shape's IoU
+};
+
+/// Every toy measure of `img` (3, H, W) in [0, 1] against the parameters of `caption`.
+inline ToyImageMeasures measure_toy_image(Tensor<float, Cpu> const& img, std::string const& caption);
 
 namespace detail {
 
@@ -324,6 +353,42 @@ inline std::vector<ShapeScore> shape_scores(Tensor<float, Cpu> const& img,
   for (auto const& t : targets) out.push_back({t, shape_iou(mask, t)});
   std::stable_sort(out.begin(), out.end(), [](ShapeScore const& a, ShapeScore const& b) { return a.iou > b.iou; });
   return out;
+}
+
+inline std::optional<ToyCaption> parse_toy_caption(std::string const& caption) {
+  std::istringstream in(caption);
+  std::vector<std::string> w;
+  for (std::string word; in >> word;) {
+    for (char& c : word) c = char(std::tolower(static_cast<unsigned char>(c)));
+    w.push_back(word);
+  }
+  if (!w.empty() && w.back().size() > 1 && w.back().back() == '.') w.back().pop_back();
+  auto article = [](std::string const& s) { return s == "a" || s == "an"; };
+  auto color = [](std::string const& s) {
+    return std::any_of(train::kToyPalette.begin(), train::kToyPalette.end(), [&](auto const& c) { return s == c.name; });
+  };
+  auto const targets = toy_target_shapes();
+  if (w.size() != 7 || !article(w[0]) || !color(w[1]) || std::find(targets.begin(), targets.end(), w[2]) == targets.end() ||
+      w[3] != "on" || !article(w[4]) || !color(w[5]) || w[6] != "background")
+    return std::nullopt;
+  return ToyCaption{w[1], w[2], w[5]};
+}
+
+inline ToyImageMeasures measure_toy_image(Tensor<float, Cpu> const& img, std::string const& caption) {
+  ToyImageMeasures m;
+  m.caption = parse_toy_caption(caption);
+  m.dominant = dominant_color(img);
+  m.background = background_color_name(img);
+  m.outline = outline_fraction(img);
+  m.shapes = shape_scores(img);
+  if (m.caption) {
+    m.color_match = m.dominant.name == m.caption->color;
+    m.background_match = m.background == m.caption->background;
+    m.shape_first = !m.shapes.empty() && m.shapes.front().shape == m.caption->shape;
+    for (auto const& s : m.shapes)
+      if (s.shape == m.caption->shape) m.shape_score = s.iou;
+  }
+  return m;
 }
 
 }  // namespace sdlora::eval

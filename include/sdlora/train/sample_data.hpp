@@ -572,6 +572,46 @@ inline ToyScene make_toy_scene(ToySet set, Index index, Index size, std::uint64_
   return s;
 }
 
+/// `count` toy prompts for evaluation ("a red circle on a blue background", as the base captions), deterministic
+/// from `seed` and drawn from their own stream (not the base scenes' captions in order). Spread evenly: the shapes
+/// run through a fresh shuffle of all 6 every 6 prompts and the colours and backgrounds through fresh shuffles of
+/// all 8 every 8 prompts (the background shuffle rearranged so that it never repeats the colour), so each shape,
+/// colour and background appears equally often up to one, and all 6 shapes and 8 colours appear once count >= 8.
+inline std::vector<std::string> toy_prompts(Index count, std::uint64_t seed) {
+  SDLORA_EXPECTS(count >= 0, "[toy_prompts] count " << count);
+  auto const shapes = toy_shapes();
+  constexpr int kColors = int(kToyPalette.size());
+  auto shuffled = [](detail::SampleRng& rng, int n) {  // Fisher-Yates
+    std::vector<int> p(static_cast<std::size_t>(n));
+    for (int k = 0; k < n; ++k) p[std::size_t(k)] = k;
+    for (int k = n - 1; k > 0; --k) std::swap(p[std::size_t(k)], p[std::size_t(rng.below(k + 1))]);
+    return p;
+  };
+  std::vector<std::string> out;
+  std::vector<int> shape_block, color_block, bg_block;
+  for (Index i = 0; i < count; ++i) {
+    if (i % Index(shapes.size()) == 0) {
+      detail::SampleRng rng(seed, 0x9307A, std::uint64_t(i));
+      shape_block = shuffled(rng, int(shapes.size()));
+    }
+    if (i % kColors == 0) {
+      detail::SampleRng rng(seed, 0x9307B, std::uint64_t(i));
+      color_block = shuffled(rng, kColors);
+      bg_block = shuffled(rng, kColors);
+      // A clash at k is swapped with k + 1 (cyclically): both then differ from their colours, as each block is a
+      // permutation, so one pass leaves none.
+      for (int k = 0; k < kColors; ++k)
+        if (bg_block[std::size_t(k)] == color_block[std::size_t(k)])
+          std::swap(bg_block[std::size_t(k)], bg_block[std::size_t((k + 1) % kColors)]);
+    }
+    std::string const& shape = shapes[std::size_t(shape_block[std::size_t(i % Index(shapes.size()))])];
+    char const* color = kToyPalette[std::size_t(color_block[std::size_t(i % kColors)])].name;
+    char const* bg = kToyPalette[std::size_t(bg_block[std::size_t(i % kColors)])].name;
+    out.push_back(detail::with_article(color) + " " + shape + " on " + detail::with_article(bg) + " background");
+  }
+  return out;
+}
+
 /// What write_toy_world makes.
 struct ToyWorldOptions {
   ToySet set = ToySet::Base;
