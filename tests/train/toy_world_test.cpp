@@ -3,17 +3,19 @@
 /// deterministic and captioned from their parameters, and the measures read those parameters back from the pixels
 /// alone (dominant colour = the caption's colour, background = the caption's background, the style set's outlines
 /// measured and the flat scenes' not, the right shape ranked first) on a few hundred generated scenes; and the
-/// labelled figures of issue 14 (loss.png's axes and title, the LoRA-scale sweep grid's labels).
+/// labelled figures of issue 14 (loss.png's axes and title, the LoRA-scale sweep grid's labels); the toy caption
+/// parser on every kind of caption the generator writes, and the evaluation prompt set's determinism and spread.
 #include <algorithm>  // std::clamp, std::max, std::min
 #include <catch2/catch.hpp>
 #include <cmath>                         // std::exp, std::nan, std::abs
 #include <filesystem>                    // std::filesystem
 #include <fstream>                       // std::ifstream
 #include <map>                           // std::map
+#include <set>                           // std::set
 #include <sdlora/eval/plot.hpp>          // eval::scale_sweep_grid, eval::kBlack
-#include <sdlora/eval/toy_measures.hpp>  // eval::dominant_color, outline_fraction, shape_scores
+#include <sdlora/eval/toy_measures.hpp>  // eval::dominant_color, outline_fraction, shape_scores, parse_toy_caption
 #include <sdlora/train/plot.hpp>         // train::plot_curve
-#include <sdlora/train/sample_data.hpp>  // train::make_toy_scene, write_toy_world
+#include <sdlora/train/sample_data.hpp>  // train::make_toy_scene, write_toy_world, toy_prompts
 #include <string>                        // std::string, std::getline
 
 #include "data/temp_dir.hpp"  // test::TempDir
@@ -255,4 +257,110 @@ TEST_CASE("Labelled outputs: the loss plot's axes and title, the sweep grid's la
     CHECK(ink > 40);
   }
   CHECK_THROWS(eval::scale_sweep_grid({}, {0.0}, "p"));
+}
+
+TEST_CASE("Toy captions parse back to the parameters they were made from", "[toy_world][caption]") {
+  // Every base / style caption of 336 scenes (each shape x colour pair 7 times, random backgrounds), and the
+  // concept's captions with the token "crescent", give back the scene's colour, shape and background.
+  auto same = [](std::optional<eval::ToyCaption> const& c, train::ToyScene const& s) {
+    return c && c->color == s.color && c->shape == s.shape && c->background == s.background;
+  };
+  std::set<std::string> backgrounds;
+  Index parsed = 0;
+  for (Index i = 0; i < 336; ++i) {
+    auto const base = train::make_toy_scene(ToySet::Base, i, 8, 11);
+    auto const style = train::make_toy_scene(ToySet::Style, i, 8, 11);
+    INFO(base.caption);
+    CHECK(same(eval::parse_toy_caption(base.caption), base));
+    CHECK(same(eval::parse_toy_caption(style.caption), base));  // the style scene's caption names the base scene
+    parsed += same(eval::parse_toy_caption(base.caption), base);
+    backgrounds.insert(base.background);
+  }
+  CHECK(parsed == 336);
+  CHECK(backgrounds.size() == 8);  // every palette name was read as a background too
+  for (Index i = 0; i < 40; ++i) {
+    auto const concept_scene = train::make_toy_scene(ToySet::Concept, i, 8, 11, "crescent");
+    INFO(concept_scene.caption);
+    CHECK(same(eval::parse_toy_caption(concept_scene.caption), concept_scene));
+    // Captions that are not "<colour> <shape> on <colour> background" give nothing: the concept's placeholder, the
+    // subject's identifier and its class images.
+    CHECK_FALSE(eval::parse_toy_caption(train::make_toy_scene(ToySet::Concept, i, 8, 11).caption));
+    CHECK_FALSE(eval::parse_toy_caption(train::make_toy_scene(ToySet::Subject, i, 8, 11).caption));
+    CHECK_FALSE(eval::parse_toy_caption(train::make_toy_scene(ToySet::SubjectClass, i, 8, 11).caption));
+  }
+  auto const loose = eval::parse_toy_caption("An Orange  heart on a White background.");
+  REQUIRE(loose);
+  CHECK(loose->color == "orange");
+  CHECK(loose->shape == "heart");
+  CHECK(loose->background == "white");
+  for (char const* bad : {"a red circle on a blue background today", "a pink circle on a blue background",
+                          "a red hexagon on a blue background", "red circle on a blue background",
+                          "a red circle in a blue background", "a red circle on a blue", "", "a photo of a cat"})
+    CHECK_FALSE(eval::parse_toy_caption(bad));
+
+  // measure_toy_image compares the measures with the parsed caption: all three right on a base scene, all three
+  // wrong against a caption of other colours and another shape, none compared when the caption does not parse.
+  auto const scene = train::make_toy_scene(ToySet::Base, 9, 64, 11);  // scene 9: an orange star
+  auto const right = eval::measure_toy_image(scene.image, scene.caption);
+  CHECK(right.color_match == std::optional<bool>(true));
+  CHECK(right.background_match == std::optional<bool>(true));
+  CHECK(right.shape_first == std::optional<bool>(true));
+  REQUIRE(right.shape_score);
+  CHECK(*right.shape_score == right.shapes.front().iou);
+  CHECK(right.outline == eval::outline_fraction(scene.image));
+  std::string const other_shape = scene.shape == "circle" ? "square" : "circle";
+  std::string other_color;  // the first palette colour that is neither the shape's nor the background's
+  for (auto const& c : train::kToyPalette)
+    if (other_color.empty() && c.name != scene.color && c.name != scene.background) other_color = c.name;
+  auto const wrong = eval::measure_toy_image(
+      scene.image, "a " + other_color + " " + other_shape + " on a " + other_color + " background");
+  CHECK(wrong.color_match == std::optional<bool>(false));
+  CHECK(wrong.background_match == std::optional<bool>(false));
+  CHECK(wrong.shape_first == std::optional<bool>(false));
+  REQUIRE(wrong.shape_score);
+  CHECK(*wrong.shape_score < right.shapes.front().iou);
+  auto const none = eval::measure_toy_image(scene.image, "a photo of a cat");
+  CHECK_FALSE(none.caption);
+  CHECK_FALSE(none.color_match);
+  CHECK_FALSE(none.shape_score);
+  CHECK(none.dominant.name == scene.color);  // the measures themselves are still taken
+}
+
+TEST_CASE("Toy prompts: deterministic, evenly spread over shapes, colours and backgrounds", "[toy_world][caption]") {
+  auto const shapes = train::toy_shapes();
+  for (std::uint64_t seed : {0u, 1u, 7u})
+    for (Index n : {Index(20), Index(48), Index(7)}) {
+      INFO("seed " << seed << ", " << n << " prompts");
+      auto const prompts = train::toy_prompts(n, seed);
+      REQUIRE(prompts.size() == std::size_t(n));
+      CHECK(prompts == train::toy_prompts(n, seed));
+      CHECK(prompts != train::toy_prompts(n, seed + 100));
+      std::map<std::string, Index> shape_count, color_count, bg_count;
+      for (auto const& p : prompts) {
+        auto const c = eval::parse_toy_caption(p);
+        INFO(p);
+        REQUIRE(c);
+        CHECK(c->color != c->background);
+        ++shape_count[c->shape], ++color_count[c->color], ++bg_count[c->background];
+      }
+      if (n >= 20) {  // all 6 shapes and all 8 colours appear
+        CHECK(shape_count.size() == 6);
+        CHECK(color_count.size() == 8);
+      }
+      // Each shape n/6 and each colour / background n/8 times, rounded either way (absent ones count 0).
+      for (auto const& s : shapes) {
+        CHECK(shape_count[s] >= n / 6);
+        CHECK(shape_count[s] <= (n + 5) / 6);
+      }
+      for (auto const& c : train::kToyPalette) {
+        CHECK(color_count[c.name] >= n / 8);
+        CHECK(color_count[c.name] <= (n + 7) / 8);
+        CHECK(bg_count[c.name] >= n / 8);
+        CHECK(bg_count[c.name] <= (n + 7) / 8);
+      }
+    }
+  // A prefix of a longer set is the shorter set: the file can be cut without changing what it holds.
+  auto const long_set = train::toy_prompts(48, 3), short_set = train::toy_prompts(20, 3);
+  CHECK(std::equal(short_set.begin(), short_set.end(), long_set.begin()));
+  CHECK(train::toy_prompts(0, 3).empty());
 }
