@@ -3,12 +3,13 @@
 /// `<out>/quickdraw/<class>.npy` (QuickDraw-style 28 x 28 scribbles) and `<out>/images/NNNN.png` + `metadata.csv`
 /// (captioned flat-colour scenes), deterministic from --seed; --preview also writes `<out>/preview.png`.
 /// `--toy-world base|style|subject|concept` writes one toy-world set instead: `<out>/NNNN.png` + `metadata.csv`
-/// (and, for `subject`, its class images in `<out>/class/`).
+/// (and, for `subject`, its class images in `<out>/class/`); `--toy-world prompts` writes --count held-out toy
+/// prompts (train::toy_prompts), one per line, to the file --out.
 #include <algorithm>                     // std::min
 #include <cstdint>                       // std::uint64_t
 #include <iostream>                      // std::cout, std::cerr
-#include <sdlora/io/image.hpp>           // io::make_grid, io::save_png, io::resize
-#include <sdlora/train/sample_data.hpp>  // train::write_sample_data, make_scribbles, make_scene
+#include <sdlora/io/image.hpp>           // io::make_grid, io::save_png, io::resize, io::detail::write_file_bytes
+#include <sdlora/train/sample_data.hpp>  // train::write_sample_data, make_scribbles, make_scene, toy_prompts
 #include <string>                        // std::string
 #include <vector>                        // std::vector
 
@@ -64,7 +65,9 @@ int run(int argc, char** argv) {
        "(circle, square, triangle, star, heart, diamond; 8 colours), style (the same scenes and captions as black "
        "scribbled outlines on white), subject (a yellow star with a red dot, 'a sks toy on a green background'; "
        "class images 'a toy on ...' in <out>/class/) or concept (the unseen crescent, 'a white <toy-shape> on a blue "
-       "background'); --count scenes of --size px into <out>/NNNN.png + metadata.csv")
+       "background'); --count scenes of --size px into <out>/NNNN.png + metadata.csv; or prompts: --count toy prompts "
+       "for evaluation ('a red circle on a blue background', shapes, colours and backgrounds spread evenly), one per "
+       "line, into the file --out")
       ("token", po::value(&token)->value_name("TOK"),
        "--toy-world subject: the identifier (default sks); concept: the placeholder (default <toy-shape>)");
   // clang-format on
@@ -75,6 +78,14 @@ int run(int argc, char** argv) {
       return 0;
     }
   cli::parse(flags, args);
+  if (toy_world == "prompts") {
+    if (o.images < 0) SDLORA_THROW(ConfigError, "--count must be >= 0, got " << o.images);
+    std::string text;
+    for (auto const& p : train::toy_prompts(o.images, o.seed)) text += p + "\n";
+    io::detail::write_file_bytes(out, text, "[toy_prompts]");
+    std::cerr << kProgram << ": wrote " << o.images << " toy prompts to " << out << "\n";
+    return 0;
+  }
   if (!toy_world.empty()) {
     train::ToyWorldOptions t;
     t.set = train::parse_toy_set(toy_world);
