@@ -327,6 +327,28 @@ TEST_CASE("image: a top-down BMP (negative height) is measured by its magnitude"
   std::string const file = test::fixture("fuzz/findings/bmp-top-down-negative-height.bmp");
   CHECK(io::decode_image_size(file_bytes(file), file) == std::pair<Index, Index>{155, 2});
   CHECK(io::load_image(file).shape() == Shape{3, 2, 155});
+  // image_fuzz, third run (a slow unit, not a crash): width 0 and 16,498,703 rows passed the pixel limit (0 pixels)
+  // and stb spent 14 s walking the rows. An image without pixels is refused from its header.
+  CHECK_THAT(io_error([] { io::decode_image(bmp_header_only(0, 16498703), "no-columns.bmp"); }),
+             Contains("cannot read no-columns.bmp: empty image (0 x 16498703 pixels)"));
+  std::uint64_t w = 1, h = 1;
+  CHECK(io::detail::image_size(bmp_header_only(5, 0), w, h) == "empty image (5 x 0 pixels)");
+}
+
+TEST_CASE("image: PNM, PSD, PIC and HDR files are not decoded (stb_image's PNM read past its buffer)",
+          "[io][image][fuzz]") {
+  // image_fuzz, second run on libjpeg / libpng: a 22-byte 16-bit PGM (maxval 555) made stb_image 2.27 convert its
+  // samples as 8-bit ones and read past the buffer (ASan heap-buffer-overflow in stbi__convert_16_to_8). stb's PNM,
+  // PSD, PIC and HDR decoders are no longer compiled: none of these is a training or evaluation image extension.
+  std::string const file = test::fixture("fuzz/findings/pnm-16-bit-grey.pgm");
+  CHECK_THAT(io_error([&] { io::load_image(file); }),
+             Contains("cannot read") && Contains("pnm-16-bit-grey.pgm: unknown image type") && !Contains("\n"));
+  CHECK_THAT(io_error([&] { io::decode_image_size(file_bytes(file), file); }), Contains("unknown image type"));
+  CHECK_THAT(io_error([] { io::decode_image("P6\n2 1\n255\nabcdef", "eight-bit.ppm"); }),
+             Contains("eight-bit.ppm: unknown image type"));
+  CHECK_THAT(io_error([] { io::decode_image("8BPS" + std::string(40, '\0'), "x.psd"); }),
+             Contains("unknown image type"));
+  CHECK_THAT(io_error([] { io::decode_image("#?RADIANCE\n", "x.hdr"); }), Contains("unknown image type"));
 }
 
 TEST_CASE("image: truncated, corrupt and oversized JPEG / PNG files are one-line IoErrors naming the file",

@@ -1,13 +1,14 @@
 /// @file image.hpp
-/// @brief Images as float tensors (3, H, W): loading (JPEG through libjpeg-turbo, PNG through libpng, BMP, TGA, GIF,
-/// ... through stb_image), saving PNG with tEXt/iTXt text chunks, reading those chunks back, resizing
+/// @brief Images as float tensors (3, H, W): loading (JPEG through libjpeg-turbo, PNG through libpng, BMP, TGA and GIF
+/// through stb_image), saving PNG with tEXt/iTXt text chunks, reading those chunks back, resizing
 /// (stb_image_resize), crops, flips and grids. Include <sdlora/sdlora.hpp> instead.
 ///
 /// Decoders: JPEG and PNG, the images that come from strangers, go through the OSS-Fuzz-hardened system libraries
 /// when the build found them (SDLORA_WITH_LIBJPEG / SDLORA_WITH_LIBPNG, set by CMake on the sdlora target; see
 /// image_codecs.hpp), and stb_image's JPEG / PNG decoders are then not compiled at all: Debian 12's stb_image 2.27
 /// reads and writes outside its Huffman tables on crafted JPEGs (docs/security.md). Without the libraries stb_image
-/// decodes them, behind a check of the JPEG Huffman tables. BMP, TGA, GIF, PSD, HDR and PNM always go through stb.
+/// decodes them, behind a check of the JPEG Huffman tables. BMP, TGA and GIF always go through stb; its PNM, PSD, PIC
+/// and HDR decoders are not compiled (see below).
 ///
 /// stb is compiled into every translation unit that includes this header, with internal linkage (STB_*_STATIC inside
 /// an anonymous namespace), so a program needs no STB_*_IMPLEMENTATION file of its own and links no stb symbol.
@@ -48,9 +49,9 @@
 #include <utility>      // std::pair
 #include <vector>       // std::vector
 
-#include <sdlora/core/error.hpp>         // IoError, FormatError, ConfigError, SDLORA_EXPECTS
-#include <sdlora/core/tensor.hpp>        // Tensor, TensorView
-#include <sdlora/io/image_codecs.hpp>    // detail::jpeg_decode, detail::png_decode (with the libraries)
+#include <sdlora/core/error.hpp>       // IoError, FormatError, ConfigError, SDLORA_EXPECTS
+#include <sdlora/core/tensor.hpp>      // Tensor, TensorView
+#include <sdlora/io/image_codecs.hpp>  // detail::jpeg_decode, detail::png_decode (with the libraries)
 
 // The C headers stb includes, included here at global scope so that stb's own #includes inside the namespace below
 // are no-ops (libstdc++'s <math.h> and <stdlib.h> wrappers add using-declarations that belong in the global scope).
@@ -80,6 +81,13 @@ namespace {
 #endif
 #define STB_IMAGE_STATIC
 #define STB_IMAGE_IMPLEMENTATION
+// The formats a dataset or sdlora-eval picks up (train/dataset.hpp, sdlora-eval: .png .jpg .jpeg .bmp .tga .gif)
+// and nothing else: stb_image 2.27's PNM decoder reads past its buffer on a 16-bit PGM (image_fuzz), and its PSD,
+// PIC and HDR decoders, which no training set needs, are left out with it (less 2022 decoder facing strangers' files).
+#define STBI_NO_PNM
+#define STBI_NO_PSD
+#define STBI_NO_PIC
+#define STBI_NO_HDR
 #if defined(SDLORA_WITH_LIBJPEG)
 #define STBI_NO_JPEG  // libjpeg decodes JPEG (image_codecs.hpp)
 #endif
@@ -114,6 +122,10 @@ namespace {
 #undef STB_IMAGE_RESIZE_STATIC
 #undef STB_IMAGE_RESIZE_IMPLEMENTATION
 #undef STBI_NO_JPEG
+#undef STBI_NO_PNM
+#undef STBI_NO_PSD
+#undef STBI_NO_PIC
+#undef STBI_NO_HDR
 #undef STBI_NO_PNG
 #undef STBI_SUPPORT_ZLIB
 #undef STBI_NO_ZLIB
@@ -364,6 +376,12 @@ inline DecodedImage decode_with_library([[maybe_unused]] Decoder decoder, std::s
 /// decodes |h| rows): taken as 0 it let a BMP claiming 10000 x -10000 pixels past the pixel limit (image_fuzz).
 inline std::uint64_t stb_extent(int v) { return v < 0 ? std::uint64_t(-std::int64_t(v)) : std::uint64_t(v); }
 
+/// The reason for refusing an image of no pixels: stb decodes a BMP of width 0 and 16 million rows row by row (a
+/// 58-byte file took 14 s under the fuzzer) and it has nothing to train on.
+inline std::string empty_image(std::uint64_t w, std::uint64_t h) {
+  return "empty image (" + std::to_string(w) + " x " + std::to_string(h) + " pixels)";
+}
+
 /// Width and height from the header of an image held in memory (nothing decoded), or the reason no decoder can
 /// read it ("" when it can).
 inline std::string image_size(std::string_view bytes, std::uint64_t& width, std::uint64_t& height) {
@@ -382,6 +400,7 @@ inline std::string image_size(std::string_view bytes, std::uint64_t& width, std:
     return stb::stbi_failure_reason();
   width = stb_extent(w);
   height = stb_extent(h);
+  if (width == 0 || height == 0) return empty_image(width, height);
   return "";
 }
 
@@ -427,6 +446,9 @@ inline Tensor<float, Cpu> decode_image(std::string_view bytes, std::string const
   if (!detail::stb::stbi_info_from_memory(data, int(bytes.size()), &w, &h, &channels))
     SDLORA_THROW(IoError, "[load_image] cannot read " << name << ": " << detail::stb::stbi_failure_reason());
   detail::check_pixel_limit(name, detail::stb_extent(w), detail::stb_extent(h), options.max_pixels);
+  if (w == 0 || h == 0)
+    SDLORA_THROW(IoError, "[load_image] cannot read "
+                              << name << ": " << detail::empty_image(detail::stb_extent(w), detail::stb_extent(h)));
   unsigned char* p = detail::stb::stbi_load_from_memory(data, int(bytes.size()), &w, &h, &channels, 3);
   if (!p)
     SDLORA_THROW(IoError, "[load_image] cannot read " << name << ": " << detail::stb::stbi_failure_reason());
@@ -439,7 +461,7 @@ inline Tensor<float, Cpu> decode_image(std::string_view bytes, std::string const
   return decode_image(bytes, name, ImageLoadOptions{range});
 }
 
-/// Loads an image file (JPEG, PNG, BMP, TGA, GIF, PSD, HDR, PNM) as RGB float (3, H, W) in `options.range`. An
+/// Loads an image file (JPEG, PNG, BMP, TGA, GIF) as RGB float (3, H, W) in `options.range`. An
 /// unreadable or undecodable file, or one over `options.max_pixels`, throws IoError naming the path and the reason.
 inline Tensor<float, Cpu> load_image(std::string const& path, ImageLoadOptions const& options) {
   return decode_image(detail::read_file_bytes(path, "[load_image]"), path, options);

@@ -135,8 +135,7 @@ inline void jpeg_decode(unsigned char const* data, size_t size, unsigned long lo
   s->err.progress.progress_monitor = &jpeg_scan_limit;
   s->cinfo.progress = &s->err.progress;
   jpeg_start_decompress(&s->cinfo);
-  if (s->cinfo.output_width != w || s->cinfo.output_height != h ||
-      s->cinfo.output_components != (cmyk ? 4 : 3)) {
+  if (s->cinfo.output_width != w || s->cinfo.output_height != h || s->cinfo.output_components != (cmyk ? 4 : 3)) {
     set_message(out, "unexpected output format");
     jpeg_destroy_decompress(&s->cinfo);
     free(s);
