@@ -289,8 +289,8 @@ int run(int argc, char** argv) {
     }
   }
   if (a.device == "cuda")
-    SDLORA_THROW(ConfigError, "--device cuda: sdlora-train runs on the CPU only so far (its trainer is not generic over "
-                              "the backend yet; sdlora-generate has --device cuda)");
+    SDLORA_THROW(ConfigError, "--device cuda: sdlora-train runs on the CPU only so far (its trainer is not generic "
+                              "over the backend yet; sdlora-generate has --device cuda)");
   if (a.device != "cpu") SDLORA_THROW(ConfigError, "--device must be cpu, got '" << a.device << "'");
   if (a.model.empty()) a.model = a.model_alias;
   if (a.model.empty()) SDLORA_THROW(ConfigError, "--pretrained_model is required");

@@ -63,7 +63,8 @@ SDLORA_CUDA_STORAGE_TYPES(SDLORA_CUDA_INSTANTIATE_UPSAMPLE)
 #include <sdlora/models/vae.hpp>  // models::LatentDistribution::LogvarToStd
 namespace sdlora::ops::gpu::instances {
 template <class T>
-using VaeSample = typename ::sdlora::models::LatentDistribution<T, ::sdlora::Cuda>::LogvarToStd;  // (one macro argument)
+using VaeSample = typename ::sdlora::models::LatentDistribution<T, ::sdlora::Cuda>::LogvarToStd;  // one macro arg
 }  // namespace sdlora::ops::gpu::instances
-#define SDLORA_CUDA_INSTANTIATE_VAE_SAMPLE(T) SDLORA_CUDA_INSTANTIATE_MAP(T, ::sdlora::ops::gpu::instances::VaeSample<T>)
+#define SDLORA_CUDA_INSTANTIATE_VAE_SAMPLE(T) \
+  SDLORA_CUDA_INSTANTIATE_MAP(T, ::sdlora::ops::gpu::instances::VaeSample<T>)
 SDLORA_CUDA_STORAGE_TYPES(SDLORA_CUDA_INSTANTIATE_VAE_SAMPLE)

@@ -63,7 +63,8 @@ template <class T, class B, class F>
 void update(Context<B>& ctx, TensorView<T, B> x, TensorView<T const, B> g, TensorView<T, B> s1, TensorView<T, B> s2,
             F f) {
   SDLORA_EXPECTS(x.is_contiguous() && g.is_contiguous() && g.numel() == x.numel(),
-                 "[update] parameter " << x.shape() << " and gradient " << g.shape() << " must be contiguous, one size");
+                 "[update] parameter " << x.shape() << " and gradient " << g.shape()
+                                       << " must be contiguous, of one size");
   for (auto const* s : {&s1, &s2})
     SDLORA_EXPECTS(s->empty() || (s->is_contiguous() && s->numel() == x.numel()),
                    "[update] state " << s->shape() << " does not match the parameter " << x.shape());

@@ -36,7 +36,8 @@ void upload_parameters(Module& host, DeviceModule& device, std::string const& ne
   nn::for_each_parameter(device, [&](std::string const& name, nn::Parameter<T, B>& p) {
     auto const it = params.find(name);
     if (it == params.end())
-      SDLORA_THROW(ConfigError, "[on_backend] " << network << "." << name << " exists on the device but not on the host");
+      SDLORA_THROW(ConfigError,
+                   "[on_backend] " << network << "." << name << " exists on the device but not on the host");
     nn::Parameter<T, Cpu> const& h = *it->second;
     if (!(h.shape() == p.shape()))
       SDLORA_THROW(ConfigError, "[on_backend] " << network << "." << name << ": host shape " << h.shape()
