@@ -1,6 +1,7 @@
 // Unit tests of the attention op: tiled forward vs the materialised reference, and backward vs finite differences.
 #include <catch2/catch.hpp>
 
+#include <array>   // std::array
 #include <cmath>   // std::exp, std::log
 #include <string>   // std::string
 #include <utility>  // std::pair
@@ -172,4 +173,61 @@ TEST_CASE("default tile sizes with partial tiles: float tiled attention equals t
     CHECK(test::rel_l2(attend(ctx, op, convert<float>(q), convert<float>(k), convert<float>(v)), reference) < 1e-6);
     CHECK(test::rel_l2(attend(ctx, op, q, k, v), reference) < 1e-13);
   }
+}
+
+TEST_CASE("the fused float tile (AVX2 / AVX-512) equals the generic path and the double reference for head widths "
+          "40, 64, 80, 160",
+          "[ops][attention]") {
+  // SD 1.5's heads are 40, 80 and 160 wide (320 / 640 / 1280 channels over 8 heads), SDXL's 64. Lq = 203 spans four
+  // query tiles (the last of 11 rows, not a multiple of the 4-row register tile), Lk = 300 two key tiles (the last of
+  // 44 keys) and Lk = 77 one tile padded to the vector width. q, k and v are strided slices of one fused (B, L, 3W)
+  // projection. Tolerance: 1e-6 relative L2 against the double reference (float rounding of O(L) sums), as above;
+  // the fused and the generic float paths differ only by rounding (order of sums, a polynomial exp within 2 ulp).
+  for (Index d : {40, 64, 80, 160})
+    for (Index lk : {300, 77}) {
+      INFO("D " << d << ", Lk " << lk);
+      Index const heads = 2, w = heads * d, lq = 203;
+      auto q = random_tensor<double>(Shape{2, lq, w}, 41);
+      auto k = random_tensor<double>(Shape{2, lk, w}, 42);
+      auto v = random_tensor<double>(Shape{2, lk, w}, 43);
+      ops::Attention op{.heads = heads};
+      Context<Cpu> ctx;
+      Tensor<double> lse_ref;
+      auto const reference = attend(ctx, op, q, k, v, &lse_ref);
+      // q in the middle third of a (B, Lq, 3W) projection, k and v in the outer thirds of a (B, Lk, 3W) one.
+      auto fused_q = Tensor<float>::uninitialized(Shape{2, lq, 3 * w});
+      auto fused_kv = Tensor<float>::uninitialized(Shape{2, lk, 3 * w});
+      for (Index b = 0; b < 2; ++b) {
+        for (Index i = 0; i < lq; ++i)
+          for (Index c = 0; c < w; ++c) fused_q.at({b, i, w + c}) = float(q.at({b, i, c}));
+        for (Index j = 0; j < lk; ++j)
+          for (Index c = 0; c < w; ++c) {
+            fused_kv.at({b, j, c}) = float(k.at({b, j, c}));
+            fused_kv.at({b, j, 2 * w + c}) = float(v.at({b, j, c}));
+          }
+      }
+      std::array<Index, kMaxRank> const sq{lq * 3 * w, 3 * w, 1}, skv{lk * 3 * w, 3 * w, 1};
+      TensorView<float const> const qs(fused_q.data() + w, Shape{2, lq, w}, sq);
+      TensorView<float const> const ks(fused_kv.data(), Shape{2, lk, w}, skv);
+      TensorView<float const> const vs(fused_kv.data() + 2 * w, Shape{2, lk, w}, skv);
+      auto run = [&](cpu::Isa isa, Tensor<float>& lse) {
+        Context<Cpu> c;
+        c.isa = isa;
+        auto o = Tensor<float>::uninitialized(Shape{2, lq, w});
+        lse = Tensor<float>::uninitialized(Shape{2, heads, lq});
+        ops::attention_forward<float, Cpu>(c, op, o.view(), lse.view(), qs, ks, vs);
+        return o;
+      };
+      Tensor<float> lse_generic, lse_avx2, lse_avx512;
+      auto const generic = run(cpu::Isa::kPortable, lse_generic);  // the packed-GEMM path
+      auto const avx2 = run(cpu::Isa::kAvx2, lse_avx2);            // capped to what the CPU has
+      auto const avx512 = run(cpu::Isa::kAvx512, lse_avx512);
+      CHECK(test::rel_l2(generic, reference) < 1e-6);
+      CHECK(test::rel_l2(avx2, reference) < 1e-6);
+      CHECK(test::rel_l2(avx512, reference) < 1e-6);
+      CHECK(test::rel_l2(avx2, generic) < 1e-6);
+      CHECK(test::rel_l2(avx512, generic) < 1e-6);
+      CHECK(test::rel_l2(lse_avx2, lse_ref) < 1e-6);
+      CHECK(test::rel_l2(lse_avx512, lse_ref) < 1e-6);
+    }
 }

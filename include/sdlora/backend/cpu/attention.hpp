@@ -3,15 +3,20 @@
 /// float, Eigen for double), the thread pool over (batch, head, tile). Include <sdlora/sdlora.hpp> instead.
 ///
 /// Forward: one task per (batch, head, query tile); an online softmax over key tiles keeps a running row max m,
-/// row sum l and unnormalised output, so memory per task is one (block_q, block_k) score tile.
+/// row sum l and unnormalised output, so memory per task is one (block_q, block_k) score tile. In float on AVX2 /
+/// AVX-512 (not causal) the tile is one fused kernel (attention_kernels::forward_tile: q, k^T and v copied into
+/// buffers padded to the vector width, register-tiled products, a vectorised exp); elsewhere the products go through
+/// the packed GEMM and the softmax through Eigen.
 /// Backward: when batch * heads covers the threads, one task per (batch, head) walks key tiles and query tiles and
 /// accumulates dq, dk, dv in place (5 products per tile pair). Otherwise two passes keep every thread busy without
 /// write conflicts: tasks per (batch, head, key tile) accumulate dk, dv; tasks per (batch, head, query tile)
 /// accumulate dq (7 products per tile pair: the scores and dout v^T are recomputed).
 #pragma once
 
-#include <algorithm>  // std::min
+#include <algorithm>  // std::min, std::max
 #include <cmath>      // std::exp, std::log
+#include <cstdint>    // std::int32_t
+#include <cstring>    // std::memcpy, std::memset
 #include <limits>       // std::numeric_limits
 #include <optional>     // std::optional
 #include <type_traits>  // std::is_same_v, std::decay_t
@@ -20,10 +25,243 @@
 #include <Eigen/Core>  // Eigen::Matrix, Eigen::Map, Eigen::Block
 
 #include <sdlora/backend/cpu/gemm.hpp>     // cpu::MatrixMap, cpu::ConstMatrixMap
+#include <sdlora/backend/cpu/isa.hpp>      // cpu::Isa, cpu::resolve_isa
 #include <sdlora/backend/cpu/parallel.hpp> // cpu::parallel_tasks
 #include <sdlora/backend/cpu/sgemm.hpp>    // cpu::sgemm
 #include <sdlora/backend/cpu/softmax.hpp>  // Impl<Softmax, Cpu>::row
 #include <sdlora/ops/attention.hpp>        // Attention, Impl
+
+namespace sdlora::cpu::attention_kernels {
+
+/// Sizes and pointers of one (batch, head, query tile) of the forward: q rows at q + r * ldq; the head's keys as
+/// k^T, kt[c * ldkt + j] (zero for j >= lk), and its values padded with zero columns to dp, vp[j * dp + c] (zero rows
+/// for j >= lk), both made once per head by pack_keys_values; outputs at o + r * ldo and lse[r].
+struct ForwardTile {
+  float const* q;
+  float const* kt;
+  float const* vp;
+  float* o;
+  float* lse;
+  Index ldq, ldkt, ldo;
+  Index nq, lk, d, dp, bk;
+  float scale;
+};
+
+/// Per-worker buffers of forward_tile, sized for (bq, bk, D) padded to the vector width.
+struct ForwardTileScratch {
+  std::vector<float> q, s, acc, m, l;  // (bq', D) scaled q; (bq', bk') scores then probabilities;
+                                       // (bq', D') unnormalised output; (bq') row max and row sum
+};
+
+/// Keys and values of one head in the layout ForwardTile reads: kt (D, ldkt) = k^T and vp (ldkt, dp) = v, each padded
+/// with zeros (ldkt >= lk + lanes covers every key tile's padding; dp = D rounded up to the lanes).
+inline void pack_keys_values(float* kt, float* vp, float const* k, Index ldk, float const* v, Index ldv, Index lk,
+                             Index d, Index ldkt, Index dp) {
+  std::memset(kt, 0, sizeof(float) * std::size_t(d * ldkt));
+  std::memset(vp, 0, sizeof(float) * std::size_t(ldkt * dp));
+  for (Index j = 0; j < lk; ++j) {
+    float const* kj = k + j * ldk;
+    for (Index c = 0; c < d; ++c) kt[c * ldkt + j] = kj[c];
+    std::memcpy(vp + j * dp, v + j * ldv, sizeof(float) * std::size_t(d));
+  }
+}
+
+#if SDLORA_X86_KERNELS
+// GCC vector extensions: the body below is written once and inlined into an AVX-512 and an AVX2+FMA function, whose
+// target attribute makes these types zmm / ymm registers (and a * b + c one FMA).
+typedef float Lanes16 __attribute__((vector_size(64)));
+typedef std::int32_t Ints16 __attribute__((vector_size(64)));
+typedef float Lanes8 __attribute__((vector_size(32)));
+typedef std::int32_t Ints8 __attribute__((vector_size(32)));
+// The same vectors at float alignment, for loads and stores anywhere in a row (vmovups).
+typedef float Lanes16Unaligned __attribute__((vector_size(64), aligned(4), may_alias));
+typedef float Lanes8Unaligned __attribute__((vector_size(32), aligned(4), may_alias));
+
+template <class V>
+struct Width;
+template <>
+struct Width<Lanes16> {
+  using Ints = Ints16;
+  using Unaligned = Lanes16Unaligned;
+  static constexpr Index kLanes = 16, kChunk = 4;  // 4 rows x 4 vectors of accumulators (of 32 registers)
+};
+template <>
+struct Width<Lanes8> {
+  using Ints = Ints8;
+  using Unaligned = Lanes8Unaligned;
+  static constexpr Index kLanes = 8, kChunk = 3;  // 4 rows x 3 vectors of accumulators (of 16 registers)
+};
+inline constexpr Index kRows = 4;  // query rows per register tile
+
+// Loads and stores through references: a vector passed or returned by value outside its target would change the ABI.
+template <class V>
+[[gnu::always_inline]] inline void load(V& v, float const* p) {
+  v = *reinterpret_cast<typename Width<V>::Unaligned const*>(p);
+}
+template <class V>
+[[gnu::always_inline]] inline void store(float* p, V const& v) {
+  *reinterpret_cast<typename Width<V>::Unaligned*>(p) = v;
+}
+
+/// p[i] = exp(p[i] - shift) for i < n (n a multiple of the width), Cephes' expf: x = n ln2 + r with |r| <= ln2 / 2
+/// (ln2 in two parts), a degree-6 polynomial for exp(r), 2^n through the exponent bits; arguments below -87 are
+/// taken as -87 (exp ~ 1.6e-38: a probability that rounds to nothing beside the row maximum's 1). Within 2 ulp of
+/// expf. Returns the sum of the results.
+template <class V>
+[[gnu::always_inline]] inline float exp_shifted(float* p, Index n, float shift) {
+  using Ints = typename Width<V>::Ints;
+  V sum = V{};
+  for (Index i = 0; i < n; i += Width<V>::kLanes) {
+    V x;
+    load(x, p + i);
+    x -= shift;
+    x = x < -87.0f ? V{} - 87.0f : x;
+    V const k = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round(x / ln2): 1.5 * 2^23 trick
+    V const r = (x - k * 0.693359375f) - k * -2.12194440e-4f;
+    V poly = V{} + 1.9875691500e-4f;
+    poly = poly * r + 1.3981999507e-3f;
+    poly = poly * r + 8.3334519073e-3f;
+    poly = poly * r + 4.1665795894e-2f;
+    poly = poly * r + 1.6666665459e-1f;
+    poly = poly * r + 5.0000001201e-1f;
+    poly = poly * (r * r) + r + 1.0f;
+    V const e = (V)((Ints)poly + (__builtin_convertvector(k, Ints) << 23));  // same-size vector casts: bit casts
+    store(p + i, e);
+    sum += e;
+  }
+  float total = 0.f;
+  for (Index l = 0; l < Width<V>::kLanes; ++l) total += sum[l];
+  return total;
+}
+
+/// The largest of p[0, n) (n a multiple of the width).
+template <class V>
+[[gnu::always_inline]] inline float max_of(float const* p, Index n) {
+  V m, x;
+  load(m, p);
+  for (Index i = Width<V>::kLanes; i < n; i += Width<V>::kLanes) {
+    load(x, p + i);
+    m = m > x ? m : x;
+  }
+  float best = m[0];
+  for (Index l = 1; l < Width<V>::kLanes; ++l) best = std::max(best, m[l]);
+  return best;
+}
+
+/// c rows r0..r0+kRows, columns [c0, c0 + C * lanes) = a rows (depth n, a[r * lda + j]) times b rows (b[j * ldb + c]):
+/// accumulators stay in registers over the depth. `accumulate` adds to c.
+template <class V, Index C>
+[[gnu::always_inline]] inline void rows_times_panel(float* c, Index ldc, float const* a, Index lda, float const* b,
+                                                    Index ldb, Index n, bool accumulate) {
+  constexpr Index L = Width<V>::kLanes;
+  V acc[kRows][C];
+  for (Index r = 0; r < kRows; ++r)
+    for (Index i = 0; i < C; ++i) {
+      acc[r][i] = V{};
+      if (accumulate) load(acc[r][i], c + r * ldc + i * L);
+    }
+  for (Index j = 0; j < n; ++j) {
+    V bj[C];
+    for (Index i = 0; i < C; ++i) load(bj[i], b + j * ldb + i * L);
+    for (Index r = 0; r < kRows; ++r) {
+      float const x = a[r * lda + j];
+      for (Index i = 0; i < C; ++i) acc[r][i] += x * bj[i];
+    }
+  }
+  for (Index r = 0; r < kRows; ++r)
+    for (Index i = 0; i < C; ++i) store(c + r * ldc + i * L, acc[r][i]);
+}
+
+/// c (rows, width) (+)= a (rows, n) @ b (n, width), rows a multiple of kRows and width of the vector width.
+template <class V>
+[[gnu::always_inline]] inline void product(float* c, Index ldc, float const* a, Index lda, float const* b, Index ldb,
+                                           Index rows, Index n, Index width, bool accumulate) {
+  constexpr Index L = Width<V>::kLanes, C = Width<V>::kChunk;
+  for (Index r0 = 0; r0 < rows; r0 += kRows)
+    for (Index c0 = 0; c0 < width; c0 += C * L) {
+      float* cp = c + r0 * ldc + c0;
+      float const* ap = a + r0 * lda;
+      float const* bp = b + c0;
+      switch (std::min(C, (width - c0) / L)) {
+        case 1: rows_times_panel<V, 1>(cp, ldc, ap, lda, bp, ldb, n, accumulate); break;
+        case 2: rows_times_panel<V, 2>(cp, ldc, ap, lda, bp, ldb, n, accumulate); break;
+        case 3: rows_times_panel<V, (C >= 3 ? 3 : 1)>(cp, ldc, ap, lda, bp, ldb, n, accumulate); break;
+        default: rows_times_panel<V, C>(cp, ldc, ap, lda, bp, ldb, n, accumulate); break;
+      }
+    }
+}
+
+/// The forward of one query tile with the online softmax (the generic path's algorithm): the scaled q rows, each key
+/// tile's k^T and v copied into width-padded buffers, scores and P @ V by register-tiled loops over those buffers.
+template <class V>
+[[gnu::always_inline]] inline void forward_tile_body(ForwardTile const& t, ForwardTileScratch& s) {
+  constexpr Index L = Width<V>::kLanes;
+  auto const pad = [](Index n, Index to) { return (n + to - 1) / to * to; };
+  Index const rows = pad(t.nq, kRows), dp = t.dp, bkp = pad(std::min(t.bk, t.lk), L);
+  s.q.assign(std::size_t(rows * t.d), 0.f);
+  s.s.resize(std::size_t(rows * bkp));
+  s.acc.assign(std::size_t(rows * dp), 0.f);
+  s.m.assign(std::size_t(rows), -std::numeric_limits<float>::infinity());
+  s.l.assign(std::size_t(rows), 0.f);
+  for (Index r = 0; r < t.nq; ++r)
+    for (Index c = 0; c < t.d; ++c) s.q[std::size_t(r * t.d + c)] = t.q[r * t.ldq + c] * t.scale;
+  for (Index j0 = 0; j0 < t.lk; j0 += t.bk) {
+    Index const nk = std::min(t.bk, t.lk - j0), nkp = pad(nk, L);
+    float* sc = s.s.data();
+    product<V>(sc, nkp, s.q.data(), t.d, t.kt + j0, t.ldkt, rows, t.d, nkp, false);  // (rows, nkp) scaled scores
+    for (Index r = 0; r < rows; ++r) {
+      float* row = sc + r * nkp;
+      for (Index j = nk; j < nkp; ++j) row[j] = -std::numeric_limits<float>::infinity();
+      float const mx = std::max(s.m[std::size_t(r)], max_of<V>(row, nkp));
+      float const alpha = std::exp(s.m[std::size_t(r)] - mx);  // 0 on the first tile (exp(-inf))
+      float sum = exp_shifted<V>(row, nkp, mx);
+      for (Index j = nk; j < nkp; ++j) {  // padded keys: ~1.6e-38 each from the clamp, made exactly 0
+        sum -= row[j];
+        row[j] = 0.f;
+      }
+      s.l[std::size_t(r)] = s.l[std::size_t(r)] * alpha + sum;
+      s.m[std::size_t(r)] = mx;
+      float* acc = s.acc.data() + r * dp;
+      for (Index c = 0; c < dp; ++c) acc[c] *= alpha;
+    }
+    product<V>(s.acc.data(), dp, sc, nkp, t.vp + j0 * dp, dp, rows, nkp, dp, true);  // acc += P @ v
+  }
+  for (Index r = 0; r < t.nq; ++r) {
+    float const l = s.l[std::size_t(r)];
+    for (Index c = 0; c < t.d; ++c) t.o[r * t.ldo + c] = s.acc[std::size_t(r * dp + c)] / l;
+    t.lse[r] = s.m[std::size_t(r)] + std::log(l);
+  }
+}
+
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma"))) inline void forward_tile_avx512(
+    ForwardTile const& t, ForwardTileScratch& s) {
+  forward_tile_body<Lanes16>(t, s);
+}
+__attribute__((target("avx2,fma"))) inline void forward_tile_avx2(ForwardTile const& t, ForwardTileScratch& s) {
+  forward_tile_body<Lanes8>(t, s);
+}
+#endif
+
+/// The fused tile forward for an ISA and its vector width (lanes), or a null function where only the generic path
+/// runs (portable, non-x86).
+struct ForwardTileKernel {
+  void (*run)(ForwardTile const&, ForwardTileScratch&) = nullptr;
+  Index lanes = 1;
+};
+inline ForwardTileKernel forward_tile(Isa isa) {
+#if SDLORA_X86_KERNELS
+  switch (resolve_isa(isa)) {
+    case Isa::kAvx512: return {&forward_tile_avx512, 16};
+    case Isa::kAvx2: return {&forward_tile_avx2, 8};
+    default: break;
+  }
+#else
+  (void)isa;
+#endif
+  return {};
+}
+
+}  // namespace sdlora::cpu::attention_kernels
 
 namespace sdlora::ops {
 
@@ -40,6 +278,40 @@ struct Impl<Attention, Cpu> {
     Index const tasks = g.batch * g.heads * tiles_q;
     Index const work = g.batch * g.heads * g.lq * g.lk * g.d;
     T const inf = std::numeric_limits<T>::infinity();
+    if constexpr (std::is_same_v<T, float>) {
+      // The fused tile (AVX-512 / AVX2): head widths of any size, SD 1.5's 40, 80 and 160 included, without the
+      // generic path's per-tile GEMM packing and ragged 32-column edges; causal masks stay on the generic path.
+      namespace ak = sdlora::cpu::attention_kernels;
+      if (auto const tile = ak::forward_tile(ctx.isa); tile.run != nullptr && !g.causal) {
+        Context<Cpu> const& run_on = tasks > 1 && work > kParallelWork ? ctx : serial_context(ctx);
+        Index const heads_total = g.batch * g.heads;
+        Index const ldkt = (g.lk + tile.lanes - 1) / tile.lanes * tile.lanes + tile.lanes;  // keys, padded
+        Index const dp = (g.d + tile.lanes - 1) / tile.lanes * tile.lanes;                  // head width, padded
+        auto kt = Tensor<float, Cpu>::uninitialized(Shape{heads_total, g.d, ldkt});  // (B*H, D, Lk') k^T per head
+        auto vp = Tensor<float, Cpu>::uninitialized(Shape{heads_total, ldkt, dp});   // (B*H, Lk', D') v per head
+        sdlora::cpu::parallel_for(run_on, heads_total, heads_total > 1, [&](Index bh) {
+          Index const b = bh / g.heads, h = bh % g.heads;
+          ak::pack_keys_values(kt.data() + bh * g.d * ldkt, vp.data() + bh * ldkt * dp,
+                               k.data() + b * k.stride(0) + h * g.d, k.stride(1),
+                               v.data() + b * v.stride(0) + h * g.d, v.stride(1), g.lk, g.d, ldkt, dp);
+        });
+        std::vector<ak::ForwardTileScratch> scratch(std::size_t(run_on.threads()));
+        sdlora::cpu::parallel_tasks(run_on, tasks, [&](Index t, int worker) {
+          Index const bh = t / tiles_q, b = bh / g.heads, h = bh % g.heads;
+          Index const i0 = (t % tiles_q) * g.bq, nq = std::min(g.bq, g.lq - i0);
+          ak::ForwardTile const tile_args{
+              .q = q.data() + b * q.stride(0) + i0 * q.stride(1) + h * g.d,
+              .kt = kt.data() + bh * g.d * ldkt,
+              .vp = vp.data() + bh * ldkt * dp,
+              .o = o.data() + b * o.stride(0) + i0 * o.stride(1) + h * g.d,
+              .lse = lse.data() + bh * g.lq + i0,
+              .ldq = q.stride(1), .ldkt = ldkt, .ldo = o.stride(1),
+              .nq = nq, .lk = g.lk, .d = g.d, .dp = dp, .bk = g.bk, .scale = float(g.scale)};
+          tile.run(tile_args, scratch[std::size_t(worker)]);
+        });
+        return;
+      }
+    }
     struct ForwardScratch {
       Mat<T> s, acc;  // (bq, bk) scores then probabilities; (bq, D) unnormalised output
       Vec<T> m, l;    // (bq) running row max and row sum of exp(s - m)
