@@ -118,6 +118,8 @@ int run(int argc, char** argv) {
       ("unet-steps", po::value(&uo.steps)->default_value(uo.steps), "UNet optimizer steps")
       ("unet-batch-size", po::value(&uo.batch_size)->default_value(uo.batch_size), "UNet batch size")
       ("unet-lr", po::value(&uo.optimizer.lr)->default_value(uo.optimizer.lr), "UNet learning rate (AdamW, cosine)")
+      ("train-text-encoder", po::bool_switch(&uo.train_text_encoder),
+       "the UNet stage also trains the text encoder (random weights from the config tell prompts apart poorly)")
       ("caption-dropout", po::value(&uo.caption_dropout)->default_value(uo.caption_dropout),
        "probability of the empty caption (classifier-free guidance)")
       ("ema-decay", po::value(&uo.ema_decay)->default_value(uo.ema_decay), "EMA of the UNet weights (0: off)");

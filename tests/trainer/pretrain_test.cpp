@@ -187,3 +187,25 @@ TEST_CASE("The UNet stage's EMA follows diffusers' EMAModel warm-up", "[pretrain
   for (Index i = 0; i < plain.numel(); ++i)
     REQUIRE(double(ema(i)) == Approx(0.1 * double(initial(i)) + 0.9 * double(plain(i))).margin(1e-7));
 }
+
+TEST_CASE("The UNet stage trains the text encoder too when asked", "[pretrain][unit]") {
+  Context<Cpu> ctx;
+  auto sd = models::random_stable_diffusion<float>(kConfigs, 2);
+  auto const data = toy_data(16, 16);
+  auto const table = train::encode_dataset<float>(ctx, sd.vae, data);
+  auto const q_before = sd.text_encoder.layers[0].self_attn.q_proj.weight.value;
+  train::UnetPretrainOptions o;
+  o.steps = 3;
+  o.batch_size = 4;
+  o.ema_decay = 0;
+  o.lr_schedule.warmup_steps = 0;
+  o.train_text_encoder = true;
+  o.log_every = 1000;
+  auto const r = train::pretrain_unet<float>(ctx, sd, table, o);
+  CHECK(r.losses.size() == 3);
+  double moved = 0;
+  for (Index i = 0; i < q_before.numel(); ++i)
+    moved = std::max(moved, double(std::abs(sd.text_encoder.layers[0].self_attn.q_proj.weight.value(i) - q_before(i))));
+  CHECK(moved > 1e-4);  // AdamW moves every weight by about lr = 1e-3 per step
+  CHECK_FALSE(sd.text_encoder.layers[0].self_attn.q_proj.weight.trainable);  // frozen again afterwards
+}

@@ -65,6 +65,9 @@ struct UnetPretrainOptions {
   OptimizerOptions optimizer{"adamw", 1e-3, 0.9, 0.999, 1e-8, 1e-2};
   LrScheduleOptions lr_schedule = cosine(200);  // training_steps = steps when 0
   double max_grad_norm = 1.0;
+  /// Also train every weight of the text encoder (a from-scratch model has no pretrained CLIP: a frozen random one
+  /// barely tells its prompts apart); its embeddings are then computed every step instead of once.
+  bool train_text_encoder = false;
   double caption_dropout = 0.1;  // the empty caption instead, so that classifier-free guidance has an unconditional
   double ema_decay = 0.999;      // 0: no EMA; diffusers' EMAModel warm-up min(decay, (1 + t) / (10 + t))
   std::uint64_t seed = 0;
@@ -247,7 +250,7 @@ PretrainReport pretrain_unet(Context<Cpu>& ctx, models::StableDiffusion<T, Cpu>&
   Index const per = table.mean.numel() / n;
   double const sf = sd.vae.config().scaling_factor;
 
-  // Frozen text encoder: one embedding per distinct caption, and the empty caption.
+  // Frozen text encoder: one embedding per distinct caption, and the empty caption (shapes only, when it trains).
   nn::set_trainable(sd.text_encoder, false);
   std::map<std::string, Tensor<T, Cpu>> embedding;
   auto embed = [&](std::string const& caption) -> Tensor<T, Cpu> const& {
@@ -263,7 +266,12 @@ PretrainReport pretrain_unet(Context<Cpu>& ctx, models::StableDiffusion<T, Cpu>&
   Index const ctx_len = empty.dim(1), ctx_dim = empty.dim(2);
 
   nn::set_trainable(sd.unet, true);
+  if (o.train_text_encoder) nn::set_trainable(sd.text_encoder, true);
   auto params = trainable_parameters<T>(sd.unet, "unet");
+  if (o.train_text_encoder) {
+    auto te = trainable_parameters<T>(sd.text_encoder, "text_encoder");
+    params.insert(params.end(), te.begin(), te.end());
+  }
   auto opt = make_optimizer<T>(o.optimizer, params);
   LrScheduleOptions ls = o.lr_schedule;
   ls.base_lr = o.optimizer.lr;
@@ -291,6 +299,7 @@ PretrainReport pretrain_unet(Context<Cpu>& ctx, models::StableDiffusion<T, Cpu>&
     lat[0] = b;
     Tensor<float, Cpu> latents(lat);
     Tensor<T, Cpu> context(Shape{b, ctx_len, ctx_dim});
+    std::vector<std::string> captions;  // the batch's captions after dropout (a training text encoder's input)
     auto eps = g.randn(lat);
     for (Index i = 0; i < b; ++i) {
       Index const src = sampler.next(g);
@@ -298,8 +307,11 @@ PretrainReport pretrain_unet(Context<Cpu>& ctx, models::StableDiffusion<T, Cpu>&
         latents(i * per + k) = float(sf * (double(table.mean(src * per + k)) +
                                            double(table.std_dev(src * per + k)) * double(eps(i * per + k))));
       bool const drop = o.caption_dropout > 0 && double(g.rand(Shape{1})(0)) < o.caption_dropout;
-      auto const& e = drop ? empty : embedding.at(table.captions[std::size_t(src)]);
-      std::copy_n(e.data(), e.numel(), context.data() + i * e.numel());
+      captions.push_back(drop ? std::string() : table.captions[std::size_t(src)]);
+      if (!o.train_text_encoder) {
+        auto const& e = drop ? empty : embedding.at(table.captions[std::size_t(src)]);
+        std::copy_n(e.data(), e.numel(), context.data() + i * e.numel());
+      }
     }
     auto const noise = g.randn(lat);
     auto const t = g.randint(0, train_steps, Shape{b});
@@ -308,10 +320,14 @@ PretrainReport pretrain_unet(Context<Cpu>& ctx, models::StableDiffusion<T, Cpu>&
     Tensor<T, Cpu> ts(Shape{b});
     for (Index i = 0; i < b; ++i) ts(i) = T(ts_list[std::size_t(i)]);
     auto const x = convert<T>(noisy.view());
+    if (o.train_text_encoder)
+      context = std::move(
+          sd.text_encoder.forward(ctx, pipeline::tokenize(sd.tokenizer, captions), nn::Mode::Train).last_hidden_state);
     auto const pred = sd.unet.forward(ctx, x.view(), ts.view(), context.view(), nn::Mode::Train);
     auto const target = convert<T>(noise.view());
     auto loss = mse_loss<T>(pred.view(), target.view());
-    sd.unet.backward(ctx, loss.grad.view());
+    auto grads = sd.unet.backward(ctx, loss.grad.view());
+    if (o.train_text_encoder) sd.text_encoder.backward(ctx, grads.dencoder_hidden_states.view());
     double const norm = o.max_grad_norm > 0 ? clip_grad_norm<T>(params, o.max_grad_norm) : 0.0;
     if (!std::isfinite(loss.value) || !std::isfinite(norm))
       SDLORA_THROW(Error, "[pretrain] step " << step + 1 << ": the loss (" << loss.value
@@ -335,6 +351,7 @@ PretrainReport pretrain_unet(Context<Cpu>& ctx, models::StableDiffusion<T, Cpu>&
   if (!ema.empty())
     for (std::size_t k = 0; k < params.size(); ++k) params[k].param->value = ema[k];
   nn::set_trainable(sd.unet, false);
+  nn::set_trainable(sd.text_encoder, false);
   report.final_loss = detail::tail_mean(report.losses);
   return report;
 }
