@@ -143,3 +143,24 @@ TEST_CASE("An embedding of (n, 0) vectors is refused (it holds no bytes but n to
                                                         Catch::Contains("sdlora_empty_embedding.safetensors"));
   std::filesystem::remove(path);
 }
+
+TEST_CASE("A state.json whose format or version has the wrong JSON type is a FormatError, not a crash",
+          "[io][fuzz][checkpoint]") {
+  // train_files_fuzz, first in-memory run (337 k executions): "format": 3 made is_complete's j.value("format", "")
+  // throw nlohmann's type_error, which escaped as no sdlora::Error (sdlora-train would have died of terminate).
+  namespace fs = std::filesystem;
+  fs::path const dir = fs::temp_directory_path() / "sdlora_state_types";
+  fs::remove_all(dir);
+  train::TrainingState<float> state;
+  state.global_step = 1;
+  std::string const ckpt = train::save_checkpoint(dir.string(), state);
+  std::ifstream finding(test::fixture("fuzz/findings/state-format-not-a-string.json"), std::ios::binary);
+  write(fs::path(ckpt) / "state.json", std::string((std::istreambuf_iterator<char>(finding)), {}));
+  CHECK_THROWS_WITH(train::load_checkpoint<float>(ckpt), Catch::Contains("is not a complete sdlora checkpoint"));
+  CHECK_FALSE(train::latest_checkpoint(dir.string()).has_value());
+  // The right format with a version of the wrong type: the same kind of error, naming the version.
+  write(fs::path(ckpt) / "state.json", R"({"format": "sdlora-training-state", "version": "1"})");
+  CHECK_THROWS_AS(train::load_checkpoint<float>(ckpt), FormatError);
+  CHECK_THROWS_WITH(train::load_checkpoint<float>(ckpt), Catch::Contains("state version \"1\", this build reads 1"));
+  fs::remove_all(dir);
+}

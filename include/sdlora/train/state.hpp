@@ -108,7 +108,9 @@ inline bool is_complete(fs::path const& dir) {
   std::ifstream in(dir / "state.json");
   if (!in) return false;
   nlohmann::json j = nlohmann::json::parse(in, nullptr, false);
-  return !j.is_discarded() && j.is_object() && j.value("format", "") == kStateFormat &&
+  // Not j.value("format", ""): it throws nlohmann's type_error when "format" holds a number (train_files_fuzz).
+  return !j.is_discarded() && j.is_object() && j.contains("format") && j["format"].is_string() &&
+         j["format"].get<std::string>() == kStateFormat &&
          fs::exists(dir / "parameters.safetensors") && fs::exists(dir / "optimizer.safetensors");
 }
 
@@ -227,8 +229,9 @@ TrainingState<T> load_checkpoint(std::string const& dir) {
   std::string const text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   check_json_depth(text, "[training_state] " + dir + "/state.json");
   nlohmann::json const j = nlohmann::json::parse(text);
-  if (j.value("version", 0) != kStateVersion)
-    SDLORA_THROW(FormatError, "[training_state] " << dir << ": state version " << j.value("version", 0)
+  std::string const version = j.contains("version") ? j.at("version").dump() : "none";  // any JSON type
+  if (version != std::to_string(kStateVersion))
+    SDLORA_THROW(FormatError, "[training_state] " << dir << ": state version " << version
                                                   << ", this build reads " << kStateVersion);
   TrainingState<T> s;
   try {
