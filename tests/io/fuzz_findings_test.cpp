@@ -162,5 +162,9 @@ TEST_CASE("A state.json whose format or version has the wrong JSON type is a For
   write(fs::path(ckpt) / "state.json", R"({"format": "sdlora-training-state", "version": "1"})");
   CHECK_THROWS_AS(train::load_checkpoint<float>(ckpt), FormatError);
   CHECK_THROWS_WITH(train::load_checkpoint<float>(ckpt), Catch::Contains("state version \"1\", this build reads 1"));
+  // The second in-memory run (4.34 M executions): 8.9e24 in an rng list was converted to uint64 (undefined).
+  std::ifstream second(test::fixture("fuzz/findings/state-float-as-uint64.json"), std::ios::binary);
+  write(fs::path(ckpt) / "state.json", std::string((std::istreambuf_iterator<char>(second)), {}));
+  CHECK_THROWS_WITH(train::load_checkpoint<float>(ckpt), Catch::Contains("state.json: 'rng' must hold integers"));
   fs::remove_all(dir);
 }

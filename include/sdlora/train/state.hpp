@@ -233,6 +233,17 @@ TrainingState<T> load_checkpoint(std::string const& dir) {
   if (version != std::to_string(kStateVersion))
     SDLORA_THROW(FormatError, "[training_state] " << dir << ": state version " << version
                                                   << ", this build reads " << kStateVersion);
+  // nlohmann's get<> of an integer type from a float out of range is undefined behaviour (train_files_fuzz: 8.9e24
+  // in an rng list): every integer field must hold integers, at any depth (check_json_depth bounds the recursion).
+  auto const integers = [](auto const& self, nlohmann::json const& v) -> bool {
+    if (!v.is_array() && !v.is_object()) return v.is_number_integer();
+    for (auto const& e : v)
+      if (!self(self, e)) return false;
+    return true;
+  };
+  for (char const* key : {"global_step", "epoch", "lr_schedule_step", "data_position", "data_order", "rng"})
+    if (j.contains(key) && !integers(integers, j.at(key)))
+      SDLORA_THROW(FormatError, "[training_state] " << dir << "/state.json: '" << key << "' must hold integers");
   TrainingState<T> s;
   try {
     s.global_step = j.at("global_step").get<std::int64_t>();
