@@ -66,7 +66,15 @@ inline void pack_keys_values(float* kt, float* vp, float const* k, Index ldk, fl
   }
 }
 
-#if SDLORA_X86_KERNELS
+// The fused kernels are host code only: nvcc's device pass (cicc, CUDA 13.0) crashes on the GCC vector extensions
+// below, so an nvcc translation unit's device pass sees the generic path only (its host pass, by g++, keeps them).
+#if SDLORA_X86_KERNELS && !defined(__CUDA_ARCH__)
+#define SDLORA_FUSED_ATTENTION 1
+#else
+#define SDLORA_FUSED_ATTENTION 0
+#endif
+
+#if SDLORA_FUSED_ATTENTION
 // GCC vector extensions: the body below is written once and inlined into an AVX-512 and an AVX2+FMA function, whose
 // target attribute makes these types zmm / ymm registers (and a * b + c one FMA).
 typedef float Lanes16 __attribute__((vector_size(64)));
@@ -249,7 +257,7 @@ struct ForwardTileKernel {
   Index lanes = 1;
 };
 inline ForwardTileKernel forward_tile(Isa isa) {
-#if SDLORA_X86_KERNELS
+#if SDLORA_FUSED_ATTENTION
   switch (resolve_isa(isa)) {
     case Isa::kAvx512: return {&forward_tile_avx512, 16};
     case Isa::kAvx2: return {&forward_tile_avx2, 8};
