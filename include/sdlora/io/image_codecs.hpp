@@ -41,6 +41,14 @@ struct DecodedImage {
   char message[200];
 };
 
+/// An empty result: no pixels, no size, no message.
+inline void clear_result(DecodedImage* out) {
+  out->pixels = nullptr;
+  out->width = out->height = 0;
+  out->over_limit = false;
+  out->message[0] = '\0';
+}
+
 inline void set_message(DecodedImage* out, char const* text) {
   strncpy(out->message, text, sizeof(out->message) - 1);
   out->message[sizeof(out->message) - 1] = '\0';
@@ -98,10 +106,7 @@ inline void jpeg_decode(unsigned char const* data, size_t size, unsigned long lo
     unsigned char* row;  // one CMYK scanline
   };
   auto* s = static_cast<State*>(calloc(1, sizeof(State)));
-  out->pixels = nullptr;
-  out->width = out->height = 0;
-  out->over_limit = false;
-  out->message[0] = '\0';
+  clear_result(out);
   if (!s) {
     set_message(out, "out of memory");
     return;
@@ -203,10 +208,7 @@ inline void png_decode(unsigned char const* data, size_t size, unsigned long lon
     png_infop info;
   };
   auto* s = static_cast<State*>(calloc(1, sizeof(State)));
-  out->pixels = nullptr;
-  out->width = out->height = 0;
-  out->over_limit = false;
-  out->message[0] = '\0';
+  clear_result(out);
   if (!s) {
     set_message(out, "out of memory");
     return;
