@@ -141,7 +141,7 @@ TEST_CASE("sdlora-train refuses malformed files with one line naming them", "[ro
 }
 
 namespace {
-std::vector<std::string> eval(std::string const& command, std::vector<std::string> extra) {
+std::vector<std::string> eval_args(std::string const& command, std::vector<std::string> extra) {
   std::vector<std::string> a = {SDLORA_EVAL_EXE, command, "--threads", "1"};
   a.insert(a.end(), extra.begin(), extra.end());
   return a;
@@ -178,48 +178,48 @@ TEST_CASE("sdlora-eval refuses malformed files with one line naming them", "[rob
   fs::path const one_ref = image_dir("one_reference", "r.png", test::read_bytes(reference + "/r0.png"));
   SECTION("image: not an image") {
     auto const f = image_dir("not_image", "g.png", "\x89PNG\r\n\x1a\n but then nothing");
-    check_refused(eval("ssim", {"--images", f.parent_path().string(), "--reference", one_ref.parent_path().string()}),
+    check_refused(eval_args("ssim", {"--images", f.parent_path().string(), "--reference", one_ref.parent_path().string()}),
                   f);
   }
   SECTION("image: a header claiming 10000 x 10000 pixels (over the default limit)") {
     auto const f = image_dir("bomb", "bomb.bmp", bmp_bomb(10000, 10000));
-    check_refused(eval("ssim", {"--images", f.parent_path().string(), "--reference", one_ref.parent_path().string()}),
+    check_refused(eval_args("ssim", {"--images", f.parent_path().string(), "--reference", one_ref.parent_path().string()}),
                   f);
   }
   SECTION("image: over --max-image-pixels") {
-    check_refused(eval("ssim", {"--images", one_ref.parent_path().string(), "--reference",
+    check_refused(eval_args("ssim", {"--images", one_ref.parent_path().string(), "--reference",
                                 one_ref.parent_path().string(), "--max-image-pixels", "16"}),
                   one_ref);
   }
   SECTION("CLIP folder: config.json that is not JSON") {
     auto const f = clip_with("clip_bad_config", "config.json", "{\"text_config\": {");
-    check_refused(eval("clip-i", {"--clip", f.parent_path().string(), "--images", generated, "--reference", reference}),
+    check_refused(eval_args("clip-i", {"--clip", f.parent_path().string(), "--images", generated, "--reference", reference}),
                   f);
   }
   SECTION("CLIP folder: config.json nested 100000 deep") {
     auto const f = clip_with("clip_deep_config", "config.json", std::string(100000, '[') + std::string(100000, ']'));
-    check_refused(eval("clip-i", {"--clip", f.parent_path().string(), "--images", generated, "--reference", reference}),
+    check_refused(eval_args("clip-i", {"--clip", f.parent_path().string(), "--images", generated, "--reference", reference}),
                   f);
   }
   SECTION("CLIP folder: model.safetensors with a header longer than the file") {
     auto const f = clip_with("clip_cut_model", "model.safetensors", kCutSafetensors);
-    check_refused(eval("clip-i", {"--clip", f.parent_path().string(), "--images", generated, "--reference", reference}),
+    check_refused(eval_args("clip-i", {"--clip", f.parent_path().string(), "--images", generated, "--reference", reference}),
                   f);
   }
   SECTION("CLIP folder: preprocessor_config.json that is not JSON") {
     auto const f = clip_with("clip_bad_preprocessor", "preprocessor_config.json", "not json");
-    check_refused(eval("clip-i", {"--clip", f.parent_path().string(), "--images", generated, "--reference", reference}),
+    check_refused(eval_args("clip-i", {"--clip", f.parent_path().string(), "--images", generated, "--reference", reference}),
                   f);
   }
   SECTION("CLIP folder: vocab.json of random bytes") {
     auto const f = clip_with("clip_bad_vocab", "vocab.json", std::string(64, '\x7f'));
-    check_refused(eval("clip-score", {"--clip", f.parent_path().string(), "--images", generated, "--prompts",
+    check_refused(eval_args("clip-score", {"--clip", f.parent_path().string(), "--images", generated, "--prompts",
                                       test::fixture("eval/prompts.txt")}),
                   f);
   }
   auto const sweep = [&](std::string const& model, std::string const& lora) {
     auto const prompts = write("sweep_prompts.txt", "a photo of a cat\n");
-    return eval("sweep", {"--clip", test::fixture("eval/clip"), "--reference", reference, "--model", model, "--lora",
+    return eval_args("sweep", {"--clip", test::fixture("eval/clip"), "--reference", reference, "--model", model, "--lora",
                           lora, "--prompts", prompts.string(), "--scales", "0,1", "--seeds", "3", "--steps", "2",
                           "--width", "16", "--height", "16", "--out", (scratch() / "sweep_out").string()});
   };
