@@ -261,7 +261,8 @@ PretrainReport pretrain_unet(Context<Cpu>& ctx, models::StableDiffusion<T, Cpu>&
     }
     return it->second;
   };
-  for (auto const& c : table.captions) embed(c);
+  if (!o.train_text_encoder)  // a training encoder embeds each batch itself
+    for (auto const& c : table.captions) embed(c);
   Tensor<T, Cpu> const& empty = embed("");
   Index const ctx_len = empty.dim(1), ctx_dim = empty.dim(2);
 
