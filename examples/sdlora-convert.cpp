@@ -14,6 +14,7 @@
 #include <sdlora/models/checkpoint.hpp>     // models::load_stable_diffusion
 #include <sdlora/models/save.hpp>           // models::save_stable_diffusion, models::convert_file_dtype
 #include <sdlora/pipeline/lora.hpp>         // pipeline::apply_loras
+#include <sdlora/instances.hpp>  // compiled once in sdlora::instances (examples/CMakeLists.txt)
 
 #include "common/cli.hpp"  // cli::normalize_flags, cli::parse, cli::run_main, cli::path_and_scale
 

@@ -24,6 +24,7 @@
                                      // eval::measure_toy_image
 #include <sdlora/pipeline.hpp>       // models::load_stable_diffusion, pipeline::apply_loras, pipeline::txt2img
 #include <sdlora/train/dataset.hpp>  // train::detail::read_metadata
+#include <sdlora/instances.hpp>  // compiled once in sdlora::instances (examples/CMakeLists.txt)
 
 #include "common/cli.hpp"  // cli::normalize_flags, cli::parse, cli::run_main
 

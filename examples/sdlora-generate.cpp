@@ -23,6 +23,7 @@
 #include <sdlora/train/interrupt.hpp>  // train::StopSignals
 #include <sdlora/train/progress.hpp>   // train::Progress
 #include <sdlora/train/state.hpp>      // train::write_file_atomic
+#include <sdlora/instances.hpp>  // compiled once in sdlora::instances (examples/CMakeLists.txt)
 #if defined(SDLORA_HAS_CUDA)             // a build with -DSDLORA_CUDA=ON: --device cuda
 #include <sdlora/cuda.hpp>               // Context<Cuda>
 #endif

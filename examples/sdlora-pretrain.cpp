@@ -22,6 +22,7 @@
 #include <sdlora/models/save.hpp>          // models::save_diffusers_folder
 #include <sdlora/train/dataset.hpp>        // train::open_dataset
 #include <sdlora/train/pretrain.hpp>       // train::pretrain_vae, pretrain_unet
+#include <sdlora/instances.hpp>  // compiled once in sdlora::instances (examples/CMakeLists.txt)
 
 #include "common/cli.hpp"  // cli::normalize_flags, cli::parse, cli::run_main
 

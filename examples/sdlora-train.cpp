@@ -17,6 +17,7 @@
 #include <sdlora/train/dataset.hpp>      // train::open_dataset
 #include <sdlora/train/interrupt.hpp>    // train::StopSignals
 #include <sdlora/train/sources.hpp>      // train::DatasetSource, train::TemplateSource
+#include <sdlora/instances.hpp>  // compiled once in sdlora::instances (examples/CMakeLists.txt)
 
 #if SDLORA_HAS_MPI
 #include <sdlora/train/communicator_mpi.hpp>  // train::MpiCommunicator (mpirun -np N sdlora-train ...)
@@ -261,7 +262,10 @@ std::string resume_command(int argc, char** argv) {
       if (arg.find('=') == std::string::npos) ++i;
       continue;
     }
-    out += " " + shell_quoted(arg);
+    // Two appends, not " " + shell_quoted(arg): GCC 12 at -O3 warns (-Wrestrict, a false positive) about the
+    // inlined operator+(char const*, std::string&&).
+    out += ' ';
+    out += shell_quoted(arg);
   }
   return out + " --resume_from_checkpoint latest";
 }

@@ -19,6 +19,7 @@
 #include <sdlora/models/save.hpp>        // models::save_single_file, save_diffusers_folder, convert_file_dtype
 #include <sdlora/pipeline/lora.hpp>      // pipeline::apply_loras
 #include <sdlora/pipeline/txt2img.hpp>   // pipeline::txt2img
+#include <sdlora/instances.hpp>  // compiled once: the sdlora::instances library every test links
 
 #include "examples/program.hpp"  // test::scratch_dir, test::run_program
 #include "support.hpp"           // test::fixture, test::rel_l2, test::random_tensor

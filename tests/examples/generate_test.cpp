@@ -12,6 +12,7 @@
 #include <vector>      // std::vector
 
 #include <sdlora/pipeline.hpp>  // pipeline::save_embedding
+#include <sdlora/instances.hpp>  // compiled once: the sdlora::instances library every test links
 
 #include "examples/program.hpp"
 #include "support.hpp"

@@ -9,6 +9,7 @@
 #include <sdlora/backend/cpu/conv.hpp>  // ops::Impl<Conv2d, Cpu>
 #include <sdlora/lora/inject.hpp>       // lora::inject, LoraLinear, LoraConv
 #include <sdlora/nn/conv2d.hpp>         // nn::Conv2d
+#include <sdlora/instances.hpp>  // compiled once: the sdlora::instances library every test links
 
 #include "support.hpp"
 

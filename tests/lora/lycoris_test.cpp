@@ -13,6 +13,7 @@
 #include <sdlora/lora/format.hpp>    // lora::read_lora, lora::apply, lora::save_kohya
 #include <sdlora/lora/lycoris.hpp>   // lora::lycoris_delta, lora::LycorisFactors
 #include <sdlora/pipeline/lora.hpp>  // pipeline::apply_loras, set_lora_scale, merge_loras, unmerge_loras
+#include <sdlora/instances.hpp>  // compiled once: the sdlora::instances library every test links
 
 #include "support.hpp"
 

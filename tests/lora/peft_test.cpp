@@ -4,6 +4,7 @@
 #include <catch2/catch.hpp>
 
 #include <sdlora/lora/inject.hpp>  // lora::inject, LoraLinear
+#include <sdlora/instances.hpp>  // compiled once: the sdlora::instances library every test links
 
 #include "support.hpp"
 

@@ -4,6 +4,7 @@
 #include <fstream>
 
 #include <sdlora/models/checkpoint.hpp>
+#include <sdlora/instances.hpp>  // compiled once: the sdlora::instances library every test links
 
 #include "support.hpp"
 

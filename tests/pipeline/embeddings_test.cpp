@@ -6,6 +6,7 @@
 #include <filesystem>  // std::filesystem
 
 #include <sdlora/pipeline.hpp>
+#include <sdlora/instances.hpp>  // compiled once: the sdlora::instances library every test links
 
 #include "support.hpp"
 

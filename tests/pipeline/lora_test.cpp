@@ -7,6 +7,7 @@
 #include <string>      // std::string
 
 #include <sdlora/pipeline.hpp>
+#include <sdlora/instances.hpp>  // compiled once: the sdlora::instances library every test links
 
 #include "support.hpp"
 

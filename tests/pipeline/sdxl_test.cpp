@@ -1,6 +1,7 @@
 #include <catch2/catch.hpp>
 
 #include <sdlora/pipeline.hpp>
+#include <sdlora/instances.hpp>  // compiled once: the sdlora::instances library every test links
 
 #include "support.hpp"
 

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include <sdlora/pipeline.hpp>
+#include <sdlora/instances.hpp>  // compiled once: the sdlora::instances library every test links
 
 #include "support.hpp"
 

@@ -11,6 +11,7 @@
 #include <nlohmann/json.hpp>  // nlohmann::json
 
 #include <sdlora/all.hpp>
+#include <sdlora/instances.hpp>  // compiled once: the sdlora::instances library every test links
 
 #include "support.hpp"
 

@@ -12,6 +12,7 @@
 #include <string>      // std::string
 
 #include <sdlora/all.hpp>
+#include <sdlora/instances.hpp>  // compiled once: the sdlora::instances library every test links
 
 #include "support.hpp"
 

@@ -4,6 +4,7 @@
 
 #include <sdlora/pipeline.hpp>
 #include <sdlora/train/trainer.hpp>
+#include <sdlora/instances.hpp>  // compiled once: the sdlora::instances library every test links
 
 #include "support.hpp"
 

@@ -6,6 +6,7 @@
 #include <sdlora/all.hpp>
 #include <sdlora/train/dataset.hpp>
 #include <sdlora/train/sources.hpp>
+#include <sdlora/instances.hpp>  // compiled once: the sdlora::instances library every test links
 
 #include "support.hpp"
 
