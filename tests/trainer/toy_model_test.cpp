@@ -10,8 +10,13 @@
 #include <sdlora/eval/toy_measures.hpp>
 #include <sdlora/io/safetensors.hpp>
 #include <sdlora/models/checkpoint.hpp>
+#include <sdlora/pipeline/lora.hpp>
 #include <sdlora/pipeline/txt2img.hpp>
+#include <sdlora/train/dataset.hpp>
+#include <sdlora/train/run.hpp>
 #include <sdlora/train/sample_data.hpp>
+#include <sdlora/train/sources.hpp>
+#include <sdlora/instances.hpp>  // compiled once: the sdlora::instances library every test links
 
 #include "support.hpp"
 
@@ -67,9 +72,9 @@ TEST_CASE("sdlora draws diffusers' images with the toy model", "[toy][e2e]") {
 
 TEST_CASE("The toy model draws the colour its prompt names", "[toy][e2e]") {
   // 20 evaluation prompts (train::toy_prompts(20, 1)), one image each. Chance is about 1 in 7 for the colour, the
-  // background and the shape. Measured with the shipped model: colour 15/20 (misses: red and orange confused, a shape
-  // too small), background 20/20, shape first 7/20. Issue 14 asks 16/20 for the colour: not reached yet; the bars
-  // below guard what the model has learned.
+  // background and the shape. Measured with the shipped model: colour 20/20, background 20/20, shape first 6/20 (the
+  // shapes are often blobs). Bars: issue 14's 16/20 for the colour, and a margin under the measured values for the
+  // background and the shape (another CPU's kernel path rounds differently, which can move a borderline image).
   Context<Cpu> ctx;
   auto sd = load_toy();
   auto const prompts = train::toy_prompts(20, 1);
@@ -81,7 +86,67 @@ TEST_CASE("The toy model draws the colour its prompt names", "[toy][e2e]") {
     shape += m.shape_first.value_or(false);
   }
   INFO("colour " << colour << "/20, background " << background << "/20, shape first " << shape << "/20");
-  CHECK(colour >= 12);
+  CHECK(colour >= 16);
   CHECK(background >= 17);
-  CHECK(shape >= 5);
+  CHECK(shape >= 4);
+}
+
+TEST_CASE("A style LoRA trained on the toy model draws its style at scale 1 and not at scale 0", "[toy][e2e]") {
+  // scripts/demo's recipe: 64 style scenes (train::ToySet::Style: the base scenes as black scribbled outlines on
+  // white), 300 steps of rank 8 on attention and ResNet convolutions at 1e-3, batch 4, seed 0. Then the 20 evaluation
+  // prompts at LoRA scales 0, 0.5 and 1 (seeds as above). Style measures: the mean outline fraction and the images
+  // whose background is white. Measured (scales 0 / 0.5 / 1): outline 0.0023 / 0.0015 / 0.0079, white 2 / 2 / 11 of
+  // 20, the prompt's colour 20 / 18 / 6. Bars: at scale 1 the outline fraction at least twice scale 0's and at least
+  // 7 white backgrounds against at most 4 at scale 0, where the prompts' own colours still win (colour >= 16 of 20,
+  // as the base model). At 0.5 the measures are still close to scale 0's.
+  namespace fs = std::filesystem;
+  std::string const data = "toy_style_images", out = "toy_style_lora";
+  fs::remove_all(data);
+  train::ToyWorldOptions w;
+  w.set = train::ToySet::Style;
+  w.count = 64;
+  train::write_toy_world(data, w);
+  {
+    Context<Cpu> ctx;
+    auto sd = load_toy();
+    train::DatasetOptions d;
+    d.path = data;
+    d.resolution = 64;
+    train::DatasetSource source(train::open_dataset(d));
+    train::RunOptions o;
+    o.output_dir = out;
+    o.max_train_steps = 300;
+    o.train_batch_size = 4;
+    o.log_every = 100000;
+    o.trainer.seed = 0;
+    o.trainer.rank = 8;
+    o.trainer.train_conv = true;
+    o.trainer.optimizer.lr = 1e-3;
+    o.trainer.target_modules = "to_q|to_k|to_v|to_out\\.0|conv1|conv2|proj_in|proj_out";
+    o.settings["resolution"] = 64;
+    std::ostringstream log;
+    train::run_training(ctx, sd, source, o, nullptr, log);
+  }
+  Context<Cpu> ctx;
+  auto const prompts = train::toy_prompts(20, 1);
+  double outline[3] = {};
+  int white[3] = {}, colour[3] = {};
+  double const scales[3] = {0.0, 0.5, 1.0};
+  for (int k = 0; k < 3; ++k) {
+    auto sdk = load_toy();
+    pipeline::apply_loras(sdk, {{out + "/sdlora_lora.safetensors", scales[k]}});
+    for (std::size_t i = 0; i < prompts.size(); ++i) {
+      auto const m = eval::measure_toy_image(draw(ctx, sdk, prompts[i], 100 + i), prompts[i]);
+      outline[k] += m.outline / double(prompts.size());
+      white[k] += m.background == "white";
+      colour[k] += m.color_match.value_or(false);
+    }
+  }
+  INFO("outline " << outline[0] << " / " << outline[1] << " / " << outline[2] << "; white backgrounds " << white[0]
+                  << " / " << white[1] << " / " << white[2] << "; colour " << colour[0] << " / " << colour[1] << " / "
+                  << colour[2] << " (scales 0 / 0.5 / 1)");
+  CHECK(outline[2] >= 2 * outline[0]);
+  CHECK(white[2] >= 7);
+  CHECK(white[0] <= 4);
+  CHECK(colour[0] >= 16);
 }
