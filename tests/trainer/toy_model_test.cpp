@@ -66,6 +66,31 @@ std::string write_scenes(std::string const& dir, train::ToySet set, int count, s
   return dir;
 }
 
+/// The training run both adapter tests use: batch 4, seed 0, rank 8, the given steps, learning rate and targets, on
+/// the captioned 64 px images of `data_dir`, writing to `out`.
+train::RunResult train_on_toy(Context<Cpu>& ctx, models::StableDiffusion<float, Cpu>& sd, std::string const& data_dir,
+                              std::string const& out, train::Method method, std::int64_t steps, double lr,
+                              std::string const& targets, bool train_conv) {
+  train::DatasetOptions d;
+  d.path = data_dir;
+  d.resolution = 64;
+  train::DatasetSource source(train::open_dataset(d));
+  train::RunOptions o;
+  o.output_dir = out;
+  o.max_train_steps = steps;
+  o.train_batch_size = 4;
+  o.log_every = 100000;
+  o.trainer.method = method;
+  o.trainer.seed = 0;
+  o.trainer.rank = 8;
+  o.trainer.train_conv = train_conv;
+  o.trainer.optimizer.lr = lr;
+  o.trainer.target_modules = targets;
+  o.settings["resolution"] = 64;
+  std::ostringstream log;
+  return train::run_training(ctx, sd, source, o, nullptr, log);
+}
+
 }  // namespace
 
 TEST_CASE("sdlora draws diffusers' images with the toy model", "[toy][e2e]") {
@@ -131,23 +156,8 @@ TEST_CASE("A style LoRA trained on the toy model draws its style at scale 1 and 
   {
     Context<Cpu> ctx;
     auto sd = load_toy();
-    train::DatasetOptions d;
-    d.path = data;
-    d.resolution = 64;
-    train::DatasetSource source(train::open_dataset(d));
-    train::RunOptions o;
-    o.output_dir = out;
-    o.max_train_steps = 300;
-    o.train_batch_size = 4;
-    o.log_every = 100000;
-    o.trainer.seed = 0;
-    o.trainer.rank = 8;
-    o.trainer.train_conv = true;
-    o.trainer.optimizer.lr = 1e-3;
-    o.trainer.target_modules = "to_q|to_k|to_v|to_out\\.0|conv1|conv2|proj_in|proj_out";
-    o.settings["resolution"] = 64;
-    std::ostringstream log;
-    train::run_training(ctx, sd, source, o, nullptr, log);
+    train_on_toy(ctx, sd, data, out, train::Method::Lora, 300, 1e-3,
+                 "to_q|to_k|to_v|to_out\\.0|conv1|conv2|proj_in|proj_out", true);
   }
   Context<Cpu> ctx;
   auto const prompts = train::toy_prompts(20, 1);
@@ -196,23 +206,8 @@ TEST_CASE("DreamBooth teaches the toy model the sks subject and draws it on a ba
     return n;
   };
   int const before = subject_count(sd);
-  train::DatasetOptions d;
-  d.path = write_scenes("toy_dreambooth_instances", train::ToySet::Subject, 8, "green");
-  d.resolution = 64;
-  train::DatasetSource source(train::open_dataset(d));
-  train::RunOptions o;
-  o.output_dir = "toy_dreambooth";
-  o.max_train_steps = 600;
-  o.train_batch_size = 4;
-  o.log_every = 100000;
-  o.trainer.method = train::Method::DreamBooth;
-  o.trainer.seed = 0;
-  o.trainer.rank = 8;
-  o.trainer.optimizer.lr = 2e-3;
-  o.trainer.target_modules = "to_q|to_k|to_v|to_out\\.0";
-  o.settings["resolution"] = 64;
-  std::ostringstream log;
-  train::run_training(ctx, sd, source, o, nullptr, log);
+  train_on_toy(ctx, sd, write_scenes("toy_dreambooth_instances", train::ToySet::Subject, 8, "green"), "toy_dreambooth",
+               train::Method::DreamBooth, 600, 2e-3, "to_q|to_k|to_v|to_out\\.0", false);
   int const after = subject_count(sd);
   INFO("the subject in " << before << " of 8 images before DreamBooth, " << after << " of 8 after");
   CHECK(before <= 1);
