@@ -5,8 +5,9 @@
 
 A consumer calls find_package(sdlora CONFIG REQUIRED) and links sdlora::sdlora. CMakeDeps writes nothing for sdlora
 (cmake_find_mode none): the package's own sdloraConfig.cmake is used, whose find_dependency calls find Eigen3,
-nlohmann_json and ZLIB through CMakeDeps' files (ConanCenter packages) or on the system (the packages a profile lists
-under [platform_requires], for which CMakeDeps writes nothing either), and stb's include directory with find_path.
+nlohmann_json, ZLIB, JPEG and PNG through CMakeDeps' files (ConanCenter packages) or on the system (the packages a
+profile lists under [platform_requires], for which CMakeDeps writes nothing either), and stb's include directory with
+find_path.
 The test tests/package/conan_create.sh (ctest: package_conan_create) runs the first command.
 """
 import os
@@ -43,6 +44,10 @@ class SdloraConan(ConanFile):
     def requirements(self):
         # Ranges that hold Debian 12's packages (conan/profiles/debian) and ConanCenter's current ones.
         self.requires("eigen/[>=3.4 <4]")
+        # JPEG and PNG are decoded by libjpeg-turbo and libpng (docs/security.md, "Image decoders"); CMake finds them
+        # with find_package(JPEG) / find_package(PNG), and without them the build falls back to stb.
+        self.requires("libjpeg-turbo/[>=2.1 <4]")
+        self.requires("libpng/[>=1.6 <2]")
         self.requires("nlohmann_json/[>=3.11 <4]")
         self.requires("stb/[>=cci.20220908]")
         self.requires("zlib/[>=1.2.11 <2]")  # the CLIP tokenizer reads the gzip'd vocabulary

@@ -124,7 +124,7 @@ TEST_CASE("the vcpkg manifests agree with each other, CMakeLists.txt and conanfi
   CHECK(root.at("version") == SDLORA_PROJECT_VERSION);
   CHECK(port.at("version") == SDLORA_PROJECT_VERSION);
   // The library's dependencies, and Boost.Program_Options for the programs only.
-  std::set<std::string> const library = {"eigen3", "nlohmann-json", "stb", "zlib"};
+  std::set<std::string> const library = {"eigen3", "libjpeg-turbo", "libpng", "nlohmann-json", "stb", "zlib"};
   CHECK(dependency_names(root.at("dependencies")) == library);
   CHECK(dependency_names(port.at("dependencies")) == library);
   for (json const* m : {&root, &port})
@@ -132,9 +132,9 @@ TEST_CASE("the vcpkg manifests agree with each other, CMakeLists.txt and conanfi
           std::set<std::string>{"boost-program-options"});
   // conanfile.py requires the same packages under ConanCenter's names.
   std::string const recipe = read_text("conanfile.py");
-  std::regex const requires_re(R"re(self\.requires\("([a-z_]+)/)re");
+  std::regex const requires_re(R"re(self\.requires\("([a-z_-]+)/)re");
   std::set<std::string> conan;
   for (std::sregex_iterator it(recipe.begin(), recipe.end(), requires_re), end; it != end; ++it)
     conan.insert((*it)[1].str());
-  CHECK(conan == std::set<std::string>{"boost", "eigen", "nlohmann_json", "stb", "zlib"});
+  CHECK(conan == std::set<std::string>{"boost", "eigen", "libjpeg-turbo", "libpng", "nlohmann_json", "stb", "zlib"});
 }
