@@ -1,6 +1,9 @@
 #include <catch2/catch.hpp>
 
-#include <cstdint>  // std::uintptr_t
+#include <algorithm>  // std::next_permutation
+#include <array>      // std::array
+#include <cstdint>    // std::uintptr_t
+#include <vector>     // std::vector
 
 #include "support.hpp"
 
@@ -74,6 +77,51 @@ TEST_CASE("Views slice the first axis, index, reshape and copy out contiguously"
   CHECK_THROWS_AS(t.reshape(Shape{5}), ShapeError);
   auto r = t.reshaped(Shape{12});
   CHECK(r(11) == 11.0f);
+}
+
+TEST_CASE("from_view copies every strided layout in row-major order", "[core]") {
+  // A 2x3x4x5 tensor of distinct values viewed through every axis permutation, with the innermost run contiguous,
+  // strided or of extent 1, sliced on one axis, and with an extent-1 axis of an arbitrary stride: each copy must
+  // equal the element-by-element walk over the view's index space.
+  Tensor<float> t(Shape{2, 3, 4, 5});
+  for (Index i = 0; i < t.numel(); ++i) t(i) = float(i);
+  std::array<Index, 4> const dims = {2, 3, 4, 5}, strides = {60, 20, 5, 1};
+  auto expect_copy = [](TensorView<float const> v) {
+    Tensor<float> const c = Tensor<float>::from_view(v);
+    REQUIRE(c.shape() == v.shape());
+    std::array<Index, kMaxRank> index{};
+    for (Index k = 0; k < v.numel(); ++k) {  // the view's index space in row-major order
+      Index offset = 0;
+      for (int a = 0; a < v.rank(); ++a) offset += index[a] * v.stride(a);
+      INFO("shape " << v.shape() << ", element " << k);
+      REQUIRE(c(k) == v.data()[offset]);
+      for (int a = v.rank() - 1; a >= 0 && ++index[a] == v.dim(a); --a) index[a] = 0;
+    }
+  };
+  std::array<int, 4> perm = {0, 1, 2, 3};
+  int views = 0;
+  do {
+    std::array<Index, kMaxRank> st{};
+    std::vector<Index> shape;
+    for (int a = 0; a < 4; ++a) {
+      st[a] = strides[perm[a]];
+      shape.push_back(dims[perm[a]]);
+    }
+    TensorView<float const> v(t.data(), Shape(shape), st);
+    expect_copy(v);
+    expect_copy(v.slice(1, v.dim(0)));  // a slice of the first axis
+    std::array<Index, kMaxRank> st1 = st;  // the last axis cut to extent 1, given a stride nothing else has
+    std::vector<Index> shape1 = shape;
+    shape1.back() = 1;
+    st1[3] = 1000;
+    expect_copy(TensorView<float const>(t.data(), Shape(shape1), st1));
+    views += 3;
+  } while (std::next_permutation(perm.begin(), perm.end()));
+  CHECK(views == 72);
+  // An extent-1 axis with an odd stride inside a contiguous run; rank 0; a zero extent.
+  expect_copy(TensorView<float const>(t.data() + 7, Shape{2, 1, 5}, {60, 999, 1}));
+  expect_copy(TensorView<float const>(t.data() + 7, Shape{}, {}));
+  CHECK(Tensor<float>::from_view(TensorView<float const>(t.data(), Shape{3, 0}, {1, 3})).numel() == 0);
 }
 
 TEST_CASE("An empty tensor copies to an empty tensor", "[core]") {

@@ -3,6 +3,7 @@
 /// view. Include <sdlora/sdlora.hpp> instead.
 #pragma once
 
+#include <algorithm>    // std::copy_n
 #include <array>        // std::array
 #include <cstddef>      // std::size_t
 #include <span>         // std::span
@@ -147,7 +148,7 @@ class Tensor {
   static Tensor from_view(TensorView<T const, B> v) {
     Tensor t = uninitialized(v.shape());
     if (v.is_contiguous()) BackendMemory<B>::copy(t.data_, v.data(), t.bytes());  // saved activations: one memcpy
-    else if constexpr (std::same_as<B, Cpu>) copy_strided(t.data_, v, 0, 0);
+    else if constexpr (std::same_as<B, Cpu>) copy_strided(t.data_, v);
     else BackendMemory<B>::copy_strided(t.data_, v.data(), v.shape(), v.strides(), sizeof(T));
     return t;
   }
@@ -229,16 +230,23 @@ class Tensor {
     if (data_) BackendMemory<B>::deallocate(data_);
     data_ = nullptr;
   }
-  static T* copy_strided(T* dst, TensorView<T const, B> const& v, int axis, Index offset) {
-    if (v.rank() == 0) {
-      *dst = v.data()[0];
-      return dst + 1;
+  /// Copies v to dst in row-major order. The trailing axes that v lays out contiguously (an extent-1 axis counts as
+  /// laid out whatever its stride) form one run copied with std::copy_n; a strided innermost axis is one loop.
+  static void copy_strided(T* dst, TensorView<T const, B> const& v) {
+    int inner = v.rank();  // axes [inner, rank) form runs of `run` contiguous elements
+    Index run = 1;
+    while (inner > 0 && (v.dim(inner - 1) == 1 || v.stride(inner - 1) == run)) run *= v.dim(--inner);
+    copy_runs(dst, v, 0, 0, inner, run);
+  }
+  static T* copy_runs(T* dst, TensorView<T const, B> const& v, int axis, Index offset, int inner, Index run) {
+    if (axis == inner) return std::copy_n(v.data() + offset, run, dst);
+    Index const n = v.dim(axis), stride = v.stride(axis);
+    if (axis + 1 == inner && run == 1) {  // the innermost axis is strided: element by element
+      T const* src = v.data() + offset;
+      for (Index i = 0; i < n; ++i) dst[i] = src[i * stride];
+      return dst + n;
     }
-    for (Index i = 0; i < v.dim(axis); ++i) {
-      Index const o = offset + i * v.stride(axis);
-      if (axis == v.rank() - 1) *dst++ = v.data()[o];
-      else dst = copy_strided(dst, v, axis + 1, o);
-    }
+    for (Index i = 0; i < n; ++i) dst = copy_runs(dst, v, axis + 1, offset + i * stride, inner, run);
     return dst;
   }
 
