@@ -10,6 +10,8 @@ the same fields as build-*/benchmarks/sd15_bench.
   run_peers.py lora_size [out_dir=/tmp]
   run_peers.py txt2img [size=512] [steps=20]                   StableDiffusionPipeline end to end (BENCH_TOKENIZER:
                                                                 a CLIP tokenizer folder, e.g. tests/fixtures/...)
+  run_peers.py sdxl_unet [latent=128] [batch=2] [repeats=1]     SDXL 1.0 base's UNet with micro-conditioning
+  run_peers.py sdxl_train [latent=128] [checkpointing=1] [repeats=1]  train_dreambooth_lora_sdxl.py's UNet step
   run_peers.py write_model DIR                                  a random-weight SD 1.5 diffusers folder (fp32) for
                                                                 stable-diffusion.cpp; DIR must be outside the repo
 """
@@ -153,6 +155,77 @@ def bench_train(latent=32, checkpointing=0, repeats=3):
            trainable_params=sum(p.numel() for p in params), peft=__import__("peft").__version__)
 
 
+def sdxl_unet():
+    from diffusers import UNet2DConditionModel
+    # stabilityai/stable-diffusion-xl-base-1.0 unet/config.json (the fields that differ from diffusers' defaults)
+    return UNet2DConditionModel(
+        sample_size=128, block_out_channels=(320, 640, 1280),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        transformer_layers_per_block=(1, 2, 10), attention_head_dim=(5, 10, 20), cross_attention_dim=2048,
+        use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=256,
+        projection_class_embeddings_input_dim=2816)
+
+
+def sdxl_added(batch, latent):
+    size = float(latent * 8)
+    return {"text_embeds": torch.randn(batch, 1280),
+            "time_ids": torch.tensor([[size, size, 0.0, 0.0, size, size]] * batch)}
+
+
+def bench_sdxl_unet(latent=128, batch=2, repeats=1):
+    torch.manual_seed(0)
+    unet = sdxl_unet().eval()
+    x = torch.randn(batch, 4, latent, latent)
+    ctx = torch.randn(batch, 77, 2048)
+    t = torch.full((batch,), 981.0)
+    added = sdxl_added(batch, latent)
+    base = rss_mb()
+    reset_peak_rss()
+    with torch.no_grad():
+        best, med = time_it(repeats, lambda: unet(x, t, ctx, added_cond_kwargs=added).sample)
+    report("sdxl_unet_forward", f"{batch}x4x{latent}x{latent} ctx {batch}x77x2048", best, med, repeats,
+           peak_rss_mb(), base)
+
+
+def bench_sdxl_train(latent=128, checkpointing=1, repeats=1):
+    """train_dreambooth_lora_sdxl.py's step with the text encoders frozen: it precomputes the prompt embeddings and
+    frees the encoders, so a step is the UNet's (random embeddings of the same shapes stand in for them)."""
+    import torch.nn.functional as F
+    from peft import LoraConfig
+    torch.manual_seed(0)
+    unet, sched = sdxl_unet(), sd15_scheduler()
+    unet.requires_grad_(False)
+    unet.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian",
+                                target_modules=["to_k", "to_q", "to_v", "to_out.0"]))
+    if checkpointing:
+        unet.enable_gradient_checkpointing()
+    unet.train()
+    params = [p for p in unet.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8)
+    latents = torch.randn(1, 4, latent, latent)
+    ehs = torch.randn(1, 77, 2048)
+    added = sdxl_added(1, latent)
+
+    def step():
+        noise = torch.randn_like(latents)
+        timesteps = torch.randint(0, 1000, (1,))
+        noisy = sched.add_noise(latents, noise, timesteps)
+        pred = unet(noisy, timesteps, ehs, added_cond_kwargs=added).sample
+        loss = F.mse_loss(pred, noise, reduction="mean")
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        opt.zero_grad()
+
+    base = rss_mb()
+    reset_peak_rss()
+    best, med = time_it(repeats, step)
+    report("sdxl_lora_train_step_checkpointing" if checkpointing else "sdxl_lora_train_step",
+           f"1x4x{latent}x{latent} rank 4 attn", best, med, repeats, peak_rss_mb(), base,
+           trainable_params=sum(p.numel() for p in params), peft=__import__("peft").__version__)
+
+
 def bench_lora_size(out_dir="/tmp"):
     from diffusers.utils.state_dict_utils import convert_state_dict_to_kohya
     from peft import LoraConfig
@@ -226,5 +299,6 @@ if __name__ == "__main__":
     elif what == "lora_size":
         bench_lora_size(*args)
     else:
-        {"unet": bench_unet, "vae": bench_vae, "train": bench_train, "txt2img": bench_txt2img}[what](
+        {"unet": bench_unet, "vae": bench_vae, "train": bench_train, "txt2img": bench_txt2img,
+         "sdxl_unet": bench_sdxl_unet, "sdxl_train": bench_sdxl_train}[what](
             *[int(a) for a in args])

@@ -10,6 +10,11 @@
 ///          sd15_bench train  [latent=32] [checkpointing=0] [repeats=3]
 ///          sd15_bench lora_size [out_dir=/tmp]
 ///          sd15_bench txt2img [size=512] [steps=20]
+///          sd15_bench sdxl_unet  [latent=128] [batch=2] [repeats=1]     SDXL 1.0 base's UNet (1024 px: latent 128)
+///          sd15_bench sdxl_train [latent=128] [checkpointing=1] [repeats=1]
+///            one DreamBooth-LoRA SDXL step of the UNet (rank 4 on the attention projections, AdamW) with the text
+///            encoders frozen: their prompt embeddings are cached by the warm-up step, as diffusers'
+///            train_dreambooth_lora_sdxl.py precomputes them, so each timed step is the UNet's
 ///   BENCH_WEIGHTS=f16|bf16 keeps the frozen weights in 16 bits.
 #include <algorithm>   // std::sort, std::min
 #include <chrono>      // std::chrono::steady_clock
@@ -183,6 +188,75 @@ int bench_train(Index latent, bool checkpointing, int repeats) {
   return 0;
 }
 
+/// SDXL 1.0 base's UNet forward at a CFG batch with its micro-conditioning (pooled text embedding, time ids).
+int bench_sdxl_unet(Index latent, Index batch, int repeats) {
+  Context<Cpu> ctx;
+  models::UNet2DConditionModel<float> unet(models::UNetConfig::sdxl());
+  randomize(unet, 11);
+  nn::set_weight_storage(unet, weights_dtype());
+  Tensor<float> sample(Shape{batch, 4, latent, latent}), context(Shape{batch, 77, 2048}), t(Shape{batch});
+  Tensor<float> pooled(Shape{batch, 1280}), time_ids(Shape{batch, 6});
+  fill_uniform(sample, 1.0, 110);
+  fill_uniform(context, 1.0, 111);
+  fill_uniform(pooled, 1.0, 112);
+  float const size = float(latent * 8);
+  for (Index i = 0; i < batch; ++i) {
+    t(i) = 981.0f;
+    float const ids[6] = {size, size, 0, 0, size, size};  // original size, crop top-left, target size
+    for (Index k = 0; k < 6; ++k) time_ids(i * 6 + k) = ids[k];
+  }
+  models::UNet2DConditionModel<float>::AddedConditions const added{pooled.view(), time_ids.view()};
+  double const base = rss_mb();
+  reset_peak_rss();
+  auto const timing = time_it(repeats, [&] { unet.forward(ctx, sample.view(), t.view(), context.view(), added); });
+  report("sdxl_unet_forward", dims(batch, 4, latent, latent) + " ctx " + std::to_string(batch) + "x77x2048", timing,
+         peak_rss_mb(), base, ctx.threads());
+  return 0;
+}
+
+/// One DreamBooth-LoRA SDXL step through train::Trainer: SDXL 1.0 base's UNet and both text encoders (frozen), rank 4
+/// on the UNet's attention projections, AdamW, clipping at 1. The warm-up step encodes the prompt and caches it.
+int bench_sdxl_train(Index latent, bool checkpointing, int repeats) {
+  Context<Cpu> ctx;
+  models::StableDiffusion<float, Cpu> sd;  // no VAE (cached latents) and no tokenizers (ids given)
+  sd.text_encoder = models::ClipTextModel<float>(models::ClipTextConfig::sdxl_l());
+  sd.text_encoder_2 = models::ClipTextModel<float>(models::ClipTextConfig::sdxl_g());
+  sd.unet = models::UNet2DConditionModel<float>(models::UNetConfig::sdxl());
+  sd.scheduler_config = sd15_scheduler();  // SDXL's noise schedule is SD 1.5's (scaled_linear 0.00085 - 0.012)
+  randomize(sd.text_encoder, 13);
+  randomize(sd.text_encoder_2, 14);
+  randomize(sd.unet, 15);
+  models::set_weight_storage(sd, weights_dtype());
+  train::TrainerOptions o;  // train_dreambooth_lora_sdxl.py: rank 4, alpha 4, AdamW 1e-4, clipping at 1
+  o.rank = 4;
+  o.alpha = 4;
+  o.gradient_checkpointing = checkpointing;
+  o.max_grad_norm = 1.0;
+  train::Trainer<float> trainer(ctx, sd, o);
+  std::size_t lora_params = 0;
+  for (auto const& p : trainer.parameters()) lora_params += std::size_t(p.param->value.numel());
+  train::MicroBatch batch;
+  batch.latents = Tensor<float>(Shape{1, 4, latent, latent});
+  fill_uniform(batch.latents, 1.0, 113);
+  batch.input_ids = Tensor<std::int32_t, Cpu>(Shape{1, 77});
+  batch.input_ids_2 = Tensor<std::int32_t, Cpu>(Shape{1, 77});
+  for (Index i = 0; i < 77; ++i) {
+    batch.input_ids(i) = i == 0 ? 49406 : i < 10 ? std::int32_t(320 + 7 * i) : 49407;
+    batch.input_ids_2(i) = i < 11 ? batch.input_ids(i) : 0;  // tokenizer_2 pads with "!" (id 0)
+  }
+  batch.time_ids = Tensor<float>(Shape{1, 6});
+  float const size = float(latent * 8);
+  float const ids[6] = {size, size, 0, 0, size, size};
+  for (Index k = 0; k < 6; ++k) batch.time_ids(k) = ids[k];
+  double const base = rss_mb();
+  reset_peak_rss();
+  auto const timing = time_it(repeats, [&] { trainer.step({batch}); });
+  report(checkpointing ? "sdxl_lora_train_step_checkpointing" : "sdxl_lora_train_step",
+         dims(1, 4, latent, latent) + " rank 4 attn", timing, peak_rss_mb(), base, ctx.threads(),
+         ", \"trainable_params\": " + std::to_string(lora_params));
+  return 0;
+}
+
 /// txt2img end to end (text encoder, `steps` UNet steps with CFG, VAE decode) at `size` px, random weights, one
 /// timed run without warm-up (a whole generation is long enough to need none).
 int bench_txt2img(Index size, int steps) {
@@ -270,12 +344,15 @@ int main(int argc, char** argv) {
     if (what == "train") return bench_train(arg(2, 32), arg(3, 0) != 0, arg(4, 3));
     if (what == "lora_size") return bench_lora_size(argc > 2 ? argv[2] : "/tmp");
     if (what == "txt2img") return bench_txt2img(arg(2, 512), arg(3, 20));
+    if (what == "sdxl_unet") return bench_sdxl_unet(arg(2, 128), arg(3, 2), arg(4, 1));
+    if (what == "sdxl_train") return bench_sdxl_train(arg(2, 128), arg(3, 1) != 0, arg(4, 1));
   } catch (std::exception const& e) {
     std::fprintf(stderr, "sd15_bench %s: %s\n", what.c_str(), e.what());
     return 1;
   }
   std::fprintf(stderr, "usage: sd15_bench unet [latent] [batch] [repeats] | vae [latent] [repeats] | "
-                       "train [latent] [checkpointing 0/1] [repeats] | lora_size [out_dir] | txt2img [size] [steps]\n"
+                       "train [latent] [checkpointing 0/1] [repeats] | lora_size [out_dir] | txt2img [size] [steps] | "
+                       "sdxl_unet [latent] [batch] [repeats] | sdxl_train [latent] [checkpointing 0/1] [repeats]\n"
                        "BENCH_WEIGHTS=f32|f16|bf16 stores the frozen weights so (compute stays float32)\n");
   return 2;
 }
