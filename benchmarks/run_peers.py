@@ -93,17 +93,21 @@ def sd15_scheduler():
                          prediction_type="epsilon", clip_sample=False)
 
 
-def bench_unet(latent=32, batch=2, repeats=3):
+def bench_unet(latent=32, batch=2, repeats=3, sdxl=False):
+    """The UNet forward at a CFG batch: SD 1.5's, or SDXL 1.0 base's with its micro-conditioning."""
     torch.manual_seed(0)
-    unet = sd15_unet().eval()
+    unet = (sdxl_unet() if sdxl else sd15_unet()).eval()
+    width = unet.config.cross_attention_dim
     x = torch.randn(batch, 4, latent, latent)
-    ctx = torch.randn(batch, 77, 768)
+    ctx = torch.randn(batch, 77, width)
     t = torch.full((batch,), 981.0)
+    kwargs = {"added_cond_kwargs": sdxl_added(batch, latent)} if sdxl else {}
     base = rss_mb()
     reset_peak_rss()
     with torch.no_grad():
-        best, med = time_it(repeats, lambda: unet(x, t, ctx).sample)
-    report("unet_forward", f"{batch}x4x{latent}x{latent} ctx {batch}x77x768", best, med, repeats, peak_rss_mb(), base)
+        best, med = time_it(repeats, lambda: unet(x, t, ctx, **kwargs).sample)
+    report("sdxl_unet_forward" if sdxl else "unet_forward", f"{batch}x4x{latent}x{latent} ctx {batch}x77x{width}",
+           best, med, repeats, peak_rss_mb(), base)
 
 
 def bench_vae(latent=32, repeats=3):
@@ -118,29 +122,33 @@ def bench_vae(latent=32, repeats=3):
            peak_rss_mb(), base)
 
 
-def bench_train(latent=32, checkpointing=0, repeats=3):
-    import torch.nn.functional as F
+def lora_unet(unet, checkpointing):
+    """diffusers' LoRA recipe on a UNet: base frozen, rank 4 (alpha 4, gaussian init) on the attention projections,
+    AdamW 1e-4; returns the trainable parameters and the optimizer."""
     from peft import LoraConfig
-    torch.manual_seed(0)
-    unet, text, sched = sd15_unet(), sd15_text(), sd15_scheduler()
     unet.requires_grad_(False)
-    text.requires_grad_(False)
     unet.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian",
                                 target_modules=["to_k", "to_q", "to_v", "to_out.0"]))
     if checkpointing:
         unet.enable_gradient_checkpointing()
     unet.train()
     params = [p for p in unet.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8)
+    return params, torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8)
+
+
+def time_lora_step(bench, unet, sched, latent, checkpointing, repeats, condition):
+    """Times LoRA steps (noise, UNet, MSE, backward, clipping at 1, AdamW) on random latents (1, 4, latent, latent);
+    condition() gives the encoder hidden states and the UNet's extra keyword arguments."""
+    import torch.nn.functional as F
+    params, opt = lora_unet(unet, checkpointing)
     latents = torch.randn(1, 4, latent, latent)
-    ids = torch.tensor([[49406] + [320 + 7 * i for i in range(1, 10)] + [49407] * 67])
 
     def step():
         noise = torch.randn_like(latents)
         timesteps = torch.randint(0, 1000, (1,))
         noisy = sched.add_noise(latents, noise, timesteps)
-        ehs = text(ids)[0]
-        pred = unet(noisy, timesteps, ehs).sample
+        ehs, kwargs = condition()
+        pred = unet(noisy, timesteps, ehs, **kwargs).sample
         loss = F.mse_loss(pred, noise, reduction="mean")
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -150,9 +158,18 @@ def bench_train(latent=32, checkpointing=0, repeats=3):
     base = rss_mb()
     reset_peak_rss()
     best, med = time_it(repeats, step)
-    report("lora_train_step_checkpointing" if checkpointing else "lora_train_step",
-           f"1x4x{latent}x{latent} rank 4 attn", best, med, repeats, peak_rss_mb(), base,
-           trainable_params=sum(p.numel() for p in params), peft=__import__("peft").__version__)
+    report(bench + ("_checkpointing" if checkpointing else ""), f"1x4x{latent}x{latent} rank 4 attn", best, med,
+           repeats, peak_rss_mb(), base, trainable_params=sum(p.numel() for p in params),
+           peft=__import__("peft").__version__)
+
+
+def bench_train(latent=32, checkpointing=0, repeats=3):
+    """train_text_to_image_lora.py's step: the text encoder runs every step."""
+    torch.manual_seed(0)
+    unet, text, sched = sd15_unet(), sd15_text(), sd15_scheduler()
+    text.requires_grad_(False)
+    ids = torch.tensor([[49406] + [320 + 7 * i for i in range(1, 10)] + [49407] * 67])
+    time_lora_step("lora_train_step", unet, sched, latent, checkpointing, repeats, lambda: (text(ids)[0], {}))
 
 
 def sdxl_unet():
@@ -173,57 +190,15 @@ def sdxl_added(batch, latent):
             "time_ids": torch.tensor([[size, size, 0.0, 0.0, size, size]] * batch)}
 
 
-def bench_sdxl_unet(latent=128, batch=2, repeats=1):
-    torch.manual_seed(0)
-    unet = sdxl_unet().eval()
-    x = torch.randn(batch, 4, latent, latent)
-    ctx = torch.randn(batch, 77, 2048)
-    t = torch.full((batch,), 981.0)
-    added = sdxl_added(batch, latent)
-    base = rss_mb()
-    reset_peak_rss()
-    with torch.no_grad():
-        best, med = time_it(repeats, lambda: unet(x, t, ctx, added_cond_kwargs=added).sample)
-    report("sdxl_unet_forward", f"{batch}x4x{latent}x{latent} ctx {batch}x77x2048", best, med, repeats,
-           peak_rss_mb(), base)
-
-
 def bench_sdxl_train(latent=128, checkpointing=1, repeats=1):
     """train_dreambooth_lora_sdxl.py's step with the text encoders frozen: it precomputes the prompt embeddings and
     frees the encoders, so a step is the UNet's (random embeddings of the same shapes stand in for them)."""
-    import torch.nn.functional as F
-    from peft import LoraConfig
     torch.manual_seed(0)
     unet, sched = sdxl_unet(), sd15_scheduler()
-    unet.requires_grad_(False)
-    unet.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian",
-                                target_modules=["to_k", "to_q", "to_v", "to_out.0"]))
-    if checkpointing:
-        unet.enable_gradient_checkpointing()
-    unet.train()
-    params = [p for p in unet.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8)
-    latents = torch.randn(1, 4, latent, latent)
     ehs = torch.randn(1, 77, 2048)
     added = sdxl_added(1, latent)
-
-    def step():
-        noise = torch.randn_like(latents)
-        timesteps = torch.randint(0, 1000, (1,))
-        noisy = sched.add_noise(latents, noise, timesteps)
-        pred = unet(noisy, timesteps, ehs, added_cond_kwargs=added).sample
-        loss = F.mse_loss(pred, noise, reduction="mean")
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        opt.zero_grad()
-
-    base = rss_mb()
-    reset_peak_rss()
-    best, med = time_it(repeats, step)
-    report("sdxl_lora_train_step_checkpointing" if checkpointing else "sdxl_lora_train_step",
-           f"1x4x{latent}x{latent} rank 4 attn", best, med, repeats, peak_rss_mb(), base,
-           trainable_params=sum(p.numel() for p in params), peft=__import__("peft").__version__)
+    time_lora_step("sdxl_lora_train_step", unet, sched, latent, checkpointing, repeats,
+                   lambda: (ehs, {"added_cond_kwargs": added}))
 
 
 def bench_lora_size(out_dir="/tmp"):
@@ -300,5 +275,6 @@ if __name__ == "__main__":
         bench_lora_size(*args)
     else:
         {"unet": bench_unet, "vae": bench_vae, "train": bench_train, "txt2img": bench_txt2img,
-         "sdxl_unet": bench_sdxl_unet, "sdxl_train": bench_sdxl_train}[what](
+         "sdxl_unet": lambda latent=128, batch=2, repeats=1: bench_unet(latent, batch, repeats, sdxl=True),
+         "sdxl_train": bench_sdxl_train}[what](
             *[int(a) for a in args])

@@ -117,19 +117,34 @@ std::string dims(Index n, Index c, Index h, Index w) {
   return std::to_string(n) + "x" + std::to_string(c) + "x" + std::to_string(h) + "x" + std::to_string(w);
 }
 
-int bench_unet(Index latent, Index batch, int repeats) {
+/// The UNet forward at a CFG batch: SD 1.5's, or SDXL 1.0 base's with its micro-conditioning (pooled text embedding,
+/// time ids for an unscaled, uncropped image of the latents' size).
+int bench_unet(Index latent, Index batch, int repeats, bool sdxl = false) {
   Context<Cpu> ctx;
-  models::UNet2DConditionModel<float> unet(models::UNetConfig::sd15());
-  randomize(unet, 1);
+  models::UNet2DConditionModel<float> unet(sdxl ? models::UNetConfig::sdxl() : models::UNetConfig::sd15());
+  randomize(unet, sdxl ? 11 : 1);
   nn::set_weight_storage(unet, weights_dtype());
-  Tensor<float> sample(Shape{batch, 4, latent, latent}), context(Shape{batch, 77, 768}), t(Shape{batch});
+  Index const width = unet.config().cross_attention_dim;
+  Tensor<float> sample(Shape{batch, 4, latent, latent}), context(Shape{batch, 77, width}), t(Shape{batch});
   fill_uniform(sample, 1.0, 100);
   fill_uniform(context, 1.0, 101);
   for (Index i = 0; i < batch; ++i) t(i) = 981.0f;
+  Tensor<float> pooled, time_ids;
+  models::UNet2DConditionModel<float>::AddedConditions added;
+  if (sdxl) {
+    pooled = Tensor<float>(Shape{batch, 1280});
+    fill_uniform(pooled, 1.0, 102);
+    time_ids = Tensor<float>(Shape{batch, 6});
+    float const size = float(latent * 8);
+    float const ids[6] = {size, size, 0, 0, size, size};  // original size, crop top-left, target size
+    for (Index k = 0; k < batch * 6; ++k) time_ids(k) = ids[k % 6];
+    added = {pooled.view(), time_ids.view()};
+  }
   double const base = rss_mb();
   reset_peak_rss();
-  auto const timing = time_it(repeats, [&] { unet.forward(ctx, sample.view(), t.view(), context.view()); });
-  report("unet_forward", dims(batch, 4, latent, latent) + " ctx " + std::to_string(batch) + "x77x768", timing,
+  auto const timing = time_it(repeats, [&] { unet.forward(ctx, sample.view(), t.view(), context.view(), added); });
+  report(sdxl ? "sdxl_unet_forward" : "unet_forward",
+         dims(batch, 4, latent, latent) + " ctx " + std::to_string(batch) + "x77x" + std::to_string(width), timing,
          peak_rss_mb(), base, ctx.threads());
   return 0;
 }
@@ -156,6 +171,38 @@ nlohmann::json sd15_scheduler() {
           {"set_alpha_to_one", false}, {"skip_prk_steps", true}, {"steps_offset", 1}, {"clip_sample", false}};
 }
 
+/// Times one LoRA training step through train::Trainer on sd (rank 4 on the UNet's attention projections, alpha 4,
+/// AdamW, clipping at 1, as diffusers' LoRA scripts) and reports it as `bench` (with "_checkpointing" appended).
+int time_lora_step(Context<Cpu>& ctx, models::StableDiffusion<float, Cpu>& sd, train::MicroBatch const& batch,
+                   std::string bench, bool checkpointing, int repeats) {
+  train::TrainerOptions o;
+  o.rank = 4;
+  o.alpha = 4;
+  o.gradient_checkpointing = checkpointing;
+  o.max_grad_norm = 1.0;
+  train::Trainer<float> trainer(ctx, sd, o);
+  std::size_t lora_params = 0;
+  for (auto const& p : trainer.parameters()) lora_params += std::size_t(p.param->value.numel());
+  double const base = rss_mb();
+  reset_peak_rss();
+  auto const timing = time_it(repeats, [&] { trainer.step({batch}); });
+  if (checkpointing) bench += "_checkpointing";
+  report(bench, dims(1, 4, batch.latents.dim(2), batch.latents.dim(3)) + " rank 4 attn", timing, peak_rss_mb(), base,
+         ctx.threads(), ", \"trainable_params\": " + std::to_string(lora_params));
+  return 0;
+}
+
+/// Random latents (1, 4, latent, latent) and SD 1.5's prompt ids (a 10-token prompt, then end-of-text padding).
+train::MicroBatch lora_batch(Index latent, std::uint64_t seed) {
+  train::MicroBatch batch;
+  batch.latents = Tensor<float>(Shape{1, 4, latent, latent});
+  fill_uniform(batch.latents, 1.0, seed);
+  batch.input_ids = Tensor<std::int32_t, Cpu>(Shape{1, 77});
+  for (Index i = 0; i < 77; ++i) batch.input_ids(i) = i == 0 ? 49406 : i < 10 ? std::int32_t(320 + 7 * i) : 49407;
+  return batch;
+}
+
+/// One LoRA step of diffusers' train_text_to_image_lora.py recipe on SD 1.5 (the text encoder runs every step).
 int bench_train(Index latent, bool checkpointing, int repeats) {
   Context<Cpu> ctx;
   models::StableDiffusion<float, Cpu> sd;  // no VAE (cached latents) and no tokenizer (ids given)
@@ -166,52 +213,7 @@ int bench_train(Index latent, bool checkpointing, int repeats) {
   randomize(sd.unet, 4);
   nn::set_weight_storage(sd.text_encoder, weights_dtype());
   nn::set_weight_storage(sd.unet, weights_dtype());
-  train::TrainerOptions o;  // diffusers' train_text_to_image_lora.py: rank 4, alpha 4, gaussian init, AdamW 1e-4
-  o.rank = 4;
-  o.alpha = 4;
-  o.gradient_checkpointing = checkpointing;
-  o.max_grad_norm = 1.0;
-  train::Trainer<float> trainer(ctx, sd, o);
-  std::size_t lora_params = 0;
-  for (auto const& p : trainer.parameters()) lora_params += std::size_t(p.param->value.numel());
-  train::MicroBatch batch;
-  batch.latents = Tensor<float>(Shape{1, 4, latent, latent});
-  fill_uniform(batch.latents, 1.0, 103);
-  batch.input_ids = Tensor<std::int32_t, Cpu>(Shape{1, 77});
-  for (Index i = 0; i < 77; ++i) batch.input_ids(i) = i == 0 ? 49406 : i < 10 ? std::int32_t(320 + 7 * i) : 49407;
-  double const base = rss_mb();
-  reset_peak_rss();
-  auto const timing = time_it(repeats, [&] { trainer.step({batch}); });
-  report(checkpointing ? "lora_train_step_checkpointing" : "lora_train_step",
-         dims(1, 4, latent, latent) + " rank 4 attn", timing, peak_rss_mb(), base, ctx.threads(),
-         ", \"trainable_params\": " + std::to_string(lora_params));
-  return 0;
-}
-
-/// SDXL 1.0 base's UNet forward at a CFG batch with its micro-conditioning (pooled text embedding, time ids).
-int bench_sdxl_unet(Index latent, Index batch, int repeats) {
-  Context<Cpu> ctx;
-  models::UNet2DConditionModel<float> unet(models::UNetConfig::sdxl());
-  randomize(unet, 11);
-  nn::set_weight_storage(unet, weights_dtype());
-  Tensor<float> sample(Shape{batch, 4, latent, latent}), context(Shape{batch, 77, 2048}), t(Shape{batch});
-  Tensor<float> pooled(Shape{batch, 1280}), time_ids(Shape{batch, 6});
-  fill_uniform(sample, 1.0, 110);
-  fill_uniform(context, 1.0, 111);
-  fill_uniform(pooled, 1.0, 112);
-  float const size = float(latent * 8);
-  for (Index i = 0; i < batch; ++i) {
-    t(i) = 981.0f;
-    float const ids[6] = {size, size, 0, 0, size, size};  // original size, crop top-left, target size
-    for (Index k = 0; k < 6; ++k) time_ids(i * 6 + k) = ids[k];
-  }
-  models::UNet2DConditionModel<float>::AddedConditions const added{pooled.view(), time_ids.view()};
-  double const base = rss_mb();
-  reset_peak_rss();
-  auto const timing = time_it(repeats, [&] { unet.forward(ctx, sample.view(), t.view(), context.view(), added); });
-  report("sdxl_unet_forward", dims(batch, 4, latent, latent) + " ctx " + std::to_string(batch) + "x77x2048", timing,
-         peak_rss_mb(), base, ctx.threads());
-  return 0;
+  return time_lora_step(ctx, sd, lora_batch(latent, 103), "lora_train_step", checkpointing, repeats);
 }
 
 /// One DreamBooth-LoRA SDXL step through train::Trainer: SDXL 1.0 base's UNet and both text encoders (frozen), rank 4
@@ -227,34 +229,14 @@ int bench_sdxl_train(Index latent, bool checkpointing, int repeats) {
   randomize(sd.text_encoder_2, 14);
   randomize(sd.unet, 15);
   models::set_weight_storage(sd, weights_dtype());
-  train::TrainerOptions o;  // train_dreambooth_lora_sdxl.py: rank 4, alpha 4, AdamW 1e-4, clipping at 1
-  o.rank = 4;
-  o.alpha = 4;
-  o.gradient_checkpointing = checkpointing;
-  o.max_grad_norm = 1.0;
-  train::Trainer<float> trainer(ctx, sd, o);
-  std::size_t lora_params = 0;
-  for (auto const& p : trainer.parameters()) lora_params += std::size_t(p.param->value.numel());
-  train::MicroBatch batch;
-  batch.latents = Tensor<float>(Shape{1, 4, latent, latent});
-  fill_uniform(batch.latents, 1.0, 113);
-  batch.input_ids = Tensor<std::int32_t, Cpu>(Shape{1, 77});
+  train::MicroBatch batch = lora_batch(latent, 113);
   batch.input_ids_2 = Tensor<std::int32_t, Cpu>(Shape{1, 77});
-  for (Index i = 0; i < 77; ++i) {
-    batch.input_ids(i) = i == 0 ? 49406 : i < 10 ? std::int32_t(320 + 7 * i) : 49407;
-    batch.input_ids_2(i) = i < 11 ? batch.input_ids(i) : 0;  // tokenizer_2 pads with "!" (id 0)
-  }
+  for (Index i = 0; i < 77; ++i) batch.input_ids_2(i) = i < 11 ? batch.input_ids(i) : 0;  // tokenizer_2 pads with "!"
   batch.time_ids = Tensor<float>(Shape{1, 6});
   float const size = float(latent * 8);
-  float const ids[6] = {size, size, 0, 0, size, size};
+  float const ids[6] = {size, size, 0, 0, size, size};  // original size, crop top-left, target size
   for (Index k = 0; k < 6; ++k) batch.time_ids(k) = ids[k];
-  double const base = rss_mb();
-  reset_peak_rss();
-  auto const timing = time_it(repeats, [&] { trainer.step({batch}); });
-  report(checkpointing ? "sdxl_lora_train_step_checkpointing" : "sdxl_lora_train_step",
-         dims(1, 4, latent, latent) + " rank 4 attn", timing, peak_rss_mb(), base, ctx.threads(),
-         ", \"trainable_params\": " + std::to_string(lora_params));
-  return 0;
+  return time_lora_step(ctx, sd, batch, "sdxl_lora_train_step", checkpointing, repeats);
 }
 
 /// txt2img end to end (text encoder, `steps` UNet steps with CFG, VAE decode) at `size` px, random weights, one
@@ -344,7 +326,7 @@ int main(int argc, char** argv) {
     if (what == "train") return bench_train(arg(2, 32), arg(3, 0) != 0, arg(4, 3));
     if (what == "lora_size") return bench_lora_size(argc > 2 ? argv[2] : "/tmp");
     if (what == "txt2img") return bench_txt2img(arg(2, 512), arg(3, 20));
-    if (what == "sdxl_unet") return bench_sdxl_unet(arg(2, 128), arg(3, 2), arg(4, 1));
+    if (what == "sdxl_unet") return bench_unet(arg(2, 128), arg(3, 2), arg(4, 1), true);
     if (what == "sdxl_train") return bench_sdxl_train(arg(2, 128), arg(3, 1) != 0, arg(4, 1));
   } catch (std::exception const& e) {
     std::fprintf(stderr, "sd15_bench %s: %s\n", what.c_str(), e.what());
