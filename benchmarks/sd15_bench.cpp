@@ -117,8 +117,18 @@ std::string dims(Index n, Index c, Index h, Index w) {
   return std::to_string(n) + "x" + std::to_string(c) + "x" + std::to_string(h) + "x" + std::to_string(w);
 }
 
+/// SDXL's time ids (batch, 6) for an unscaled, uncropped image of the latents' size: original size, crop top-left,
+/// target size (what diffusers builds for a 1024 px generation or an uncropped training image).
+Tensor<float> sdxl_time_ids(Index batch, Index latent) {
+  float const size = float(latent * 8);
+  float const ids[6] = {size, size, 0, 0, size, size};
+  Tensor<float> t(Shape{batch, 6});
+  for (Index k = 0; k < batch * 6; ++k) t(k) = ids[k % 6];
+  return t;
+}
+
 /// The UNet forward at a CFG batch: SD 1.5's, or SDXL 1.0 base's with its micro-conditioning (pooled text embedding,
-/// time ids for an unscaled, uncropped image of the latents' size).
+/// sdxl_time_ids).
 int bench_unet(Index latent, Index batch, int repeats, bool sdxl = false) {
   Context<Cpu> ctx;
   models::UNet2DConditionModel<float> unet(sdxl ? models::UNetConfig::sdxl() : models::UNetConfig::sd15());
@@ -134,10 +144,7 @@ int bench_unet(Index latent, Index batch, int repeats, bool sdxl = false) {
   if (sdxl) {
     pooled = Tensor<float>(Shape{batch, 1280});
     fill_uniform(pooled, 1.0, 102);
-    time_ids = Tensor<float>(Shape{batch, 6});
-    float const size = float(latent * 8);
-    float const ids[6] = {size, size, 0, 0, size, size};  // original size, crop top-left, target size
-    for (Index k = 0; k < batch * 6; ++k) time_ids(k) = ids[k % 6];
+    time_ids = sdxl_time_ids(batch, latent);
     added = {pooled.view(), time_ids.view()};
   }
   double const base = rss_mb();
@@ -232,10 +239,7 @@ int bench_sdxl_train(Index latent, bool checkpointing, int repeats) {
   train::MicroBatch batch = lora_batch(latent, 113);
   batch.input_ids_2 = Tensor<std::int32_t, Cpu>(Shape{1, 77});
   for (Index i = 0; i < 77; ++i) batch.input_ids_2(i) = i < 11 ? batch.input_ids(i) : 0;  // tokenizer_2 pads with "!"
-  batch.time_ids = Tensor<float>(Shape{1, 6});
-  float const size = float(latent * 8);
-  float const ids[6] = {size, size, 0, 0, size, size};  // original size, crop top-left, target size
-  for (Index k = 0; k < 6; ++k) batch.time_ids(k) = ids[k];
+  batch.time_ids = sdxl_time_ids(1, latent);
   return time_lora_step(ctx, sd, batch, "sdxl_lora_train_step", checkpointing, repeats);
 }
 
