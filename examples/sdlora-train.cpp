@@ -19,6 +19,9 @@
 #include <sdlora/train/sources.hpp>      // train::DatasetSource, train::TemplateSource
 #include <sdlora/instances.hpp>  // compiled once in sdlora::instances (examples/CMakeLists.txt)
 
+#if defined(SDLORA_HAS_CUDA)             // a build with -DSDLORA_CUDA=ON: --device cuda
+#include <sdlora/cuda.hpp>               // Context<Cuda>
+#endif
 #if SDLORA_HAS_MPI
 #include <sdlora/train/communicator_mpi.hpp>  // train::MpiCommunicator (mpirun -np N sdlora-train ...)
 #endif
@@ -168,7 +171,7 @@ po::options_description options(Args& a) {
     ("on_nan", po::value(&a.on_nan)->value_name("stop|skip")->default_value("stop"), "a step with a NaN / inf loss or gradient: stop naming the module (no LoRA written), or skip its update (counted in loss.csv)")
     ("weights_dtype", po::value(&a.weights_dtype)->value_name("f32|f16|bf16")->default_value("f32"), "keep the frozen base weights in 16 bits (half the memory; compute, LoRA weights and optimizer state stay f32)")
     ("threads", po::value(&a.threads)->value_name("N")->default_value(0), "CPU threads (0: all)")
-    ("device", po::value(&a.device)->value_name("cpu")->default_value("cpu"), "where training runs: cpu (the trainer is not backend-generic yet; cuda is refused)")
+    ("device", po::value(&a.device)->value_name("cpu|cuda")->default_value("cpu"), "where the text encoders, UNet and VAE train and run: cuda needs a build with -DSDLORA_CUDA=ON (data, caches, checkpoints and files stay on the host)")
     ("collective_timeout", po::value(&a.collective_timeout)->value_name("S")->default_value(1800), "mpirun -np N: end the job when a rank waits more than S seconds for the others (a hung or lost rank; must exceed a step, a checkpoint and the validation images; 0: forever)")
     ("max_image_pixels", po::value(&a.max_image_pixels)->value_name("N")->default_value(a.max_image_pixels), "skip (with --strict: refuse) training images of more pixels, from their header (default: Pillow's MAX_IMAGE_PIXELS; 0: no limit)");
   // clang-format on
@@ -292,10 +295,13 @@ int run(int argc, char** argv) {
       SDLORA_THROW(ConfigError, "--config " << a.config_file << ": " << e.what());
     }
   }
+  if (a.device != "cpu" && a.device != "cuda")
+    SDLORA_THROW(ConfigError, "--device must be cpu or cuda, got '" << a.device << "'");
+#if !defined(SDLORA_HAS_CUDA)
   if (a.device == "cuda")
-    SDLORA_THROW(ConfigError, "--device cuda: sdlora-train runs on the CPU only so far (its trainer is not generic "
-                              "over the backend yet; sdlora-generate has --device cuda)");
-  if (a.device != "cpu") SDLORA_THROW(ConfigError, "--device must be cpu, got '" << a.device << "'");
+    SDLORA_THROW(ConfigError, "--device cuda: this sdlora-train was built without the CUDA backend (configure with "
+                              "-DSDLORA_CUDA=ON)");
+#endif
   if (a.model.empty()) a.model = a.model_alias;
   if (a.model.empty()) SDLORA_THROW(ConfigError, "--pretrained_model is required");
   if (!a.instance_data_dir.empty() && a.method == "lora") a.method = "dreambooth";
@@ -398,6 +404,9 @@ int train_model(Args const& a, train::Method method, std::string const& data_dir
   o.cache_latents = !a.no_cache_latents;
   // VAE samples of unaugmented images are kept on disk: a resumed or repeated run skips the encoding.
   o.latent_cache_file = (fs::path(a.output_dir) / "latent_cache.safetensors").string();
+  // Frozen text encoders are freed once the captions are encoded (as diffusers' DreamBooth scripts do), unless
+  // validation prompts need them or the captions are not known in advance (the log says which).
+  o.release_text_encoders = true;
   o.validation_prompts = a.validation_prompts;
   o.validation_steps = a.validation_steps;
   o.validation_steps_count = a.validation_inference_steps;
@@ -430,7 +439,20 @@ int train_model(Args const& a, train::Method method, std::string const& data_dir
   } else {
     source = std::make_unique<train::DatasetSource>(std::move(dataset));
   }
-  auto const r = train::run_training(ctx, sd, *source, o, class_source ? &*class_source : nullptr, std::cerr, comm);
+  auto const r = [&] {
+#if defined(SDLORA_HAS_CUDA)
+    if (a.device == "cuda") {  // the loaded checkpoint copied to the GPU once; the host networks are released
+      Context<Cuda> gpu;
+      auto sd_gpu = pipeline::on_backend<Cuda>(sd);
+      sd.unet = {};
+      sd.vae = {};
+      sd.text_encoder = {};
+      sd.text_encoder_2 = {};
+      return train::run_training(gpu, sd_gpu, *source, o, class_source ? &*class_source : nullptr, std::cerr, comm);
+    }
+#endif
+    return train::run_training(ctx, sd, *source, o, class_source ? &*class_source : nullptr, std::cerr, comm);
+  }();
   if (r.interrupted_by != 0) {
     std::cerr << "interrupted by signal " << r.interrupted_by << " after step " << r.steps << ": saved "
               << r.checkpoint << "; resume with:\n  " << resume_command(argc, argv) << "\n";

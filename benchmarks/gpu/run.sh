@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The one prepared script for a lent GPU (issue 18, part B): on a bare device machine it builds sdlora with the CUDA
-# backend, runs `ctest -L cuda` (the CUDA ops, layers, pipeline and optimizers against the CPU), the GPU-vs-CPU
+# backend, runs `ctest -L cuda` (the CUDA ops, layers, pipeline, optimizers and trainer against the CPU and the
+# diffusers training fixtures, a 4-step LoRA run against the CPU's and its resume on the GPU), the GPU-vs-CPU
 # check of sdlora-generate on the tiny fixture model, compute-sanitizer on a short run, and the timings that exist,
 # writing everything under $OUT and printing a short summary last.
 #
@@ -125,10 +126,12 @@ stage configure 120 "$out/build.log" cmake -S . -B "$build" "${generator[@]}" -D
 stage build "${SDLORA_GPU_BUILD_S:-330}" "$out/build.log" cmake --build "$build" -j "$jobs" \
   --target cuda_test sdlora-generate || { tail -40 "$out/build.log"; exit 1; }
 
-# 1. The CUDA tests: ops, layers, pipeline and optimizers on the GPU against the CPU (tolerances in each test file).
+# 1. The CUDA tests: ops, layers, pipeline, optimizers and training on the GPU against the CPU and the diffusers
+# fixtures (tolerances in each test file).
 (cd "$build" && stage "ctest -L cuda" "${SDLORA_GPU_CTEST_S:-150}" "$out/ctest.log" ctest -L cuda --output-on-failure)
 grep -E "test cases|assertions|passed|failed" "$out/ctest.log" | tail -3 | tee -a "$summary"
-stage "cuda_test durations" 120 "$out/ctest.log" "$build/tests/cuda/cuda_test" --durations yes "[pipeline],[optimizer]"
+stage "cuda_test durations" 120 "$out/ctest.log" "$build/tests/cuda/cuda_test" --durations yes \
+  "[pipeline],[optimizer],[train]"
 
 # 2. sdlora-generate on the tiny SD 1.x model, CPU vs GPU, same seed: mean |diff| in [0, 1] pixel units <= 1/255.
 gen=$build/examples/sdlora-generate
@@ -158,10 +161,10 @@ for size in (16, 64):
 PY
 cp /tmp/gen-cpu-64.png /tmp/gen-cuda-64.png "$out/" 2>/dev/null
 
-# 3. compute-sanitizer (memcheck) on a short run: the pipeline and optimizer cases.
+# 3. compute-sanitizer (memcheck) on a short run: the pipeline, optimizer and training cases.
 if command -v compute-sanitizer >/dev/null; then
   stage "compute-sanitizer" "${SDLORA_GPU_SANITIZER_S:-120}" "$out/sanitizer.log" compute-sanitizer --tool memcheck \
-    --error-exitcode 3 "$build/tests/cuda/cuda_test" "[pipeline],[optimizer]"
+    --error-exitcode 3 "$build/tests/cuda/cuda_test" "[pipeline],[optimizer],[train]"
   grep -E "ERROR SUMMARY" "$out/sanitizer.log" | tail -1 | tee -a "$summary"
 else
   note "compute-sanitizer: not on PATH"

@@ -1,6 +1,7 @@
 /// @file loss_test.cpp
 /// @brief MSE, min-SNR-γ and prior-preservation losses against diffusers' training scripts, and their gradients
 /// against central finite differences in double.
+#include <cmath>    // std::abs
 #include <cstdint>  // std::int64_t
 #include <vector>   // std::vector
 
@@ -85,4 +86,23 @@ TEST_CASE("Loss gradients match central finite differences in double", "[train][
   auto const mse = mse_loss<double>(pred, target);
   CHECK(test::rel_l2(mse.grad, test::numeric_gradient(pred, [&] { return mse_loss<double>(pred, target).value; })) <
         1e-6);
+}
+
+TEST_CASE("The losses' backend-ops kernel gives the host loop's gradient bits", "[train][loss]") {
+  // Every backend but Cpu computes the squared error from ops (difference, double sum of squares, scale): run that
+  // kernel on Cpu against the host loop. Gradients: bit-identical (the same two roundings in T). Sum: 1e-12
+  // relative (the same double squares summed in another order).
+  Context<Cpu> ctx;
+  for (Index n : {Index(1), Index(7), Index(4096 + 3)}) {
+    INFO(n);
+    auto const pred = test::random_tensor<float>(Shape{n}, 3);
+    auto const target = test::random_tensor<float>(Shape{n}, 4);
+    Tensor<float> loop(Shape{n}), via_ops(Shape{n});
+    double const coef = 2.0 / double(n) * 0.3;
+    double const a = train::detail::squared_error_loop<float>(loop.view(), pred.view(), target.view(), coef);
+    double const b = train::detail::squared_error_ops<float, Cpu>(ctx, via_ops.view(), pred.view(), target.view(), coef);
+    CHECK(std::abs(a - b) <= 1e-12 * a);
+    CHECK(a > 0);
+    for (Index i = 0; i < n; ++i) REQUIRE(loop(i) == via_ops(i));
+  }
 }

@@ -88,6 +88,46 @@ TEST_CASE("Frozen text encoders encode each distinct prompt once; the kept embed
   CHECK(second == first);
 }
 
+TEST_CASE("Released text encoders: cached prompts train as before, an uncached one is refused", "[train]") {
+  // diffusers' scripts delete frozen text encoders once the prompts are encoded; so may ours. The step from cached
+  // embeddings must be the same bits, the model's encoders are empty afterwards and SDXL is still recognised.
+  io::SafetensorsFile ref(test::fixture("train/one_step_lora.safetensors"));
+  for (std::string model : {"tiny-sd1", "tiny-sdxl"}) {
+    INFO(model);
+    Context<Cpu> ctx;
+    auto kept = models::load_stable_diffusion<float>(test::fixture("models/" + model));
+    auto released = models::load_stable_diffusion<float>(test::fixture("models/" + model));
+    bool const sdxl = kept.is_sdxl();
+    auto batch = fixture_batch(ref);
+    if (sdxl) {  // the same latents (2, 4, 8, 8); both tokenizers' ids alike; time ids of 64 px, no crop
+      batch.input_ids_2 = batch.input_ids;
+      batch.time_ids = Tensor<float>(Shape{2, 6});
+      for (Index i = 0; i < 2; ++i)
+        for (Index k : {0, 1, 4, 5}) batch.time_ids.at({i, k}) = 64.0f;
+    }
+    train::Trainer<float> a(ctx, kept, {}), b(ctx, released, {});
+    b.cache_prompts(batch);
+    b.release_text_encoders();
+    CHECK(b.text_encoders_released());
+    CHECK(released.text_encoder.layers.empty());
+    CHECK(released.is_sdxl() == sdxl);
+    CHECK(b.step({batch}).loss == a.step({batch}).loss);
+    auto const pa = a.parameters(), pb = b.parameters();
+    REQUIRE(pa.size() == pb.size());
+    for (std::size_t i = 0; i < pa.size(); ++i) REQUIRE(test::rel_l2(pa[i].param->value, pb[i].param->value) == 0.0);
+    auto other = batch;
+    other.input_ids(3) += 1;  // another prompt
+    CHECK_THROWS_WITH(b.step({other}), Catch::Contains("not among the 2 cached") && Catch::Contains("released"));
+  }
+  // A trained text encoder cannot be released.
+  Context<Cpu> ctx;
+  auto sd = models::load_stable_diffusion<float>(test::fixture("models/tiny-sd1"));
+  train::TrainerOptions te;
+  te.train_text_encoder = true;
+  train::Trainer<float> trainer(ctx, sd, te);
+  CHECK_THROWS_WITH(trainer.release_text_encoders(), Catch::Contains("cannot be released"));
+}
+
 TEST_CASE("One min-SNR-5 LoRA step matches diffusers", "[train][conformance]") {
   train::TrainerOptions o;
   o.snr_gamma = 5.0;

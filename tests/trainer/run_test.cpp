@@ -207,3 +207,42 @@ TEST_CASE("Bucketed datasets train with batches of one bucket", "[train][e2e]") 
   auto r = train::run_training(ctx, sd, source, o, nullptr, log);
   CHECK(r.steps == 8);
 }
+
+TEST_CASE("Releasing the frozen text encoders before training gives the same LoRA; kept when they are needed",
+          "[train][e2e]") {
+  // RunOptions::release_text_encoders encodes every caption the source can give, then frees the encoders (as
+  // diffusers' DreamBooth scripts delete them): the run must end with the same bits as one that keeps them.
+  class OneCaption : public Squares {
+   public:
+    std::optional<std::vector<std::string>> all_captions() override {
+      return std::vector<std::string>{"a square, flat style"};
+    }
+  };
+  Context<Cpu> ctx;
+  OneCaption data;
+  std::ostringstream log;
+  fs::remove_all("run_kept_te");
+  fs::remove_all("run_released_te");
+  auto kept = models::load_stable_diffusion<float>(test::fixture("models/tiny-sd1"));
+  auto a = train::run_training(ctx, kept, data, options("run_kept_te", 3), nullptr, log);
+  auto released = models::load_stable_diffusion<float>(test::fixture("models/tiny-sd1"));
+  auto o = options("run_released_te", 3);
+  o.release_text_encoders = true;
+  auto b = train::run_training(ctx, released, data, o, nullptr, log);
+  CHECK(log.str().find("text encoders released after encoding 1 distinct prompts") != std::string::npos);
+  CHECK(released.text_encoder.layers.empty());
+  CHECK_FALSE(kept.text_encoder.layers.empty());
+  auto const va = lora_values(a.files.at(0)), vb = lora_values(b.files.at(0));
+  REQUIRE(va.size() == vb.size());
+  for (std::size_t i = 0; i < va.size(); ++i) REQUIRE(va[i] == vb[i]);
+
+  // A source that cannot list its captions, or validation prompts, keep the encoders (and say why).
+  std::ostringstream why;
+  Squares unknown;
+  auto sd = models::load_stable_diffusion<float>(test::fixture("models/tiny-sd1"));
+  auto u = options("run_released_te", 1);
+  u.release_text_encoders = true;
+  train::run_training(ctx, sd, unknown, u, nullptr, why);
+  CHECK(why.str().find("text encoders kept: the captions are not known in advance") != std::string::npos);
+  CHECK_FALSE(sd.text_encoder.layers.empty());
+}

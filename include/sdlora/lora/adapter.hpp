@@ -18,6 +18,7 @@
 #include <optional>     // std::optional
 #include <string>       // std::string
 #include <type_traits>  // std::is_same_v
+#include <utility>      // std::move
 
 #include <sdlora/core/error.hpp>      // SDLORA_EXPECTS, SDLORA_THROW, ConfigError
 #include <sdlora/core/rng.hpp>        // Philox4x32
@@ -147,22 +148,22 @@ class LoraAdapter : public nn::Adapter<T, B> {
     lora_B.set_trainable(options_.trainable);
   }
 
-  /// A from the seed (Kaiming-uniform or Gaussian), B = 0.
+  /// A from the seed (Kaiming-uniform or Gaussian), B = 0. On another backend the same values are drawn on the host
+  /// (the generator stays there) and uploaded once.
   void initialize() {
-    if constexpr (std::is_same_v<B, Cpu>) {
-      Philox4x32 g(options_.seed, options_.stream << 32);
-      Index const fan_in = lora_A.value.numel() / rank();
-      if (options_.init == LoraInit::Kaiming) {
-        // kaiming_uniform_(a = sqrt(5)): gain = sqrt(2 / (1 + 5)), bound = gain * sqrt(3 / fan_in) = 1 / sqrt(fan_in)
-        double const bound = 1.0 / std::sqrt(double(fan_in));
-        detail::philox_fill(lora_A.value, g, false, -bound, bound);
-      } else {
-        detail::philox_fill(lora_A.value, g, true, 0.0, 1.0 / double(rank()));
-      }
-      lora_B.value.fill_zero();
+    Tensor<T, Cpu> a(lora_A.shape());
+    Philox4x32 g(options_.seed, options_.stream << 32);
+    Index const fan_in = a.numel() / rank();
+    if (options_.init == LoraInit::Kaiming) {
+      // kaiming_uniform_(a = sqrt(5)): gain = sqrt(2 / (1 + 5)), bound = gain * sqrt(3 / fan_in) = 1 / sqrt(fan_in)
+      double const bound = 1.0 / std::sqrt(double(fan_in));
+      detail::philox_fill(a, g, false, -bound, bound);
     } else {
-      static_assert(std::is_same_v<B, Cpu>, "LoRA initialisation on this backend: initialise on Cpu and copy");
+      detail::philox_fill(a, g, true, 0.0, 1.0 / double(rank()));
     }
+    if constexpr (std::is_same_v<B, Cpu>) lora_A.value = std::move(a);
+    else lora_A.value = to_backend<B>(a);
+    lora_B.value.fill_zero();
   }
 
   /// Whether this forward applies dropout (and consumes a mask index): any training mode (Train, or the first pass

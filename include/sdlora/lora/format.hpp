@@ -520,7 +520,8 @@ ApplyReport apply(Module& module, LoraFile const& file, std::string const& compo
   return report;
 }
 
-/// The LoRA adapters named `adapter_name` of a module tree as file entries of `component` (factors as float).
+/// The LoRA adapters named `adapter_name` of a module tree as file entries of `component` (factors as float on the
+/// host, downloaded from the module's backend).
 template <class Module>
 LoraFile collect(Module& module, std::string const& component, std::string const& adapter_name = "default") {
   LoraFile out;
@@ -528,18 +529,19 @@ LoraFile collect(Module& module, std::string const& component, std::string const
       module,
       [&](std::string const& name, auto&, auto& a) {
         using T = typename std::remove_cvref_t<decltype(a.lora_A.value)>::value_type;
+        using B = typename std::remove_cvref_t<decltype(a.lora_A.value)>::backend;
         LoraEntry e;
         e.component = component;
         e.module = name;
         e.flat = flatten(name);
         e.key = name;
-        if constexpr (std::is_same_v<T, float>) {
-          e.down = a.lora_A.value;
-          e.up = a.lora_B.value;
-        } else {
-          e.down = convert<float, T>(a.lora_A.value);
-          e.up = convert<float, T>(a.lora_B.value);
-        }
+        auto host = [](auto const& t) -> Tensor<float, Cpu> {  // the factor as float on the host
+          if constexpr (std::is_same_v<B, Cpu> && std::is_same_v<T, float>) return t;
+          else if constexpr (std::is_same_v<B, Cpu>) return convert<float, T>(t);
+          else return convert<float, T>(to_cpu<T, B>(t.view()));
+        };
+        e.down = host(a.lora_A.value);
+        e.up = host(a.lora_B.value);
         e.alpha = a.alpha();
         e.has_alpha = true;
         e.rslora = a.options().rslora;

@@ -84,7 +84,9 @@ struct StableDiffusion {
   /// guidance uses zero embeddings instead of the encoded empty prompt.
   bool force_zeros_for_empty_prompt = false;
 
-  bool is_sdxl() const { return !text_encoder_2.layers.empty(); }
+  /// SDXL: a second text encoder, or a UNet with SDXL's micro-conditioning (once a trainer has released the frozen
+  /// text encoders).
+  bool is_sdxl() const { return !text_encoder_2.layers.empty() || unet.config().addition_embed_type == "text_time"; }
 
   std::string prediction_type() const { return scheduler_config.value("prediction_type", std::string("epsilon")); }
   /// Downsampling factor between pixels and latents (8 for SD).

@@ -35,8 +35,13 @@ bool all_finite(Tensor<T, Cpu> const& x) {
 /// once per request this way).
 template <class T, class B>
   requires(!std::is_same_v<B, Cpu>)
+bool all_finite(TensorView<T const, B> x) {
+  return x.empty() || all_finite<T>(to_cpu<T, B>(x).view());
+}
+template <class T, class B>
+  requires(!std::is_same_v<B, Cpu>)
 bool all_finite(Tensor<T, B> const& x) {
-  return x.empty() || all_finite<T>(to_cpu<T, B>(x.view()).view());
+  return all_finite<T, B>(x.view());
 }
 
 }  // namespace sdlora::pipeline

@@ -50,20 +50,21 @@ inline std::string const& probe_name() {
 }
 
 /// An adapter that computes nothing: it checks the layer's input and output in forward (it runs after the layer and
-/// its other adapters) and the output gradient in backward.
-template <class T>
-class NonFiniteProbe final : public nn::Adapter<T, Cpu> {
+/// its other adapters) and the output gradient in backward (on another backend each check downloads the tensor:
+/// probes only run in the diagnosis of a failed step).
+template <class T, class B = Cpu>
+class NonFiniteProbe final : public nn::Adapter<T, B> {
  public:
   explicit NonFiniteProbe(std::string module) : module_(std::move(module)) {}
-  void forward(Context<Cpu>&, TensorView<T, Cpu> y, TensorView<T const, Cpu> x, nn::Mode) override {
-    if (!all_finite(x)) throw NonFiniteFound("the input of " + module_);
-    if (!all_finite(TensorView<T const, Cpu>(y))) throw NonFiniteFound("the output of " + module_);
+  void forward(Context<B>&, TensorView<T, B> y, TensorView<T const, B> x, nn::Mode) override {
+    if (!all_finite<T>(x)) throw NonFiniteFound("the input of " + module_);
+    if (!all_finite<T>(TensorView<T const, B>(y))) throw NonFiniteFound("the output of " + module_);
   }
-  void backward(Context<Cpu>&, TensorView<T, Cpu>, TensorView<T const, Cpu> dy) override {
-    if (!all_finite(dy)) throw NonFiniteFound("the gradient of the output of " + module_);
+  void backward(Context<B>&, TensorView<T, B>, TensorView<T const, B> dy) override {
+    if (!all_finite<T>(dy)) throw NonFiniteFound("the gradient of the output of " + module_);
   }
   void for_each_parameter(std::string const&,
-                          std::function<void(std::string const&, nn::Parameter<T, Cpu>&)> const&) override {}
+                          std::function<void(std::string const&, nn::Parameter<T, B>&)> const&) override {}
   std::string const& name() const override { return probe_name(); }
 
  private:
@@ -72,14 +73,15 @@ class NonFiniteProbe final : public nn::Adapter<T, Cpu> {
 
 }  // namespace detail
 
-/// Attaches a probe to every Linear and Conv2d of `module` for its lifetime and removes them afterwards.
-template <class T, class Module>
+/// Attaches a probe to every Linear and Conv2d of `module` (on backend B) for its lifetime and removes them
+/// afterwards.
+template <class T, class Module, class B = Cpu>
 class NonFiniteProbes {
  public:
   NonFiniteProbes(Module& module, std::string const& prefix) : module_(module) {
     module_.visit(prefix, [](std::string const& name, auto& leaf) {
       if constexpr (requires { leaf.adapters; })
-        leaf.adapters.push_back(std::make_shared<detail::NonFiniteProbe<T>>(name));
+        leaf.adapters.push_back(std::make_shared<detail::NonFiniteProbe<T, B>>(name));
     });
   }
   ~NonFiniteProbes() {

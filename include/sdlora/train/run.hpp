@@ -60,6 +60,9 @@ class ExampleSource {
   virtual bool random_augmentation() const = 0;
   /// The caption alone (used with cached latents); override when loading the image is the expensive part.
   virtual std::string caption(std::int64_t index, std::uint64_t seed) { return get(index, seed).caption; }
+  /// Every caption get() can give, when the source knows them in advance (a fixed prompt, the dataset's own
+  /// captions); nothing when it cannot tell.
+  virtual std::optional<std::vector<std::string>> all_captions() { return std::nullopt; }
   /// The geometry of `index` without random augmentation (SDXL time ids of a cached example).
   virtual Geometry geometry(std::int64_t index) { return get(index, 0).geometry; }
   /// A hash of everything the (unaugmented) image of `index` depends on, for the on-disk latent cache; nothing when
@@ -105,6 +108,10 @@ struct RunOptions {
   std::string resume_from_checkpoint;        // "", "latest" or a checkpoint directory
   bool cache_latents = true;                 // when augmentation is deterministic
   std::string latent_cache_file;             // "" = memory only; else one .safetensors per run (class images: +_class)
+  /// Frozen text encoders: encode every caption the sources can give before the first step and free the encoders
+  /// (diffusers' DreamBooth scripts delete them so), when the captions are known in advance and no validation
+  /// prompt needs the encoders; otherwise they are kept (the log says why).
+  bool release_text_encoders = false;
   std::vector<std::string> validation_prompts;
   std::int64_t validation_steps = 0;         // 0: only at the end (when prompts are given)
   int validation_steps_count = 20;           // denoising steps of validation images
@@ -211,23 +218,27 @@ inline std::string dtype_label(DType d) { return d == DType::F16 ? "fp16" : d ==
 /// too), the trainable gradients and the loss are summed over the ranks from one flat buffer and divided by N (the
 /// mean over the global batch) once per optimizer step, and every rank applies the same update. Rank 0 alone writes
 /// loss.csv, checkpoints, validation images and outputs, and logs; latents are encoded once, split over the ranks.
-template <class T, Communicator C = SingleProcess>
+///
+/// The model may live on any backend B (Trainer says what runs where): the data, the latent caches, the data order
+/// and every file stay on the host; images cross to B to be encoded, latents come back to be cached, and data
+/// parallel exchanges the gradients through a host buffer.
+template <class T, Communicator C = SingleProcess, class B = Cpu>
 class Run {
  public:
   /// One process.
-  Run(Context<Cpu>& ctx, models::StableDiffusion<T, Cpu>& sd, ExampleSource& data, RunOptions const& o,
+  Run(Context<B>& ctx, models::StableDiffusion<T, B>& sd, ExampleSource& data, RunOptions const& o,
       ExampleSource* class_data = nullptr, std::ostream& log = std::cerr)
     requires std::is_same_v<C, SingleProcess>
       : Run(ctx, sd, data, o, class_data, log, own_single_) {}
   /// One rank of `comm` (which must outlive the Run).
-  Run(Context<Cpu>& ctx, models::StableDiffusion<T, Cpu>& sd, ExampleSource& data, RunOptions const& o,
+  Run(Context<B>& ctx, models::StableDiffusion<T, B>& sd, ExampleSource& data, RunOptions const& o,
       ExampleSource* class_data, std::ostream& log, C& comm)
       : ctx_(ctx), sd_(sd), data_(data), class_data_(class_data), o_(o), comm_(comm),
         log_(comm.rank() == 0 ? log : null_log_), seed_(o.trainer.seed), out_dir_(o.output_dir),
         csv_(out_dir_ / "loss.csv") {
     check_options();
     std::filesystem::create_directories(o_.output_dir);
-    trainer_ = std::make_unique<Trainer<T>>(ctx_, sd_, o_.trainer);
+    trainer_ = std::make_unique<Trainer<T, B>>(ctx_, sd_, o_.trainer);
     for (auto const& p : trainer_->parameters()) result_.trainable_parameters += p.param->value.numel();
   }
 
@@ -276,6 +287,7 @@ class Run {
       else std::ofstream(csv_, std::ios::trunc) << "step,loss,lr,skipped\n";
     }
     open_latent_caches();
+    if (o_.release_text_encoders) cache_prompts_and_release();
     if (comm_.size() > 1) {  // each rank encodes its share of the examples, then every rank has them all
       share_latents(data_, cache_, disk_.get());
       if (o_.trainer.with_prior_preservation) share_latents(*class_data_, class_cache_, class_disk_.get());
@@ -361,7 +373,7 @@ class Run {
     return result_;
   }
 
-  Trainer<T>& trainer() { return *trainer_; }
+  Trainer<T, B>& trainer() { return *trainer_; }
   RunResult const& result() const { return result_; }
 
  private:
@@ -373,6 +385,35 @@ class Run {
     if (o_.max_train_steps < 1) SDLORA_THROW(ConfigError, "[train] max_train_steps must be >= 1");
     if (o_.trainer.with_prior_preservation && (!class_data_ || class_data_->size() == 0))
       SDLORA_THROW(ConfigError, "[train] prior preservation needs class images");
+  }
+
+  /// RunOptions::release_text_encoders: every caption of the sources encoded alone (as the trainer's prompt cache
+  /// does on first use, so the steps are the same bits) and the frozen encoders freed.
+  void cache_prompts_and_release() {
+    auto const why_not = [&]() -> std::string {
+      if (o_.trainer.method == Method::TextualInversion || o_.trainer.train_text_encoder) return "they train";
+      if (!o_.validation_prompts.empty()) return "validation prompts need them";
+      return "";
+    }();
+    std::optional<std::vector<std::string>> captions = data_.all_captions();
+    if (captions && class_data_) {
+      auto more = class_data_->all_captions();
+      if (more) captions->insert(captions->end(), more->begin(), more->end());
+      else captions.reset();
+    }
+    if (!why_not.empty() || !captions) {
+      log_ << "text encoders kept: " << (why_not.empty() ? "the captions are not known in advance" : why_not) << "\n";
+      return;
+    }
+    for (auto const& c : *captions) {
+      MicroBatch m;
+      m.input_ids = pipeline::tokenize(sd_.tokenizer, {c});
+      if (sd_.is_sdxl()) m.input_ids_2 = pipeline::tokenize(sd_.tokenizer_2, {c});
+      trainer_->cache_prompts(m);
+    }
+    trainer_->release_text_encoders();
+    BackendMemory<B>::release_cached();
+    log_ << "text encoders released after encoding " << trainer_->cached_prompts() << " distinct prompts\n";
   }
 
   /// Data order: one permutation per epoch, from the seed and the epoch only (bucketed sources group runs of the
@@ -404,8 +445,8 @@ class Run {
     flat_.assign(n + 1 + std::size_t(ranks), 0.0f);  // (gradients..., loss, stop signal of each rank)
     std::size_t at = 0;
     for (auto const& p : params) {
-      T const* g = p.param->grad.data();
-      for (Index i = exchanged_from(p); i < p.param->grad.numel(); ++i) flat_[at++] = float(g[i]);
+      auto const g = host_elements(p.param->grad, exchanged_from(p));  // (numel - from)
+      for (Index i = 0; i < g.numel(); ++i) flat_[at++] = float(g(i));
     }
     flat_[n] = float(loss);
     flat_[n + 1 + std::size_t(comm_.rank())] = float(o_.stop_requested ? o_.stop_requested() : 0);
@@ -413,16 +454,21 @@ class Run {
     float const inv = 1.0f / float(ranks);
     at = 0;
     for (auto const& p : params) {
-      T* g = p.param->grad.data();
-      for (Index i = exchanged_from(p); i < p.param->grad.numel(); ++i) g[i] = T(flat_[at++] * inv);
+      Index const from = exchanged_from(p);
+      Tensor<T, Cpu> g(Shape{p.param->grad.numel() - from});
+      for (Index i = 0; i < g.numel(); ++i) g(i) = T(flat_[at++] * inv);
+      set_elements(p.param->grad, from, g);
     }
     double const global_loss = double(flat_[n] * inv);
     agreed_stop_ = 0;
     for (int r = ranks - 1; r >= 0; --r)
       if (flat_[n + 1 + std::size_t(r)] != 0) agreed_stop_ = int(flat_[n + 1 + std::size_t(r)]);
     // A non-finite loss with finite gradients must still drop the update: a NaN gradient makes optimizer_step skip.
-    if (!std::isfinite(global_loss) && !params.empty() && params[0].param->grad.numel() > 0)
-      params[0].param->grad.data()[0] = std::numeric_limits<T>::quiet_NaN();
+    if (!std::isfinite(global_loss) && !params.empty() && params[0].param->grad.numel() > 0) {
+      Tensor<T, Cpu> nan(Shape{1});
+      nan(0) = std::numeric_limits<T>::quiet_NaN();
+      set_elements(params[0].param->grad, 0, nan);
+    }
     StepReport r = trainer_->optimizer_step();
     r.loss = global_loss;
     return r;
@@ -431,7 +477,7 @@ class Run {
   /// Where a parameter's exchanged gradient starts: Textual Inversion trains only the new token rows at the end of
   /// the embedding (the backward pass leaves the gradient of every row before them zero), so only those rows travel,
   /// not the whole (vocabulary, width) gradient (152 MB on SD 1.5).
-  Index exchanged_from(ParamRef<T, Cpu> const& p) const {
+  Index exchanged_from(ParamRef<T, B> const& p) const {
     auto const& ids = trainer_->placeholder_ids();
     if (o_.trainer.method != Method::TextualInversion || ids.empty() ||
         p.param != &sd_.text_encoder.token_embedding.weight)
@@ -547,7 +593,11 @@ class Run {
     Index const h = ex.image.dim(1), w = ex.image.dim(2);
     auto batch = std::move(ex.image).reshaped(Shape{1, 3, h, w});
     TorchGenerator g(cacheable ? mix_seed(seed_, 0x1A7E, std::uint64_t(index)) : example_seed);
-    auto z = convert<float>(pipeline::encode_images<T, Cpu>(ctx_, sd_.vae, convert<T>(batch.view()).view(), g).view());
+    auto const pixels = to_backend<B>(convert<T>(batch.view()));
+    auto const encoded = pipeline::encode_images<T, B>(ctx_, sd_.vae, pixels.view(), g);  // (1, C, h, w) on B
+    Tensor<float, Cpu> z;
+    if constexpr (std::is_same_v<B, Cpu>) z = convert<float>(encoded.view());
+    else z = convert<float>(to_cpu<T, B>(encoded.view()).view());
     if (cacheable) c[index] = z;
     if (key) d->store(*key, z);
     return z;
@@ -704,10 +754,22 @@ class Run {
     result_.files.push_back(png);
   }
 
+  /// Elements [from, numel) of a tensor on B as a host tensor (a copy).
+  static Tensor<T, Cpu> host_elements(Tensor<T, B> const& t, Index from) {
+    auto const rows = t.view().reshaped(Shape{t.numel()}).slice(from, t.numel());
+    if constexpr (std::is_same_v<B, Cpu>) return Tensor<T, Cpu>::from_view(rows);
+    else return to_cpu<T, B>(rows);
+  }
+  /// Writes `values` over elements [from, from + values.numel()) of a tensor on B.
+  static void set_elements(Tensor<T, B>& t, Index from, Tensor<T, Cpu> const& values) {
+    if constexpr (std::is_same_v<B, Cpu>) std::copy_n(values.data(), values.numel(), t.data() + from);
+    else BackendMemory<B>::upload(t.data() + from, values.data(), values.bytes());
+  }
+
   SingleProcess own_single_;  // the communicator of a Run constructed without one
   std::ostream null_log_{nullptr};  // ranks other than 0 log nothing (errors are exceptions)
-  Context<Cpu>& ctx_;
-  models::StableDiffusion<T, Cpu>& sd_;
+  Context<B>& ctx_;
+  models::StableDiffusion<T, B>& sd_;
   ExampleSource& data_;
   ExampleSource* class_data_;
   RunOptions const& o_;
@@ -715,7 +777,7 @@ class Run {
   std::ostream& log_;
   std::uint64_t const seed_;
   std::filesystem::path const out_dir_, csv_;
-  std::unique_ptr<Trainer<T>> trainer_;
+  std::unique_ptr<Trainer<T, B>> trainer_;
   RunResult result_;
   std::int64_t epoch_ = 0, position_ = 0;  // the data order's epoch and the next example's position in it
   std::vector<std::int64_t> order_;        // this epoch's order of example indices
@@ -725,18 +787,18 @@ class Run {
   int agreed_stop_ = 0;      // data parallel: the stop signal every rank agreed on at the last step
 };
 
-/// Runs (or resumes) training to `o.max_train_steps` optimizer steps.
-template <class T>
-RunResult run_training(Context<Cpu>& ctx, models::StableDiffusion<T, Cpu>& sd, ExampleSource& data,
-                       RunOptions const& o, ExampleSource* class_data = nullptr, std::ostream& log = std::cerr) {
-  return Run<T>(ctx, sd, data, o, class_data, log).run();
+/// Runs (or resumes) training to `o.max_train_steps` optimizer steps, on the model's backend.
+template <class T, class B>
+RunResult run_training(Context<B>& ctx, models::StableDiffusion<T, B>& sd, ExampleSource& data, RunOptions const& o,
+                       ExampleSource* class_data = nullptr, std::ostream& log = std::cerr) {
+  return Run<T, SingleProcess, B>(ctx, sd, data, o, class_data, log).run();
 }
 
 /// Data parallel over the ranks of `comm` (every rank calls it alike): see Run.
-template <class T, Communicator C>
-RunResult run_training(Context<Cpu>& ctx, models::StableDiffusion<T, Cpu>& sd, ExampleSource& data,
-                       RunOptions const& o, ExampleSource* class_data, std::ostream& log, C& comm) {
-  return Run<T, C>(ctx, sd, data, o, class_data, log, comm).run();
+template <class T, Communicator C, class B>
+RunResult run_training(Context<B>& ctx, models::StableDiffusion<T, B>& sd, ExampleSource& data, RunOptions const& o,
+                       ExampleSource* class_data, std::ostream& log, C& comm) {
+  return Run<T, C, B>(ctx, sd, data, o, class_data, log, comm).run();
 }
 
 }  // namespace sdlora::train

@@ -5,8 +5,11 @@
 #pragma once
 
 #include <array>        // std::array
+#include <optional>     // std::optional
+#include <set>          // std::set
 #include <string>       // std::string
 #include <string_view>  // std::string_view
+#include <vector>       // std::vector
 
 #include <sdlora/train/dataset.hpp>  // Dataset
 #include <sdlora/train/run.hpp>      // ExampleSource, TrainExample
@@ -41,6 +44,13 @@ class DatasetSource : public ExampleSource {
   std::vector<std::int64_t> epoch_order(TorchGenerator& g, int batch_size) const override {
     return train::epoch_order(dataset_, g, batch_size);
   }
+  /// The dataset's distinct captions, and the empty one under caption dropout.
+  std::optional<std::vector<std::string>> all_captions() override {
+    std::set<std::string> distinct;
+    for (std::int64_t i = 0; i < dataset_.size(); ++i) distinct.insert(dataset_.caption(i));
+    if (dataset_.options().caption_dropout > 0) distinct.insert("");
+    return std::vector<std::string>(distinct.begin(), distinct.end());
+  }
 
  private:
   Dataset dataset_;
@@ -72,6 +82,19 @@ class TemplateSource : public ExampleSource {
     auto ex = inner_.get(index, seed);
     ex.caption = caption(index, seed);
     return ex;
+  }
+  /// Every template around the placeholder.
+  std::optional<std::vector<std::string>> all_captions() override {
+    std::vector<std::string> out;
+    auto add = [&](auto const& templates) {
+      for (std::string_view t : templates) {
+        std::string c(t);
+        out.push_back(c.replace(c.find("{}"), 2, placeholder_));
+      }
+    };
+    if (property_ == LearnableProperty::Object) add(kObjectTemplates);
+    else add(kStyleTemplates);
+    return out;
   }
   std::string caption(std::int64_t, std::uint64_t seed) override {
     std::uint64_t const pick = mix_seed(seed, 0x7E3);

@@ -25,6 +25,7 @@
 #include <map>         // std::map
 #include <optional>    // std::optional
 #include <string>      // std::string
+#include <type_traits>  // std::is_same_v
 #include <utility>     // std::pair
 #include <vector>      // std::vector
 
@@ -56,19 +57,21 @@ struct TrainingState {
   nlohmann::json settings = nlohmann::json::object();     // the run's settings (for humans and for checks)
 };
 
-/// Copies the values of parameters into a name -> tensor map (for TrainingState::parameters).
+/// Copies the values of parameters into a name -> tensor map (for TrainingState::parameters), on the host whatever
+/// the parameters' backend.
 template <class T, class B = Cpu>
 std::map<std::string, Tensor<T, Cpu>> capture_parameters(std::vector<ParamRef<T, B>> const& params) {
-  static_assert(std::is_same_v<B, Cpu>, "capture_parameters: CPU only so far");
   std::map<std::string, Tensor<T, Cpu>> out;
-  for (auto const& p : params) out.emplace(p.name, p.param->value);
+  for (auto const& p : params) {
+    if constexpr (std::is_same_v<B, Cpu>) out.emplace(p.name, p.param->value);
+    else out.emplace(p.name, to_cpu<T, B>(p.param->value.view()));
+  }
   return out;
 }
 
-/// Writes saved values back into parameters; FormatError names a missing parameter or a shape mismatch.
+/// Writes saved values back into parameters (uploaded to their backend); FormatError names a missing parameter or a shape mismatch.
 template <class T, class B = Cpu>
 void restore_parameters(std::vector<ParamRef<T, B>> const& params, std::map<std::string, Tensor<T, Cpu>> const& saved) {
-  static_assert(std::is_same_v<B, Cpu>, "restore_parameters: CPU only so far");
   for (auto const& p : params) {
     auto it = saved.find(p.name);
     if (it == saved.end()) SDLORA_THROW(FormatError, "[training_state] checkpoint has no parameter '" << p.name << "'");
@@ -76,7 +79,7 @@ void restore_parameters(std::vector<ParamRef<T, B>> const& params, std::map<std:
       SDLORA_THROW(FormatError, "[training_state] parameter '" << p.name << "' is " << it->second.shape()
                                                                << " in the checkpoint but " << p.param->shape()
                                                                << " in the model");
-    p.param->value = it->second;
+    p.param->value = to_backend<B>(it->second);
   }
 }
 

@@ -13,6 +13,8 @@
 #include <map>      // std::map
 #include <memory>   // std::unique_ptr
 #include <string>   // std::string
+#include <type_traits>  // std::is_same_v
+#include <utility>  // std::move
 #include <vector>   // std::vector
 
 #include <sdlora/core/rng.hpp>              // TorchGenerator
@@ -94,11 +96,14 @@ struct StepReport {
 };
 
 /// The LoRA / DreamBooth / Textual Inversion trainer over a loaded model (which it modifies: adapters are attached,
-/// base weights frozen, token rows added).
-template <class T>
+/// base weights frozen, token rows added), on the model's backend B. Host side: the generator (noise, timesteps),
+/// the noise scheduler's arithmetic (noisy latents and the target), the learning-rate schedule and the micro-batches
+/// themselves; each micro-batch crosses to B once (noisy latents, target, timesteps, time ids) and the networks, the
+/// loss, clipping, the optimizers and the Textual Inversion row restore run on B.
+template <class T, class B = Cpu>
 class Trainer {
  public:
-  Trainer(Context<Cpu>& ctx, models::StableDiffusion<T, Cpu>& sd, TrainerOptions options)
+  Trainer(Context<B>& ctx, models::StableDiffusion<T, B>& sd, TrainerOptions options)
       : ctx_(ctx), sd_(sd), o_(std::move(options)), generator_(o_.seed) {
     if (o_.gradient_accumulation_steps < 1)
       SDLORA_THROW(ConfigError, "[train] gradient_accumulation_steps must be >= 1, got " << o_.gradient_accumulation_steps);
@@ -120,19 +125,19 @@ class Trainer {
     else setup_lora();
     sd_.unet.set_gradient_checkpointing(o_.gradient_checkpointing);
 
-    unet_params_ = trainable_parameters<T>(sd_.unet, "unet");
-    text_params_ = trainable_parameters<T>(sd_.text_encoder, "text_encoder");
+    unet_params_ = trainable_parameters<T, B>(sd_.unet, "unet");
+    text_params_ = trainable_parameters<T, B>(sd_.text_encoder, "text_encoder");
     if (sd_.is_sdxl()) {
-      auto two = trainable_parameters<T>(sd_.text_encoder_2, "text_encoder_2");
+      auto two = trainable_parameters<T, B>(sd_.text_encoder_2, "text_encoder_2");
       text_params_.insert(text_params_.end(), two.begin(), two.end());
     }
     if (unet_params_.empty() && text_params_.empty()) SDLORA_THROW(ConfigError, "[train] nothing to train");
-    if (!unet_params_.empty()) unet_opt_ = make_optimizer<T>(o_.optimizer, unet_params_);
+    if (!unet_params_.empty()) unet_opt_ = make_optimizer<T, B>(o_.optimizer, unet_params_);
     if (!text_params_.empty()) {
       OptimizerOptions te = o_.optimizer;
       if (o_.method == Method::TextualInversion) te.lr = o_.optimizer.lr;
       else if (o_.text_encoder_lr > 0) te.lr = o_.text_encoder_lr;
-      text_opt_ = make_optimizer<T>(te, text_params_);
+      text_opt_ = make_optimizer<T, B>(te, text_params_);
     }
     LrScheduleOptions ls = o_.lr_schedule;
     ls.base_lr = o_.optimizer.lr;
@@ -144,13 +149,32 @@ class Trainer {
   TorchGenerator& generator() { return generator_; }
   schedulers::Scheduler const& noise_scheduler() const { return *noise_scheduler_; }
   /// Every trainable parameter, UNet first, under "unet." / "text_encoder." names.
-  std::vector<ParamRef<T, Cpu>> parameters() const {
+  std::vector<ParamRef<T, B>> parameters() const {
     auto all = unet_params_;
     all.insert(all.end(), text_params_.begin(), text_params_.end());
     return all;
   }
   /// Distinct prompts whose embeddings the frozen text encoders computed and kept (0 while a text encoder trains).
   std::size_t cached_prompts() const { return prompt_cache_.size(); }
+
+  /// Encodes and keeps the embeddings of every prompt of `b` now (frozen text encoders only), as the first step
+  /// that sees them would.
+  void cache_prompts(MicroBatch const& b) {
+    if (!text_params_.empty())
+      SDLORA_THROW(ConfigError, "[train] prompt embeddings are cached only while the text encoders are frozen");
+    frozen_conditioning(b);
+  }
+  /// Frees the frozen text encoders (their weights: 0.5 GB on SD 1.5, 3.3 GB on SDXL in float32) once every prompt the
+  /// run will use is cached, as diffusers' scripts delete the encoders after precomputing the prompt embeddings. The
+  /// model's text encoders are empty afterwards (generation needs a reload); an uncached prompt is then an error.
+  void release_text_encoders() {
+    if (!text_params_.empty())
+      SDLORA_THROW(ConfigError, "[train] the text encoders train (LoRA or Textual Inversion): they cannot be released");
+    sd_.text_encoder = models::ClipTextModel<T, B>();
+    sd_.text_encoder_2 = models::ClipTextModel<T, B>();
+    text_encoders_released_ = true;
+  }
+  bool text_encoders_released() const { return text_encoders_released_; }
   /// Textual Inversion: the ids of the added token rows.
   std::vector<int> const& placeholder_ids() const { return placeholder_ids_; }
   std::vector<std::string> const& placeholder_tokens() const { return placeholder_tokens_; }
@@ -186,7 +210,8 @@ class Trainer {
   StepReport optimizer_step() {
     StepReport r;
     auto all = parameters();
-    r.grad_norm = o_.max_grad_norm > 0 ? clip_grad_norm(all, o_.max_grad_norm) : double(grad_norm(all));
+    r.grad_norm = o_.max_grad_norm > 0 ? clip_grad_norm<T, B>(ctx_, all, o_.max_grad_norm)
+                                       : double(grad_norm<T, B>(ctx_, all));
     double const mult = schedule_->multiplier(global_step_);
     r.lr = o_.optimizer.lr * mult;
     if (!std::isfinite(r.grad_norm)) {
@@ -208,7 +233,7 @@ class Trainer {
     }
     if (o_.method == Method::TextualInversion) restore_frozen_rows();
     for (auto const& p : all)
-      if (!all_finite(p.param->value)) {
+      if (!finite(p.param->value.view())) {
         r.non_finite_parameter = p.name;
         break;
       }
@@ -251,8 +276,8 @@ class Trainer {
     for (auto const& m : failed_batches_)
       if (!all_finite(m.latents)) where = "the latents of the batch (VAE encoding)";
     if (where.empty()) {
-      NonFiniteProbes<T, models::ClipTextModel<T, Cpu>> text_probes(sd_.text_encoder, "text_encoder");
-      NonFiniteProbes<T, models::UNet2DConditionModel<T, Cpu>> unet_probes(sd_.unet, "unet");
+      NonFiniteProbes<T, models::ClipTextModel<T, B>, B> text_probes(sd_.text_encoder, "text_encoder");
+      NonFiniteProbes<T, models::UNet2DConditionModel<T, B>, B> unet_probes(sd_.unet, "unet");
       try {
         for (auto const& m : failed_batches_) forward_backward_drawn(m);
         where = "no module output or gradient in a re-run (the loss or its reduction overflowed)";
@@ -315,13 +340,16 @@ class Trainer {
     return f;
   }
 
-  /// Textual Inversion: the learned vectors (num_vectors, dim).
+  /// Textual Inversion: the learned vectors (num_vectors, dim), on the host.
   Tensor<T, Cpu> learned_embeddings() const {
     Index const dim = sd_.text_encoder.config().hidden_size;
     Tensor<T, Cpu> out(Shape{Index(placeholder_ids_.size()), dim});
-    for (std::size_t i = 0; i < placeholder_ids_.size(); ++i)
-      std::copy_n(sd_.text_encoder.token_embedding.weight.value.data() + placeholder_ids_[i] * dim, dim,
-                  out.data() + Index(i) * dim);
+    auto const& w = sd_.text_encoder.token_embedding.weight.value;  // (V, dim) on B
+    for (std::size_t i = 0; i < placeholder_ids_.size(); ++i) {
+      T const* row = w.data() + placeholder_ids_[i] * dim;  // (dim) on B
+      if constexpr (std::is_same_v<B, Cpu>) std::copy_n(row, dim, out.data() + Index(i) * dim);
+      else BackendMemory<B>::download(out.data() + Index(i) * dim, row, std::size_t(dim) * sizeof(T));
+    }
     return out;
   }
 
@@ -342,11 +370,13 @@ class Trainer {
                                                                            std::span<std::int64_t const>(b.timesteps));
     bool const text_trains = !text_params_.empty();
     auto const mode_text = text_trains ? nn::Mode::Train : nn::Mode::Infer;
-    Tensor<T, Cpu> ts(Shape{n});
-    for (Index i = 0; i < n; ++i) ts(i) = T(b.timesteps[std::size_t(i)]);
+    Tensor<T, Cpu> ts_host(Shape{n});
+    for (Index i = 0; i < n; ++i) ts_host(i) = T(b.timesteps[std::size_t(i)]);
+    auto const ts = on_backend(std::move(ts_host));
+    auto const latents = on_backend(convert<T>(noisy.view()));
     // The UNet keeps activations only when its own parameters train or gradients must reach the text encoder.
     auto const mode_unet = nn::Mode::Train;
-    Tensor<T, Cpu> pred;
+    Tensor<T, B> pred;
     Index text_channels = 0;  // SDXL: text_encoder's share of the context channels
     if (sd_.is_sdxl()) {
       // train_dreambooth_lora_sdxl.py: encode_prompt with both encoders (hidden_states[-2] side by side, pooled
@@ -356,28 +386,27 @@ class Trainer {
                      "[train] an SDXL micro-batch needs input_ids_2 " << b.input_ids.shape() << " and time_ids (" << n
                                                                       << ", 6), got " << b.input_ids_2.shape()
                                                                       << " and " << b.time_ids.shape());
-      auto const time_ids = convert<T>(b.time_ids.view());
+      auto const time_ids = on_backend(convert<T>(b.time_ids.view()));
       if (text_trains) {
         auto a = sd_.text_encoder.forward_hidden_and_pooled(ctx_, b.input_ids, mode_text);
         auto c = sd_.text_encoder_2.forward_hidden_and_pooled(ctx_, b.input_ids_2, mode_text);
         text_channels = a.hidden.dim(2);
-        auto const context = pipeline::concat_features<T, Cpu>(ctx_, a.hidden.view(), c.hidden.view());
-        pred = sd_.unet.forward(ctx_, convert<T>(noisy.view()).view(), ts.view(), context.view(),
-                                {c.pooled.view(), time_ids.view()}, mode_unet);
+        auto const context = pipeline::concat_features<T, B>(ctx_, a.hidden.view(), c.hidden.view());
+        pred = sd_.unet.forward(ctx_, latents.view(), ts.view(), context.view(), {c.pooled.view(), time_ids.view()},
+                                mode_unet);
       } else {
         auto const cond = frozen_conditioning(b);
-        pred = sd_.unet.forward(ctx_, convert<T>(noisy.view()).view(), ts.view(), cond.context.view(),
+        pred = sd_.unet.forward(ctx_, latents.view(), ts.view(), cond.context.view(),
                                 {cond.pooled.view(), time_ids.view()}, mode_unet);
       }
     } else if (text_trains) {
       auto text = sd_.text_encoder.forward(ctx_, b.input_ids, mode_text);
-      pred = sd_.unet.forward(ctx_, convert<T>(noisy.view()).view(), ts.view(), text.last_hidden_state.view(),
-                              mode_unet);
+      pred = sd_.unet.forward(ctx_, latents.view(), ts.view(), text.last_hidden_state.view(), mode_unet);
     } else {
       auto const cond = frozen_conditioning(b);
-      pred = sd_.unet.forward(ctx_, convert<T>(noisy.view()).view(), ts.view(), cond.context.view(), mode_unet);
+      pred = sd_.unet.forward(ctx_, latents.view(), ts.view(), cond.context.view(), mode_unet);
     }
-    auto const tgt = convert<T>(target.view());
+    auto const tgt = on_backend(convert<T>(target.view()));
     std::vector<float> snr_weights;
     if (o_.snr_gamma > 0) {
       // With prior preservation the weights are those of the instance half only (diffusers' dreambooth scripts).
@@ -387,19 +416,19 @@ class Trainer {
                                    std::span<std::int64_t const>(b.timesteps.data(), count));
       snr_weights = min_snr_weights(snr, o_.snr_gamma, prediction_);
     }
-    LossAndGrad<T> loss;
+    LossAndGrad<T, B> loss;
     if (o_.with_prior_preservation)
-      loss = prior_preservation_loss<T>(pred.view(), tgt.view(), o_.prior_loss_weight, snr_weights);
+      loss = prior_preservation_loss<T, B>(ctx_, pred.view(), tgt.view(), o_.prior_loss_weight, snr_weights);
     else if (o_.snr_gamma > 0)
-      loss = weighted_mse_loss<T>(pred.view(), tgt.view(), std::span<float const>(snr_weights));
+      loss = weighted_mse_loss<T, B>(ctx_, pred.view(), tgt.view(), std::span<float const>(snr_weights));
     else
-      loss = mse_loss<T>(pred.view(), tgt.view());
+      loss = mse_loss<T, B>(ctx_, pred.view(), tgt.view());
     if (o_.gradient_accumulation_steps > 1)
-      ops::scale<T, Cpu>(ctx_, loss.grad.view(), 1.0 / o_.gradient_accumulation_steps);
+      ops::scale<T, B>(ctx_, loss.grad.view(), 1.0 / o_.gradient_accumulation_steps);
     auto g = sd_.unet.backward(ctx_, loss.grad.view());
     if (text_trains && sd_.is_sdxl()) {
-      auto [d1, d2] = pipeline::split_features<T, Cpu>(ctx_, g.dencoder_hidden_states.view(), text_channels);
-      sd_.text_encoder.backward_hidden_and_pooled(ctx_, d1.view(), TensorView<T const, Cpu>());
+      auto [d1, d2] = pipeline::split_features<T, B>(ctx_, g.dencoder_hidden_states.view(), text_channels);
+      sd_.text_encoder.backward_hidden_and_pooled(ctx_, d1.view(), TensorView<T const, B>());
       sd_.text_encoder_2.backward_hidden_and_pooled(ctx_, d2.view(), g.dtext_embeds.view());
     } else if (text_trains) {
       sd_.text_encoder.backward(ctx_, g.dencoder_hidden_states.view());
@@ -410,24 +439,28 @@ class Trainer {
   /// Prompt embeddings while the text encoders are frozen (no text-encoder LoRA, no Textual Inversion): each
   /// distinct prompt is encoded once, alone (so that its embedding does not depend on the batch it came in and a
   /// resumed run stays bit-identical), and kept, as diffusers' scripts precompute them when the encoders do not train.
-  pipeline::Conditioning<T, Cpu> frozen_conditioning(MicroBatch const& b) {
+  pipeline::Conditioning<T, B> frozen_conditioning(MicroBatch const& b) {
     Index const n = b.input_ids.dim(0), l = b.input_ids.dim(1);
     bool const sdxl = sd_.is_sdxl();
-    pipeline::Conditioning<T, Cpu> out;
+    pipeline::Conditioning<T, B> out;
     for (Index i = 0; i < n; ++i) {
       std::vector<std::int32_t> key(b.input_ids.data() + i * l, b.input_ids.data() + (i + 1) * l);
       if (sdxl) key.insert(key.end(), b.input_ids_2.data() + i * l, b.input_ids_2.data() + (i + 1) * l);
       auto it = prompt_cache_.find(key);
+      if (it == prompt_cache_.end() && text_encoders_released_)
+        SDLORA_THROW(ConfigError, "[train] a prompt of sample " << i << " of the micro-batch is not among the "
+                                  << prompt_cache_.size() << " cached ones and the text encoders were released "
+                                  << "(release_text_encoders): cache every prompt first");
       if (it == prompt_cache_.end()) {
         Tensor<std::int32_t, Cpu> ids(Shape{1, l}), ids_2;
         std::copy_n(b.input_ids.data() + i * l, l, ids.data());
-        pipeline::Conditioning<T, Cpu> one;
+        pipeline::Conditioning<T, B> one;
         if (sdxl) {
           ids_2 = Tensor<std::int32_t, Cpu>(Shape{1, l});
           std::copy_n(b.input_ids_2.data() + i * l, l, ids_2.data());
           auto a = sd_.text_encoder.forward_hidden_and_pooled(ctx_, ids);
           auto c = sd_.text_encoder_2.forward_hidden_and_pooled(ctx_, ids_2);
-          one.context = pipeline::concat_features<T, Cpu>(ctx_, a.hidden.view(), c.hidden.view());
+          one.context = pipeline::concat_features<T, B>(ctx_, a.hidden.view(), c.hidden.view());
           one.pooled = std::move(c.pooled);
         } else {
           one.context = std::move(sd_.text_encoder.forward(ctx_, ids).last_hidden_state);
@@ -436,11 +469,11 @@ class Trainer {
       }
       auto const& row = it->second;
       if (i == 0) {
-        out.context = Tensor<T, Cpu>(Shape{n, row.context.dim(1), row.context.dim(2)});
-        if (sdxl) out.pooled = Tensor<T, Cpu>(Shape{n, row.pooled.dim(1)});
+        out.context = Tensor<T, B>::uninitialized(Shape{n, row.context.dim(1), row.context.dim(2)});
+        if (sdxl) out.pooled = Tensor<T, B>::uninitialized(Shape{n, row.pooled.dim(1)});
       }
-      std::copy_n(row.context.data(), row.context.numel(), out.context.data() + i * row.context.numel());
-      if (sdxl) std::copy_n(row.pooled.data(), row.pooled.numel(), out.pooled.data() + i * row.pooled.numel());
+      BackendMemory<B>::copy(out.context.data() + i * row.context.numel(), row.context.data(), row.context.bytes());
+      if (sdxl) BackendMemory<B>::copy(out.pooled.data() + i * row.pooled.numel(), row.pooled.data(), row.pooled.bytes());
     }
     return out;
   }
@@ -508,13 +541,13 @@ class Trainer {
     auto& emb = sd_.text_encoder.token_embedding;
     emb.weight.set_trainable(true);
     emb.grad_row_begin = first;
-    frozen_rows_ = Tensor<T, Cpu>::from_view(emb.weight.value.slice(0, first));
+    frozen_rows_ = Tensor<T, B>::from_view(emb.weight.value.slice(0, first));
   }
 
   /// diffusers' textual_inversion.py: after each step, every row but the new ones gets its original value back.
   void restore_frozen_rows() {
     auto& w = sd_.text_encoder.token_embedding.weight.value;
-    std::copy_n(frozen_rows_.data(), frozen_rows_.numel(), w.data());
+    BackendMemory<B>::copy(w.data(), frozen_rows_.data(), frozen_rows_.bytes());
   }
 
   static void merge_optimizer(OptimizerState<T>& into, OptimizerState<T> const& from) {
@@ -523,7 +556,7 @@ class Trainer {
     for (auto const& [k, v] : from.codes) into.codes[k] = v;
     for (auto const& [k, v] : from.scalars) into.scalars[k] = v;
   }
-  static OptimizerState<T> split_optimizer(OptimizerState<T> const& all, std::vector<ParamRef<T, Cpu>> const& params) {
+  static OptimizerState<T> split_optimizer(OptimizerState<T> const& all, std::vector<ParamRef<T, B>> const& params) {
     OptimizerState<T> out;
     out.type = all.type;
     auto mine = [&](std::string const& k) {
@@ -543,21 +576,35 @@ class Trainer {
     return out;
   }
 
-  Context<Cpu>& ctx_;
-  models::StableDiffusion<T, Cpu>& sd_;
+  /// A host tensor on B: moved on the host, uploaded once elsewhere.
+  static Tensor<T, B> on_backend(Tensor<T, Cpu>&& host) {
+    if constexpr (std::is_same_v<B, Cpu>) return std::move(host);
+    else return to_backend<B>(host);
+  }
+
+  /// Whether every element is finite: the host loop on Cpu, one double sum of squares on another backend (a NaN or
+  /// inf makes it non-finite; squares of finite floats cannot overflow a double).
+  bool finite(TensorView<T const, B> x) {
+    if constexpr (std::is_same_v<B, Cpu>) return all_finite<T>(x);
+    else return x.empty() || std::isfinite(ops::sum_squares<T, B>(ctx_, x));
+  }
+
+  Context<B>& ctx_;
+  models::StableDiffusion<T, B>& sd_;
   TrainerOptions o_;
   TorchGenerator generator_;
   std::unique_ptr<schedulers::Scheduler> noise_scheduler_;
   PredictionType prediction_ = PredictionType::Epsilon;
-  std::vector<ParamRef<T, Cpu>> unet_params_, text_params_;
-  std::unique_ptr<Optimizer<T, Cpu>> unet_opt_, text_opt_;
+  std::vector<ParamRef<T, B>> unet_params_, text_params_;
+  std::unique_ptr<Optimizer<T, B>> unet_opt_, text_opt_;
   std::unique_ptr<LrSchedule> schedule_;
   std::int64_t global_step_ = 0;
   std::vector<int> placeholder_ids_;
   std::vector<std::string> placeholder_tokens_;
-  Tensor<T, Cpu> frozen_rows_;  // (V, dim): Textual Inversion restores these rows after every step
+  Tensor<T, B> frozen_rows_;  // (V, dim): Textual Inversion restores these rows after every step
+  bool text_encoders_released_ = false;
   std::vector<MicroBatch> failed_batches_;  // the last skipped step's micro-batches (noise drawn), for diagnosis
-  std::map<std::vector<std::int32_t>, pipeline::Conditioning<T, Cpu>> prompt_cache_;  // frozen_conditioning
+  std::map<std::vector<std::int32_t>, pipeline::Conditioning<T, B>> prompt_cache_;  // frozen_conditioning
 };
 
 }  // namespace sdlora::train
