@@ -1,5 +1,7 @@
 #include <catch2/catch.hpp>
 
+#include <vector>  // std::vector
+
 #include <sdlora/models/clip_text.hpp>
 #include <sdlora/models/unet.hpp>
 #include <sdlora/models/weights.hpp>
@@ -26,6 +28,44 @@ models::ClipTextModel<float> load_text(std::string const& sub) {
   return load(sub, "model.safetensors", models::ClipTextModel<float>(cfg));
 }
 }  // namespace
+
+TEST_CASE("Gradient checkpointing per transformer block gives bit-identical SDXL UNet gradients",
+          "[models][unet][sdxl]") {
+  // The tiny SDXL UNet has two BasicTransformerBlocks per Transformer2DModel at its last level: checkpointing keeps
+  // each block's input and recomputes the blocks one at a time in reverse inside backward, the same float operations
+  // in the same order, so every gradient (inputs, added conditions, parameters) must be equal bit for bit.
+  Context<Cpu> ctx;
+  auto cfg = models::UNetConfig::from_json(models::read_json(test::fixture(kDir + "unet/config.json")));
+  REQUIRE(cfg.transformer_layers_per_block.back() == 2);
+  io::SafetensorsFile ref(test::fixture("models/tiny-sdxl-outputs.safetensors"));
+  auto const text_embeds = ref.load<float>("unet.text_embeds");
+  auto const time_ids = ref.load<float>("unet.time_ids");
+  auto run = [&](bool checkpointing) {
+    auto unet = load("unet", "diffusion_pytorch_model.safetensors", models::UNet2DConditionModel<float>(cfg));
+    nn::set_trainable(unet, true);
+    unet.set_gradient_checkpointing(checkpointing);
+    unet.forward(ctx, ref.load<float>("unet.sample").view(), ref.load<float>("unet.timesteps").view(),
+                 ref.load<float>("unet.encoder_hidden_states").view(), {text_embeds.view(), time_ids.view()},
+                 nn::Mode::Train);
+    auto g = unet.backward(ctx, ref.load<float>("unet.grad_upstream"));
+    std::vector<float> all(g.dsample.span().begin(), g.dsample.span().end());
+    for (auto const* t : {&g.dencoder_hidden_states, &g.dtext_embeds})
+      all.insert(all.end(), t->span().begin(), t->span().end());
+    nn::for_each_parameter(unet, [&](std::string const&, auto& p) {
+      all.insert(all.end(), p.grad.span().begin(), p.grad.span().end());
+    });
+    return all;
+  };
+  auto const plain = run(false);
+  auto const checkpointed = run(true);
+  REQUIRE(plain.size() == checkpointed.size());
+  std::size_t nonzero = 0;
+  for (std::size_t i = 0; i < plain.size(); ++i) {
+    REQUIRE(plain[i] == checkpointed[i]);
+    nonzero += plain[i] != 0.0f;
+  }
+  CHECK(nonzero > plain.size() / 2);
+}
 
 TEST_CASE("SDXL UNet with text_time micro-conditioning matches diffusers, forward and gradients",
           "[models][unet][sdxl][conformance]") {

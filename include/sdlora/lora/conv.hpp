@@ -74,6 +74,8 @@ class LoraConv final : public LoraAdapter<T, B> {
       SDLORA_EXPECTS(saved_.x.shape() == saved_.x_shape, "[lora_conv.backward] lora_A became trainable after forward");
       ops::conv2d_backward_weight<T, B>(ctx, this->lora_A.grad.view(), g.view(), saved_.x.view(), geometry);
     }
+    saved_.x = {};  // one backward per forward (the shape and the mask index stay for dx)
+    saved_.h = {};
     if (saved_.dropout_call < 0) {
       ops::conv2d_backward_input<T, B>(ctx, dx, g.view(), this->lora_A.value.view(), geometry, true);
     } else {

@@ -77,6 +77,8 @@ class LoraLinear final : public LoraAdapter<T, B> {
       ops::gemm<T, B>(ctx, this->lora_A.grad.view(), g.view(), saved_.x.view(),
                       {.trans_a = true, .alpha = s, .beta = 1.0});
     }
+    saved_.x = {};  // one backward per forward (rows and the mask index stay for dx)
+    saved_.h = {};
     auto dx2 = dx.reshaped(Shape{rows, in});  // (rows, in)
     if (saved_.dropout_call < 0) {
       ops::gemm<T, B>(ctx, dx2, g.view(), this->lora_A.value.view(), {.alpha = s, .beta = 1.0});

@@ -131,20 +131,22 @@ class Transformer2DModel {
   Tensor<T, B> forward(Context<B>& ctx, TensorView<T const, B> x, TensorView<T const, B> context, Mode mode) {
     SDLORA_EXPECTS(x.rank() == 4 && x.dim(1) == channels_,
                    "[transformer_2d] x must be (N, " << channels_ << ", H, W), got " << x.shape());
-    if (mode == Mode::Train && gradient_checkpointing) {
-      saved_.x = Tensor<T, B>::from_view(x);
+    bool const checkpoint = mode == Mode::Train && gradient_checkpointing;
+    if (checkpoint) {
+      // diffusers' checkpointing unit: each BasicTransformerBlock keeps only its input and is recomputed in backward,
+      // one block at a time (the norm and projections keep what backward needs as usual)
       saved_.context = Tensor<T, B>::from_view(context);
-      return run(ctx, x, context, Mode::TrainDiscard);
+      saved_.block_inputs.assign(transformer_blocks.size(), Tensor<T, B>());
+    } else if (nn::keeps_saved(mode)) {
+      saved_ = {};
     }
-    return run(ctx, x, context, mode);
+    return run(ctx, x, context, mode, checkpoint);
   }
 
   ContextGrads<T, B> backward(Context<B>& ctx, TensorView<T const, B> dout) {
-    if (gradient_checkpointing) {
-      SDLORA_EXPECTS(!saved_.x.empty(), "[transformer_2d.backward] run forward with Mode::Train first");
-      run(ctx, saved_.x.view(), saved_.context.view(), Mode::Train);
-      saved_ = {};
-    }
+    bool const checkpointed = !saved_.block_inputs.empty();
+    SDLORA_EXPECTS(!gradient_checkpointing || checkpointed || transformer_blocks.empty(),
+                   "[transformer_2d.backward] run forward with Mode::Train first");
     Index const n = dout.dim(0), c = dout.dim(1), hh = dout.dim(2), ww = dout.dim(3);
     Tensor<T, B> g;  // (N, HW, inner)
     if (linear_) {
@@ -157,8 +159,13 @@ class Transformer2DModel {
       ops::nchw_to_nlc<T, B>(ctx, g.view(), dh.view());
     }
     Tensor<T, B> dcontext;
-    for (auto it = transformer_blocks.rbegin(); it != transformer_blocks.rend(); ++it) {
-      auto gb = it->backward(ctx, g.view());
+    for (std::size_t i = transformer_blocks.size(); i-- > 0;) {
+      auto& block = transformer_blocks[i];
+      if (checkpointed) {  // recompute this block's activations from its input, then release the input
+        block.forward(ctx, saved_.block_inputs[i].view(), saved_.context.view(), Mode::Train);
+        saved_.block_inputs[i] = {};
+      }
+      auto gb = block.backward(ctx, g.view());
       g = std::move(gb.dx);
       accumulate(ctx, dcontext, std::move(gb.dcontext));
     }
@@ -172,6 +179,7 @@ class Transformer2DModel {
       ops::nlc_to_nchw<T, B>(ctx, dimg.view(), g.view());
       dnorm = proj_in_conv.backward(ctx, dimg.view());
     }
+    saved_ = {};
     auto dx = norm.backward(ctx, dnorm.view());
     ops::axpy<T, B>(ctx, dx.view(), 1.0, dout);  // the residual
     return {std::move(dx), std::move(dcontext)};
@@ -189,7 +197,9 @@ class Transformer2DModel {
   }
 
  private:
-  Tensor<T, B> run(Context<B>& ctx, TensorView<T const, B> x, TensorView<T const, B> context, Mode mode) {
+  /// The forward; with `checkpoint` each block's input is kept in saved_ and the block itself keeps nothing.
+  Tensor<T, B> run(Context<B>& ctx, TensorView<T const, B> x, TensorView<T const, B> context, Mode mode,
+                   bool checkpoint) {
     Index const n = x.dim(0), c = x.dim(1), hh = x.dim(2), ww = x.dim(3);
     auto h = norm.forward(ctx, x, mode);  // (N, C, H, W)
     Tensor<T, B> tokens;                  // (N, HW, inner)
@@ -202,7 +212,10 @@ class Transformer2DModel {
       tokens = Tensor<T, B>(Shape{n, hh * ww, p.dim(1)});
       ops::nchw_to_nlc<T, B>(ctx, tokens.view(), p.view());
     }
-    for (auto& block : transformer_blocks) tokens = block.forward(ctx, tokens.view(), context, mode);
+    for (std::size_t i = 0; i < transformer_blocks.size(); ++i) {
+      if (checkpoint) saved_.block_inputs[i] = Tensor<T, B>::from_view(tokens.view());
+      tokens = transformer_blocks[i].forward(ctx, tokens.view(), context, checkpoint ? Mode::TrainDiscard : mode);
+    }
     Tensor<T, B> out(Shape{n, c, hh, ww});
     if (linear_) {
       auto p = proj_out_linear.forward(ctx, tokens.view(), mode);  // (N, HW, C)
@@ -218,9 +231,9 @@ class Transformer2DModel {
 
   bool linear_ = false;
   Index channels_ = 0;
-  struct Saved {
-    Tensor<T, B> x;        // (N, C, H, W): checkpointing recomputes from the inputs
-    Tensor<T, B> context;  // (N, Lk, Cc)
+  struct Saved {  // gradient checkpointing: what each block's recompute starts from
+    std::vector<Tensor<T, B>> block_inputs;  // (N, HW, inner) per BasicTransformerBlock
+    Tensor<T, B> context;                    // (N, Lk, Cc)
   } saved_;
 };
 

@@ -29,6 +29,7 @@ class SiLU {
                                                  << dy.shape());
     auto dx = Tensor<T, B>::uninitialized(dy.shape());
     ops::silu_backward<T, B>(ctx, dx.view(), dy, saved_.x.view());
+    saved_ = {};  // one backward per forward
     return dx;
   }
 

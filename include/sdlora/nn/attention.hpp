@@ -63,12 +63,14 @@ class AttentionCore {
     auto dv = Tensor<T, B>::uninitialized(saved_.v.shape());  // (B, Lk, H*D)
     ops::attention_backward<T, B>(ctx, op, dq.view(), dk.view(), dv.view(), saved_.q.view(), saved_.k.view(),
                                   saved_.v.view(), saved_.o.view(), saved_.lse.view(), dout.view());
+    bool const cross = saved_.cross;
+    saved_ = {};  // one backward per forward: q, k, v, o and the log-sum-exp are released now
     AttentionGrads<T, B> grads;
     grads.dx = to_q.backward(ctx, dq.view());                 // (B, L, C)
     Tensor<T, B> dsrc = to_k.backward(ctx, dk.view());        // (B, Lk, Cc)
     Tensor<T, B> const dsrc_v = to_v.backward(ctx, dv.view());  // (B, Lk, Cc)
     ops::add<T, B>(ctx, dsrc.view(), dsrc.view(), dsrc_v.view());
-    if (saved_.cross) grads.dcontext = std::move(dsrc);
+    if (cross) grads.dcontext = std::move(dsrc);
     else ops::add<T, B>(ctx, grads.dx.view(), grads.dx.view(), dsrc.view());  // fan-out of x: sum
     return grads;
   }

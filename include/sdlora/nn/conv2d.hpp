@@ -80,6 +80,7 @@ class Conv2d {
                      "[conv2d.backward] the weight became trainable after forward: no saved input");
       ops::conv2d_backward_weight<T, B>(ctx, weight.grad.view(), dy, saved_.x.view(), geometry);
     }
+    saved_.x = {};  // one backward per forward
     if (has_bias() && bias.trainable) ops::bias_grad_channels<T, B>(ctx, bias.grad.view(), dy);
     for (auto& a : adapters)
       if (a->enabled) a->backward(ctx, dx.view(), dy);

@@ -42,6 +42,7 @@ class Geglu {
     SDLORA_EXPECTS(!saved_.h.empty(), "[geglu.backward] run forward with Mode::Train first");
     auto dh = Tensor<T, B>::uninitialized(saved_.h.shape());  // (..., 2 dim_out)
     ops::geglu_backward<T, B>(ctx, ops::Geglu{approximate}, dh.view(), saved_.h.view(), dy);
+    saved_ = {};  // one backward per forward
     return proj.backward(ctx, dh.view());
   }
 

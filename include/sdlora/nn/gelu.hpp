@@ -32,6 +32,7 @@ class Gelu {
                                                  << dy.shape());
     auto dx = Tensor<T, B>::uninitialized(dy.shape());
     ops::gelu_backward<T, B>(ctx, dx.view(), dy, saved_.x.view(), approximate);
+    saved_ = {};  // one backward per forward
     return dx;
   }
   /// No parameters: nothing to visit.
@@ -62,6 +63,7 @@ class QuickGelu {
                                                        << " (run forward with Mode::Train first), got " << dy.shape());
     auto dx = Tensor<T, B>::uninitialized(dy.shape());
     ops::quick_gelu_backward<T, B>(ctx, dx.view(), dy, saved_.x.view());
+    saved_ = {};  // one backward per forward
     return dx;
   }
   template <class V>

@@ -64,6 +64,7 @@ class GroupNorm {
     TensorView<T, B> const dbeta = affine() && bias.trainable ? bias.grad.view() : TensorView<T, B>();
     ops::group_norm_backward<T, B>(ctx, op(), dx.view(), dgamma, dbeta, dy, saved_.x.view(), saved_.mean.view(),
                                    saved_.rstd.view(), gamma(), beta());
+    saved_ = {};  // one backward per forward
     return dx;
   }
 

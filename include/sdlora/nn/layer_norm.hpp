@@ -56,6 +56,7 @@ class LayerNorm {
     TensorView<T, B> const dbeta = affine() && bias.trainable ? bias.grad.view() : TensorView<T, B>();
     ops::layer_norm_backward<T, B>(ctx, ops::LayerNorm{eps}, dx.view(), dgamma, dbeta, dy, saved_.x.view(),
                                    saved_.mean.view(), saved_.rstd.view(), gamma());
+    saved_ = {};  // one backward per forward
     return dx;
   }
 

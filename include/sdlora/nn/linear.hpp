@@ -71,6 +71,7 @@ class Linear {
       ops::gemm<T, B>(ctx, weight.grad.view(), dy2, saved_.x.view().reshaped(Shape{rows, in_features()}),
                       {.trans_a = true, .beta = 1.0});
     }
+    saved_ = {};  // one backward per forward
     if (has_bias() && bias.trainable) ops::bias_grad_rows<T, B>(ctx, bias.grad.view(), dy);
     for (auto& a : adapters)
       if (a->enabled) a->backward(ctx, dx.view(), dy);

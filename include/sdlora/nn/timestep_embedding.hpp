@@ -68,6 +68,7 @@ class TimestepEmbedding {
     SDLORA_EXPECTS(!saved_.h.empty(), "[timestep_embedding.backward] run forward with Mode::Train first");
     auto da = linear_2.backward(ctx, dy);  // (N, time_embed_dim)
     ops::silu_backward<T, B>(ctx, da.view(), da.view(), saved_.h.view());
+    saved_ = {};  // one backward per forward
     return linear_1.backward(ctx, da.view());
   }
 
