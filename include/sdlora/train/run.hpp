@@ -412,7 +412,7 @@ class Run {
       trainer_->cache_prompts(m);
     }
     trainer_->release_text_encoders();
-    BackendMemory<B>::release_cached();
+    if constexpr (requires { BackendMemory<B>::release_cached(); }) BackendMemory<B>::release_cached();
     log_ << "text encoders released after encoding " << trainer_->cached_prompts() << " distinct prompts\n";
   }
 
