@@ -26,7 +26,8 @@
 #include <sdlora/train/sources.hpp>
 #include <sdlora/train/trainer.hpp>
 
-#include "support.hpp"  // fixture, rel_l2
+#include "support.hpp"           // fixture, rel_l2
+#include "trainer/recipes.hpp"  // fixture_batch, fixture_name, small_run
 
 using namespace sdlora;
 
@@ -34,23 +35,8 @@ template class sdlora::train::Trainer<float, sdlora::Cuda>;  // every member, co
 
 namespace {
 
-std::string fixture_name(std::string name) {  // transformers 5 drops the "text_model." prefix
-  auto const at = name.find("text_model.");
-  if (at != std::string::npos) name.erase(at, 11);
-  return name;
-}
-
-train::MicroBatch fixture_batch(io::SafetensorsFile const& ref) {
-  train::MicroBatch b;
-  b.latents = ref.load<float>("latents");
-  b.noise = ref.load<float>("noise");
-  b.input_ids = ref.load<std::int32_t>("input_ids");
-  auto t = ref.load<std::int64_t>("timesteps");
-  b.timesteps.assign(t.span().begin(), t.span().end());
-  if (ref.contains("input_ids_2")) b.input_ids_2 = ref.load<std::int32_t>("input_ids_2");
-  if (ref.contains("time_ids")) b.time_ids = ref.load<float>("time_ids");
-  return b;
-}
+using test::fixture_batch;
+using test::fixture_name;
 
 /// One step on the GPU from the fixture's starting parameters: loss, gradients, parameters after the update.
 void check_cuda_step(std::string const& model, std::string const& name, train::TrainerOptions o) {
@@ -150,15 +136,7 @@ TEST_CASE("cuda training runs end where the CPU's do and resume bit-exactly on t
   dso.resolution = 16;
   train::DatasetSource data(train::open_dataset(dso));
   auto options = [&](std::string const& name, std::int64_t steps) {
-    train::RunOptions o;
-    o.output_dir = (dir / name).string();
-    o.max_train_steps = steps;
-    o.train_batch_size = 2;
-    o.trainer.optimizer.lr = 1e-3;
-    o.trainer.seed = 7;
-    o.settings["resolution"] = 16;
-    o.log_every = 1000;
-    return o;
+    return test::small_run((dir / name).string(), steps);
   };
   std::ostringstream log;
   Context<Cpu> cpu;

@@ -1,11 +1,10 @@
 #include <catch2/catch.hpp>
 
-#include <vector>  // std::vector
-
 #include <sdlora/models/clip_text.hpp>
 #include <sdlora/models/unet.hpp>
 #include <sdlora/models/weights.hpp>
 
+#include "models/gradients.hpp"  // all_gradients, check_bit_identical
 #include "support.hpp"
 
 using namespace sdlora;
@@ -47,24 +46,9 @@ TEST_CASE("Gradient checkpointing per transformer block gives bit-identical SDXL
     unet.forward(ctx, ref.load<float>("unet.sample").view(), ref.load<float>("unet.timesteps").view(),
                  ref.load<float>("unet.encoder_hidden_states").view(), {text_embeds.view(), time_ids.view()},
                  nn::Mode::Train);
-    auto g = unet.backward(ctx, ref.load<float>("unet.grad_upstream"));
-    std::vector<float> all(g.dsample.span().begin(), g.dsample.span().end());
-    for (auto const* t : {&g.dencoder_hidden_states, &g.dtext_embeds})
-      all.insert(all.end(), t->span().begin(), t->span().end());
-    nn::for_each_parameter(unet, [&](std::string const&, auto& p) {
-      all.insert(all.end(), p.grad.span().begin(), p.grad.span().end());
-    });
-    return all;
+    return test::all_gradients(unet.backward(ctx, ref.load<float>("unet.grad_upstream")), unet);
   };
-  auto const plain = run(false);
-  auto const checkpointed = run(true);
-  REQUIRE(plain.size() == checkpointed.size());
-  std::size_t nonzero = 0;
-  for (std::size_t i = 0; i < plain.size(); ++i) {
-    REQUIRE(plain[i] == checkpointed[i]);
-    nonzero += plain[i] != 0.0f;
-  }
-  CHECK(nonzero > plain.size() / 2);
+  test::check_bit_identical(run(false), run(true));
 }
 
 TEST_CASE("SDXL UNet with text_time micro-conditioning matches diffusers, forward and gradients",

@@ -7,26 +7,13 @@
 #include <sdlora/instances.hpp>  // compiled once: the sdlora::instances library every test links
 
 #include "support.hpp"
+#include "trainer/recipes.hpp"  // fixture_batch, fixture_name
 
 using namespace sdlora;
 
 namespace {
-// Fixture parameter names come from torch's named_parameters(); transformers 5 drops the "text_model." prefix.
-std::string fixture_name(std::string name) {
-  auto const at = name.find("text_model.");
-  if (at != std::string::npos) name.erase(at, 11);
-  return name;
-}
-
-train::MicroBatch fixture_batch(io::SafetensorsFile const& ref) {
-  train::MicroBatch b;
-  b.latents = ref.load<float>("latents");
-  b.noise = ref.load<float>("noise");
-  b.input_ids = ref.load<std::int32_t>("input_ids");
-  auto t = ref.load<std::int64_t>("timesteps");
-  b.timesteps.assign(t.span().begin(), t.span().end());
-  return b;
-}
+using test::fixture_batch;
+using test::fixture_name;
 
 // One step of a diffusers recipe from the fixture's starting parameters: loss and gradients (rel L2 <= 1e-4: a whole
 // fp32 model forward and backward), then the parameters after one clipped AdamW step (<= 1e-5).
@@ -215,10 +202,7 @@ TEST_CASE("One SDXL DreamBooth-LoRA step (prior preservation, both text-encoder 
   std::size_t expected = 0;
   for (auto const& key : ref.keys()) expected += key.rfind("before.", 0) == 0;
   CHECK(params.size() == expected);  // text_encoder's last layer (no gradient in diffusers either) is left out
-  auto b = fixture_batch(ref);
-  b.input_ids_2 = ref.load<std::int32_t>("input_ids_2");
-  b.time_ids = ref.load<float>("time_ids");
-  check_step(trainer, ref, std::move(b));
+  check_step(trainer, ref, fixture_batch(ref));  // with the fixture's input_ids_2 and time_ids
   // The LoRA file covers the UNet and both encoders.
   auto file = trainer.lora_file();
   std::set<std::string> components;

@@ -9,6 +9,7 @@
 #include <sdlora/instances.hpp>  // compiled once: the sdlora::instances library every test links
 
 #include "support.hpp"
+#include "trainer/recipes.hpp"  // small_run
 
 using namespace sdlora;
 namespace fs = std::filesystem;
@@ -31,17 +32,7 @@ class Squares : public train::ExampleSource {
   }
 };
 
-train::RunOptions options(std::string const& dir, std::int64_t steps) {
-  train::RunOptions o;
-  o.output_dir = dir;
-  o.max_train_steps = steps;
-  o.train_batch_size = 2;
-  o.trainer.optimizer.lr = 1e-3;
-  o.trainer.seed = 7;
-  o.settings["resolution"] = 16;
-  o.log_every = 1000;
-  return o;
-}
+train::RunOptions options(std::string const& dir, std::int64_t steps) { return test::small_run(dir, steps); }
 
 std::vector<float> lora_values(std::string const& file) {
   io::SafetensorsFile f(file);
