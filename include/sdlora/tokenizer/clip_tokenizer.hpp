@@ -16,11 +16,13 @@
 
 #include <zlib.h>  // gzopen, gzread, gzclose
 
+#include <algorithm>      // std::push_heap, std::pop_heap
 #include <array>          // std::array
 #include <cstdint>        // std::uint8_t
 #include <cstdlib>        // std::getenv
 #include <filesystem>     // std::filesystem::path, exists
 #include <fstream>        // std::ifstream, std::ofstream
+#include <functional>     // std::greater
 #include <limits>         // std::numeric_limits
 #include <optional>       // std::optional
 #include <span>           // std::span
@@ -152,6 +154,76 @@ inline std::vector<std::string> byte_vocab() {
   }
   for (int i = 0; i < 256; ++i) v.push_back(v[i] + "</w>");
   return v;
+}
+
+
+/// Byte-pair merging of one word's symbols: repeatedly merges the adjacent pair of lowest rank (`rank(left, right)`,
+/// nothing for a pair that never merges), the leftmost of equal ranks, until no pair merges. A heap of candidate
+/// pairs keyed (rank, position) with lazily dropped stale entries: O(n log n) rank lookups for n symbols, where the
+/// straightforward rescan after every merge (bpe_merge_rescan, kept as the reference) is O(n^2) — a very long word
+/// in a stranger's prompt costs milliseconds, not minutes. Both give the same symbols.
+template <class Rank>
+std::vector<std::string> bpe_merge(std::vector<std::string> sym, Rank const& rank) {
+  std::size_t const n = sym.size();
+  if (n < 2) return sym;
+  std::vector<std::size_t> next(n), prev(n);
+  std::vector<std::uint32_t> version(n, 0);  // bumped whenever a symbol changes or is merged away
+  std::vector<bool> alive(n, true);
+  for (std::size_t i = 0; i < n; ++i) next[i] = i + 1, prev[i] = i - 1;  // prev[0] wraps: never read
+  struct Candidate {
+    int rank;
+    std::size_t left, right;  // symbol indices: a position in the word, so "leftmost" is the smaller left
+    std::uint32_t left_version, right_version;
+    bool operator>(Candidate const& o) const { return rank != o.rank ? rank > o.rank : left > o.left; }
+  };
+  std::vector<Candidate> heap;
+  auto push = [&](std::size_t l, std::size_t r) {
+    if (auto const k = rank(sym[l], sym[r])) {
+      heap.push_back({*k, l, r, version[l], version[r]});
+      std::push_heap(heap.begin(), heap.end(), std::greater<>());
+    }
+  };
+  for (std::size_t i = 0; i + 1 < n; ++i) push(i, i + 1);
+  while (!heap.empty()) {
+    std::pop_heap(heap.begin(), heap.end(), std::greater<>());
+    Candidate const c = heap.back();
+    heap.pop_back();
+    if (!alive[c.left] || !alive[c.right] || next[c.left] != c.right || version[c.left] != c.left_version ||
+        version[c.right] != c.right_version)
+      continue;  // stale: a neighbour merged since
+    sym[c.left] += sym[c.right];
+    alive[c.right] = false;
+    ++version[c.left];
+    ++version[c.right];
+    next[c.left] = next[c.right];
+    if (next[c.left] < n) prev[next[c.left]] = c.left;
+    if (c.left > 0) {
+      std::size_t const p = prev[c.left];
+      if (p < n && alive[p]) push(p, c.left);
+    }
+    if (next[c.left] < n) push(c.left, next[c.left]);
+  }
+  std::vector<std::string> out;
+  for (std::size_t i = 0; i < n; i = next[i]) out.push_back(std::move(sym[i]));
+  return out;
+}
+
+/// The reference: rescan every adjacent pair after each merge (HF's CLIP BPE loop, merged one pair at a time).
+template <class Rank>
+std::vector<std::string> bpe_merge_rescan(std::vector<std::string> sym, Rank const& rank) {
+  while (sym.size() > 1) {
+    int best = std::numeric_limits<int>::max();
+    std::size_t at = 0;
+    for (std::size_t k = 0; k + 1 < sym.size(); ++k)
+      if (auto const r = rank(sym[k], sym[k + 1]); r && *r < best) {
+        best = *r;
+        at = k;
+      }
+    if (best == std::numeric_limits<int>::max()) break;
+    sym[at] += sym[at + 1];
+    sym.erase(sym.begin() + std::ptrdiff_t(at) + 1);
+  }
+  return sym;
 }
 
 }  // namespace detail
@@ -534,21 +606,12 @@ class ClipTokenizer {
     if (sym.empty()) return;
     sym.back() += "</w>";
     std::string key;
-    while (sym.size() > 1) {
-      int best = std::numeric_limits<int>::max();
-      std::size_t at = 0;
-      for (std::size_t k = 0; k + 1 < sym.size(); ++k) {
-        key.assign(sym[k]).append(1, ' ').append(sym[k + 1]);
-        auto it = merge_rank_.find(key);
-        if (it != merge_rank_.end() && it->second < best) {
-          best = it->second;
-          at = k;
-        }
-      }
-      if (best == std::numeric_limits<int>::max()) break;
-      sym[at] += sym[at + 1];
-      sym.erase(sym.begin() + std::ptrdiff_t(at) + 1);
-    }
+    auto const rank = [&](std::string const& a, std::string const& b) -> std::optional<int> {
+      key.assign(a).append(1, ' ').append(b);
+      auto const it = merge_rank_.find(key);
+      return it == merge_rank_.end() ? std::nullopt : std::optional<int>(it->second);
+    };
+    sym = detail::bpe_merge(std::move(sym), rank);
     for (std::string const& t : sym) {
       auto it = vocab_.find(t);
       ids.push_back(it != vocab_.end() ? it->second : eos_id_);  // unknown -> unk_token (<|endoftext|>)
