@@ -27,7 +27,7 @@
 #include <sdlora/train/trainer.hpp>
 
 #include "support.hpp"           // fixture, rel_l2
-#include "trainer/recipes.hpp"  // fixture_batch, fixture_name, small_run
+#include "trainer/recipes.hpp"  // fixture_batch, fixture_name, small_run, textual_inversion_recipe
 
 using namespace sdlora;
 
@@ -102,14 +102,7 @@ TEST_CASE("cuda training steps match diffusers' recipes as the CPU's do", "[cuda
     check_cuda_step("tiny-sd1", "dreambooth_prior", o);
   }
   SECTION("Textual Inversion") {
-    train::TrainerOptions o;
-    o.method = train::Method::TextualInversion;
-    o.placeholder_token = "<erica>";
-    o.initializer_token = "toy";
-    o.optimizer.lr = 5e-4;
-    o.optimizer.weight_decay = 1e-2;
-    o.max_grad_norm = 0;
-    check_cuda_step("tiny-sd1", "textual_inversion", o);
+    check_cuda_step("tiny-sd1", "textual_inversion", test::textual_inversion_recipe());
   }
   SECTION("SDXL DreamBooth-LoRA") {
     auto o = recipe();

@@ -7,7 +7,7 @@
 #include <sdlora/instances.hpp>  // compiled once: the sdlora::instances library every test links
 
 #include "support.hpp"
-#include "trainer/recipes.hpp"  // fixture_batch, fixture_name
+#include "trainer/recipes.hpp"  // fixture_batch, fixture_name, textual_inversion_recipe
 
 using namespace sdlora;
 
@@ -135,13 +135,7 @@ TEST_CASE("One Textual Inversion step matches diffusers' textual_inversion recip
   Context<Cpu> ctx;
   auto sd = models::load_stable_diffusion<float>(test::fixture("models/tiny-sd1"));
   io::SafetensorsFile ref(test::fixture("train/one_step_textual_inversion.safetensors"));
-  train::TrainerOptions o;
-  o.method = train::Method::TextualInversion;
-  o.placeholder_token = "<erica>";
-  o.initializer_token = "toy";
-  o.optimizer.lr = 5e-4;
-  o.optimizer.weight_decay = 1e-2;
-  o.max_grad_norm = 0;  // textual_inversion.py does not clip
+  auto const o = test::textual_inversion_recipe();
   train::Trainer<float> trainer(ctx, sd, o);
   REQUIRE(trainer.placeholder_ids() == std::vector<int>{std::stoi(ref.metadata().at("new_id"))});
   // The prompts tokenise to the fixture's ids, placeholder included.

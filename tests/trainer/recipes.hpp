@@ -32,6 +32,19 @@ inline train::MicroBatch fixture_batch(io::SafetensorsFile const& ref) {
   return b;
 }
 
+/// The options of the Textual Inversion fixture (one_step_textual_inversion.safetensors): textual_inversion.py's
+/// recipe with token "<erica>" initialised from "toy", AdamW at 5e-4 with weight decay 1e-2, no clipping.
+inline train::TrainerOptions textual_inversion_recipe() {
+  train::TrainerOptions o;
+  o.method = train::Method::TextualInversion;
+  o.placeholder_token = "<erica>";
+  o.initializer_token = "toy";
+  o.optimizer.lr = 5e-4;
+  o.optimizer.weight_decay = 1e-2;
+  o.max_grad_norm = 0;  // textual_inversion.py does not clip
+  return o;
+}
+
 /// A short run at 16 px: batch 2, AdamW at 1e-3, seed 7, quiet progress.
 inline train::RunOptions small_run(std::string const& dir, std::int64_t steps) {
   train::RunOptions o;
