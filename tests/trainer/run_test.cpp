@@ -236,4 +236,19 @@ TEST_CASE("Releasing the frozen text encoders before training gives the same LoR
   train::run_training(ctx, sd, unknown, u, nullptr, why);
   CHECK(why.str().find("text encoders kept: the captions are not known in advance") != std::string::npos);
   CHECK_FALSE(sd.text_encoder.layers.empty());
+  // Too many distinct captions to encode before the first step: kept too.
+  class ManyCaptions : public Squares {
+   public:
+    std::optional<std::vector<std::string>> all_captions() override {
+      std::vector<std::string> out;
+      for (int i = 0; i < 300; ++i) out.push_back("caption " + std::to_string(i));
+      return out;
+    }
+  };
+  ManyCaptions many;
+  std::ostringstream why_many;
+  auto fresh = models::load_stable_diffusion<float>(test::fixture("models/tiny-sd1"));
+  train::run_training(ctx, fresh, many, u, nullptr, why_many);
+  CHECK(why_many.str().find("text encoders kept: 300 captions, more than 256") != std::string::npos);
+  CHECK_FALSE(fresh.text_encoder.layers.empty());
 }

@@ -109,8 +109,8 @@ struct RunOptions {
   bool cache_latents = true;                 // when augmentation is deterministic
   std::string latent_cache_file;             // "" = memory only; else one .safetensors per run (class images: +_class)
   /// Frozen text encoders: encode every caption the sources can give before the first step and free the encoders
-  /// (diffusers' DreamBooth scripts delete them so), when the captions are known in advance and no validation
-  /// prompt needs the encoders; otherwise they are kept (the log says why).
+  /// (diffusers' DreamBooth scripts delete them so), when the captions are known in advance (at most 256 distinct)
+  /// and no validation prompt needs the encoders; otherwise they are kept (the log says why).
   bool release_text_encoders = false;
   std::vector<std::string> validation_prompts;
   std::int64_t validation_steps = 0;         // 0: only at the end (when prompts are given)
@@ -387,6 +387,10 @@ class Run {
       SDLORA_THROW(ConfigError, "[train] prior preservation needs class images");
   }
 
+  /// The most captions encoded up front to release the encoders: more would delay the first step and hold every
+  /// embedding at once (0.6 MB each on SDXL); the encoders are kept and encode each prompt when first used.
+  static constexpr std::size_t kMaxCaptionsToRelease = 256;
+
   /// RunOptions::release_text_encoders: every caption of the sources encoded alone (as the trainer's prompt cache
   /// does on first use, so the steps are the same bits) and the frozen encoders freed.
   void cache_prompts_and_release() {
@@ -401,8 +405,13 @@ class Run {
       if (more) captions->insert(captions->end(), more->begin(), more->end());
       else captions.reset();
     }
-    if (!why_not.empty() || !captions) {
-      log_ << "text encoders kept: " << (why_not.empty() ? "the captions are not known in advance" : why_not) << "\n";
+    if (!why_not.empty() || !captions || captions->size() > kMaxCaptionsToRelease) {
+      log_ << "text encoders kept: "
+           << (!why_not.empty() ? why_not
+               : !captions      ? std::string("the captions are not known in advance")
+                                : std::to_string(captions->size()) + " captions, more than " +
+                                      std::to_string(kMaxCaptionsToRelease) + " to encode before the first step")
+           << "\n";
       return;
     }
     for (auto const& c : *captions) {
