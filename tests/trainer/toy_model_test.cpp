@@ -66,8 +66,9 @@ std::string write_scenes(std::string const& dir, train::ToySet set, int count, s
   return dir;
 }
 
-/// The training run the adapter tests use (Textual Inversion: its token options from `textual_inversion`): batch 4, seed 0, rank 8, the given steps, learning rate and targets, on
-/// the captioned 64 px images of `data_dir`, writing to `out`.
+/// The training run the adapter tests use: batch 4, seed 0, rank 8, the given steps, learning rate and targets, on
+/// the captioned 64 px images of `data_dir`, writing to `out` (Textual Inversion: its token options from
+/// `textual_inversion`).
 train::RunResult train_on_toy(Context<Cpu>& ctx, models::StableDiffusion<float, Cpu>& sd, std::string const& data_dir,
                               std::string const& out, train::Method method, std::int64_t steps, double lr,
                               std::string const& targets, bool train_conv,
@@ -149,9 +150,9 @@ TEST_CASE("A style LoRA trained on the toy model draws its style at scale 1 and 
   // white), 300 steps of rank 8 on attention and ResNet convolutions at 1e-3, batch 4, seed 0. Then the 20 evaluation
   // prompts at LoRA scales 0, 0.5 and 1 (seeds as above). Style measures: the mean outline fraction and the images
   // whose background is white. Measured (scales 0 / 0.5 / 1): outline 0.0022 / 0.0012 / 0.0071, white 2 / 2 / 8 of
-  // 20 (the model before its crescent stage: 0.0023 / 0.0015 / 0.0079 and 2 / 2 / 11). Bars: at scale 1 the outline fraction at least twice scale 0's and at least
-  // 7 white backgrounds against at most 4 at scale 0, where the prompts' own colours still win (colour >= 16 of 20,
-  // as the base model). At 0.5 the measures are still close to scale 0's.
+  // 20 (the model before its crescent stage: 0.0023 / 0.0015 / 0.0079 and 2 / 2 / 11). Bars: at scale 1 the outline
+  // fraction at least twice scale 0's and at least 7 white backgrounds against at most 4 at scale 0, where the prompts'
+  // own colours still win (colour >= 16 of 20, as the base model). At 0.5 the measures are still close to scale 0's.
   namespace fs = std::filesystem;
   std::string const data = "toy_style_images", out = "toy_style_lora";
   fs::remove_all(data);
@@ -221,16 +222,16 @@ TEST_CASE("DreamBooth teaches the toy model the sks subject and draws it on a ba
 }
 
 TEST_CASE("Textual Inversion finds the crescent the toy model draws without a word for it", "[toy][e2e]") {
-  // The toy model's UNet saw crescents only as "a <colour> shape on a <colour> background" (600 of its 4600 scenes;
-  // data/models/toy-world/README.md): no word names them. Textual Inversion: "<toy-shape>" initialised from "circle",
-  // on the first 16 concept scenes (train::ToySet::Concept, "a white <toy-shape> on a blue background"), AdamW at
-  // 5e-2, 300 steps, batch 4, seed 0; only the new token's embedding row trains. Then 8 prompts (concept captions 100
-  // to 107, other colours than the training scenes'), seed 1 to 8, once with "circle" in the token's place (what the
-  // token meant before training) and once with the learned token; also with "shape", the word the crescents were
-  // seen with. Measure: how many images the crescent ranks first in by the shape measure. Measured: 0 of 8 with
-  // "circle", 3 with the learned token (1 with "shape"). Bars: at most 1 before, at least 2 after and at least 2 more
-  // than before. The crescent's mean IoU is printed, not checked: a circle's mask overlaps a crescent's by ~0.45, so
-  // it does not tell the two apart (measured 0.46 with "circle", 0.37 with the learned token).
+  // The toy model's UNet saw crescents only as "a <colour> shape on a <colour> background" (600 of the 4600 scenes
+  // of its crescent stage; data/models/toy-world/README.md): no word names them. Textual Inversion: "<toy-shape>"
+  // initialised from "circle", on the first 16 concept scenes (train::ToySet::Concept, "a white <toy-shape> on a blue
+  // background"), AdamW at 5e-2, 300 steps, batch 4, seed 0; only the new token's embedding row trains. Then 8 prompts
+  // (the captions of concept scenes 100 to 107, which it does not train on), seed 1 to 8, once with "circle" in the
+  // token's place (what the token meant before training) and once with the learned token; also with "shape", the word
+  // the crescents were seen with. Measure: how many images the crescent ranks first in by the shape measure. Measured:
+  // 0 of 8 with "circle", 3 with the learned token (1 with "shape"). Bars: at most 1 before, at least 2 after and at
+  // least 2 more than before. The crescent's mean IoU is printed, not checked: a circle's mask overlaps a crescent's by
+  // ~0.45, so it does not tell the two apart (measured 0.46 with "circle", 0.37 with the learned token).
   Context<Cpu> ctx;
   auto sd = load_toy();
   std::vector<std::string> prompts;
