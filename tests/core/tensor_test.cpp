@@ -3,6 +3,7 @@
 #include <algorithm>  // std::next_permutation
 #include <array>      // std::array
 #include <cstdint>    // std::uintptr_t
+#include <utility>    // std::move
 #include <vector>     // std::vector
 
 #include "support.hpp"
@@ -132,4 +133,17 @@ TEST_CASE("An empty tensor copies to an empty tensor", "[core]") {
   std::vector<Tensor<float>> many;
   many.assign(3, Tensor<float>());
   CHECK(many[2].empty());
+}
+
+TEST_CASE("to_backend<Cpu> copies a host tensor it may not take and moves one it may", "[core]") {
+  Tensor<float> t(Shape{2, 3});
+  for (Index i = 0; i < t.numel(); ++i) t(i) = float(i);
+  float const* storage = t.data();
+  Tensor<float> const copied = to_backend<Cpu>(t);  // an lvalue: a copy, t unchanged
+  CHECK(copied.data() != storage);
+  CHECK(t.data() == storage);
+  Tensor<float> const moved = to_backend<Cpu>(std::move(t));  // an rvalue: the same storage, nothing copied
+  CHECK(moved.data() == storage);
+  CHECK(moved.shape() == Shape{2, 3});
+  for (Index i = 0; i < moved.numel(); ++i) CHECK(moved(i) == float(i));
 }

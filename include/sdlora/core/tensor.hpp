@@ -304,6 +304,12 @@ template <class B, class T>
 Tensor<T, B> to_backend(Tensor<T, Cpu> const& host) {
   return to_backend<B, T>(host.view());
 }
+/// A host tensor that is no longer needed on the host: moved, not copied, when B is Cpu; uploaded otherwise.
+template <class B, class T>
+Tensor<T, B> to_backend(Tensor<T, Cpu>&& host) {
+  if constexpr (std::same_as<B, Cpu>) return std::move(host);
+  else return to_backend<B, T>(host.view());
+}
 /// A host copy of a view on any backend (a strided one is made contiguous on its backend first). Other backends
 /// download with BackendMemory<B>::download, which waits for the work queued before it.
 template <class T, class B>

@@ -372,8 +372,8 @@ class Trainer {
     auto const mode_text = text_trains ? nn::Mode::Train : nn::Mode::Infer;
     Tensor<T, Cpu> ts_host(Shape{n});
     for (Index i = 0; i < n; ++i) ts_host(i) = T(b.timesteps[std::size_t(i)]);
-    auto const ts = on_backend(std::move(ts_host));
-    auto const latents = on_backend(convert<T>(noisy.view()));
+    auto const ts = to_backend<B>(std::move(ts_host));
+    auto const latents = to_backend<B>(convert<T>(noisy.view()));
     // The UNet keeps activations only when its own parameters train or gradients must reach the text encoder.
     auto const mode_unet = nn::Mode::Train;
     Tensor<T, B> pred;
@@ -386,7 +386,7 @@ class Trainer {
                      "[train] an SDXL micro-batch needs input_ids_2 " << b.input_ids.shape() << " and time_ids (" << n
                                                                       << ", 6), got " << b.input_ids_2.shape()
                                                                       << " and " << b.time_ids.shape());
-      auto const time_ids = on_backend(convert<T>(b.time_ids.view()));
+      auto const time_ids = to_backend<B>(convert<T>(b.time_ids.view()));
       if (text_trains) {
         auto a = sd_.text_encoder.forward_hidden_and_pooled(ctx_, b.input_ids, mode_text);
         auto c = sd_.text_encoder_2.forward_hidden_and_pooled(ctx_, b.input_ids_2, mode_text);
@@ -406,7 +406,7 @@ class Trainer {
       auto const cond = frozen_conditioning(b);
       pred = sd_.unet.forward(ctx_, latents.view(), ts.view(), cond.context.view(), mode_unet);
     }
-    auto const tgt = on_backend(convert<T>(target.view()));
+    auto const tgt = to_backend<B>(convert<T>(target.view()));
     std::vector<float> snr_weights;
     if (o_.snr_gamma > 0) {
       // With prior preservation the weights are those of the instance half only (diffusers' dreambooth scripts).
@@ -574,12 +574,6 @@ class Trainer {
     for (auto const& [k, v] : all.scalars)
       if (mine(k) || !per_param(k)) out.scalars[k] = v;  // hyperparameters ("lr") belong to both
     return out;
-  }
-
-  /// A host tensor on B: moved on the host, uploaded once elsewhere.
-  static Tensor<T, B> on_backend(Tensor<T, Cpu>&& host) {
-    if constexpr (std::is_same_v<B, Cpu>) return std::move(host);
-    else return to_backend<B>(host);
   }
 
   /// Whether every element is finite: the host loop on Cpu, one double sum of squares on another backend (a NaN or
