@@ -254,7 +254,10 @@ inline SampleScene make_scene(Index index, Index size, std::uint64_t seed) {
   using detail::kPalette;
   using Rgb = std::array<float, 3>;
   detail::SampleRng rng(seed, 0x5CE7E, std::uint64_t(index));
-  auto const [fg, bg] = detail::two_colors(rng);
+  // Not a structured binding: the lambdas below capture the two colours, which Clang accepts only from version 16.
+  auto const colors = detail::two_colors(rng);
+  auto const& fg = colors.first;
+  auto const& bg = colors.second;
   SampleScene s;
   int const kind = int(index % 6);
   if (kind == 0) {
