@@ -20,7 +20,7 @@ namespace fs = std::filesystem;
 
 namespace {
 
-void write_png(fs::path const& p, Index h, Index w) {
+void write_order_png(fs::path const& p, Index h, Index w) {
   Tensor<float, Cpu> img(Shape{3, h, w});  // (3, h, w)
   for (Index i = 0; i < img.numel(); ++i) img(i) = float(i % 17) / 16.0f;
   io::save_png(p.string(), img.view(), io::ImageRange::ZeroToOne);
@@ -39,10 +39,10 @@ train::DatasetOptions options(std::string const& path, Index resolution = 16) {
 
 TEST_CASE("Unreadable and tiny images: skipped with a warning, or IoError naming the file with strict", "[data]") {
   TempDir dir("validate");
-  write_png(dir / "a_good.png", 16, 16);
+  write_order_png(dir / "a_good.png", 16, 16);
   io::detail::write_file_bytes((dir / "b_garbage.png").string(), "this is not a PNG at all \x01\x02\x03", "[test]");
-  write_png(dir / "c_tiny.png", 4, 30);
-  write_png(dir / "d_small.png", 12, 12);
+  write_order_png(dir / "c_tiny.png", 4, 30);
+  write_order_png(dir / "d_small.png", 12, 12);
 
   std::ostringstream log;
   auto o = options(dir.str());
@@ -66,7 +66,7 @@ TEST_CASE("Unreadable and tiny images: skipped with a warning, or IoError naming
 
   // metadata naming a file that is not there: skipped, or strict IoError.
   TempDir meta("validate-meta");
-  write_png(meta / "x.png", 16, 16);
+  write_order_png(meta / "x.png", 16, 16);
   io::detail::write_file_bytes((meta / "metadata.csv").string(), "file_name,text\nx.png,a\nmissing.png,b\n", "[t]");
   auto m = options(meta.str());
   m.instance_prompt.clear();
@@ -87,9 +87,9 @@ TEST_CASE("An empty dataset names the folder", "[data]") {
 TEST_CASE("Bucketed dataset: images keep their aspect ratio and batches come from one bucket", "[data]") {
   TempDir dir("buckets");
   // resolution 32, step 8 -> buckets with sides in [16, 64]; three aspect ratios.
-  for (int i = 0; i < 5; ++i) write_png(dir / ("wide" + std::to_string(i) + ".png"), 30, 60);
-  for (int i = 0; i < 3; ++i) write_png(dir / ("tall" + std::to_string(i) + ".png"), 64, 32);
-  for (int i = 0; i < 2; ++i) write_png(dir / ("square" + std::to_string(i) + ".png"), 40, 40);
+  for (int i = 0; i < 5; ++i) write_order_png(dir / ("wide" + std::to_string(i) + ".png"), 30, 60);
+  for (int i = 0; i < 3; ++i) write_order_png(dir / ("tall" + std::to_string(i) + ".png"), 64, 32);
+  for (int i = 0; i < 2; ++i) write_order_png(dir / ("square" + std::to_string(i) + ".png"), 40, 40);
   auto o = options(dir.str(), 32);
   o.bucketing = true;
   o.bucket_step = 8;
@@ -122,7 +122,7 @@ TEST_CASE("Bucketed dataset: images keep their aspect ratio and batches come fro
 
 TEST_CASE("DataOrder: epochs are permutations; a restored order continues the same sequence", "[data]") {
   TempDir dir("order");
-  for (int i = 0; i < 7; ++i) write_png(dir / ("im" + std::to_string(i) + ".png"), 16, 16);
+  for (int i = 0; i < 7; ++i) write_order_png(dir / ("im" + std::to_string(i) + ".png"), 16, 16);
   auto d = train::open_dataset(options(dir.str()));
   REQUIRE(d.size() == 7);
 
@@ -160,7 +160,7 @@ TEST_CASE("epoch_order without buckets is torch.randperm of the generator", "[da
   auto const cases = f.load<std::int64_t>("cases");
   auto const perms = f.load<std::int64_t>("randperm10");  // (S, 10)
   TempDir dir("perm");
-  for (int i = 0; i < 10; ++i) write_png(dir / ("im" + std::to_string(i) + ".png"), 16, 16);
+  for (int i = 0; i < 10; ++i) write_order_png(dir / ("im" + std::to_string(i) + ".png"), 16, 16);
   auto d = train::open_dataset(options(dir.str()));
   for (Index s = 0; s < perms.dim(0); ++s) {
     TorchGenerator g(std::uint64_t(cases(s * 4 * 8)));  // the fixture's seeds, 4 cases per seed

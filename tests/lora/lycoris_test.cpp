@@ -33,7 +33,7 @@ Fixture const kFixtures[] = {
 
 std::string path_of(std::string const& name) { return test::fixture("lycoris/" + name + ".safetensors"); }
 
-std::vector<std::string> split(std::string const& s) {
+std::vector<std::string> split_list(std::string const& s) {
   std::vector<std::string> out;
   std::istringstream is(s);
   for (std::string item; std::getline(is, item, ',');) out.push_back(item);
@@ -75,7 +75,7 @@ models::StableDiffusion<float> load_tiny() {
   return models::load_stable_diffusion<float>(test::fixture("models/tiny-sd1"));
 }
 
-std::string temp_path(std::string const& name) { return "lycoris_test_" + name + ".safetensors"; }
+std::string lycoris_temp_path(std::string const& name) { return "lycoris_test_" + name + ".safetensors"; }
 
 }  // namespace
 
@@ -98,7 +98,7 @@ TEST_CASE("LoHa / LoKr files are read with every layer's factors, and each delta
       any_te = any_te || e.component == "text_encoder";
     }
     CHECK(any_te == fx.text_encoder);
-    auto const layers = split(expected.metadata().at(std::string(fx.name) + ".layers"));
+    auto const layers = split_list(expected.metadata().at(std::string(fx.name) + ".layers"));
     REQUIRE(!layers.empty());
     for (std::size_t i = 0; i < layers.size(); ++i) {
       INFO(layers[i]);
@@ -167,7 +167,7 @@ TEST_CASE("LoHa / LoKr single layers and whole networks match LyCORIS, as adapte
           CHECK(e_text < 1e-5);
           CHECK(test::rel_l2(h, base_text) > 1e-3);
         }
-        auto const layers = split(expected.metadata().at(key + ".layers"));
+        auto const layers = split_list(expected.metadata().at(key + ".layers"));
         for (std::size_t i = 0; i < layers.size(); ++i) {
           std::string const flat = flat_of(layers[i]);
           std::string const dotted = lora::guess_dotted(flat);
@@ -205,8 +205,8 @@ TEST_CASE("LoHa / LoKr single layers and whole networks match LyCORIS, as adapte
 
 TEST_CASE("LyCORIS layers round-trip through save_kohya; PEFT refuses them", "[lora][lycoris]") {
   auto const file = lora::read_lora(path_of("lokr"));
-  lora::save_kohya(temp_path("roundtrip"), file);
-  io::SafetensorsFile const a(path_of("lokr")), b(temp_path("roundtrip"));
+  lora::save_kohya(lycoris_temp_path("roundtrip"), file);
+  io::SafetensorsFile const a(path_of("lokr")), b(lycoris_temp_path("roundtrip"));
   auto ka = a.keys(), kb = b.keys();
   std::sort(ka.begin(), ka.end());
   std::sort(kb.begin(), kb.end());
@@ -217,8 +217,8 @@ TEST_CASE("LyCORIS layers round-trip through save_kohya; PEFT refuses them", "[l
     CHECK(a.bytes(k) == b.bytes(k));
   }
   CHECK(b.metadata().at("ss_network_module") == "lycoris.kohya");
-  std::remove(temp_path("roundtrip").c_str());
-  CHECK_THROWS_WITH(lora::save_peft(temp_path("peft"), file), Catch::Contains("LyCORIS LoKr"));
+  std::remove(lycoris_temp_path("roundtrip").c_str());
+  CHECK_THROWS_WITH(lora::save_peft(lycoris_temp_path("peft"), file), Catch::Contains("LyCORIS LoKr"));
 }
 
 TEST_CASE("Malformed LyCORIS files give a one-line FormatError naming the key", "[lora][lycoris][errors]") {
@@ -226,8 +226,8 @@ TEST_CASE("Malformed LyCORIS files give a one-line FormatError naming the key", 
   auto write = [&](std::string const& name, std::vector<std::pair<std::string, Shape>> const& tensors) {
     io::SafetensorsWriter w;
     for (auto const& [k, s] : tensors) w.add(base + "." + k, test::random_tensor<float>(s, 3));
-    w.write(temp_path(name));
-    return temp_path(name);
+    w.write(lycoris_temp_path(name));
+    return lycoris_temp_path(name);
   };
   // read errors are one line; apply's error lists every problem of a file, one per line after a header
   auto expect_error = [](std::string const& path, std::vector<std::string> const& parts, bool one_line) {

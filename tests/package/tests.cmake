@@ -29,3 +29,20 @@ else()
   set_tests_properties(docs_api_reference PROPERTIES SKIP_REGULAR_EXPRESSION "SKIPPED:")
 endif()
 set_tests_properties(docs_api_reference PROPERTIES LABELS "unit")
+
+# Clang: tests/package/clang_check.cpp (the instances and every umbrella header) through clang++ -fsyntax-only with
+# the warnings as errors; registered where a clang++ is installed (scripts/deps installs Debian's, optionally).
+find_program(SDLORA_CLANG_CHECK_CXX NAMES clang++ clang++-19 clang++-18 clang++-17 clang++-16 clang++-15 clang++-14)
+if(SDLORA_CLANG_CHECK_CXX)
+  add_test(NAME headers_clang
+    COMMAND ${SDLORA_CLANG_CHECK_CXX} -std=c++20 -fsyntax-only -Wall -Wextra -Werror
+            "-D$<JOIN:$<TARGET_PROPERTY:sdlora,INTERFACE_COMPILE_DEFINITIONS>,;-D>"
+            -I${PROJECT_SOURCE_DIR}/include -isystem ${SDLORA_STB_INCLUDE_DIR}
+            "-isystem$<JOIN:$<TARGET_PROPERTY:Eigen3::Eigen,INTERFACE_INCLUDE_DIRECTORIES>,;-isystem>"
+            ${CMAKE_CURRENT_SOURCE_DIR}/package/clang_check.cpp
+    COMMAND_EXPAND_LISTS)
+  set_tests_properties(headers_clang PROPERTIES LABELS "unit")
+else()
+  add_test(NAME headers_clang COMMAND ${CMAKE_COMMAND} -E echo "SKIPPED: no clang++ found")
+  set_tests_properties(headers_clang PROPERTIES LABELS "unit" SKIP_REGULAR_EXPRESSION "SKIPPED:")
+endif()

@@ -16,7 +16,7 @@ models::StableDiffusion<float>& tiny_sdxl() {
   static auto sd = models::load_stable_diffusion<float>(test::fixture("models/tiny-sdxl"));
   return sd;
 }
-pipeline::GenerateOptions options(std::string const& sampler) {
+pipeline::GenerateOptions sdxl_options(std::string const& sampler) {
   pipeline::GenerateOptions o;
   o.prompt = "a photo of a cat";
   o.steps = 4;
@@ -56,7 +56,7 @@ TEST_CASE("SDXL txt2img reproduces diffusers' latents and images", "[pipeline][s
                           Run{"dpmpp_2m_karras", "dpmpp_2m", true}, Run{"ddim_negative", "ddim", false},
                           Run{"euler_microcond", "euler", false}}) {
     INFO(run.name);
-    auto o = options(run.sampler);
+    auto o = sdxl_options(run.sampler);
     o.karras = run.karras;
     if (run.name == "ddim_negative") {  // a negative prompt (encoded, not zeros) at a non-square size
       o.negative_prompt = "blurry, dark";
@@ -105,8 +105,8 @@ TEST_CASE("An SDXL single file (SGM layout) loads to the folder's weights and ge
   });
   CHECK(compared == folder_params.size());
   io::SafetensorsFile ref(test::fixture("models/tiny-sdxl-txt2img.safetensors"));
-  auto const out = pipeline::txt2img(ctx, file, options("euler"));
-  auto const same = pipeline::txt2img(ctx, tiny_sdxl(), options("euler"));
+  auto const out = pipeline::txt2img(ctx, file, sdxl_options("euler"));
+  auto const same = pipeline::txt2img(ctx, tiny_sdxl(), sdxl_options("euler"));
   CHECK(test::rel_l2(out.latents, same.latents) == 0.0);
   CHECK(test::rel_l2(out.latents, ref.load<float>("euler.latents")) < 1e-4);
 }
@@ -124,12 +124,12 @@ TEST_CASE("SDXL LoRAs on the UNet and both text encoders match diffusers' load_l
     REQUIRE(loaded.size() == 1);
     CHECK(loaded[0].unet_layers == 136);  // 17 transformer blocks x (attn1, attn2) x (to_q, to_k, to_v, to_out.0)
     CHECK(loaded[0].text_encoder_layers == 4 * (2 + 3));  // q, k, v, out of 2 + 3 encoder layers
-    auto out = pipeline::txt2img(ctx, sd, options("euler"));
+    auto out = pipeline::txt2img(ctx, sd, sdxl_options("euler"));
     CHECK(test::rel_l2(out.latents, ref.load<float>("lora_" + layout + ".latents")) < 1e-4);
     CHECK(test::rel_l2(out.images, ref.load<float>("lora_" + layout + ".image")) < 1e-4);
     // Merged into the weights: the same image.
     pipeline::merge_loras(ctx, sd);
-    auto merged = pipeline::txt2img(ctx, sd, options("euler"));
+    auto merged = pipeline::txt2img(ctx, sd, sdxl_options("euler"));
     CHECK(test::rel_l2(merged.latents, ref.load<float>("lora_" + layout + ".latents")) < 1e-4);
   }
   // Without SDXL, text_encoder_2 entries are refused with one line naming the file.

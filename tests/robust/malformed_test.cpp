@@ -23,13 +23,13 @@ namespace fs = std::filesystem;
 
 namespace {
 
-fs::path scratch() {
+fs::path malformed_scratch() {
   static fs::path const dir = test::sample_data_dir("sdlora_robust_malformed", 2, 2);
   return dir;
 }
 
 fs::path write(std::string const& name, std::string const& bytes) {
-  fs::path const p = scratch() / name;
+  fs::path const p = malformed_scratch() / name;
   fs::create_directories(p.parent_path());
   std::ofstream(p, std::ios::binary | std::ios::trunc) << bytes;
   return p;
@@ -43,7 +43,7 @@ std::string const kCutSafetensors = std::string("\xff\x00\x00\x00\x00\x00\x00\x0
 void check_refused(std::vector<std::string> const& args, fs::path const& file) {
   static int n = 0;
   std::string const stem = "run" + std::to_string(n++);
-  fs::path const out = scratch() / (stem + ".out"), err = scratch() / (stem + ".err");
+  fs::path const out = malformed_scratch() / (stem + ".out"), err = malformed_scratch() / (stem + ".err");
   test::Child child(args, out, err);
   auto const s = child.wait();
   std::string const e = test::read_bytes(err);
@@ -60,15 +60,15 @@ std::vector<std::string> generate(std::vector<std::string> extra, std::string co
   std::vector<std::string> a = {SDLORA_GENERATE_EXE, "--model",
                                 model.empty() ? test::fixture("models/tiny-sd1") : model,
                                 "--prompt", "a square", "--steps", "2", "--width", "16", "--height", "16",
-                                "--threads", "1", "--out", (scratch() / "out.png").string()};
+                                "--threads", "1", "--out", (malformed_scratch() / "out.png").string()};
   a.insert(a.end(), extra.begin(), extra.end());
   return a;
 }
 
-std::vector<std::string> train_args(std::string const& data, std::vector<std::string> extra) {
+std::vector<std::string> malformed_train_args(std::string const& data, std::vector<std::string> extra) {
   std::vector<std::string> a = {SDLORA_TRAIN_EXE, "--pretrained-model", test::fixture("models/tiny-sd1"),
                                 "--train-data-dir", data, "--resolution", "16", "--max-train-steps", "1",
-                                "--threads", "1", "--output-dir", (scratch() / "train_out").string()};
+                                "--threads", "1", "--output-dir", (malformed_scratch() / "train_out").string()};
   a.insert(a.end(), extra.begin(), extra.end());
   return a;
 }
@@ -100,7 +100,7 @@ TEST_CASE("sdlora-generate refuses malformed files with one line naming them", "
     check_refused(generate({}, f.string()), f);
   }
   SECTION("model: a diffusers folder whose UNet config is not JSON") {
-    fs::path const dir = scratch() / "bad_config_model";
+    fs::path const dir = malformed_scratch() / "bad_config_model";
     fs::remove_all(dir);
     fs::copy(test::fixture("models/tiny-sd1"), dir, fs::copy_options::recursive);
     auto const f = write("bad_config_model/unet/config.json", "{\"block_out_channels\": [8, 16],");
@@ -109,34 +109,34 @@ TEST_CASE("sdlora-generate refuses malformed files with one line naming them", "
 }
 
 TEST_CASE("sdlora-train refuses malformed files with one line naming them", "[robust][e2e]") {
-  std::string const images = (scratch() / "samples" / "images").string();
+  std::string const images = (malformed_scratch() / "samples" / "images").string();
   SECTION("metadata.csv with a short row") {
-    fs::path const data = scratch() / "bad_metadata";
+    fs::path const data = malformed_scratch() / "bad_metadata";
     fs::remove_all(data);
     fs::copy(images, data, fs::copy_options::recursive);
     auto const f = write("bad_metadata/metadata.csv", "file_name,text\n0000.png\n");
-    check_refused(train_args(data.string(), {}), f);
+    check_refused(malformed_train_args(data.string(), {}), f);
   }
   SECTION("metadata.jsonl with a line that is not JSON") {
-    fs::path const data = scratch() / "bad_jsonl";
+    fs::path const data = malformed_scratch() / "bad_jsonl";
     fs::remove_all(data);
     fs::copy(images, data, fs::copy_options::recursive);
     fs::remove(data / "metadata.csv");
     auto const f = write("bad_jsonl/metadata.jsonl", "{\"file_name\": \"0000.png\", \"text\": \"x\"}\n{oops\n");
-    check_refused(train_args(data.string(), {}), f);
+    check_refused(malformed_train_args(data.string(), {}), f);
   }
   SECTION("a --config file with a line that is not 'name = value'") {
     auto const f = write("bad.cfg", "learning_rate = 1e-4\nthis is not a flag\n");
-    check_refused(train_args(images, {"--config", f.string()}), f);
+    check_refused(malformed_train_args(images, {"--config", f.string()}), f);
   }
   SECTION("a checkpoint whose state.json is not JSON") {
-    fs::path const out = scratch() / "train_out";
+    fs::path const out = malformed_scratch() / "train_out";
     fs::remove_all(out);
     train::TrainingState<float> s;
     s.global_step = 1;
     train::save_checkpoint(out.string(), s);
     auto const f = write("train_out/checkpoint-1/state.json", "{\"format\": \"sdlora-training-state\",");
-    check_refused(train_args(images, {"--resume-from-checkpoint", (out / "checkpoint-1").string()}), f.parent_path());
+    check_refused(malformed_train_args(images, {"--resume-from-checkpoint", (out / "checkpoint-1").string()}), f.parent_path());
   }
 }
 
@@ -149,7 +149,7 @@ std::vector<std::string> eval_args(std::string const& command, std::vector<std::
 
 /// A copy of the tiny CLIPModel fixture under `name` with `file` replaced by `bytes`; returns the replaced file.
 fs::path clip_with(std::string const& name, std::string const& file, std::string const& bytes) {
-  fs::path const dir = scratch() / name;
+  fs::path const dir = malformed_scratch() / name;
   fs::remove_all(dir);
   fs::copy(test::fixture("eval/clip"), dir, fs::copy_options::recursive);
   return write(name + "/" + file, bytes);
@@ -157,7 +157,7 @@ fs::path clip_with(std::string const& name, std::string const& file, std::string
 
 /// A folder holding one image file `name` with `bytes`.
 fs::path image_dir(std::string const& dir, std::string const& name, std::string const& bytes) {
-  fs::remove_all(scratch() / dir);
+  fs::remove_all(malformed_scratch() / dir);
   return write(dir + "/" + name, bytes);
 }
 
@@ -221,7 +221,7 @@ TEST_CASE("sdlora-eval refuses malformed files with one line naming them", "[rob
     auto const prompts = write("sweep_prompts.txt", "a photo of a cat\n");
     return eval_args("sweep", {"--clip", test::fixture("eval/clip"), "--reference", reference, "--model", model, "--lora",
                           lora, "--prompts", prompts.string(), "--scales", "0,1", "--seeds", "3", "--steps", "2",
-                          "--width", "16", "--height", "16", "--out", (scratch() / "sweep_out").string()});
+                          "--width", "16", "--height", "16", "--out", (malformed_scratch() / "sweep_out").string()});
   };
   SECTION("sweep: a LoRA of random bytes") {
     auto const f = write("garbage_sweep_lora.safetensors", "not a safetensors file at all");
@@ -236,16 +236,16 @@ TEST_CASE("sdlora-eval refuses malformed files with one line naming them", "[rob
 TEST_CASE("sdlora-train refuses training images over the pixel limit from their header", "[robust][e2e]") {
   SECTION("a 54-byte BMP claiming 10000 x 10000 pixels, --strict") {
     auto const f = image_dir("bomb_data", "bomb.bmp", bmp_bomb(10000, 10000));
-    check_refused(train_args(f.parent_path().string(), {"--strict"}), f);
+    check_refused(malformed_train_args(f.parent_path().string(), {"--strict"}), f);
   }
   SECTION("the same without --strict: skipped, so the folder is empty, and the message names it") {
     auto const f = image_dir("bomb_data", "bomb.bmp", bmp_bomb(10000, 10000));
-    check_refused(train_args(f.parent_path().string(), {}), f);
+    check_refused(malformed_train_args(f.parent_path().string(), {}), f);
   }
   SECTION("--max_image_pixels below the sample images' size") {
-    fs::path const data = scratch() / "small_limit";
+    fs::path const data = malformed_scratch() / "small_limit";
     fs::remove_all(data);
-    fs::copy(scratch() / "samples" / "images", data, fs::copy_options::recursive);
-    check_refused(train_args(data.string(), {"--strict", "--max_image_pixels", "16"}), data / "0000.png");
+    fs::copy(malformed_scratch() / "samples" / "images", data, fs::copy_options::recursive);
+    check_refused(malformed_train_args(data.string(), {"--strict", "--max_image_pixels", "16"}), data / "0000.png");
   }
 }
