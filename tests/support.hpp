@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cmath>     // std::sqrt
+#include <cstring>   // std::memcmp
 #include <string>    // std::string
 
 #include <sdlora/sdlora.hpp>
@@ -11,6 +12,11 @@ namespace sdlora::test {
 
 /// Path of a fixture file under tests/fixtures/.
 inline std::string fixture(std::string const& name) { return std::string(SDLORA_FIXTURE_DIR) + "/" + name; }
+
+/// Whether two float tensors have the same shape and the same bits (NaN payloads and signed zeros included).
+inline bool same_bits(Tensor<float, Cpu> const& a, Tensor<float, Cpu> const& b) {
+  return a.shape() == b.shape() && std::memcmp(a.data(), b.data(), a.bytes()) == 0;
+}
 
 /// ||out - ref|| / ||ref||, accumulated in double. Refuses an all-zero reference (a comparison on zeros proves
 /// nothing).

@@ -191,10 +191,6 @@ Index code_mismatches(Tensor<std::uint8_t> const& ours, Tensor<std::uint8_t> con
   return n;
 }
 
-bool same_bits(Tensor<float> const& x, Tensor<float> const& y) {
-  return x.shape() == y.shape() && std::memcmp(x.data(), y.data(), x.bytes()) == 0;
-}
-
 }  // namespace
 
 TEST_CASE("AdamW8bit matches bitsandbytes' AdamW8bit step by step", "[train][optimizer][adamw8bit]") {
@@ -233,8 +229,8 @@ TEST_CASE("AdamW8bit matches bitsandbytes' AdamW8bit step by step", "[train][opt
       // 8-bit state: every code and every block absmax exactly as bitsandbytes stores them.
       CHECK(code_mismatches(st.codes.at(k + ".state1"), f.load<std::uint8_t>("state." + k + ".state1." + t)) == 0);
       CHECK(code_mismatches(st.codes.at(k + ".state2"), f.load<std::uint8_t>("state." + k + ".state2." + t)) == 0);
-      CHECK(same_bits(st.tensors.at(k + ".absmax1"), f.load<float>("state." + k + ".absmax1." + t)));
-      CHECK(same_bits(st.tensors.at(k + ".absmax2"), f.load<float>("state." + k + ".absmax2." + t)));
+      CHECK(test::same_bits(st.tensors.at(k + ".absmax1"), f.load<float>("state." + k + ".absmax1." + t)));
+      CHECK(test::same_bits(st.tensors.at(k + ".absmax2"), f.load<float>("state." + k + ".absmax2." + t)));
     }
   }
   // The comparison can fail: the parameters moved, and the codes are not all alike.
@@ -297,13 +293,13 @@ TEST_CASE("AdamW8bit resumed from a saved state continues bit-exactly", "[train]
   run(c, *oc, 3, 6);
   for (std::string const k : {"a", "b", "c"}) {
     INFO(k);
-    CHECK(same_bits(a[k].value, c[k].value));
+    CHECK(test::same_bits(a[k].value, c[k].value));
   }
   OptimizerState<float> const sa = oa->state_dict(), sc = oc->state_dict();
   REQUIRE(sa.codes.size() == 4);
   REQUIRE(sc.codes.size() == 4);
   for (auto const& [key, t] : sa.codes) CHECK(code_mismatches(sc.codes.at(key), t) == 0);
-  for (auto const& [key, t] : sa.tensors) CHECK(same_bits(sc.tensors.at(key), t));
+  for (auto const& [key, t] : sa.tensors) CHECK(test::same_bits(sc.tensors.at(key), t));
   CHECK(sa.scalars == sc.scalars);
   // Without the state the continuation differs (so the comparison above can fail).
   ThreeParams d;
@@ -313,7 +309,7 @@ TEST_CASE("AdamW8bit resumed from a saved state continues bit-exactly", "[train]
   d.train();
   auto od = make_optimizer<float>(o, d.refs());
   run(d, *od, 3, 6);
-  CHECK(!same_bits(a.b.value, d.b.value));
+  CHECK(!test::same_bits(a.b.value, d.b.value));
 
   // Refused states name the tensor.
   OptimizerState<float> bad = saved;

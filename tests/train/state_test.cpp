@@ -2,7 +2,6 @@
 /// @brief Training-state checkpoints (bit-exact round trip, atomicity, pruning) and the progress reporter.
 #include <unistd.h>  // getpid
 
-#include <cstring>     // std::memcmp
 #include <filesystem>  // std::filesystem
 #include <fstream>     // std::ofstream
 #include <sstream>     // std::ostringstream
@@ -56,10 +55,6 @@ TrainingState<float> make_state(std::int64_t step) {
   return s;
 }
 
-bool same_state_bits(Tensor<float> const& a, Tensor<float> const& b) {
-  return a.shape() == b.shape() && std::memcmp(a.data(), b.data(), a.bytes()) == 0;
-}
-
 }  // namespace
 
 TEST_CASE("A training state saves and loads bit-exactly", "[train][state]") {
@@ -79,16 +74,16 @@ TEST_CASE("A training state saves and loads bit-exactly", "[train][state]") {
   CHECK(loaded->data_position == 2);
   CHECK(loaded->settings == s.settings);
   REQUIRE(loaded->parameters.size() == 2);
-  for (auto const& [k, t] : s.parameters) CHECK(same_state_bits(loaded->parameters.at(k), t));
+  for (auto const& [k, t] : s.parameters) CHECK(test::same_bits(loaded->parameters.at(k), t));
   CHECK(loaded->optimizer.type == "adamw");
   CHECK(loaded->optimizer.scalars == s.optimizer.scalars);
   REQUIRE(loaded->optimizer.tensors.size() == 4);
-  for (auto const& [k, t] : s.optimizer.tensors) CHECK(same_state_bits(loaded->optimizer.tensors.at(k), t));
+  for (auto const& [k, t] : s.optimizer.tensors) CHECK(test::same_bits(loaded->optimizer.tensors.at(k), t));
 
   // Restoring into live parameters checks names and shapes.
   nn::Parameter<float> w(Shape{4, 3}), b(Shape{5}), wrong(Shape{2});
   restore_parameters<float>({{"unet.w", &w}, {"unet.b", &b}}, loaded->parameters);
-  CHECK(same_state_bits(w.value, s.parameters.at("unet.w")));
+  CHECK(test::same_bits(w.value, s.parameters.at("unet.w")));
   CHECK_THROWS_WITH(restore_parameters<float>({{"unet.b", &wrong}}, loaded->parameters), Catch::Contains("(5)"));
   CHECK_THROWS_WITH(restore_parameters<float>({{"unet.q", &wrong}}, loaded->parameters), Catch::Contains("unet.q"));
 }
