@@ -5,6 +5,7 @@
 #include <cmath>     // std::sqrt
 #include <cstring>   // std::memcmp
 #include <string>    // std::string
+#include <vector>    // std::vector
 
 #include <sdlora/sdlora.hpp>
 
@@ -12,6 +13,19 @@ namespace sdlora::test {
 
 /// Path of a fixture file under tests/fixtures/.
 inline std::string fixture(std::string const& name) { return std::string(SDLORA_FIXTURE_DIR) + "/" + name; }
+
+/// "a,b,c" -> {"a", "b", "c"}: the comma-separated lists the fixture scripts store in safetensors metadata.
+inline std::vector<std::string> split_commas(std::string const& s) {
+  std::vector<std::string> out;
+  std::size_t start = 0;
+  while (start < s.size()) {
+    std::size_t const end = s.find(',', start);
+    out.push_back(s.substr(start, end - start));
+    if (end == std::string::npos) break;
+    start = end + 1;
+  }
+  return out;
+}
 
 /// Whether two float tensors have the same shape and the same bits (NaN payloads and signed zeros included).
 inline bool same_bits(Tensor<float, Cpu> const& a, Tensor<float, Cpu> const& b) {

@@ -6,7 +6,6 @@
 
 #include <algorithm>  // std::sort
 #include <cstdio>     // std::remove
-#include <sstream>    // std::istringstream
 #include <string>     // std::string
 #include <vector>     // std::vector
 
@@ -32,13 +31,6 @@ Fixture const kFixtures[] = {
     {"loha", 85, true}, {"loha_tucker", 43, false}, {"lokr", 85, true}, {"lokr_full", 20, true}};
 
 std::string path_of(std::string const& name) { return test::fixture("lycoris/" + name + ".safetensors"); }
-
-std::vector<std::string> split_list(std::string const& s) {
-  std::vector<std::string> out;
-  std::istringstream is(s);
-  for (std::string item; std::getline(is, item, ',');) out.push_back(item);
-  return out;
-}
 
 /// The kohya layer name without its prefix: what LoraEntry::flat holds.
 std::string flat_of(std::string const& kohya) {
@@ -98,7 +90,7 @@ TEST_CASE("LoHa / LoKr files are read with every layer's factors, and each delta
       any_te = any_te || e.component == "text_encoder";
     }
     CHECK(any_te == fx.text_encoder);
-    auto const layers = split_list(expected.metadata().at(std::string(fx.name) + ".layers"));
+    auto const layers = test::split_commas(expected.metadata().at(std::string(fx.name) + ".layers"));
     REQUIRE(!layers.empty());
     for (std::size_t i = 0; i < layers.size(); ++i) {
       INFO(layers[i]);
@@ -167,7 +159,7 @@ TEST_CASE("LoHa / LoKr single layers and whole networks match LyCORIS, as adapte
           CHECK(e_text < 1e-5);
           CHECK(test::rel_l2(h, base_text) > 1e-3);
         }
-        auto const layers = split_list(expected.metadata().at(key + ".layers"));
+        auto const layers = test::split_commas(expected.metadata().at(key + ".layers"));
         for (std::size_t i = 0; i < layers.size(); ++i) {
           std::string const flat = flat_of(layers[i]);
           std::string const dotted = lora::guess_dotted(flat);

@@ -10,20 +10,6 @@
 
 using namespace sdlora;
 
-namespace {
-std::vector<std::string> split(std::string const& s) {
-  std::vector<std::string> out;
-  std::size_t start = 0;
-  while (start < s.size()) {
-    std::size_t const end = s.find(',', start);
-    out.push_back(s.substr(start, end - start));
-    if (end == std::string::npos) break;
-    start = end + 1;
-  }
-  return out;
-}
-}  // namespace
-
 TEST_CASE("LoraLinear matches PEFT lora.Linear (forward, dA, dB, dx)", "[lora][peft]") {
   // Tolerance 1e-5 relative L2: fp32 op vs torch fp32 (different summation orders, ~1e-7 per product).
   io::SafetensorsFile const f(test::fixture("lora/peft_linear.safetensors"));
@@ -39,7 +25,7 @@ TEST_CASE("LoraLinear matches PEFT lora.Linear (forward, dA, dB, dx)", "[lora][p
   nn::for_each_parameter(layer, [&](std::string const& n, auto& p) {
     if (p.trainable) names.push_back(n);
   }, "lin");
-  CHECK(names == split(f.metadata().at("lora_names")));  // PEFT's parameter names
+  CHECK(names == test::split_commas(f.metadata().at("lora_names")));  // PEFT's parameter names
   lora::for_each_adapter(layer, [&](std::string const&, auto&, auto& a) {
     CHECK(a.scale() == Approx(std::stod(f.metadata().at("scaling"))));
     a.lora_A.value = f.load<float>("lora_A");
@@ -107,7 +93,7 @@ TEST_CASE("inject on an attention-like tree matches PEFT inject_adapter_in_model
       p.value = f.load<float>(n, p.shape());
     }
   });
-  CHECK(names == split(f.metadata().at("lora_names")));
+  CHECK(names == test::split_commas(f.metadata().at("lora_names")));
   auto const y = m.forward(ctx, f.load<float>("x"));
   CHECK(test::rel_l2(y, f.load<float>("y")) < 1e-5);
   auto const dx = m.backward(ctx, f.load<float>("dy"));
