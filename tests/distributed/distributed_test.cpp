@@ -28,7 +28,7 @@ namespace fs = std::filesystem;
 
 namespace {
 
-fs::path scratch() {
+fs::path distributed_scratch() {
   static fs::path const dir = test::sample_data_dir("sdlora_distributed", 8);
   return dir;
 }
@@ -36,8 +36,8 @@ fs::path scratch() {
 /// sdlora-train on the tiny model, one thread, writing to `out`; `extra` flags appended.
 std::vector<std::string> train_args(fs::path const& out, std::vector<std::string> const& extra) {
   std::vector<std::string> a = {SDLORA_TRAIN_EXE, "--pretrained-model", test::fixture("models/tiny-sd1"),
-                                "--train-data-dir", (scratch() / "samples" / "images").string(), "--resolution", "16",
-                                "--output-dir", out.string(), "--threads", "1", "--seed", "7",
+                                "--train-data-dir", (distributed_scratch() / "samples" / "images").string(),
+                                "--resolution", "16", "--output-dir", out.string(), "--threads", "1", "--seed", "7",
                                 "--learning-rate", "1e-3", "--gradient-accumulation-steps", "2"};
   a.insert(a.end(), extra.begin(), extra.end());
   return a;
@@ -114,7 +114,8 @@ std::vector<pid_t> ranks_of(pid_t launcher) {
 
 TEST_CASE("mpirun -np 2 trains the LoRA of one process at twice the batch, the same bits every time",
           "[distributed][e2e]") {
-  fs::path const one = scratch() / "one", a = scratch() / "two_a", b = scratch() / "two_b";
+  fs::path const one = distributed_scratch() / "one", a = distributed_scratch() / "two_a",
+                 b = distributed_scratch() / "two_b";
   auto r = run(train_args(one, {"--train-batch-size", "4", "--max-train-steps", "4"}), one);
   INFO(r.err);
   REQUIRE(r.status.code == 0);
@@ -142,7 +143,7 @@ TEST_CASE("mpirun -np 2 trains the LoRA of one process at twice the batch, the s
 }
 
 TEST_CASE("mpirun -np 2 trains Textual Inversion: only the new token rows are exchanged", "[distributed][e2e]") {
-  fs::path const one = scratch() / "ti_one", two = scratch() / "ti_two";
+  fs::path const one = distributed_scratch() / "ti_one", two = distributed_scratch() / "ti_two";
   std::vector<std::string> const ti = {"--method", "textual_inversion", "--placeholder-token", "<shape>",
                                        "--initializer-token", "toy", "--max-train-steps", "4",
                                        "--checkpointing-steps", "0"};
@@ -164,7 +165,7 @@ TEST_CASE("mpirun -np 2 trains Textual Inversion: only the new token rows are ex
 }
 
 TEST_CASE("a rank killed with SIGKILL ends the job with an error; the resumed job completes", "[distributed][e2e]") {
-  fs::path const dir = scratch() / "killed", ref = scratch() / "uninterrupted";
+  fs::path const dir = distributed_scratch() / "killed", ref = distributed_scratch() / "uninterrupted";
   fs::create_directories(dir);
   auto args_for = [](fs::path const& out) {
     return mpirun(2, train_args(out, {"--train-batch-size", "1", "--max-train-steps", "200", "--checkpointing-steps",
@@ -197,7 +198,7 @@ TEST_CASE("a rank killed with SIGKILL ends the job with an error; the resumed jo
 }
 
 TEST_CASE("a hung rank ends the job through --collective-timeout", "[distributed][e2e]") {
-  fs::path const dir = scratch() / "hung";
+  fs::path const dir = distributed_scratch() / "hung";
   fs::create_directories(dir);
   auto const args = mpirun(2, train_args(dir, {"--train-batch-size", "1", "--max-train-steps", "100000",
                                                "--checkpointing-steps", "0", "--collective-timeout", "3"}));

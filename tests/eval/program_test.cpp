@@ -28,7 +28,7 @@ namespace fs = std::filesystem;
 
 namespace {
 
-fs::path scratch() {
+fs::path eval_scratch() {
   static fs::path const dir = [] {
     fs::path d = test::scratch_dir("sdlora_eval_test");
     fs::remove_all(d);
@@ -38,10 +38,11 @@ fs::path scratch() {
   return dir;
 }
 
-test::ProgramResult run(std::string const& args) { return test::run_program(SDLORA_EVAL_EXE, args, scratch()); }
+test::ProgramResult run_eval(std::string const& args) {
+  return test::run_program(SDLORA_EVAL_EXE, args, eval_scratch());
+}
 
 std::string fx(std::string const& name) { return "'" + test::fixture("eval/" + name) + "'"; }
-long lines(std::string const& s) { return std::count(s.begin(), s.end(), '\n'); }
 double expected(std::string const& key) {
   io::SafetensorsFile ref(test::fixture("eval/expected.safetensors"));
   return ref.load<double>(key)(0);
@@ -82,23 +83,23 @@ TEST_CASE("sdlora-eval prints every command's metric as JSON, matching the refer
       {"ssim --images " + fx("generated") + " --reference " + fx("reference"), "ssim", "metric.ssim", 1e-5, 5},
   };
   for (auto const& c : cases) {
-    auto const r = run(c.args + " --json");
+    auto const r = run_eval(c.args + " --json");
     INFO(c.args << "\nstderr: " << r.err);
     REQUIRE(r.code == 0);
-    REQUIRE(lines(r.out) == 1);
+    REQUIRE(test::count_lines(r.out) == 1);
     auto const j = nlohmann::json::parse(r.out);
     CHECK(j["metric"] == c.metric);
     CHECK(j["n"] == c.n);
     CHECK(j["per_image"].size() == c.n);
     CHECK(std::fabs(j["value"].get<double>() - expected(c.key)) < c.tol);
   }
-  auto const plain = run("ssim --images " + fx("generated") + " --reference " + fx("reference"));
+  auto const plain = run_eval("ssim --images " + fx("generated") + " --reference " + fx("reference"));
   CHECK(plain.code == 0);
   CHECK(plain.out.rfind("ssim: 0.44", 0) == 0);
 }
 
 TEST_CASE("sdlora-eval --metadata reads prompts by file name", "[examples][e2e]") {
-  fs::path const csv = scratch() / "metadata.csv";
+  fs::path const csv = eval_scratch() / "metadata.csv";
   {
     std::ofstream out(csv);
     out << "file_name,text\n";
@@ -108,8 +109,8 @@ TEST_CASE("sdlora-eval --metadata reads prompts by file name", "[examples][e2e]"
   }
   // Rows pair g4 with prompt 0, g3 with prompt 1, ...: looked up by file name, the score must differ from the
   // in-order reference; then the in-order table must reproduce it.
-  auto const r = run("clip-score --clip " + fx("clip") + " --images " + fx("generated") + " --metadata '" +
-                     csv.string() + "' --json");
+  auto const r = run_eval("clip-score --clip " + fx("clip") + " --images " + fx("generated") + " --metadata '" +
+                          csv.string() + "' --json");
   REQUIRE(r.code == 0);
   auto const j = nlohmann::json::parse(r.out);
   CHECK(std::fabs(j["value"].get<double>() - expected("metric.clip_score")) > 0.1);
@@ -120,65 +121,66 @@ TEST_CASE("sdlora-eval --metadata reads prompts by file name", "[examples][e2e]"
     std::string line;
     for (int i = 0; std::getline(in, line); ++i) out << "g" << i << ".png,\"" << line << "\"\n";
   }
-  auto const ok = run("clip-score --clip " + fx("clip") + " --images " + fx("generated") + " --metadata '" +
-                      csv.string() + "' --json");
+  auto const ok = run_eval("clip-score --clip " + fx("clip") + " --images " + fx("generated") + " --metadata '" +
+                           csv.string() + "' --json");
   REQUIRE(ok.code == 0);
   CHECK(std::fabs(nlohmann::json::parse(ok.out)["value"].get<double>() - expected("metric.clip_score")) < 0.05);
 }
 
 TEST_CASE("sdlora-eval errors are one line with a non-zero exit code", "[examples][e2e]") {
   // Wrong prompt count.
-  fs::path const prompts = scratch() / "three.txt";
+  fs::path const prompts = eval_scratch() / "three.txt";
   std::ofstream(prompts) << "a\nb\nc\n";
-  auto r = run("clip-score --clip " + fx("clip") + " --images " + fx("generated") + " --prompts '" +
-               prompts.string() + "'");
+  auto r = run_eval("clip-score --clip " + fx("clip") + " --images " + fx("generated") + " --prompts '" +
+                    prompts.string() + "'");
   CHECK(r.code == 2);
-  CHECK(lines(r.err) == 1);
+  CHECK(test::count_lines(r.err) == 1);
   CHECK(r.err.find("3 prompts for 5 images") != std::string::npos);
 
   // Unreadable image.
-  fs::path const bad = scratch() / "bad";
+  fs::path const bad = eval_scratch() / "bad";
   fs::create_directories(bad);
   for (auto const& e : fs::directory_iterator(test::fixture("eval/generated")))
     fs::copy_file(e.path(), bad / e.path().filename(), fs::copy_options::overwrite_existing);
   std::ofstream(bad / "g9.png") << "not a png";
-  r = run("ssim --images '" + bad.string() + "' --reference '" + bad.string() + "'");
+  r = run_eval("ssim --images '" + bad.string() + "' --reference '" + bad.string() + "'");
   CHECK(r.code == 1);
-  CHECK(lines(r.err) == 1);
+  CHECK(test::count_lines(r.err) == 1);
   CHECK(r.err.find("g9.png") != std::string::npos);
 
   // Missing model file.
-  fs::path const clip = scratch() / "clip";
+  fs::path const clip = eval_scratch() / "clip";
   fs::create_directories(clip);
   for (auto const& e : fs::directory_iterator(test::fixture("eval/clip")))
     if (e.path().filename() != "model.safetensors")
       fs::copy_file(e.path(), clip / e.path().filename(), fs::copy_options::overwrite_existing);
-  r = run("clip-i --clip '" + clip.string() + "' --images " + fx("generated") + " --reference " + fx("reference"));
+  r = run_eval("clip-i --clip '" + clip.string() + "' --images " + fx("generated") + " --reference " + fx("reference"));
   CHECK(r.code == 1);
-  CHECK(lines(r.err) == 1);
+  CHECK(test::count_lines(r.err) == 1);
   CHECK(r.err.find("model.safetensors not found") != std::string::npos);
   CHECK(r.err.find("Hugging Face Hub") != std::string::npos);
 
   // Usage errors.
-  r = run("dino --images " + fx("generated") + " --reference " + fx("reference"));
+  r = run_eval("dino --images " + fx("generated") + " --reference " + fx("reference"));
   CHECK(r.code == 2);
   CHECK(r.err.find("--dino is required") != std::string::npos);
-  r = run("ssim --images " + fx("generated") + " --reference " + fx("reference") + " --pairing index");
+  r = run_eval("ssim --images " + fx("generated") + " --reference " + fx("reference") + " --pairing index");
   CHECK(r.code == 2);  // ssim has no --pairing
-  CHECK(lines(r.err) == 1);
-  r = run("nonsense");
+  CHECK(test::count_lines(r.err) == 1);
+  r = run_eval("nonsense");
   CHECK(r.code == 2);
 }
 
 TEST_CASE("sdlora-eval sweep generates, scores, plots and grids on the tiny model", "[examples][e2e]") {
-  fs::path const out = scratch() / "sweep";
-  std::ofstream(scratch() / "seen.txt") << "a photo of a cat\n";
-  std::ofstream(scratch() / "unseen.txt") << "a red dog\n";
-  auto const r = run("sweep --model '" + test::fixture("models/tiny-sd1") + "' --lora '" +
-                     test::fixture("pipeline/lora_kohya.safetensors") + "' --scales 0,1 --seeds 3 --prompts '" +
-                     (scratch() / "seen.txt").string() + "' --unseen-prompts '" + (scratch() / "unseen.txt").string() +
-                     "' --reference " + fx("reference") + " --clip " + fx("clip") + " --dino " + fx("dino") +
-                     " --steps 2 --width 16 --height 16 --threads 2 --out '" + out.string() + "'");
+  fs::path const out = eval_scratch() / "sweep";
+  std::ofstream(eval_scratch() / "seen.txt") << "a photo of a cat\n";
+  std::ofstream(eval_scratch() / "unseen.txt") << "a red dog\n";
+  auto const r =
+      run_eval("sweep --model '" + test::fixture("models/tiny-sd1") + "' --lora '" +
+               test::fixture("pipeline/lora_kohya.safetensors") + "' --scales 0,1 --seeds 3 --prompts '" +
+               (eval_scratch() / "seen.txt").string() + "' --unseen-prompts '" +
+               (eval_scratch() / "unseen.txt").string() + "' --reference " + fx("reference") + " --clip " + fx("clip") +
+               " --dino " + fx("dino") + " --steps 2 --width 16 --height 16 --threads 2 --out '" + out.string() + "'");
   INFO(r.err);
   REQUIRE(r.code == 0);
   std::ifstream csv(out / "results.csv");
@@ -199,50 +201,50 @@ TEST_CASE("sdlora-eval sweep generates, scores, plots and grids on the tiny mode
   CHECK(grid.dim(2) > 2 * 16);  // row labels and two scale columns
   CHECK(grid.dim(1) > 2 * 16);  // column labels and two rows
   // Scores are reproducible: the same command gives the same table.
-  auto const again = run("sweep --model '" + test::fixture("models/tiny-sd1") + "' --lora '" +
-                         test::fixture("pipeline/lora_kohya.safetensors") + "' --scales 0,1 --seeds 3 --prompts '" +
-                         (scratch() / "seen.txt").string() + "' --unseen-prompts '" +
-                         (scratch() / "unseen.txt").string() + "' --reference " + fx("reference") + " --clip " +
-                         fx("clip") + " --dino " + fx("dino") +
-                         " --steps 2 --width 16 --height 16 --threads 2 --out '" + (scratch() / "sweep2").string() +
-                         "'");
+  auto const again = run_eval(
+      "sweep --model '" + test::fixture("models/tiny-sd1") + "' --lora '" +
+      test::fixture("pipeline/lora_kohya.safetensors") + "' --scales 0,1 --seeds 3 --prompts '" +
+      (eval_scratch() / "seen.txt").string() + "' --unseen-prompts '" + (eval_scratch() / "unseen.txt").string() +
+      "' --reference " + fx("reference") + " --clip " + fx("clip") + " --dino " + fx("dino") +
+      " --steps 2 --width 16 --height 16 --threads 2 --out '" + (eval_scratch() / "sweep2").string() + "'");
   REQUIRE(again.code == 0);
-  CHECK(test::read_bytes(out / "results.csv") == test::read_bytes(scratch() / "sweep2" / "results.csv"));
+  CHECK(test::read_bytes(out / "results.csv") == test::read_bytes(eval_scratch() / "sweep2" / "results.csv"));
 }
 
 TEST_CASE("sdlora-eval sweep and compare reject bad input with one line", "[examples][e2e]") {
-  auto r = run("sweep --model /no/such/model --lora x --prompts x --reference x --clip x --out x");
+  auto r = run_eval("sweep --model /no/such/model --lora x --prompts x --reference x --clip x --out x");
   CHECK(r.code == 1);
-  CHECK(lines(r.err) == 1);
+  CHECK(test::count_lines(r.err) == 1);
   CHECK(r.err.find("/no/such/model") != std::string::npos);
   // Neither CLIP nor the toy measures asked for; DINO without CLIP.
   std::string const model_lora = "sweep --model '" + test::fixture("models/tiny-sd1") + "' --lora '" +
                                  test::fixture("pipeline/lora_kohya.safetensors") + "' --prompts x --out x";
-  r = run(model_lora);
+  r = run_eval(model_lora);
   CHECK(r.code == 2);
-  CHECK(lines(r.err) == 1);
+  CHECK(test::count_lines(r.err) == 1);
   CHECK(r.err.find("sweep needs --clip DIR") != std::string::npos);
   CHECK(r.err.find("--toy-measures") != std::string::npos);
-  r = run(model_lora + " --toy-measures --dino " + fx("dino"));
+  r = run_eval(model_lora + " --toy-measures --dino " + fx("dino"));
   CHECK(r.code == 2);
-  CHECK(lines(r.err) == 1);
+  CHECK(test::count_lines(r.err) == 1);
   CHECK(r.err.find("--dino needs --clip") != std::string::npos);
-  r = run("compare --clip " + fx("clip") + " --prompts " + fx("prompts.txt") + " --reference " + fx("reference") +
-          " --run nodir --out '" + (scratch() / "cmp-bad").string() + "'");
+  r = run_eval("compare --clip " + fx("clip") + " --prompts " + fx("prompts.txt") + " --reference " + fx("reference") +
+               " --run nodir --out '" + (eval_scratch() / "cmp-bad").string() + "'");
   CHECK(r.code == 2);
   CHECK(r.err.find("NAME=DIR") != std::string::npos);
-  std::ofstream(scratch() / "two.txt") << "a\nb\n";
-  r = run("compare --clip " + fx("clip") + " --prompts '" + (scratch() / "two.txt").string() + "' --reference " +
-          fx("reference") + " --run g=" + fx("generated") + " --out '" + (scratch() / "cmp-bad").string() + "'");
+  std::ofstream(eval_scratch() / "two.txt") << "a\nb\n";
+  r = run_eval("compare --clip " + fx("clip") + " --prompts '" + (eval_scratch() / "two.txt").string() +
+               "' --reference " + fx("reference") + " --run g=" + fx("generated") + " --out '" +
+               (eval_scratch() / "cmp-bad").string() + "'");
   CHECK(r.code == 2);
   CHECK(r.err.find("5 images for 2 prompts") != std::string::npos);
 }
 
 TEST_CASE("sdlora-eval compare tabulates every metric per run", "[examples][e2e]") {
-  fs::path const out = scratch() / "compare";
-  auto const r = run("compare --clip " + fx("clip") + " --dino " + fx("dino") + " --prompts " + fx("prompts.txt") +
-                     " --reference " + fx("reference") + " --run base=" + fx("generated") + " --run ref=" +
-                     fx("reference") + " --out '" + out.string() + "'");
+  fs::path const out = eval_scratch() / "compare";
+  auto const r = run_eval("compare --clip " + fx("clip") + " --dino " + fx("dino") + " --prompts " + fx("prompts.txt") +
+                          " --reference " + fx("reference") + " --run base=" + fx("generated") +
+                          " --run ref=" + fx("reference") + " --out '" + out.string() + "'");
   INFO(r.err);
   REQUIRE(r.code == 0);
   std::ifstream csv(out / "results.csv");
@@ -272,13 +274,14 @@ TEST_CASE("sdlora-eval compare tabulates every metric per run", "[examples][e2e]
 TEST_CASE("sdlora-eval sweep --toy-measures: toy measures per image and per scale, without CLIP", "[examples][e2e]") {
   // The tiny model's images are noise: this proves the plumbing (every column is the measure of the image written
   // next to it, every summary the aggregate of its rows), not the values.
-  fs::path const out = scratch() / "toy-sweep";
-  std::ofstream(scratch() / "toy.txt") << "a red circle on a blue background\nan orange star on a white background\n"
-                                          "a photo of a cat\n";
-  auto const r = run("sweep --model '" + test::fixture("models/tiny-sd1") + "' --lora '" +
-                     test::fixture("pipeline/lora_kohya.safetensors") + "' --scales 0,0.5,1 --seeds 3 --prompts '" +
-                     (scratch() / "toy.txt").string() +
-                     "' --toy-measures --steps 2 --width 16 --height 16 --threads 2 --out '" + out.string() + "'");
+  fs::path const out = eval_scratch() / "toy-sweep";
+  std::ofstream(eval_scratch() / "toy.txt")
+      << "a red circle on a blue background\nan orange star on a white background\n"
+         "a photo of a cat\n";
+  auto const r = run_eval("sweep --model '" + test::fixture("models/tiny-sd1") + "' --lora '" +
+                          test::fixture("pipeline/lora_kohya.safetensors") +
+                          "' --scales 0,0.5,1 --seeds 3 --prompts '" + (eval_scratch() / "toy.txt").string() +
+                          "' --toy-measures --steps 2 --width 16 --height 16 --threads 2 --out '" + out.string() + "'");
   INFO(r.err);
   REQUIRE(r.code == 0);
   CHECK_FALSE(fs::exists(out / "clip.csv"));

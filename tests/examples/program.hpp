@@ -6,6 +6,7 @@
 #include <sys/wait.h>  // WIFEXITED, WEXITSTATUS
 #include <unistd.h>    // getpid
 
+#include <algorithm>   // std::count
 #include <cstdlib>     // std::system
 #include <filesystem>  // std::filesystem
 #include <fstream>     // std::ifstream
@@ -43,6 +44,9 @@ inline std::filesystem::path sample_data_dir(std::string const& stem, int images
   train::write_sample_data((d / "samples").string(), o);
   return d;
 }
+
+/// The number of '\n' in `s` (a program's output lines).
+inline long count_lines(std::string const& s) { return long(std::count(s.begin(), s.end(), '\n')); }
 
 inline std::string read_bytes(std::filesystem::path const& p) {
   std::ifstream in(p, std::ios::binary);

@@ -16,22 +16,22 @@ namespace {
 using Result = test::ProgramResult;
 using test::read_bytes;
 
-fs::path scratch() {
+fs::path train_scratch() {
   static fs::path const dir = test::sample_data_dir("sdlora_train_test");
   return dir;
 }
 
-Result run(std::string const& args) { return test::run_program(SDLORA_TRAIN_EXE, args, scratch()); }
+Result run_train(std::string const& args) { return test::run_program(SDLORA_TRAIN_EXE, args, train_scratch()); }
 
 std::string base(std::string const& out_dir) {
   return "--pretrained-model '" + test::fixture("models/tiny-sd1") + "' --train-data-dir '" +
-         (scratch() / "samples" / "images").string() + "' --resolution 16 --output-dir '" +
-         (scratch() / out_dir).string() + "' --threads 1 --seed 3";
+         (train_scratch() / "samples" / "images").string() + "' --resolution 16 --output-dir '" +
+         (train_scratch() / out_dir).string() + "' --threads 1 --seed 3";
 }
 }  // namespace
 
 TEST_CASE("sdlora-train --help lists the diffusers-named flags", "[examples][e2e]") {
-  auto r = run("--help");
+  auto r = run_train("--help");
   CHECK(r.code == 0);
   for (char const* flag : {"--pretrained_model", "--train_data_dir", "--resolution", "--train_batch_size",
                            "--gradient_accumulation_steps", "--max_train_steps", "--learning_rate", "--lr_scheduler",
@@ -42,16 +42,16 @@ TEST_CASE("sdlora-train --help lists the diffusers-named flags", "[examples][e2e
 }
 
 TEST_CASE("sdlora-train reports bad flags and missing inputs in one line", "[examples][e2e]") {
-  auto r = run("--no-such-flag 3");
+  auto r = run_train("--no-such-flag 3");
   CHECK(r.code == 2);
   CHECK(std::count(r.err.begin(), r.err.end(), '\n') == 1);
-  r = run("--pretrained-model '" + test::fixture("models/tiny-sd1") + "' --train-data-dir /no/such/folder");
+  r = run_train("--pretrained-model '" + test::fixture("models/tiny-sd1") + "' --train-data-dir /no/such/folder");
   CHECK(r.code != 0);
   CHECK(r.err.find("/no/such/folder") != std::string::npos);
-  r = run(base("bad_sched") + " --lr-scheduler sometimes");
+  r = run_train(base("bad_sched") + " --lr-scheduler sometimes");
   CHECK(r.code != 0);
   CHECK(r.err.find("sometimes") != std::string::npos);
-  r = run(base("cuda") + " --device cuda --max-train-steps 1 --checkpointing-steps 0");
+  r = run_train(base("cuda") + " --device cuda --max-train-steps 1 --checkpointing-steps 0");
   if (!SDLORA_TRAIN_HAS_CUDA) {  // refused before anything loads, naming the build option
     CHECK(r.code == 2);
     CHECK(std::count(r.err.begin(), r.err.end(), '\n') == 1);
@@ -60,17 +60,17 @@ TEST_CASE("sdlora-train reports bad flags and missing inputs in one line", "[exa
   } else if (r.code != 0) {  // a CUDA build on a machine without a usable GPU: the CUDA runtime's error, one line
     CHECK(r.err.find("cuda") != std::string::npos);
   }
-  r = run(base("tpu") + " --device tpu");
+  r = run_train(base("tpu") + " --device tpu");
   CHECK(r.code == 2);
   CHECK(r.err.find("--device must be cpu or cuda, got 'tpu'") != std::string::npos);
 }
 
 TEST_CASE("sdlora-train writes the LoRA, loss.csv and checkpoints, and a larger --max_train_steps continues",
           "[examples][e2e]") {
-  auto r = run(base("short") + " --max-train-steps 4 --checkpointing-steps 2 --save-format both");
+  auto r = run_train(base("short") + " --max-train-steps 4 --checkpointing-steps 2 --save-format both");
   INFO(r.err);
   REQUIRE(r.code == 0);
-  fs::path const dir = scratch() / "short";
+  fs::path const dir = train_scratch() / "short";
   CHECK(fs::exists(dir / "sdlora_lora.safetensors"));
   CHECK(fs::exists(dir / "pytorch_lora_weights.safetensors"));
   CHECK(fs::exists(dir / "checkpoint-4"));
@@ -78,7 +78,7 @@ TEST_CASE("sdlora-train writes the LoRA, loss.csv and checkpoints, and a larger 
   // The dataset's captions are known in advance and nothing validates: the frozen text encoder is freed.
   CHECK(r.err.find("text encoders released after encoding") != std::string::npos);
   CHECK(read_bytes(dir / "loss.csv").rfind("step,loss,lr,skipped\n", 0) == 0);
-  r = run(base("short") + " --max-train-steps 6 --checkpointing-steps 2 --resume-from-checkpoint latest");
+  r = run_train(base("short") + " --max-train-steps 6 --checkpointing-steps 2 --resume-from-checkpoint latest");
   INFO(r.err);
   REQUIRE(r.code == 0);
   CHECK(r.out.find("(4 -> 6)") != std::string::npos);
@@ -89,13 +89,14 @@ TEST_CASE("sdlora-train writes the LoRA, loss.csv and checkpoints, and a larger 
 }
 
 TEST_CASE("sdlora-train --method textual_inversion writes both embedding formats", "[examples][e2e]") {
-  auto r = run(base("ti") + " --method textual_inversion --placeholder-token '<shape>' --initializer-token toy "
-                            "--max-train-steps 2 --learning-rate 1e-2 --checkpointing-steps 0");
+  auto r = run_train(base("ti") +
+                     " --method textual_inversion --placeholder-token '<shape>' --initializer-token toy "
+                     "--max-train-steps 2 --learning-rate 1e-2 --checkpointing-steps 0");
   INFO(r.err);
   REQUIRE(r.code == 0);
-  CHECK(fs::exists(scratch() / "ti" / "learned_embeds.safetensors"));
-  CHECK(fs::exists(scratch() / "ti" / "shape.safetensors"));  // A1111 takes the trigger word from the name
-  r = run(base("ti2") + " --method textual_inversion --placeholder-token cat --initializer-token toy");
+  CHECK(fs::exists(train_scratch() / "ti" / "learned_embeds.safetensors"));
+  CHECK(fs::exists(train_scratch() / "ti" / "shape.safetensors"));  // A1111 takes the trigger word from the name
+  r = run_train(base("ti2") + " --method textual_inversion --placeholder-token cat --initializer-token toy");
   CHECK(r.code != 0);
   CHECK(r.err.find("already in the vocabulary") != std::string::npos);
 }
@@ -103,14 +104,15 @@ TEST_CASE("sdlora-train --method textual_inversion writes both embedding formats
 TEST_CASE("sdlora-train on SDXL: DreamBooth-LoRA with both text encoders, min-SNR, random crops; the LoRA loads in "
           "sdlora-generate", "[examples][e2e][sdxl]") {
   std::string const sdxl = "--pretrained-model '" + test::fixture("models/tiny-sdxl") + "' --instance-data-dir '" +
-                           (scratch() / "samples" / "images").string() + "' --resolution 16 --output-dir '" +
-                           (scratch() / "sdxl").string() + "' --threads 1 --seed 3";
-  auto r = run(sdxl + " --method dreambooth --instance-prompt 'a photo of sks dog' --train-text-encoder "
-                      "--snr-gamma 5 --random-crop --max-train-steps 2 --checkpointing-steps 0 --save-format both");
+                           (train_scratch() / "samples" / "images").string() + "' --resolution 16 --output-dir '" +
+                           (train_scratch() / "sdxl").string() + "' --threads 1 --seed 3";
+  auto r = run_train(sdxl +
+                     " --method dreambooth --instance-prompt 'a photo of sks dog' --train-text-encoder "
+                     "--snr-gamma 5 --random-crop --max-train-steps 2 --checkpointing-steps 0 --save-format both");
   INFO(r.err);
   REQUIRE(r.code == 0);
   CHECK(r.err.find("text encoders kept: they train") != std::string::npos);
-  fs::path const dir = scratch() / "sdxl";
+  fs::path const dir = train_scratch() / "sdxl";
   io::SafetensorsFile kohya((dir / "sdlora_lora.safetensors").string());
   CHECK(kohya.metadata().at("ss_base_model_version") == "sdxl_base_v1-0");
   bool te1 = false, te2 = false, unet = false;
@@ -129,9 +131,12 @@ TEST_CASE("sdlora-train on SDXL: DreamBooth-LoRA with both text encoders, min-SN
   CHECK(csv.find("nan") == std::string::npos);
   // The trained file is an SDXL LoRA the generator applies to all three networks.
   auto g = test::run_program(SDLORA_GENERATE_EXE_FOR_TRAIN,
-                             "--model '" + test::fixture("models/tiny-sdxl") + "' --prompt 'a photo of sks dog' "
-                             "--steps 2 --seed 1 --threads 1 --lora '" + (dir / "sdlora_lora.safetensors").string() +
-                             "' --out '" + (dir / "with_lora.png").string() + "'", scratch());
+                             "--model '" + test::fixture("models/tiny-sdxl") +
+                                 "' --prompt 'a photo of sks dog' "
+                                 "--steps 2 --seed 1 --threads 1 --lora '" +
+                                 (dir / "sdlora_lora.safetensors").string() + "' --out '" +
+                                 (dir / "with_lora.png").string() + "'",
+                             train_scratch());
   INFO(g.err);
   CHECK(g.code == 0);
   CHECK(fs::exists(dir / "with_lora.png"));

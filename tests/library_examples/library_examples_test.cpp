@@ -25,12 +25,12 @@ using namespace sdlora;
 namespace fs = std::filesystem;
 
 namespace {
-fs::path scratch() {
+fs::path examples_scratch() {
   static fs::path const dir = test::sample_data_dir("library_examples_test");
   return dir;
 }
 std::string q(fs::path const& p) { return "'" + p.string() + "'"; }
-std::string tiny() { return q(test::fixture("models/tiny-sd1")); }
+std::string tiny_model_path() { return q(test::fixture("models/tiny-sd1")); }
 
 /// The 8-bit pixels of txt2img's image for the denoise example's settings, back in [-1, 1].
 Tensor<float, Cpu> library_image(std::vector<pipeline::LoraSpec> const& loras) {
@@ -66,11 +66,11 @@ std::vector<std::string> lines(fs::path const& p) {
 TEST_CASE("custom_denoise: the hand-written loop with two LoRAs gives txt2img's pixels", "[examples][e2e]") {
   // Tolerance: one 8-bit level (2/255 in [-1, 1]). The example runs the UNet on the two CFG halves separately where
   // txt2img batches them, so the floats may differ in the last bits and a pixel may round to the neighbouring level.
-  fs::path const png = scratch() / "denoise.png";
+  fs::path const png = examples_scratch() / "denoise.png";
   std::string const a = test::fixture("pipeline/lora_kohya.safetensors");
   std::string const b = test::fixture("pipeline/lora_peft.safetensors");
-  auto r = test::run_program(SDLORA_EXAMPLE_DENOISE_EXE, tiny() + " " + q(a) + " " + q(b) + " " + q(png) + " 16 4",
-                             scratch());
+  auto r = test::run_program(SDLORA_EXAMPLE_DENOISE_EXE,
+                             tiny_model_path() + " " + q(a) + " " + q(b) + " " + q(png) + " 16 4", examples_scratch());
   INFO(r.out << r.err);
   REQUIRE(r.code == 0);
   auto const got = io::load_image(png.string());
@@ -84,11 +84,12 @@ TEST_CASE("custom_denoise: the hand-written loop with two LoRAs gives txt2img's 
 
 TEST_CASE("custom_training: a run stopped at step 2 resumes from its checkpoint to the uninterrupted run's LoRA",
           "[examples][e2e]") {
-  fs::path const data = scratch() / "samples" / "images";
-  fs::path const resumed = scratch() / "resumed", straight = scratch() / "straight";
+  fs::path const data = examples_scratch() / "samples" / "images";
+  fs::path const resumed = examples_scratch() / "resumed", straight = examples_scratch() / "straight";
   auto run = [&](fs::path const& out, std::string const& steps) {
-    auto r = test::run_program(SDLORA_EXAMPLE_TRAIN_EXE, tiny() + " " + q(data) + " " + q(out) + " " + steps + " 16",
-                               scratch());
+    auto r =
+        test::run_program(SDLORA_EXAMPLE_TRAIN_EXE,
+                          tiny_model_path() + " " + q(data) + " " + q(out) + " " + steps + " 16", examples_scratch());
     INFO(r.out << r.err);
     REQUIRE(r.code == 0);
     return r;
@@ -121,15 +122,17 @@ TEST_CASE("custom_training: a run stopped at step 2 resumes from its checkpoint 
 
 TEST_CASE("cancel_in_event_loop: the main loop cancels after K steps; the run stops there and writes nothing",
           "[examples][e2e]") {
-  fs::path const png = scratch() / "cancel.png";
+  fs::path const png = examples_scratch() / "cancel.png";
   fs::remove(png);
-  auto r = test::run_program(SDLORA_EXAMPLE_CANCEL_EXE, tiny() + " " + q(png) + " 2 16 4", scratch());
+  auto r =
+      test::run_program(SDLORA_EXAMPLE_CANCEL_EXE, tiny_model_path() + " " + q(png) + " 2 16 4", examples_scratch());
   INFO(r.out << r.err);
   CHECK(r.code == 0);
   CHECK_THAT(r.out, Catch::Contains("step 2 of 4") && !Catch::Contains("step 3 of 4") &&
                         Catch::Contains("cancelled at step 2 of 4"));
   CHECK(!fs::exists(png));
-  r = test::run_program(SDLORA_EXAMPLE_CANCEL_EXE, tiny() + " " + q(png) + " 0 16 4", scratch());  // never cancelled
+  r = test::run_program(SDLORA_EXAMPLE_CANCEL_EXE, tiny_model_path() + " " + q(png) + " 0 16 4",
+                        examples_scratch());  // never cancelled
   CHECK(r.code == 0);
   CHECK_THAT(r.out, Catch::Contains("step 4 of 4") && Catch::Contains("wrote"));
   CHECK(io::load_image(png.string()).shape() == Shape{3, 16, 16});

@@ -2,9 +2,8 @@
 # the downstream project that package_find_package builds).
 
 # vcpkg: both manifests validate against vcpkg's published JSON schema (vcpkg-schema/), broken ones do not.
-sdlora_add_test(NAME package_vcpkg_manifests LABELS unit SOURCES package/vcpkg_manifest_test.cpp)
-target_compile_definitions(package_vcpkg_manifests PRIVATE SDLORA_SOURCE_DIR="${PROJECT_SOURCE_DIR}"
-                                                           SDLORA_PROJECT_VERSION="${PROJECT_VERSION}")
+sdlora_add_test(NAME package_vcpkg_manifests LABELS unit SOURCES package/vcpkg_manifest_test.cpp BUNDLE small_units
+                DEFINITIONS SDLORA_SOURCE_DIR="${PROJECT_SOURCE_DIR}" SDLORA_PROJECT_VERSION="${PROJECT_VERSION}")
 
 # vcpkg: the port's CMake flow with stand-ins for the vcpkg_* functions.
 add_test(NAME package_vcpkg_portfile
@@ -41,7 +40,7 @@ if(SDLORA_CLANG_CHECK_CXX)
             "-isystem$<JOIN:$<TARGET_PROPERTY:Eigen3::Eigen,INTERFACE_INCLUDE_DIRECTORIES>,;-isystem>"
             ${CMAKE_CURRENT_SOURCE_DIR}/package/clang_check.cpp
     COMMAND_EXPAND_LISTS)
-  set_tests_properties(headers_clang PROPERTIES LABELS "unit")
+  set_tests_properties(headers_clang PROPERTIES LABELS "unit" COST 15)  # seconds, measured
 else()
   add_test(NAME headers_clang COMMAND ${CMAKE_COMMAND} -E echo "SKIPPED: no clang++ found")
   set_tests_properties(headers_clang PROPERTIES LABELS "unit" SKIP_REGULAR_EXPRESSION "SKIPPED:")

@@ -2,13 +2,12 @@
 /// @brief LoRA files in the whole txt2img pipeline against diffusers (tools/fixtures/make_pipeline.py): the tiny SD1
 /// model with the same LoRA in PEFT and kohya layouts at diffusers' adapter weight 0.5, as adapters and merged.
 #include <catch2/catch.hpp>
-
-#include <filesystem>  // std::filesystem::temp_directory_path
-#include <string>      // std::string
-
-#include <sdlora/pipeline.hpp>
+#include <filesystem>            // std::filesystem::temp_directory_path
 #include <sdlora/instances.hpp>  // compiled once: the sdlora::instances library every test links
+#include <sdlora/pipeline.hpp>
+#include <string>  // std::string
 
+#include "pipeline/fixture_options.hpp"
 #include "support.hpp"
 
 using namespace sdlora;
@@ -16,16 +15,6 @@ using namespace sdlora;
 namespace {
 models::StableDiffusion<float> load_tiny() { return models::load_stable_diffusion<float>(test::fixture("models/tiny-sd1")); }
 
-pipeline::GenerateOptions options(std::string const& sampler) {
-  pipeline::GenerateOptions o;
-  o.prompt = "a photo of a cat";
-  o.steps = 4;
-  o.guidance_scale = 7.5;
-  o.width = o.height = 16;
-  o.seed = 42;
-  o.sampler = sampler;
-  return o;
-}
 }  // namespace
 
 TEST_CASE("LoRA files at scale 0.5 reproduce diffusers' set_adapters(weight 0.5), as adapters and merged",
@@ -45,7 +34,7 @@ TEST_CASE("LoRA files at scale 0.5 reproduce diffusers' set_adapters(weight 0.5)
       CHECK(loaded[0].text_encoder_layers == 0);
       for (std::string sampler : {"euler", "ddim"}) {
         INFO(sampler);
-        auto out = pipeline::txt2img(ctx, sd, options(sampler));
+        auto out = pipeline::txt2img(ctx, sd, test::pipeline_fixture_options(sampler));
         std::string const key = "lora_" + layout + "." + sampler;
         CHECK(test::rel_l2(out.latents, ref.load<float>(key + ".latents")) < 1e-4);
         CHECK(test::rel_l2(out.images, ref.load<float>(key + ".image")) < 1e-4);
@@ -63,28 +52,29 @@ TEST_CASE("A LoRA's scale can be swept after loading (adapters, and merged via u
   Context<Cpu> ctx;
   io::SafetensorsFile ref(test::fixture("pipeline/txt2img.safetensors"));
   auto sd = load_tiny();
-  auto plain = pipeline::txt2img(ctx, sd, options("euler"));
+  auto plain = pipeline::txt2img(ctx, sd, test::pipeline_fixture_options("euler"));
   CHECK(test::rel_l2(plain.latents, ref.load<float>("euler.latents")) < 1e-4);
 
   auto loaded = pipeline::apply_loras(sd, {{test::fixture("pipeline/lora_kohya.safetensors"), 1.0}});
-  auto full = pipeline::txt2img(ctx, sd, options("euler"));
+  auto full = pipeline::txt2img(ctx, sd, test::pipeline_fixture_options("euler"));
   CHECK(test::rel_l2(full.latents, ref.load<float>("lora_kohya.euler.latents")) > 1e-2);
 
   pipeline::set_lora_scale(sd, loaded[0], 0.5);
-  CHECK(test::rel_l2(pipeline::txt2img(ctx, sd, options("euler")).latents,
+  CHECK(test::rel_l2(pipeline::txt2img(ctx, sd, test::pipeline_fixture_options("euler")).latents,
                      ref.load<float>("lora_kohya.euler.latents")) < 1e-4);
 
   pipeline::set_lora_scale(sd, loaded[0], 0.0);  // scale 0 = no LoRA
-  CHECK(test::rel_l2(pipeline::txt2img(ctx, sd, options("euler")).latents, ref.load<float>("euler.latents")) < 1e-4);
+  CHECK(test::rel_l2(pipeline::txt2img(ctx, sd, test::pipeline_fixture_options("euler")).latents,
+                     ref.load<float>("euler.latents")) < 1e-4);
 
   pipeline::set_lora_scale(sd, loaded[0], 0.5);
   pipeline::merge_loras(ctx, sd);
   CHECK_THROWS_WITH(pipeline::set_lora_scale(sd, loaded[0], 1.0), Catch::Contains("unmerge"));
-  CHECK(test::rel_l2(pipeline::txt2img(ctx, sd, options("euler")).latents,
+  CHECK(test::rel_l2(pipeline::txt2img(ctx, sd, test::pipeline_fixture_options("euler")).latents,
                      ref.load<float>("lora_kohya.euler.latents")) < 1e-4);
   pipeline::unmerge_loras(ctx, sd);
   pipeline::set_lora_scale(sd, loaded[0], 1.0);
-  CHECK(test::rel_l2(pipeline::txt2img(ctx, sd, options("euler")).latents, full.latents) < 1e-5);
+  CHECK(test::rel_l2(pipeline::txt2img(ctx, sd, test::pipeline_fixture_options("euler")).latents, full.latents) < 1e-5);
 }
 
 TEST_CASE("Text-encoder LoRA parts reach the text encoder, in both file layouts", "[pipeline][lora]") {

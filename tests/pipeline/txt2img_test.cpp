@@ -1,8 +1,8 @@
 #include <catch2/catch.hpp>
-
-#include <sdlora/pipeline.hpp>
 #include <sdlora/instances.hpp>  // compiled once: the sdlora::instances library every test links
+#include <sdlora/pipeline.hpp>
 
+#include "pipeline/fixture_options.hpp"
 #include "support.hpp"
 
 using namespace sdlora;
@@ -12,16 +12,6 @@ models::StableDiffusion<float>& tiny() {
   static auto sd = models::load_stable_diffusion<float>(test::fixture("models/tiny-sd1"));
   return sd;
 }
-pipeline::GenerateOptions options(std::string const& sampler) {
-  pipeline::GenerateOptions o;
-  o.prompt = "a photo of a cat";
-  o.steps = 4;
-  o.guidance_scale = 7.5;
-  o.width = o.height = 16;
-  o.seed = 42;
-  o.sampler = sampler;
-  return o;
-}
 }  // namespace
 
 TEST_CASE("txt2img reproduces diffusers' latents for the same seed, for every sampler", "[pipeline][conformance]") {
@@ -30,7 +20,7 @@ TEST_CASE("txt2img reproduces diffusers' latents for the same seed, for every sa
   io::SafetensorsFile ref(test::fixture("pipeline/txt2img.safetensors"));
   for (std::string name : {"ddim", "pndm", "euler", "euler_a", "dpmpp_2m", "ddpm"}) {
     INFO(name);
-    auto out = pipeline::txt2img(ctx, tiny(), options(name));
+    auto out = pipeline::txt2img(ctx, tiny(), test::pipeline_fixture_options(name));
     CHECK(test::rel_l2(out.latents, ref.load<float>(name + ".latents")) < 1e-4);
     CHECK(test::rel_l2(out.images, ref.load<float>(name + ".image")) < 1e-4);
   }
@@ -38,7 +28,7 @@ TEST_CASE("txt2img reproduces diffusers' latents for the same seed, for every sa
 
 TEST_CASE("txt2img is deterministic per seed and different across seeds", "[pipeline]") {
   Context<Cpu> ctx;
-  auto o = options("euler_a");
+  auto o = test::pipeline_fixture_options("euler_a");
   auto a = pipeline::txt2img(ctx, tiny(), o);
   auto b = pipeline::txt2img(ctx, tiny(), o);
   for (Index i = 0; i < a.images.numel(); ++i) REQUIRE(a.images(i) == b.images(i));
@@ -49,7 +39,7 @@ TEST_CASE("txt2img is deterministic per seed and different across seeds", "[pipe
 
 TEST_CASE("Generation rejects bad sizes and can be cancelled", "[pipeline]") {
   Context<Cpu> ctx;
-  auto o = options("ddim");
+  auto o = test::pipeline_fixture_options("ddim");
   o.width = 15;
   CHECK_THROWS_WITH(pipeline::txt2img(ctx, tiny(), o), Catch::Contains("multiples of 2") && Catch::Contains("15x16"));
   o.width = 16;
@@ -75,7 +65,7 @@ TEST_CASE("on_backend copies a checkpoint parameter by parameter: the copy gener
     ++widened;
   });
   CHECK(widened > 0);
-  auto const o = options("euler_a");
+  auto const o = test::pipeline_fixture_options("euler_a");
   auto const want = pipeline::txt2img(ctx, sd, o);
   auto const got = pipeline::txt2img(ctx, copy, o);
   for (Index i = 0; i < want.images.numel(); ++i) REQUIRE(got.images(i) == want.images(i));

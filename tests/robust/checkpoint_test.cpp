@@ -31,7 +31,7 @@ class Flat : public train::ExampleSource {
   }
 };
 
-train::RunOptions run_options(std::string const& dir, std::int64_t steps) {
+train::RunOptions checkpoint_run_options(std::string const& dir, std::int64_t steps) {
   train::RunOptions o;
   o.output_dir = dir;
   o.max_train_steps = steps;
@@ -48,7 +48,7 @@ std::string resume(std::string const& dir) {
   Flat data;
   std::ostringstream log;
   auto sd = models::load_stable_diffusion<float>(test::fixture("models/tiny-sd1"));
-  auto o = run_options(dir, 3);
+  auto o = checkpoint_run_options(dir, 3);
   o.resume_from_checkpoint = "latest";
   try {
     train::run_training(ctx, sd, data, o, nullptr, log);
@@ -67,7 +67,7 @@ TEST_CASE("A corrupt checkpoint is a FormatError naming it, not a crash", "[robu
     Flat data;
     std::ostringstream log;
     auto sd = models::load_stable_diffusion<float>(test::fixture("models/tiny-sd1"));
-    train::run_training(ctx, sd, data, run_options(dir, 2), nullptr, log);
+    train::run_training(ctx, sd, data, checkpoint_run_options(dir, 2), nullptr, log);
   }
   fs::path const state = fs::path(dir) / "checkpoint-2" / "state.json";
   std::string const good = [&] {

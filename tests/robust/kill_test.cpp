@@ -28,7 +28,7 @@ namespace fs = std::filesystem;
 
 namespace {
 
-fs::path scratch() {
+fs::path kill_scratch() {
   static fs::path const dir = test::sample_data_dir("sdlora_robust_kill");
   return dir;
 }
@@ -36,10 +36,29 @@ fs::path scratch() {
 /// A run of 8 steps with a checkpoint after every step (most kills land near a checkpoint write) keeping the last
 /// two; every invocation, the first included, resumes from the latest checkpoint if there is one.
 std::vector<std::string> args(fs::path const& out_dir) {
-  return {SDLORA_TRAIN_EXE, "--pretrained-model", test::fixture("models/tiny-sd1"), "--train-data-dir",
-          (scratch() / "samples" / "images").string(), "--resolution", "16", "--output-dir", out_dir.string(),
-          "--threads", "1", "--seed", "5", "--train-batch-size", "2", "--max-train-steps", "8",
-          "--checkpointing-steps", "1", "--checkpoints-total-limit", "2", "--resume-from-checkpoint", "latest"};
+  return {SDLORA_TRAIN_EXE,
+          "--pretrained-model",
+          test::fixture("models/tiny-sd1"),
+          "--train-data-dir",
+          (kill_scratch() / "samples" / "images").string(),
+          "--resolution",
+          "16",
+          "--output-dir",
+          out_dir.string(),
+          "--threads",
+          "1",
+          "--seed",
+          "5",
+          "--train-batch-size",
+          "2",
+          "--max-train-steps",
+          "8",
+          "--checkpointing-steps",
+          "1",
+          "--checkpoints-total-limit",
+          "2",
+          "--resume-from-checkpoint",
+          "latest"};
 }
 
 /// Whether a write was cut: a temporary file or checkpoint directory is left under `dir`.
@@ -58,13 +77,13 @@ int env_int(char const* name, int fallback) {
 
 TEST_CASE("sdlora-train killed with SIGKILL at random times resumes to a bit-identical LoRA", "[robust][e2e]") {
   // Every run uses the same output folder (its path is in the LoRA's metadata): the files must be equal byte for byte.
-  fs::path const dir = scratch() / "run";
+  fs::path const dir = kill_scratch() / "run";
   fs::remove_all(dir);
   auto const start = std::chrono::steady_clock::now();
   {
-    test::Child child(args(dir), scratch() / "reference.out", scratch() / "reference.err");
+    test::Child child(args(dir), kill_scratch() / "reference.out", kill_scratch() / "reference.err");
     auto const s = child.wait();
-    INFO(test::read_bytes(scratch() / "reference.err"));
+    INFO(test::read_bytes(kill_scratch() / "reference.err"));
     REQUIRE(s.code == 0);
   }
   double const full = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
@@ -86,8 +105,8 @@ TEST_CASE("sdlora-train killed with SIGKILL at random times resumes to a bit-ide
     for (int attempt = 0;; ++attempt) {
       INFO("seed " << seed << ", trial " << trial << ", attempt " << attempt);
       REQUIRE(attempt < 100);
-      fs::path const err = scratch() / ("trial-" + std::to_string(trial) + "-" + std::to_string(attempt) + ".err");
-      test::Child child(args(dir), scratch() / "trial.out", err);
+      fs::path const err = kill_scratch() / ("trial-" + std::to_string(trial) + "-" + std::to_string(attempt) + ".err");
+      test::Child child(args(dir), kill_scratch() / "trial.out", err);
       // The first attempt is killed after a random number of steps plus a fraction of a step (so inside a step or a
       // checkpoint write), later ones at any time (or not at all); after 6 kills it runs to the end.
       test::ChildStatus s{true};

@@ -81,7 +81,7 @@ std::string first_leaf(models::StableDiffusion<float>& sd, std::string const& su
   return found;
 }
 
-int skipped_rows(std::string const& csv) {
+int skipped_rows_in_file(std::string const& csv) {
   std::ifstream in(csv);
   std::string line;
   int n = 0;
@@ -153,7 +153,7 @@ TEST_CASE("A NaN training image: stop names the batch, skip drops that step only
     auto const r = train::run_training(ctx, sd, data, o, nullptr, log);
     CHECK(r.steps == 4);
     CHECK(r.skipped_steps == 1);
-    CHECK(skipped_rows("nan_image_skip/loss.csv") == 1);
+    CHECK(skipped_rows_in_file("nan_image_skip/loss.csv") == 1);
     io::SafetensorsFile f("nan_image_skip/sdlora_lora.safetensors");
     for (auto const& key : f.keys()) REQUIRE(train::all_finite(f.load<float>(key)));
     // The three good steps did train: some LoRA up factor moved away from its zero start.

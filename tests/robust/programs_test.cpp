@@ -86,7 +86,7 @@ Run run(std::vector<std::string> const& args, std::string const& name, std::opti
 int lines(std::string const& s) { return int(std::count(s.begin(), s.end(), '\n')); }
 
 /// Rows of a loss.csv text whose `skipped` column is 1.
-int skipped_rows(std::string const& csv) {
+int skipped_rows_in_text(std::string const& csv) {
   int n = 0;
   for (std::size_t at = csv.find(",1\n"); at != std::string::npos; at = csv.find(",1\n", at + 1)) ++n;
   return n;
@@ -139,7 +139,7 @@ TEST_CASE("sdlora-train --on_nan skip counts the skipped steps and still ends", 
   std::string const csv = test::read_bytes(scratch() / "nan_skip" / "loss.csv");
   CHECK(csv.rfind("step,loss,lr,skipped\n", 0) == 0);
   CHECK(lines(csv) == 3);
-  CHECK(skipped_rows(csv) == 2);
+  CHECK(skipped_rows_in_text(csv) == 2);
   require_whole_files(scratch() / "nan_skip");
 }
 

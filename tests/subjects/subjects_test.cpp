@@ -62,7 +62,7 @@ double distance_to_subject(Context<Cpu>& ctx, models::StableDiffusion<float>& sd
   return total;
 }
 
-train::RunOptions run_options(std::string const& dir, std::int64_t steps) {
+train::RunOptions subject_run_options(std::string const& dir, std::int64_t steps) {
   train::RunOptions o;
   o.output_dir = dir;
   o.max_train_steps = steps;
@@ -74,7 +74,8 @@ train::RunOptions run_options(std::string const& dir, std::int64_t steps) {
 }
 }  // namespace
 
-TEST_CASE("DreamBooth-LoRA moves generations of the identifier towards the instance photos", "[train][subjects][e2e]") {
+TEST_CASE("DreamBooth-LoRA moves generations of the identifier towards the instance photos",
+          "[train][subjects][e2e][learning]") {
   // Metric: mean squared latent distance between 4 generations of "a photo of sks toy" (fixed seeds) and the mean
   // instance photo's latent. Margin: after 150 steps the distance must be at most 70% of the untrained model's.
   Context<Cpu> ctx;
@@ -86,7 +87,7 @@ TEST_CASE("DreamBooth-LoRA moves generations of the identifier towards the insta
   d.instance_prompt = "a photo of sks toy";
   d.resolution = 16;
   train::DatasetSource source(train::open_dataset(d));
-  auto o = run_options("subject_dreambooth", 150);
+  auto o = subject_run_options("subject_dreambooth", 150);
   o.trainer.method = train::Method::DreamBooth;
   o.trainer.optimizer.lr = 5e-3;
   o.trainer.rank = 8;
@@ -99,7 +100,8 @@ TEST_CASE("DreamBooth-LoRA moves generations of the identifier towards the insta
   CHECK(after < 0.7 * before);
 }
 
-TEST_CASE("Textual Inversion learns a token whose saved embedding loads in the pipeline", "[train][subjects][e2e]") {
+TEST_CASE("Textual Inversion learns a token whose saved embedding loads in the pipeline",
+          "[train][subjects][e2e][learning]") {
   // Metric as above with the prompt "a photo of <erica>". Margin: the trained token's generations must be at least 1%
   // closer to the subject than the initializer word's ("toy"; measured: 77.52 -> 76.35, 1.5%). Only 8 numbers train,
   // and the tiny random UNet's cross-attention carries little of the text, so the effect is small by construction.
@@ -111,7 +113,7 @@ TEST_CASE("Textual Inversion learns a token whose saved embedding loads in the p
   d.path = dir;
   d.resolution = 16;
   train::TemplateSource source(train::open_dataset(d), "<erica>", train::LearnableProperty::Object);
-  auto o = run_options("subject_ti", 300);
+  auto o = subject_run_options("subject_ti", 300);
   o.trainer.method = train::Method::TextualInversion;
   o.trainer.placeholder_token = "<erica>";
   o.trainer.initializer_token = "toy";

@@ -83,7 +83,7 @@ TEST_CASE("A run killed after a checkpoint and resumed ends with bit-identical L
   CHECK(rows == 6);
 }
 
-TEST_CASE("Training lowers the loss on the sample squares", "[train][e2e]") {
+TEST_CASE("Training lowers the loss on the sample squares", "[train][e2e][learning]") {
   // 200 steps of rank-8 LoRA/LoCon at lr 2e-3 on four images: the mean loss of the last 30 steps must be at least
   // 20% below the mean of the first 30 (measured: 1.05 -> 0.76; the per-step loss is noisy: random timesteps and
   // noise).

@@ -13,6 +13,7 @@
 #pragma once
 
 #include <algorithm>    // std::clamp, std::max, std::min, std::fill_n
+#include <concepts>     // std::same_as
 #include <type_traits>  // std::is_same_v
 #include <vector>       // std::vector
 
@@ -254,9 +255,11 @@ struct Impl<Conv2d, Cpu> {
   }
 
   /// backward_input for a weight in any storage: stride 1 and pointwise convolutions pack it directly; strided ones
-  /// (a few downsamplers) run on a float copy.
-  static void backward_input_stored(Context<Cpu>& ctx, Conv2d const& op, TensorView<float, Cpu> dx,
-                                    TensorView<float const, Cpu> dy, cpu::WeightSource w, Shape const& w_shape) {
+  /// (a few downsamplers) run on a float copy. A template (T is float) only so that a translation unit that never
+  /// calls it does not compile the generic float GEMM path it falls back on (~1.5 s of every test file's compile).
+  template <std::same_as<float> T>
+  static void backward_input_stored(Context<Cpu>& ctx, Conv2d const& op, TensorView<T, Cpu> dx,
+                                    TensorView<T const, Cpu> dy, cpu::WeightSource w, Shape const& w_shape) {
     cpu::ConvDims const d = cpu::conv_dims(dx.shape(), w_shape, dy.shape());
     Index const n = dx.dim(0), p = d.p();
     if (cpu::is_pointwise(d, op.geometry)) {  // dx (C, P) = w^T (C, O) @ dy (O, P) per image
@@ -270,7 +273,7 @@ struct Impl<Conv2d, Cpu> {
     } else {
       auto wide = Tensor<float, Cpu>::uninitialized(w_shape);  // (O, C, kh, kw)
       w.widen(wide.data(), 0, wide.numel());
-      backward_input<float>(ctx, op, dx, dy, wide.view());
+      backward_input<T>(ctx, op, dx, dy, wide.view());
     }
   }
 
