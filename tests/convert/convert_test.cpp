@@ -21,8 +21,9 @@
 #include <sdlora/pipeline/txt2img.hpp>   // pipeline::txt2img
 #include <sdlora/instances.hpp>  // compiled once: the sdlora::instances library every test links
 
-#include "examples/program.hpp"  // test::scratch_dir, test::run_program
-#include "support.hpp"           // test::fixture, test::rel_l2, test::random_tensor
+#include "examples/program.hpp"          // test::scratch_dir, test::run_program
+#include "pipeline/fixture_options.hpp"  // test::pipeline_fixture_options
+#include "support.hpp"                   // test::fixture, test::rel_l2, test::random_tensor
 
 using namespace sdlora;
 namespace fs = std::filesystem;
@@ -77,16 +78,6 @@ Eigen::MatrixXd delta(lora::LoraEntry const& e) {
 
 double rel(Eigen::MatrixXd const& a, Eigen::MatrixXd const& ref) { return (a - ref).norm() / ref.norm(); }
 
-pipeline::GenerateOptions euler_options() {  // tools/fixtures/make_convert.py
-  pipeline::GenerateOptions o;
-  o.prompt = "a photo of a cat";
-  o.steps = 4;
-  o.guidance_scale = 7.5;
-  o.width = o.height = 16;
-  o.seed = 42;
-  o.sampler = "euler";
-  return o;
-}
 
 }  // namespace
 
@@ -399,7 +390,7 @@ TEST_CASE("A checkpoint with a merged LoRA gives the adapter path's images and d
   io::SafetensorsFile const ref(test::fixture("convert/merged.safetensors"));
   auto adapter = load(test::fixture("models/tiny-sd1"));
   pipeline::apply_loras(adapter, {{lora_path, 0.5}}, lora::ApplyMode::Adapter);
-  auto const want = pipeline::txt2img(ctx, adapter, euler_options());
+  auto const want = pipeline::txt2img(ctx, adapter, test::pipeline_fixture_options("euler"));
   CHECK(test::rel_l2(want.latents, ref.load<float>("latents")) < 1e-4);
 
   auto merged = load(test::fixture("models/tiny-sd1"));
@@ -413,7 +404,7 @@ TEST_CASE("A checkpoint with a merged LoRA gives the adapter path's images and d
                                      std::pair<std::string, std::string>{folder.string(), ""}}) {
     INFO(path);
     auto sd = load(path, config);
-    auto const got = pipeline::txt2img(ctx, sd, euler_options());
+    auto const got = pipeline::txt2img(ctx, sd, test::pipeline_fixture_options("euler"));
     CHECK(test::rel_l2(got.latents, want.latents) <= 1e-5);
     CHECK(test::rel_l2(got.images, want.images) <= 1e-5);
     CHECK(test::rel_l2(got.latents, ref.load<float>("latents")) < 1e-4);
@@ -421,7 +412,7 @@ TEST_CASE("A checkpoint with a merged LoRA gives the adapter path's images and d
   }
   // The LoRA matters: the plain model is far from it.
   auto plain = load(test::fixture("models/tiny-sd1"));
-  CHECK(test::rel_l2(pipeline::txt2img(ctx, plain, euler_options()).latents, want.latents) > 1e-2);
+  CHECK(test::rel_l2(pipeline::txt2img(ctx, plain, test::pipeline_fixture_options("euler")).latents, want.latents) > 1e-2);
 }
 
 #ifdef SDLORA_CONVERT_EXE

@@ -20,7 +20,8 @@
 #include <sdlora/pipeline.hpp>
 #include <sdlora/train/optimizer.hpp>
 
-#include "support.hpp"  // fixture, rel_l2, random_tensor
+#include "pipeline/fixture_options.hpp"  // test::pipeline_fixture_options
+#include "support.hpp"                   // fixture, rel_l2, random_tensor
 
 using namespace sdlora;
 
@@ -33,16 +34,6 @@ models::StableDiffusion<float, Cpu>& tiny_cpu() {
 models::StableDiffusion<float, Cuda>& tiny_cuda() {
   static auto sd = pipeline::on_backend<Cuda>(tiny_cpu());
   return sd;
-}
-pipeline::GenerateOptions options(std::string const& sampler) {
-  pipeline::GenerateOptions o;
-  o.prompt = "a photo of a cat";
-  o.steps = 4;
-  o.guidance_scale = 7.5;
-  o.width = o.height = 16;
-  o.seed = 42;
-  o.sampler = sampler;
-  return o;
 }
 /// Mean |a - b| of images in [-1, 1], measured in [0, 1] pixel units.
 double mean_abs_pixels(Tensor<float, Cpu> const& a, Tensor<float, Cpu> const& b) {
@@ -59,13 +50,13 @@ TEST_CASE("cuda txt2img and img2img give the CPU's latents and images", "[cuda][
   Context<Cuda> gpu;
   for (std::string name : {"ddim", "euler_a", "dpmpp_2m"}) {
     INFO(name);
-    auto const o = options(name);
+    auto const o = test::pipeline_fixture_options(name);
     auto const ref = pipeline::txt2img(cpu, tiny_cpu(), o);
     auto const out = pipeline::txt2img(gpu, tiny_cuda(), o);
     CHECK(test::rel_l2(out.latents, ref.latents) < 1e-4);
     CHECK(mean_abs_pixels(out.images, ref.images) <= 1.0 / 255.0);
   }
-  auto o = options("ddim");
+  auto o = test::pipeline_fixture_options("ddim");
   o.strength = 0.6;
   auto const init = test::random_tensor<float>(Shape{3, 16, 16}, 7);  // (3, H, W) in [-1, 1]
   auto const ref = pipeline::img2img(cpu, tiny_cpu(), init.view(), o);

@@ -1,5 +1,6 @@
 /// @file fixture_options.hpp
-/// @brief The generation settings the pipeline fixtures were made with (tools/fixtures/make_pipeline.py).
+/// @brief The generation settings the pipeline and conversion fixtures were made with (tools/fixtures/make_pipeline.py,
+/// make_convert.py).
 #pragma once
 
 #include <string>  // std::string
