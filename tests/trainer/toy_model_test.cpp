@@ -190,7 +190,8 @@ TEST_CASE("A style LoRA trained on the toy model draws its style at scale 1 and 
   CHECK(colour[0] >= 16);
 }
 
-TEST_CASE("DreamBooth teaches the toy model the sks subject and draws it on a background it never saw", "[toy][e2e]") {
+TEST_CASE("DreamBooth teaches the toy model the sks subject and draws it on a background it never saw",
+          "[toy][e2e][subject]") {
   // The subject (train::ToySet::Subject): a yellow star with a red dot, captioned "a sks toy on a <colour> background";
   // the first 8 instance scenes that are not on green. Then "a sks toy on a green background", 8 seeds. An image shows
   // the subject when the star ranks first by the shape measure, its dominant colour is the subject's (yellow, or the
@@ -221,7 +222,8 @@ TEST_CASE("DreamBooth teaches the toy model the sks subject and draws it on a ba
   CHECK(after >= 3);
 }
 
-TEST_CASE("Textual Inversion finds the crescent the toy model draws without a word for it", "[toy][e2e]") {
+TEST_CASE("Textual Inversion finds the crescent the toy model draws without a word for it",
+          "[toy][e2e][subject]") {
   // The toy model's UNet saw crescents only as "a <colour> shape on a <colour> background" (600 of the 4600 scenes
   // of its crescent stage; data/models/toy-world/README.md): no word names them. Textual Inversion: "<toy-shape>"
   // initialised from "circle", on the first 16 concept scenes (train::ToySet::Concept, "a white <toy-shape> on a blue
