@@ -3,7 +3,9 @@
 // operands; and the same bits for 1 and 2 threads.
 #include <catch2/catch.hpp>
 
+#include <bit>
 #include <cmath>
+#include <cstdint>
 #include <random>
 #include <vector>
 
@@ -95,4 +97,86 @@ TEST_CASE("SDLORA_ISA caps and Context<Cpu>::isa never pick a path the CPU lacks
   CHECK(cpu::resolve_isa(cpu::Isa::kAvx512) <= cpu::detected_isa());
   CHECK(cpu::gemm_kernel(cpu::Isa::kPortable).isa == cpu::Isa::kPortable);
   CHECK(cpu::gemm_kernel(cpu::Isa::kAuto).isa == cpu::resolve_isa(cpu::Isa::kAuto));
+}
+
+TEST_CASE("operands packed once for all tasks give the same bits over one or several depth ranges",
+          "[core][gemm][sgemm]") {
+  // (M, N, K) where several tasks share A (several N tiles), B (several M chunks) or both; a limit of 40,000 floats
+  // of shared panels splits the depth into ranges of 256 or 512 (C then gets each range's sum in turn).
+  struct Size {
+    Index m, n, k;
+  };
+  for (Size const sz : {Size{300, 400, 700}, Size{2000, 40, 600}, Size{40, 3000, 530}}) {
+    std::mt19937 rng(11);
+    std::uniform_real_distribution<float> dist(-1.f, 1.f);
+    std::vector<float> a(sz.m * sz.k), b(sz.k * sz.n);
+    for (float& v : a) v = dist(rng);
+    for (float& v : b) v = dist(rng);
+    auto product = [&](int threads, Index limit) {
+      std::vector<float> c(sz.m * sz.n, 0.f);
+      Context<Cpu> ctx;
+      ctx.num_threads = threads;
+      cpu::gemm_packed(ctx, 1, sz.m, sz.n, sz.k, cpu::matrix_packer_a({a.data(), sz.k, false}, 0),
+                       cpu::matrix_packer_b({b.data(), sz.n, false}, 0), cpu::StridedOutput{c.data(), 0, sz.n}, sz.n,
+                       1.f, 0.f, limit);
+      return c;
+    };
+    std::vector<float> const whole = product(2, cpu::kSharedPanelFloats);
+    INFO(sz.m << "x" << sz.n << "x" << sz.k);
+    CHECK(product(2, 40000) == whole);
+    CHECK(product(1, 40000) == whole);
+    CHECK(product(1, cpu::kSharedPanelFloats) == whole);
+    // And the sum itself: one entry per row against a double reference (float summation bound, as above).
+    for (Index i = 0; i < sz.m; i += 37) {
+      Index const j = (i * 7) % sz.n;
+      double sum = 0, mag = 0;
+      for (Index p = 0; p < sz.k; ++p) sum += double(a[i * sz.k + p]) * b[p * sz.n + j], mag += std::abs(double(a[i * sz.k + p]) * b[p * sz.n + j]);
+      REQUIRE(std::abs(whole[i * sz.n + j] - sum) <= 2 * (sz.k + 2) * std::ldexp(1.0, -24) * mag);
+    }
+  }
+}
+
+TEST_CASE("weight panels: the AVX-512 transpose and the scalar loop write the same panels from f32, f16, bf16",
+          "[core][gemm][sgemm]") {
+  // Panels of every width a kernel path uses (4, 6, 12, 16, 32), ragged rows and depths, from row-major storage with
+  // depth contiguous (the transposing case) and transposed; compared with panel[q][d][i] = x(r0 + q*width + i, d0 + d).
+  std::mt19937 rng(5);
+  std::uniform_real_distribution<float> dist(-2.f, 2.f);
+  Index const rows_total = 75, depth_total = 300, ld = depth_total + 3;
+  std::vector<float> f(rows_total * ld);
+  for (float& v : f) v = dist(rng);
+  std::vector<std::uint16_t> h(f.size()), bf(f.size());
+  for (std::size_t i = 0; i < f.size(); ++i) {
+    h[i] = half(f[i]).bits;
+    bf[i] = std::uint16_t(std::bit_cast<std::uint32_t>(f[i]) >> 16);
+    f[i] = float(half::from_bits(h[i]));  // so that one reference serves f32 and f16
+  }
+  auto value = [&](DType dt, Index r, Index d) {
+    if (dt == DType::BF16) return std::bit_cast<float>(std::uint32_t(bf[std::size_t(r * ld + d)]) << 16);
+    return f[std::size_t(r * ld + d)];
+  };
+  for (DType dt : {DType::F32, DType::F16, DType::BF16})
+    for (Index width : {4, 6, 12, 16, 32})
+      for (bool trans : {false, true}) {
+        void const* p = dt == DType::F32 ? static_cast<void const*>(f.data())
+                        : dt == DType::F16 ? static_cast<void const*>(h.data())
+                                           : static_cast<void const*>(bf.data());
+        // trans: the operand's (row, depth) element is stored at depth * ld' + row; use the same storage read as
+        // (depth_total rows of ld) transposed, i.e. rows are the storage's columns.
+        Index const r0 = 3, rows = 37, d0 = 5, depth = trans ? 61 : 255;
+        std::vector<float> dst(std::size_t((rows + width - 1) / width * width * depth), -7.f);
+        cpu::pack_weight_panels(dst.data(), cpu::WeightSource{p, dt, ld, trans}, r0, rows, d0, depth, width);
+        for (Index q = 0; q < rows; q += width)
+          for (Index d = 0; d < depth; ++d)
+            for (Index i = 0; i < width; ++i) {
+              float const got = dst[std::size_t(q * depth + d * width + i)];
+              float const want = q + i >= rows ? 0.f
+                                 : trans      ? value(dt, d0 + d, r0 + q + i)
+                                              : value(dt, r0 + q + i, d0 + d);
+              if (got != want) {
+                INFO(dtype_name(dt) << " width " << width << " trans " << trans << " row " << q + i << " depth " << d);
+                REQUIRE(got == want);
+              }
+            }
+      }
 }

@@ -197,11 +197,84 @@ struct WeightSource {
 #endif
 };
 
+#if SDLORA_X86_KERNELS
+namespace kernels {
+
+/// dst[d * width + i] = src[i * ld + d] for d < depth and the `lanes` (<= 16) columns i of one 16-row group of a
+/// panel: rows i >= rows (< 16) are zero. Sixteen depths at a time as a 16 x 16 transpose in registers (unpack,
+/// in-lane shuffle, two 128-bit lane shuffles): 64 shuffles and 32 vector loads / stores for 256 values, where the
+/// scalar loop does a load and a strided store per value. Packing a weight this way is pure data movement, so the
+/// bits are those of the scalar loop.
+__attribute__((target("avx512f"))) inline void transpose_rows_avx512(float* dst, Index width, float const* src,
+                                                                      Index ld, Index rows, Index depth,
+                                                                      Index lanes) {
+  __mmask16 const store = __mmask16((1u << lanes) - 1u);
+  // The maskz forms throughout: GCC 12's unmasked ones pass _mm512_undefined_ps, a -Wmaybe-uninitialized error.
+  __mmask16 const all = 0xFFFF;
+  for (Index d0 = 0; d0 < depth; d0 += 16) {
+    Index const dn = std::min<Index>(16, depth - d0);
+    __mmask16 const load = __mmask16((1u << dn) - 1u);
+    __m512 r[16], t[16];
+#pragma GCC unroll 16
+    for (int i = 0; i < 16; ++i)
+      r[i] = i < rows ? _mm512_maskz_loadu_ps(load, src + i * ld + d0) : _mm512_setzero_ps();
+    // In each 128-bit lane l: t[2p] = (r[2p][4l], r[2p+1][4l], r[2p][4l+1], r[2p+1][4l+1]), t[2p+1] the next two.
+#pragma GCC unroll 8
+    for (int q = 0; q < 8; ++q) {
+      t[2 * q] = _mm512_maskz_unpacklo_ps(all, r[2 * q], r[2 * q + 1]);
+      t[2 * q + 1] = _mm512_maskz_unpackhi_ps(all, r[2 * q], r[2 * q + 1]);
+    }
+    // r[4g + c], lane l = rows 4g..4g+3 at column 4l + c.
+#pragma GCC unroll 4
+    for (int g = 0; g < 4; ++g) {
+      r[4 * g + 0] = _mm512_maskz_shuffle_ps(all, t[4 * g], t[4 * g + 2], _MM_SHUFFLE(1, 0, 1, 0));
+      r[4 * g + 1] = _mm512_maskz_shuffle_ps(all, t[4 * g], t[4 * g + 2], _MM_SHUFFLE(3, 2, 3, 2));
+      r[4 * g + 2] = _mm512_maskz_shuffle_ps(all, t[4 * g + 1], t[4 * g + 3], _MM_SHUFFLE(1, 0, 1, 0));
+      r[4 * g + 3] = _mm512_maskz_shuffle_ps(all, t[4 * g + 1], t[4 * g + 3], _MM_SHUFFLE(3, 2, 3, 2));
+    }
+    // Column 4l + c gathers lane l of r[c], r[4 + c], r[8 + c], r[12 + c].
+#pragma GCC unroll 4
+    for (int c = 0; c < 4; ++c) {
+      __m512 const even_lo = _mm512_maskz_shuffle_f32x4(all, r[c], r[4 + c], 0x88);  // lanes 0, 2 of r[c], r[4 + c]
+      __m512 const odd_lo = _mm512_maskz_shuffle_f32x4(all, r[c], r[4 + c], 0xDD);   // lanes 1, 3
+      __m512 const even_hi = _mm512_maskz_shuffle_f32x4(all, r[8 + c], r[12 + c], 0x88);
+      __m512 const odd_hi = _mm512_maskz_shuffle_f32x4(all, r[8 + c], r[12 + c], 0xDD);
+      t[c] = _mm512_maskz_shuffle_f32x4(all, even_lo, even_hi, 0x88);      // column c
+      t[4 + c] = _mm512_maskz_shuffle_f32x4(all, odd_lo, odd_hi, 0x88);    // column 4 + c
+      t[8 + c] = _mm512_maskz_shuffle_f32x4(all, even_lo, even_hi, 0xDD);  // column 8 + c
+      t[12 + c] = _mm512_maskz_shuffle_f32x4(all, odd_lo, odd_hi, 0xDD);   // column 12 + c
+    }
+    for (Index j = 0; j < dn; ++j) _mm512_mask_storeu_ps(dst + (d0 + j) * width, store, t[j]);
+  }
+}
+
+}  // namespace kernels
+#endif
+
 /// Packs rows [r0, r0 + rows) x depth [d0, d0 + depth) of an operand read as (row, depth) into panels of `width`
 /// rows: panel q holds depth-major (depth, width) values, zero past the last row. A's rows are M, B's are N. The loop
-/// order follows whichever index is contiguous in memory; 16-bit storage is widened on the way.
+/// order follows whichever index is contiguous in memory; 16-bit storage is widened on the way. Where depth is
+/// contiguous (a weight (out, in) or (O, C*kh*kw) row-major) each panel is a transpose: in registers on AVX-512.
 inline void pack_weight_panels(float* dst, WeightSource const& x, Index r0, Index rows, Index d0, Index depth,
                                Index width) {
+#if SDLORA_X86_KERNELS
+  static bool const wide = resolve_isa(Isa::kAuto) == Isa::kAvx512;
+  if (wide && !x.trans && width <= 32) {
+    alignas(64) float runs[32 * kKc];  // a panel's rows widened from 16 bits (depth <= kKc)
+    for (Index q = 0; q < rows; q += width, dst += width * depth) {
+      Index const w = std::min(width, rows - q);
+      float const* src = runs;
+      Index ld = kKc;
+      if (x.dtype == DType::F32) src = static_cast<float const*>(x.p) + (r0 + q) * x.ld + d0, ld = x.ld;
+      else
+        for (Index i = 0; i < w; ++i) x.widen(runs + i * kKc, (r0 + q + i) * x.ld + d0, depth);
+      for (Index i0 = 0; i0 < width; i0 += 16)
+        kernels::transpose_rows_avx512(dst + i0, width, src + i0 * ld, ld, std::clamp<Index>(w - i0, 0, 16), depth,
+                                       std::min<Index>(16, width - i0));
+    }
+    return;
+  }
+#endif
   alignas(64) float run[kKc];  // one row's depth run (depth <= kKc)
   for (Index q = 0; q < rows; q += width, dst += width * depth) {
     Index const w = std::min(width, rows - q);
@@ -306,12 +379,48 @@ struct StridedOutput {
   float* operator()(Index bi, Index row, Index col) const { return c + bi * batch_stride + row * ldc + col; }
 };
 
+/// Operands packed once per call and read by every task: the calling thread's buffer, grown to the largest request
+/// (at most kSharedPanelFloats) and kept, so that a GEMM neither allocates nor faults in pages.
+inline constexpr Index kSharedPanelFloats = Index(1) << 22;  // 16 MB
+
+class SharedPanels {
+ public:
+  SharedPanels() = default;
+  SharedPanels(SharedPanels const&) = delete;
+  SharedPanels& operator=(SharedPanels const&) = delete;
+  ~SharedPanels() { BackendMemory<Cpu>::deallocate(p_); }
+
+  /// At least `floats` floats of the calling thread's buffer (its contents are not kept across calls).
+  static float* reserve(Index floats) {
+    thread_local SharedPanels panels;
+    if (floats > panels.size_) {
+      BackendMemory<Cpu>::deallocate(panels.p_);
+      panels.p_ = nullptr;
+      panels.size_ = 0;
+      panels.p_ = static_cast<float*>(BackendMemory<Cpu>::allocate(sizeof(float) * std::size_t(floats)));
+      panels.size_ = floats;
+    }
+    return panels.p_;
+  }
+
+ private:
+  float* p_ = nullptr;
+  Index size_ = 0;
+};
+
 /// C(bi) (M, N) = alpha * A @ B + beta * C for every batch index bi, A and B read through the packers and C's
 /// element (bi, row, col) at c_at(bi, row, col): the NR columns of one register tile (NR = 16 or 32, tiles start at
 /// multiples of NR) must be consecutive in memory, and rows ldc apart. beta == 0 never reads C.
+///
+/// Tasks are (M chunk, N tile) blocks of C. An operand that several tasks would each pack alike (A when there are
+/// several N tiles, B when there are several M chunks; a weight packed 15 times for one Linear of 2048 tokens, a
+/// convolution's image columns 3 times) is packed once, in parallel, into the caller's SharedPanels before the tasks
+/// run, over as many depth blocks at a time as fit in it. Every element of C is the same sum of the same products
+/// in the same order whatever is packed where, so the bits depend on neither the tiling nor the thread count.
+/// shared_floats bounds the shared panels (a test lowers it to cover several depth ranges).
 template <class PackA, class PackB, class COut>
 void gemm_packed(Context<Cpu>& ctx, Index batch, Index m, Index n, Index k, PackA const& pack_a, PackB const& pack_b,
-                 COut const& c_at, Index ldc, float alpha, float beta) {
+                 COut const& c_at, Index ldc, float alpha, float beta, Index shared_floats = kSharedPanelFloats) {
   if (batch == 0 || m == 0 || n == 0) return;
   GemmKernel const kern = gemm_kernel(ctx.isa);
   if (k == 0) {  // C = beta * C
@@ -326,29 +435,42 @@ void gemm_packed(Context<Cpu>& ctx, Index batch, Index m, Index n, Index k, Pack
   int const threads = ctx.threads();
   GemmTiling const tiling = gemm_tiling(batch, m, n, threads, kern.nr);
   Index const tasks = tiling.tasks(batch);
-  bool const parallel = threads > 1 && tasks > 1 && double(batch) * m * n * k > double(1 << 17) &&
-                        !ThreadPool::inside_task();
+  bool const big = double(batch) * m * n * k > double(1 << 17);
+  bool const parallel = threads > 1 && tasks > 1 && big && !ThreadPool::inside_task();
 
-  auto run_task = [&](PackBuffers const& buf, Index t) {
+  // Shared panels (one batch item only): depth block pc's A panels at a_shared + (pc - k0) * m_pad, its B panels at
+  // b_shared + (pc - k0) * n_pad, for the depth range [k0, k1) packed last; block (ic, pc)'s panels start ic * kc in.
+  Index const m_pad = (m + kern.mr - 1) / kern.mr * kern.mr, n_pad = (n + kern.nr - 1) / kern.nr * kern.nr;
+  bool const share_a = batch == 1 && big && tiling.n_tiles > 1, share_b = batch == 1 && big && tiling.m_chunks > 1;
+  Index const per_depth = (share_a ? m_pad : 0) + (share_b ? n_pad : 0);
+  Index const range = per_depth == 0 ? k : std::max(kKc, shared_floats / per_depth / kKc * kKc);
+  float* const a_shared = per_depth == 0 ? nullptr : SharedPanels::reserve(per_depth * std::min(range, k));
+  float* const b_shared = share_a ? a_shared + m_pad * std::min(range, k) : a_shared;
+
+  auto run_task = [&](PackBuffers const& buf, Index t, Index k0, Index k1) {
     Index const bi = t / (tiling.m_chunks * tiling.n_tiles), rest = t % (tiling.m_chunks * tiling.n_tiles);
     Index const ms = (rest / tiling.n_tiles) * tiling.m_chunk, me = std::min(m, ms + tiling.m_chunk);
     Index const ns = (rest % tiling.n_tiles) * tiling.n_tile, nt = std::min(tiling.n_tile, n - ns);
     alignas(64) float edge[12 * 32];  // (MR, NR) tile for the ragged edges
     for (Index nb = ns; nb < ns + nt; nb += kNc) {
       Index const nc = std::min(kNc, ns + nt - nb);
-      for (Index pc = 0; pc < k; pc += kKc) {
+      for (Index pc = k0; pc < k1; pc += kKc) {
         Index const kc = std::min(kKc, k - pc);
         float const beta_k = pc == 0 ? beta : 1.f;
-        pack_b(buf.b(), bi, pc, kc, nb, nc, kern.nr);
+        float const* b_block = buf.b();
+        if (share_b) b_block = b_shared + (pc - k0) * n_pad + nb * kc;
+        else pack_b(buf.b(), bi, pc, kc, nb, nc, kern.nr);
         for (Index ic = ms; ic < me; ic += kMc) {
           Index const mc = std::min(kMc, me - ic);
-          pack_a(buf.a(), bi, ic, mc, pc, kc, kern.mr);
+          float const* a_block = buf.a();
+          if (share_a) a_block = a_shared + (pc - k0) * m_pad + ic * kc;
+          else pack_a(buf.a(), bi, ic, mc, pc, kc, kern.mr);
           for (Index jr = 0; jr < nc; jr += kern.nr) {
             Index const nr = std::min(kern.nr, nc - jr);
-            float const* bp = buf.b() + jr * kc;
+            float const* bp = b_block + jr * kc;
             for (Index ir = 0; ir < mc; ir += kern.mr) {
               Index const mr = std::min(kern.mr, mc - ir);
-              float const* ap = buf.a() + ir * kc;
+              float const* ap = a_block + ir * kc;
               float* cp = c_at(bi, ic + ir, nb + jr);
               if (mr == kern.mr && nr == kern.nr) {
                 kern.run(kc, ap, bp, cp, ldc, alpha, beta_k);
@@ -365,11 +487,31 @@ void gemm_packed(Context<Cpu>& ctx, Index batch, Index m, Index n, Index k, Pack
     }
   };
 
-  if (!parallel) {
-    for (Index t = 0; t < tasks; ++t) run_task(PackBuffers::local(), t);
-    return;
+  // Packing tasks of the shared panels for depths [k0, k1): (depth block, kMc rows of A or kNc columns of B).
+  Index const a_blocks = share_a ? (m + kMc - 1) / kMc : 0, b_blocks = share_b ? (n + kNc - 1) / kNc : 0;
+  auto pack_shared = [&](Index t, Index k0) {
+    Index const pc = k0 + t / (a_blocks + b_blocks) * kKc, j = t % (a_blocks + b_blocks);
+    Index const kc = std::min(kKc, k - pc);
+    if (j < a_blocks) {
+      Index const ic = j * kMc;
+      pack_a(a_shared + (pc - k0) * m_pad + ic * kc, 0, ic, std::min(kMc, m - ic), pc, kc, kern.mr);
+    } else {
+      Index const nb = (j - a_blocks) * kNc;
+      pack_b(b_shared + (pc - k0) * n_pad + nb * kc, 0, pc, kc, nb, std::min(kNc, n - nb), kern.nr);
+    }
+  };
+
+  for (Index k0 = 0; k0 < k; k0 += range) {
+    Index const k1 = std::min(k, k0 + range);
+    Index const pack_tasks = (k1 - k0 + kKc - 1) / kKc * (a_blocks + b_blocks);
+    if (!parallel) {
+      for (Index t = 0; t < pack_tasks; ++t) pack_shared(t, k0);
+      for (Index t = 0; t < tasks; ++t) run_task(PackBuffers::local(), t, k0, k1);
+      continue;
+    }
+    if (pack_tasks > 0) parallel_tasks(ctx, pack_tasks, [&](Index t, int) { pack_shared(t, k0); });
+    parallel_tasks(ctx, tasks, [&](Index t, int) { run_task(PackBuffers::local(), t, k0, k1); });
   }
-  parallel_tasks(ctx, tasks, [&](Index t, int) { run_task(PackBuffers::local(), t); });
 }
 
 /// C_i (M, P) = alpha * A @ B_i + beta * C_i for items i < count that share A (a weight): C_i at c + i * item_stride
