@@ -198,6 +198,15 @@ struct WeightSource {
 };
 
 #if SDLORA_X86_KERNELS
+// Full unrolling keeps the transpose's register arrays in registers. nvcc's front end, which also reads this header's
+// host code in a .cu file, refuses the pragma, so there it is left to the compiler.
+#if defined(__CUDACC__)
+#define SDLORA_UNROLL(n)
+#else
+#define SDLORA_UNROLL_PRAGMA(text) _Pragma(#text)
+#define SDLORA_UNROLL(n) SDLORA_UNROLL_PRAGMA(GCC unroll n)
+#endif
+
 namespace kernels {
 
 /// dst[d * width + i] = src[i * ld + d] for d < depth and the `lanes` (<= 16) columns i of one 16-row group of a
@@ -215,17 +224,17 @@ __attribute__((target("avx512f"))) inline void transpose_rows_avx512(float* dst,
     Index const dn = std::min<Index>(16, depth - d0);
     __mmask16 const load = __mmask16((1u << dn) - 1u);
     __m512 r[16], t[16];
-#pragma GCC unroll 16
+SDLORA_UNROLL(16)
     for (int i = 0; i < 16; ++i)
       r[i] = i < rows ? _mm512_maskz_loadu_ps(load, src + i * ld + d0) : _mm512_setzero_ps();
     // In each 128-bit lane l: t[2p] = (r[2p][4l], r[2p+1][4l], r[2p][4l+1], r[2p+1][4l+1]), t[2p+1] the next two.
-#pragma GCC unroll 8
+SDLORA_UNROLL(8)
     for (int q = 0; q < 8; ++q) {
       t[2 * q] = _mm512_maskz_unpacklo_ps(all, r[2 * q], r[2 * q + 1]);
       t[2 * q + 1] = _mm512_maskz_unpackhi_ps(all, r[2 * q], r[2 * q + 1]);
     }
     // r[4g + c], lane l = rows 4g..4g+3 at column 4l + c.
-#pragma GCC unroll 4
+SDLORA_UNROLL(4)
     for (int g = 0; g < 4; ++g) {
       r[4 * g + 0] = _mm512_maskz_shuffle_ps(all, t[4 * g], t[4 * g + 2], _MM_SHUFFLE(1, 0, 1, 0));
       r[4 * g + 1] = _mm512_maskz_shuffle_ps(all, t[4 * g], t[4 * g + 2], _MM_SHUFFLE(3, 2, 3, 2));
@@ -233,7 +242,7 @@ __attribute__((target("avx512f"))) inline void transpose_rows_avx512(float* dst,
       r[4 * g + 3] = _mm512_maskz_shuffle_ps(all, t[4 * g + 1], t[4 * g + 3], _MM_SHUFFLE(3, 2, 3, 2));
     }
     // Column 4l + c gathers lane l of r[c], r[4 + c], r[8 + c], r[12 + c].
-#pragma GCC unroll 4
+SDLORA_UNROLL(4)
     for (int c = 0; c < 4; ++c) {
       __m512 const even_lo = _mm512_maskz_shuffle_f32x4(all, r[c], r[4 + c], 0x88);  // lanes 0, 2 of r[c], r[4 + c]
       __m512 const odd_lo = _mm512_maskz_shuffle_f32x4(all, r[c], r[4 + c], 0xDD);   // lanes 1, 3
@@ -261,6 +270,8 @@ __attribute__((target("avx512f"))) inline void copy_rows_avx512(float* dst, Inde
 }
 
 }  // namespace kernels
+#undef SDLORA_UNROLL
+#undef SDLORA_UNROLL_PRAGMA
 #endif
 
 /// Packs rows [r0, r0 + rows) x depth [d0, d0 + depth) of an operand read as (row, depth) into panels of `width`
