@@ -224,17 +224,17 @@ __attribute__((target("avx512f"))) inline void transpose_rows_avx512(float* dst,
     Index const dn = std::min<Index>(16, depth - d0);
     __mmask16 const load = __mmask16((1u << dn) - 1u);
     __m512 r[16], t[16];
-SDLORA_UNROLL(16)
+    SDLORA_UNROLL(16)
     for (int i = 0; i < 16; ++i)
       r[i] = i < rows ? _mm512_maskz_loadu_ps(load, src + i * ld + d0) : _mm512_setzero_ps();
     // In each 128-bit lane l: t[2p] = (r[2p][4l], r[2p+1][4l], r[2p][4l+1], r[2p+1][4l+1]), t[2p+1] the next two.
-SDLORA_UNROLL(8)
+    SDLORA_UNROLL(8)
     for (int q = 0; q < 8; ++q) {
       t[2 * q] = _mm512_maskz_unpacklo_ps(all, r[2 * q], r[2 * q + 1]);
       t[2 * q + 1] = _mm512_maskz_unpackhi_ps(all, r[2 * q], r[2 * q + 1]);
     }
     // r[4g + c], lane l = rows 4g..4g+3 at column 4l + c.
-SDLORA_UNROLL(4)
+    SDLORA_UNROLL(4)
     for (int g = 0; g < 4; ++g) {
       r[4 * g + 0] = _mm512_maskz_shuffle_ps(all, t[4 * g], t[4 * g + 2], _MM_SHUFFLE(1, 0, 1, 0));
       r[4 * g + 1] = _mm512_maskz_shuffle_ps(all, t[4 * g], t[4 * g + 2], _MM_SHUFFLE(3, 2, 3, 2));
@@ -242,7 +242,7 @@ SDLORA_UNROLL(4)
       r[4 * g + 3] = _mm512_maskz_shuffle_ps(all, t[4 * g + 1], t[4 * g + 3], _MM_SHUFFLE(3, 2, 3, 2));
     }
     // Column 4l + c gathers lane l of r[c], r[4 + c], r[8 + c], r[12 + c].
-SDLORA_UNROLL(4)
+    SDLORA_UNROLL(4)
     for (int c = 0; c < 4; ++c) {
       __m512 const even_lo = _mm512_maskz_shuffle_f32x4(all, r[c], r[4 + c], 0x88);  // lanes 0, 2 of r[c], r[4 + c]
       __m512 const odd_lo = _mm512_maskz_shuffle_f32x4(all, r[c], r[4 + c], 0xDD);   // lanes 1, 3
@@ -409,7 +409,7 @@ struct StridedOutput {
 };
 
 /// Operands packed once per call and read by every task: the calling thread's buffer, grown to the largest request
-/// (at most kSharedPanelFloats) and kept, so that a GEMM neither allocates nor faults in pages.
+/// (at most kSharedPanelFloats) and kept, so that repeated GEMMs neither allocate nor fault in pages.
 inline constexpr Index kSharedPanelFloats = Index(1) << 22;  // 16 MB
 
 class SharedPanels {
