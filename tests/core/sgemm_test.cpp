@@ -130,16 +130,21 @@ TEST_CASE("operands packed once for all tasks give the same bits over one or sev
     for (Index i = 0; i < sz.m; i += 37) {
       Index const j = (i * 7) % sz.n;
       double sum = 0, mag = 0;
-      for (Index p = 0; p < sz.k; ++p) sum += double(a[i * sz.k + p]) * b[p * sz.n + j], mag += std::abs(double(a[i * sz.k + p]) * b[p * sz.n + j]);
+      for (Index p = 0; p < sz.k; ++p) {
+        double const term = double(a[i * sz.k + p]) * b[p * sz.n + j];
+        sum += term;
+        mag += std::abs(term);
+      }
       REQUIRE(std::abs(whole[i * sz.n + j] - sum) <= 2 * (sz.k + 2) * std::ldexp(1.0, -24) * mag);
     }
   }
 }
 
-TEST_CASE("weight panels: the AVX-512 transpose and the scalar loop write the same panels from f32, f16, bf16",
+TEST_CASE("weight panels of every kernel path's widths hold the operand, from f32, f16, bf16",
           "[core][gemm][sgemm]") {
-  // Panels of every width a kernel path uses (4, 6, 12, 16, 32), ragged rows and depths, from row-major storage with
-  // depth contiguous (the transposing case) and transposed; compared with panel[q][d][i] = x(r0 + q*width + i, d0 + d).
+  // Panels of every width a kernel path uses: 12 and 32 (AVX-512: the vector transpose and copy on a CPU that has it),
+  // 4, 6, 16 (the scalar loops); ragged rows and depths; depth contiguous in storage (the transposing case) or rows
+  // contiguous. Compared with the definition, panel[q][d][i] = x(r0 + q + i, d0 + d), zero past the last row.
   std::mt19937 rng(5);
   std::uniform_real_distribution<float> dist(-2.f, 2.f);
   Index const rows_total = 75, depth_total = 300, ld = depth_total + 3;
@@ -161,8 +166,7 @@ TEST_CASE("weight panels: the AVX-512 transpose and the scalar loop write the sa
         void const* p = dt == DType::F32 ? static_cast<void const*>(f.data())
                         : dt == DType::F16 ? static_cast<void const*>(h.data())
                                            : static_cast<void const*>(bf.data());
-        // trans: the operand's (row, depth) element is stored at depth * ld' + row; use the same storage read as
-        // (depth_total rows of ld) transposed, i.e. rows are the storage's columns.
+        // trans: the operand's element (row, depth) is storage element (depth, row).
         Index const r0 = 3, rows = 37, d0 = 5, depth = trans ? 61 : 255;
         std::vector<float> dst(std::size_t((rows + width - 1) / width * width * depth), -7.f);
         cpu::pack_weight_panels(dst.data(), cpu::WeightSource{p, dt, ld, trans}, r0, rows, d0, depth, width);

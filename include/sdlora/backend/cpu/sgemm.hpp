@@ -35,6 +35,9 @@
 
 namespace sdlora::cpu {
 
+/// The AVX-512 micro-kernel's register tile (MR, NR); no other path packs panels of these widths.
+inline constexpr Index kAvx512Mr = 12, kAvx512Nr = 32;
+
 /// c (MR, NR) = alpha * sum_k a[k] (MR) outer b[k] (NR) + beta * c, with a packed (kc, MR) and b packed (kc, NR);
 /// beta == 0 never reads c.
 using MicroKernel = void (*)(Index kc, float const* a, float const* b, float* c, Index ldc, float alpha, float beta);
@@ -133,7 +136,7 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma"))) inline void mi
 inline GemmKernel gemm_kernel(Isa requested) {
   switch (resolve_isa(requested)) {
 #if SDLORA_X86_KERNELS
-    case Isa::kAvx512: return {Isa::kAvx512, 12, 32, &kernels::micro_avx512};
+    case Isa::kAvx512: return {Isa::kAvx512, kAvx512Mr, kAvx512Nr, &kernels::micro_avx512};
     case Isa::kAvx2: return {Isa::kAvx2, 6, 16, &kernels::micro_avx2};
 #endif
     default: return {Isa::kPortable, 4, 16, &kernels::micro_portable<4, 16>};
@@ -277,18 +280,19 @@ __attribute__((target("avx512f"))) inline void copy_rows_avx512(float* dst, Inde
 /// Packs rows [r0, r0 + rows) x depth [d0, d0 + depth) of an operand read as (row, depth) into panels of `width`
 /// rows: panel q holds depth-major (depth, width) values, zero past the last row. A's rows are M, B's are N. The loop
 /// order follows whichever index is contiguous in memory; 16-bit storage is widened on the way. Where depth is
-/// contiguous (a weight (out, in) or (O, C*kh*kw) row-major) each panel is a transpose: in registers on AVX-512.
+/// contiguous (a weight (out, in) or (O, C*kh*kw) row-major) each panel is a transpose: in registers for the AVX-512
+/// kernel's panels (their widths say which path packs, so a Context<Cpu>::isa or SDLORA_ISA cap holds for packing too).
 inline void pack_weight_panels(float* dst, WeightSource const& x, Index r0, Index rows, Index d0, Index depth,
                                Index width) {
 #if SDLORA_X86_KERNELS
-  static bool const wide = resolve_isa(Isa::kAuto) == Isa::kAvx512;
+  bool const wide = (width == kAvx512Mr || width == kAvx512Nr) && detected_isa() == Isa::kAvx512;
   if (wide && x.trans && x.dtype == DType::F32) {
     for (Index q = 0; q < rows; q += width, dst += width * depth)
       kernels::copy_rows_avx512(dst, width, static_cast<float const*>(x.p) + d0 * x.ld + r0 + q, x.ld,
                                 std::min(width, rows - q), depth);
     return;
   }
-  if (wide && !x.trans && width <= 32) {
+  if (wide && !x.trans) {
     alignas(64) float runs[32 * kKc];  // a panel's rows widened from 16 bits (depth <= kKc)
     for (Index q = 0; q < rows; q += width, dst += width * depth) {
       Index const w = std::min(width, rows - q);
