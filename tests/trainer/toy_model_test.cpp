@@ -3,6 +3,7 @@
 // (eval/toy_measures.hpp); every bar is stated next to its check with the value measured when the test was written.
 #include <catch2/catch.hpp>
 
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -27,9 +28,18 @@ using namespace sdlora;
 
 namespace {
 
-std::string const kModel = std::string(SDLORA_DATA_DIR) + "/models/toy-world";
+std::string const kShipped = std::string(SDLORA_DATA_DIR) + "/models/toy-world";
 
-models::StableDiffusion<float, Cpu> load_toy() { return models::load_stable_diffusion<float>(kModel); }
+/// The model the measuring tests run on: the shipped one, or the folder SDLORA_TOY_MODEL names (a model made again by
+/// scripts/make-toy-model, held to the same bars). diffusers' reference images are of the shipped model only.
+std::string toy_model() {
+  char const* dir = std::getenv("SDLORA_TOY_MODEL");
+  return dir && *dir ? dir : kShipped;
+}
+
+models::StableDiffusion<float, Cpu> load_toy(std::string const& dir = toy_model()) {
+  return models::load_stable_diffusion<float>(dir);
+}
 
 /// One 64 x 64 image in [0, 1] for a prompt and seed (20 DDIM steps, guidance 5).
 Tensor<float, Cpu> draw(Context<Cpu>& ctx, models::StableDiffusion<float, Cpu>& sd, std::string const& prompt,
@@ -102,7 +112,7 @@ TEST_CASE("sdlora draws diffusers' images with the toy model", "[toy][e2e]") {
   // max |diff| <= 8/255 per image (float32 on both sides; summation order differs). Four prompts: the last names no
   // shape ("an orange shape on a green background", how the model saw crescents).
   Context<Cpu> ctx;
-  auto sd = load_toy();
+  auto sd = load_toy(kShipped);
   io::SafetensorsFile ref(test::fixture("toy_model/reference.safetensors"));
   int prompts = 0;  // prompt_0, prompt_1, ... (the metadata also holds the libraries' versions)
   while (ref.metadata().count("prompt_" + std::to_string(prompts))) ++prompts;
