@@ -10,7 +10,10 @@
 /// Backward: when batch * heads covers the threads, one task per (batch, head) walks key tiles and query tiles and
 /// accumulates dq, dk, dv in place (5 products per tile pair). Otherwise two passes keep every thread busy without
 /// write conflicts: tasks per (batch, head, key tile) accumulate dk, dv; tasks per (batch, head, query tile)
-/// accumulate dq (7 products per tile pair: the scores and dout v^T are recomputed).
+/// accumulate dq (7 products per tile pair: the scores and dout v^T are recomputed). In float on AVX2 / AVX-512
+/// (not causal) each tile pair is one fused kernel (attention_kernels::backward_tile) on operands copied once per
+/// head into width-padded buffers, with padded accumulators copied out at the end; elsewhere the products go through
+/// the packed GEMM.
 #pragma once
 
 #include <algorithm>  // std::min, std::max
@@ -66,6 +69,63 @@ inline void pack_keys_values(float* kt, float* vp, float const* k, Index ldk, fl
   }
 }
 
+inline constexpr Index kRows = 4;  // rows per register tile of the fused kernels
+
+/// One (query tile, key tile) pair of one head's backward, in the layouts pack_backward_head makes (dp: D rounded up
+/// to the vector width; rows = nq rounded up to kRows; nkp = nk rounded up to the width): q and dout rows of the
+/// tile, (rows, dp) each with zero columns from D; the head's k^T and v^T from key j0 (kt[c * ldkt + j]); its k rows
+/// from key j0, (nkp, dp). Accumulates, where not null, dq (rows, dp), dk and dv (nkp, dp), row stride dp; rows
+/// beyond nq and keys beyond nk add zeros.
+struct BackwardTile {
+  float const* qp;
+  float const* dop;
+  float const* kt;
+  float const* vt;
+  float const* kp;
+  float const* lse;    // nq row logsumexps of the forward
+  float const* delta;  // nq values of rowsum(dout * o)
+  float* dq;
+  float* dk;
+  float* dv;
+  Index ldkt, nq, nk, d, dp;
+  float scale;
+};
+
+/// Per-worker buffers of backward_tile: (rows, nkp) probabilities and dS.
+struct BackwardTileScratch {
+  std::vector<float> p, ds;
+};
+
+/// One head's operands for the backward: qp and dop (lq + kRows, dp): q and dout rows with zero columns from D and
+/// zero rows from lq (a tile's padded rows read zeros); kt and vt (D, ldkt): k^T and v^T, zero for keys >= lk; kp
+/// (ldkt, dp): k rows with zero columns and zero rows from lk. ldkt >= lk + lanes covers every key tile's padding.
+struct BackwardHead {
+  std::vector<float> qp, dop, kt, vt, kp;
+};
+inline void pack_backward_head(BackwardHead& h, float const* q, Index ldq, float const* dout, Index lddo,
+                               float const* k, Index ldk, float const* v, Index ldv, Index lq, Index lk, Index d,
+                               Index ldkt, Index dp) {
+  std::size_t const rows = std::size_t((lq + kRows) * dp), keys = std::size_t(d * ldkt);
+  h.qp.assign(rows, 0.f);
+  h.dop.assign(rows, 0.f);
+  for (Index r = 0; r < lq; ++r) {
+    std::memcpy(h.qp.data() + r * dp, q + r * ldq, sizeof(float) * std::size_t(d));
+    std::memcpy(h.dop.data() + r * dp, dout + r * lddo, sizeof(float) * std::size_t(d));
+  }
+  h.kt.assign(keys, 0.f);
+  h.vt.assign(keys, 0.f);
+  h.kp.assign(std::size_t(ldkt * dp), 0.f);
+  for (Index j = 0; j < lk; ++j) {
+    float const* kj = k + j * ldk;
+    float const* vj = v + j * ldv;
+    for (Index c = 0; c < d; ++c) {
+      h.kt[std::size_t(c * ldkt + j)] = kj[c];
+      h.vt[std::size_t(c * ldkt + j)] = vj[c];
+    }
+    std::memcpy(h.kp.data() + j * dp, kj, sizeof(float) * std::size_t(d));
+  }
+}
+
 // The fused kernels are host code only: nvcc's device pass (cicc, CUDA 13.0) crashes on the GCC vector extensions
 // below, so an nvcc translation unit's device pass sees the generic path only (its host pass, by g++, keeps them).
 #if SDLORA_X86_KERNELS && !defined(__CUDA_ARCH__)
@@ -99,7 +159,6 @@ struct Width<Lanes8> {
   using Unaligned = Lanes8Unaligned;
   static constexpr Index kLanes = 8, kChunk = 3;  // 4 rows x 3 vectors of accumulators (of 16 registers)
 };
-inline constexpr Index kRows = 4;  // query rows per register tile
 
 // Loads and stores through references: a vector passed or returned by value outside its target would change the ABI.
 template <class V>
@@ -111,31 +170,36 @@ template <class V>
   *reinterpret_cast<typename Width<V>::Unaligned*>(p) = v;
 }
 
-/// p[i] = exp(p[i] - shift) for i < n (n a multiple of the width), Cephes' expf: x = n ln2 + r with |r| <= ln2 / 2
-/// (ln2 in two parts), a degree-6 polynomial for exp(r), 2^n through the exponent bits; arguments below -87 are
-/// taken as -87 (exp ~ 1.6e-38: a probability that rounds to nothing beside the row maximum's 1). Within 2 ulp of
-/// expf. Returns the sum of the results.
+/// exp(x) lane by lane, Cephes' expf: x = n ln2 + r with |r| <= ln2 / 2 (ln2 in two parts), a degree-6 polynomial
+/// for exp(r), 2^n through the exponent bits; arguments below -87 are taken as -87 (exp ~ 1.6e-38: a probability
+/// that rounds to nothing beside a row maximum's 1). Within 2 ulp of expf for arguments up to 88.
+template <class V>
+[[gnu::always_inline]] inline void exp_clamped(V& x) {
+  using Ints = typename Width<V>::Ints;
+  x = x < -87.0f ? V{} - 87.0f : x;
+  V const k = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round(x / ln2): 1.5 * 2^23 trick
+  V const r = (x - k * 0.693359375f) - k * -2.12194440e-4f;
+  V poly = V{} + 1.9875691500e-4f;
+  poly = poly * r + 1.3981999507e-3f;
+  poly = poly * r + 8.3334519073e-3f;
+  poly = poly * r + 4.1665795894e-2f;
+  poly = poly * r + 1.6666665459e-1f;
+  poly = poly * r + 5.0000001201e-1f;
+  poly = poly * (r * r) + r + 1.0f;
+  x = (V)((Ints)poly + (__builtin_convertvector(k, Ints) << 23));  // same-size vector casts: bit casts
+}
+
+/// p[i] = exp(p[i] - shift) for i < n (n a multiple of the width), by exp_clamped. Returns the sum of the results.
 template <class V>
 [[gnu::always_inline]] inline float exp_shifted(float* p, Index n, float shift) {
-  using Ints = typename Width<V>::Ints;
   V sum = V{};
   for (Index i = 0; i < n; i += Width<V>::kLanes) {
     V x;
     load(x, p + i);
     x -= shift;
-    x = x < -87.0f ? V{} - 87.0f : x;
-    V const k = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round(x / ln2): 1.5 * 2^23 trick
-    V const r = (x - k * 0.693359375f) - k * -2.12194440e-4f;
-    V poly = V{} + 1.9875691500e-4f;
-    poly = poly * r + 1.3981999507e-3f;
-    poly = poly * r + 8.3334519073e-3f;
-    poly = poly * r + 4.1665795894e-2f;
-    poly = poly * r + 1.6666665459e-1f;
-    poly = poly * r + 5.0000001201e-1f;
-    poly = poly * (r * r) + r + 1.0f;
-    V const e = (V)((Ints)poly + (__builtin_convertvector(k, Ints) << 23));  // same-size vector casts: bit casts
-    store(p + i, e);
-    sum += e;
+    exp_clamped(x);
+    store(p + i, x);
+    sum += x;
   }
   float total = 0.f;
   for (Index l = 0; l < Width<V>::kLanes; ++l) total += sum[l];
@@ -156,9 +220,10 @@ template <class V>
   return best;
 }
 
-/// c rows r0..r0+kRows, columns [c0, c0 + C * lanes) = a rows (depth n, a[r * lda + j]) times b rows (b[j * ldb + c]):
-/// accumulators stay in registers over the depth. `accumulate` adds to c.
-template <class V, Index C>
+/// c rows r0..r0+kRows, columns [c0, c0 + C * lanes) = a rows (depth n) times b rows (b[j * ldb + c]): accumulators
+/// stay in registers over the depth. a(r, j) is a[r * lda + j], or with TransA a[j * lda + r] (a stored transposed,
+/// so the kRows values of one depth step are adjacent). `accumulate` adds to c.
+template <class V, Index C, bool TransA>
 [[gnu::always_inline]] inline void rows_times_panel(float* c, Index ldc, float const* a, Index lda, float const* b,
                                                     Index ldb, Index n, bool accumulate) {
   constexpr Index L = Width<V>::kLanes;
@@ -172,7 +237,7 @@ template <class V, Index C>
     V bj[C];
     for (Index i = 0; i < C; ++i) load(bj[i], b + j * ldb + i * L);
     for (Index r = 0; r < kRows; ++r) {
-      float const x = a[r * lda + j];
+      float const x = TransA ? a[j * lda + r] : a[r * lda + j];
       for (Index i = 0; i < C; ++i) acc[r][i] += x * bj[i];
     }
   }
@@ -180,21 +245,22 @@ template <class V, Index C>
     for (Index i = 0; i < C; ++i) store(c + r * ldc + i * L, acc[r][i]);
 }
 
-/// c (rows, width) (+)= a (rows, n) @ b (n, width), rows a multiple of kRows and width of the vector width.
-template <class V>
+/// c (rows, width) (+)= a (rows, n) @ b (n, width), rows a multiple of kRows and width of the vector width; with
+/// TransA, a is stored as its transpose (n, rows) with row stride lda.
+template <class V, bool TransA = false>
 [[gnu::always_inline]] inline void product(float* c, Index ldc, float const* a, Index lda, float const* b, Index ldb,
                                            Index rows, Index n, Index width, bool accumulate) {
   constexpr Index L = Width<V>::kLanes, C = Width<V>::kChunk;
   for (Index r0 = 0; r0 < rows; r0 += kRows)
     for (Index c0 = 0; c0 < width; c0 += C * L) {
       float* cp = c + r0 * ldc + c0;
-      float const* ap = a + r0 * lda;
+      float const* ap = TransA ? a + r0 : a + r0 * lda;
       float const* bp = b + c0;
       switch (std::min(C, (width - c0) / L)) {
-        case 1: rows_times_panel<V, 1>(cp, ldc, ap, lda, bp, ldb, n, accumulate); break;
-        case 2: rows_times_panel<V, 2>(cp, ldc, ap, lda, bp, ldb, n, accumulate); break;
-        case 3: rows_times_panel<V, (C >= 3 ? 3 : 1)>(cp, ldc, ap, lda, bp, ldb, n, accumulate); break;
-        default: rows_times_panel<V, C>(cp, ldc, ap, lda, bp, ldb, n, accumulate); break;
+        case 1: rows_times_panel<V, 1, TransA>(cp, ldc, ap, lda, bp, ldb, n, accumulate); break;
+        case 2: rows_times_panel<V, 2, TransA>(cp, ldc, ap, lda, bp, ldb, n, accumulate); break;
+        case 3: rows_times_panel<V, (C >= 3 ? 3 : 1), TransA>(cp, ldc, ap, lda, bp, ldb, n, accumulate); break;
+        default: rows_times_panel<V, C, TransA>(cp, ldc, ap, lda, bp, ldb, n, accumulate); break;
       }
     }
 }
@@ -248,26 +314,83 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma"))) inline void fo
 __attribute__((target("avx2,fma"))) inline void forward_tile_avx2(ForwardTile const& t, ForwardTileScratch& s) {
   forward_tile_body<Lanes8>(t, s);
 }
+
+/// The backward of one tile pair (BackwardTile): P = exp(scale q k^T - lse) and dP = dout v^T by register-tiled
+/// products, dS = scale P * (dP - delta) in place of dP, then dv += P^T dout, dk += dS^T q and dq += dS k with the
+/// transposed operands read in place. Rows beyond nq and keys beyond nk are zeroed in P and dS, so padding adds 0.
+template <class V>
+[[gnu::always_inline]] inline void backward_tile_body(BackwardTile const& t, BackwardTileScratch& s) {
+  constexpr Index L = Width<V>::kLanes;
+  Index const rows = (t.nq + kRows - 1) / kRows * kRows, nkp = (t.nk + L - 1) / L * L;
+  s.p.resize(std::size_t(rows * nkp));
+  s.ds.resize(std::size_t(rows * nkp));
+  float* const p = s.p.data();
+  float* const ds = s.ds.data();
+  product<V>(p, nkp, t.qp, t.dp, t.kt, t.ldkt, rows, t.d, nkp, false);    // q k^T
+  product<V>(ds, nkp, t.dop, t.dp, t.vt, t.ldkt, rows, t.d, nkp, false);  // dout v^T
+  for (Index r = 0; r < rows; ++r) {
+    float* const pr = p + r * nkp;
+    float* const dr = ds + r * nkp;
+    if (r >= t.nq) {
+      std::memset(pr, 0, sizeof(float) * std::size_t(nkp));
+      std::memset(dr, 0, sizeof(float) * std::size_t(nkp));
+      continue;
+    }
+    float const lse = t.lse[r], delta = t.delta[r];
+    for (Index i = 0; i < nkp; i += L) {
+      V x, g;
+      load(x, pr + i);
+      x = x * t.scale - lse;
+      exp_clamped(x);  // the forward's probabilities (<= 1: lse is the row's logsumexp)
+      load(g, dr + i);
+      store(pr + i, x);
+      store(dr + i, x * (g - delta) * t.scale);
+    }
+    for (Index j = t.nk; j < nkp; ++j) pr[j] = dr[j] = 0.f;  // padded keys
+  }
+  if (t.dv) product<V, true>(t.dv, t.dp, p, nkp, t.dop, t.dp, nkp, rows, t.dp, true);  // P^T dout
+  if (t.dk) product<V, true>(t.dk, t.dp, ds, nkp, t.qp, t.dp, nkp, rows, t.dp, true);  // dS^T q (scaled)
+  if (t.dq) product<V>(t.dq, t.dp, ds, nkp, t.kp, t.dp, rows, nkp, t.dp, true);        // dS k (scaled)
+}
+
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma"))) inline void backward_tile_avx512(
+    BackwardTile const& t, BackwardTileScratch& s) {
+  backward_tile_body<Lanes16>(t, s);
+}
+__attribute__((target("avx2,fma"))) inline void backward_tile_avx2(BackwardTile const& t, BackwardTileScratch& s) {
+  backward_tile_body<Lanes8>(t, s);
+}
 #endif
 
-/// The fused tile forward for an ISA and its vector width (lanes), or a null function where only the generic path
-/// runs (portable, non-x86).
-struct ForwardTileKernel {
-  void (*run)(ForwardTile const&, ForwardTileScratch&) = nullptr;
+/// A fused tile kernel for an ISA and its vector width (lanes), or a null function where only the generic path runs
+/// (portable, non-x86).
+template <class Tile, class Scratch>
+struct TileKernel {
+  void (*run)(Tile const&, Scratch&) = nullptr;
   Index lanes = 1;
 };
-inline ForwardTileKernel forward_tile(Isa isa) {
+using ForwardTileKernel = TileKernel<ForwardTile, ForwardTileScratch>;
+using BackwardTileKernel = TileKernel<BackwardTile, BackwardTileScratch>;
+
 #if SDLORA_FUSED_ATTENTION
+/// The AVX-512 or the AVX2 function of a fused kernel, by the ISA the CPU and the cap allow.
+template <class Tile, class Scratch>
+inline TileKernel<Tile, Scratch> tile_kernel(Isa isa, void (*avx512)(Tile const&, Scratch&),
+                                             void (*avx2)(Tile const&, Scratch&)) {
   switch (resolve_isa(isa)) {
-    case Isa::kAvx512: return {&forward_tile_avx512, 16};
-    case Isa::kAvx2: return {&forward_tile_avx2, 8};
-    default: break;
+    case Isa::kAvx512: return {avx512, 16};
+    case Isa::kAvx2: return {avx2, 8};
+    default: return {};
   }
-#else
-  (void)isa;
-#endif
-  return {};
 }
+inline ForwardTileKernel forward_tile(Isa isa) { return tile_kernel(isa, &forward_tile_avx512, &forward_tile_avx2); }
+inline BackwardTileKernel backward_tile(Isa isa) {
+  return tile_kernel(isa, &backward_tile_avx512, &backward_tile_avx2);
+}
+#else
+inline ForwardTileKernel forward_tile(Isa) { return {}; }
+inline BackwardTileKernel backward_tile(Isa) { return {}; }
+#endif
 
 }  // namespace sdlora::cpu::attention_kernels
 
@@ -392,6 +515,13 @@ struct Impl<Attention, Cpu> {
       T* dst = delta.data() + bh * g.lq;
       for (Index r = 0; r < g.lq; ++r) dst[r] = oh.row(r).dot(doh.row(r));
     });
+    if constexpr (std::is_same_v<T, float>) {
+      namespace ak = sdlora::cpu::attention_kernels;
+      if (auto const tile = ak::backward_tile(ctx.isa); tile.run != nullptr && !g.causal) {
+        fused_backward(ctx, g, tile, dq, dk, dv, q, k, v, lse, dout, delta.data());
+        return;
+      }
+    }
     TileArgs<T> const args{ctx, g, q, k, v, lse, dout, delta.data()};
 
     if (heads_total >= threads || threads == 1) {
@@ -565,6 +695,112 @@ struct Impl<Attention, Cpu> {
     TensorView<T const, Cpu> q, k, v, lse, dout;
     T const* delta;  // (B, H, Lq) rowsum(dout * o)
   };
+
+  /// The fused float backward (attention_kernels::backward_tile, AVX2 / AVX-512, not causal): each head's q, dout,
+  /// k and v copied once into width-padded buffers, dq, dk and dv accumulated in padded buffers and copied out. The
+  /// same two schedules as the generic path: one task per (batch, head) when those cover the threads; otherwise all
+  /// heads packed first, then tasks per (batch, head, key tile) for dk, dv and per (batch, head, query tile) for dq.
+  static void fused_backward(Context<Cpu>& ctx, Geometry const& g,
+                             sdlora::cpu::attention_kernels::BackwardTileKernel const& tile, TensorView<float, Cpu> dq,
+                             TensorView<float, Cpu> dk, TensorView<float, Cpu> dv, TensorView<float const, Cpu> q,
+                             TensorView<float const, Cpu> k, TensorView<float const, Cpu> v,
+                             TensorView<float const, Cpu> lse, TensorView<float const, Cpu> dout,
+                             float const* delta) {
+    namespace ak = sdlora::cpu::attention_kernels;
+    Index const heads_total = g.batch * g.heads;
+    Index const tiles_q = (g.lq + g.bq - 1) / g.bq, tiles_k = (g.lk + g.bk - 1) / g.bk;
+    Index const lanes = tile.lanes;
+    Index const ldkt = (g.lk + lanes - 1) / lanes * lanes + lanes;  // keys, padded
+    Index const dp = (g.d + lanes - 1) / lanes * lanes;             // head width, padded
+    Index const rows_q = g.lq + ak::kRows;                          // query rows, padded
+    Index const work = heads_total * g.lq * g.lk * g.d;
+    int const threads = ctx.threads();
+    auto pack = [&](ak::BackwardHead& to, Index b, Index h) {
+      ak::pack_backward_head(to, q.data() + b * q.stride(0) + h * g.d, q.stride(1),
+                             dout.data() + b * dout.stride(0) + h * g.d, dout.stride(1),
+                             k.data() + b * k.stride(0) + h * g.d, k.stride(1), v.data() + b * v.stride(0) + h * g.d,
+                             v.stride(1), g.lq, g.lk, g.d, ldkt, dp);
+    };
+    // The arguments of tile pair (i0, j0) of a packed head; the caller points dq, dk, dv at its accumulators.
+    auto pair = [&](ak::BackwardHead const& hd, Index bh, Index i0, Index j0) {
+      return ak::BackwardTile{.qp = hd.qp.data() + i0 * dp, .dop = hd.dop.data() + i0 * dp,
+                              .kt = hd.kt.data() + j0, .vt = hd.vt.data() + j0, .kp = hd.kp.data() + j0 * dp,
+                              .lse = lse.data() + bh * g.lq + i0, .delta = delta + bh * g.lq + i0,
+                              .dq = nullptr, .dk = nullptr, .dv = nullptr,
+                              .ldkt = ldkt, .nq = std::min(g.bq, g.lq - i0), .nk = std::min(g.bk, g.lk - j0),
+                              .d = g.d, .dp = dp, .scale = float(g.scale)};
+    };
+    // Rows [0, n) of a padded accumulator (row stride dp) into rows [r0, r0 + n) of head h of batch b of `to`.
+    auto copy_out = [&](TensorView<float, Cpu> const& to, Index b, Index h, Index r0, Index n, float const* from) {
+      float* dst = to.data() + b * to.stride(0) + r0 * to.stride(1) + h * g.d;
+      for (Index r = 0; r < n; ++r)
+        std::memcpy(dst + r * to.stride(1), from + r * dp, sizeof(float) * std::size_t(g.d));
+    };
+    struct Worker {
+      ak::BackwardHead head;
+      ak::BackwardTileScratch tile;
+      std::vector<float> dq, dk, dv;  // padded accumulators
+    };
+
+    if (heads_total >= threads || threads == 1) {
+      // One task per (batch, head): its packed operands and accumulators in the worker's buffers.
+      Context<Cpu> const& run_on = heads_total > 1 && work > kParallelWork ? ctx : serial_context(ctx);
+      std::vector<Worker> workers(std::size_t(run_on.threads()));
+      sdlora::cpu::parallel_tasks(run_on, heads_total, [&](Index bh, int worker) {
+        Worker& w = workers[std::size_t(worker)];
+        Index const b = bh / g.heads, h = bh % g.heads;
+        pack(w.head, b, h);
+        w.dq.assign(std::size_t(rows_q * dp), 0.f);
+        w.dk.assign(std::size_t(ldkt * dp), 0.f);
+        w.dv.assign(std::size_t(ldkt * dp), 0.f);
+        for (Index j0 = 0; j0 < g.lk; j0 += g.bk)
+          for (Index i0 = 0; i0 < g.lq; i0 += g.bq) {
+            ak::BackwardTile t = pair(w.head, bh, i0, j0);
+            t.dq = w.dq.data() + i0 * dp;
+            t.dk = w.dk.data() + j0 * dp;
+            t.dv = w.dv.data() + j0 * dp;
+            tile.run(t, w.tile);
+          }
+        copy_out(dq, b, h, 0, g.lq, w.dq.data());
+        copy_out(dk, b, h, 0, g.lk, w.dk.data());
+        copy_out(dv, b, h, 0, g.lk, w.dv.data());
+      });
+      return;
+    }
+    // Fewer heads than threads: every head packed once, then dk, dv per key tile and dq per query tile.
+    Context<Cpu> const& run_on = work > kParallelWork ? ctx : serial_context(ctx);
+    std::vector<ak::BackwardHead> heads(static_cast<std::size_t>(heads_total));
+    sdlora::cpu::parallel_for(run_on, heads_total, heads_total > 1,
+                              [&](Index bh) { pack(heads[std::size_t(bh)], bh / g.heads, bh % g.heads); });
+    std::vector<Worker> workers(std::size_t(run_on.threads()));
+    Index const keys_p = (g.bk + lanes - 1) / lanes * lanes, query_p = (g.bq + ak::kRows - 1) / ak::kRows * ak::kRows;
+    sdlora::cpu::parallel_tasks(run_on, heads_total * tiles_k, [&](Index t, int worker) {
+      Worker& w = workers[std::size_t(worker)];
+      Index const bh = t / tiles_k, j0 = (t % tiles_k) * g.bk;
+      w.dk.assign(std::size_t(keys_p * dp), 0.f);
+      w.dv.assign(std::size_t(keys_p * dp), 0.f);
+      for (Index i0 = 0; i0 < g.lq; i0 += g.bq) {
+        ak::BackwardTile a = pair(heads[std::size_t(bh)], bh, i0, j0);
+        a.dk = w.dk.data();
+        a.dv = w.dv.data();
+        tile.run(a, w.tile);
+      }
+      Index const nk = std::min(g.bk, g.lk - j0);
+      copy_out(dk, bh / g.heads, bh % g.heads, j0, nk, w.dk.data());
+      copy_out(dv, bh / g.heads, bh % g.heads, j0, nk, w.dv.data());
+    });
+    sdlora::cpu::parallel_tasks(run_on, heads_total * tiles_q, [&](Index t, int worker) {
+      Worker& w = workers[std::size_t(worker)];
+      Index const bh = t / tiles_q, i0 = (t % tiles_q) * g.bq;
+      w.dq.assign(std::size_t(query_p * dp), 0.f);
+      for (Index j0 = 0; j0 < g.lk; j0 += g.bk) {
+        ak::BackwardTile a = pair(heads[std::size_t(bh)], bh, i0, j0);
+        a.dq = w.dq.data();
+        tile.run(a, w.tile);
+      }
+      copy_out(dq, bh / g.heads, bh % g.heads, i0, std::min(g.bq, g.lq - i0), w.dq.data());
+    });
+  }
 
   /// The backward contribution of one (query tile i0, key tile j0) pair of head (b, h). dq, dk and dv are each
   /// accumulated when not null: query tile rows land at dq rows [dq_row0, dq_row0 + nq), key tile rows at dk and dv
