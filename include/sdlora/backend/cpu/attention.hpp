@@ -112,18 +112,12 @@ inline void pack_backward_head(BackwardHead& h, float const* q, Index ldq, float
     std::memcpy(h.qp.data() + r * dp, q + r * ldq, sizeof(float) * std::size_t(d));
     std::memcpy(h.dop.data() + r * dp, dout + r * lddo, sizeof(float) * std::size_t(d));
   }
-  h.kt.assign(keys, 0.f);
+  h.kt.resize(keys);
+  h.kp.resize(std::size_t(ldkt * dp));
+  pack_keys_values(h.kt.data(), h.kp.data(), k, ldk, k, ldk, lk, d, ldkt, dp);  // k^T, and k rows as the forward's v
   h.vt.assign(keys, 0.f);
-  h.kp.assign(std::size_t(ldkt * dp), 0.f);
-  for (Index j = 0; j < lk; ++j) {
-    float const* kj = k + j * ldk;
-    float const* vj = v + j * ldv;
-    for (Index c = 0; c < d; ++c) {
-      h.kt[std::size_t(c * ldkt + j)] = kj[c];
-      h.vt[std::size_t(c * ldkt + j)] = vj[c];
-    }
-    std::memcpy(h.kp.data() + j * dp, kj, sizeof(float) * std::size_t(d));
-  }
+  for (Index j = 0; j < lk; ++j)
+    for (Index c = 0; c < d; ++c) h.vt[std::size_t(c * ldkt + j)] = v[j * ldv + c];
 }
 
 // The fused kernels are host code only: nvcc's device pass (cicc, CUDA 13.0) crashes on the GCC vector extensions
