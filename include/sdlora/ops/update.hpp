@@ -1,11 +1,15 @@
 /// @file update.hpp
 /// @brief The optimizers' elementwise update: `ops::update(ctx, x, g, s1, s2, f)` calls f(x[i], g[i], s1 + i, s2 + i)
-/// for every element of a parameter x, its gradient g and up to two state tensors (null when absent), and the update
-/// rules of AdamW and SGD as functors with a host+device call operator, written once for every backend
+/// for every element of a parameter x, its gradient g and up to two state tensors (null when absent);
+/// `ops::update_many(ctx, slices)` does it for every tensor of an optimizer in one pass (each with its own rule); and
+/// the update rules of AdamW and SGD as functors with a host+device call operator, written once for every backend
 /// (train/optimizer.hpp builds them). Include <sdlora/train.hpp> instead.
 #pragma once
 
-#include <cmath>  // std::abs, std::sqrt
+#include <algorithm>  // std::sort, std::adjacent_find
+#include <cmath>      // std::abs, std::sqrt
+#include <span>       // std::span
+#include <vector>     // std::vector
 
 #include <sdlora/core/backend.hpp>  // Context
 #include <sdlora/core/config.hpp>   // SDLORA_HOST_DEVICE
@@ -15,7 +19,18 @@
 
 namespace sdlora::ops {
 
-struct Update {};  // f(x[i], g[i], s1 + i, s2 + i), x and the states updated in place
+struct Update {};      // f(x[i], g[i], s1 + i, s2 + i), x and the states updated in place
+struct UpdateMany {};  // Update over a list of tensors, each with its own f
+
+/// One tensor of a multi-tensor update: a parameter x, its gradient g, up to two state tensors (empty views when
+/// absent) and the rule for this tensor (its own step count, hence its own bias corrections).
+template <class T, class B, class F>
+struct UpdateSlice {
+  TensorView<T, B> x;
+  TensorView<T const, B> g;
+  TensorView<T, B> s1, s2;
+  F f;
+};
 
 namespace fn {
 /// torch.optim.AdamW's `_single_tensor_adam` per element, in T (the scalars are cast to T by the optimizer as torch
@@ -69,6 +84,29 @@ void update(Context<B>& ctx, TensorView<T, B> x, TensorView<T const, B> g, Tenso
     SDLORA_EXPECTS(s->empty() || (s->is_contiguous() && s->numel() == x.numel()),
                    "[update] state " << s->shape() << " does not match the parameter " << x.shape());
   Impl<Update, B>::run(ctx, x, g, s1, s2, f);
+}
+
+/// update(ctx, s.x, s.g, s.s1, s.s2, s.f) for every slice, as one pass over all of them: the Cpu backend splits the
+/// concatenated elements into fixed chunks over its threads (a LoRA's hundreds of small factors run in parallel as
+/// one job instead of one after another), so every element gets exactly the arithmetic of `update` and the result
+/// does not depend on the thread count. The slices must not share a parameter tensor.
+template <class T, class B, class F>
+void update_many(Context<B>& ctx, std::span<UpdateSlice<T, B, F> const> slices) {
+  std::vector<T const*> starts;
+  starts.reserve(slices.size());
+  for (auto const& s : slices) {
+    SDLORA_EXPECTS(s.x.is_contiguous() && s.g.is_contiguous() && s.g.numel() == s.x.numel(),
+                   "[update_many] parameter " << s.x.shape() << " and gradient " << s.g.shape()
+                                              << " must be contiguous, of one size");
+    for (auto const* st : {&s.s1, &s.s2})
+      SDLORA_EXPECTS(st->empty() || (st->is_contiguous() && st->numel() == s.x.numel()),
+                     "[update_many] state " << st->shape() << " does not match the parameter " << s.x.shape());
+    if (s.x.numel() > 0) starts.push_back(s.x.data());
+  }
+  std::sort(starts.begin(), starts.end());
+  SDLORA_EXPECTS(std::adjacent_find(starts.begin(), starts.end()) == starts.end(),
+                 "[update_many] two slices update the same parameter tensor");
+  Impl<UpdateMany, B>::run(ctx, slices);
 }
 
 }  // namespace sdlora::ops

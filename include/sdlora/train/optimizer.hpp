@@ -4,9 +4,10 @@
 /// adamw8bit.hpp, included at the end). Their state is keyed by parameter name
 /// and saves to / loads from a safetensors file. Include <sdlora/train.hpp> instead.
 ///
-/// Backends: AdamW and SGD keep their state on the parameters' backend B and update every element there through
-/// ops::update with one host+device rule (ops/update.hpp); the scalars (bias corrections, learning rate) are made on
-/// the host each step. Adafactor's row / column means are host loops: on another backend it keeps its state on the
+/// Backends: AdamW and SGD keep their state on the parameters' backend B and update every element there with one
+/// host+device rule (ops/update.hpp), all trainable tensors in one ops::update_many pass (torch's `foreach` grouping,
+/// with the single-tensor path's arithmetic); the scalars (bias corrections, learning rate) are made on the host each
+/// step. Adafactor's row / column means are host loops: on another backend it keeps its state on the
 /// host and copies each parameter's value and gradient down and the value back up per step (correct, not fast).
 /// State dicts are host tensors for every backend. AdamW8bit is CPU only.
 ///
@@ -31,14 +32,14 @@
 
 #include <nlohmann/json.hpp>  // nlohmann::json
 
-#include <sdlora/backend/cpu/update.hpp>  // Impl<Update, Cpu>
+#include <sdlora/backend/cpu/update.hpp>  // Impl<Update, Cpu>, Impl<UpdateMany, Cpu>
 #include <sdlora/core/backend.hpp>     // Cpu
 #include <sdlora/core/dtype.hpp>       // DType
 #include <sdlora/core/error.hpp>       // SDLORA_EXPECTS, SDLORA_THROW
 #include <sdlora/core/json.hpp>        // check_json_depth
 #include <sdlora/core/tensor.hpp>      // Tensor
 #include <sdlora/io/safetensors.hpp>   // io::SafetensorsWriter, io::SafetensorsFile
-#include <sdlora/ops/update.hpp>       // ops::update, ops::fn::AdamWUpdate, ops::fn::SgdUpdate
+#include <sdlora/ops/update.hpp>       // ops::update_many, ops::UpdateSlice, ops::fn::AdamWUpdate, ops::fn::SgdUpdate
 #include <sdlora/train/param_ref.hpp>  // ParamRef
 
 namespace sdlora::train {
@@ -199,7 +200,10 @@ class AdamW final : public Optimizer<T, B> {
   std::string_view type() const override { return "adamw"; }
   AdamWOptions const& options() const { return o_; }
 
+  /// One pass over every trainable tensor (ops::update_many), each with its own step count.
   void step() override {
+    std::vector<ops::UpdateSlice<T, B, ops::fn::AdamWUpdate<T>>> slices;
+    slices.reserve(this->params_.size());
     for (auto& ref : this->params_) {
       if (!this->active(ref)) continue;
       nn::Parameter<T, B>& p = *ref.param;
@@ -221,8 +225,9 @@ class AdamW final : public Optimizer<T, B> {
       T const eps = T(o_.eps);
       bool const decays = o_.weight_decay != 0;
       ops::fn::AdamWUpdate<T> const rule{decay, w1, b2, c2, neg_step_size, bias2_sqrt, eps, decays};
-      ops::update<T, B>(this->ctx_, p.value.view(), p.grad.view(), s.exp_avg.view(), s.exp_avg_sq.view(), rule);
+      slices.push_back({p.value.view(), p.grad.view(), s.exp_avg.view(), s.exp_avg_sq.view(), rule});
     }
+    ops::update_many<T, B, ops::fn::AdamWUpdate<T>>(this->ctx_, slices);
   }
 
   OptimizerState<T> state_dict() const override {
@@ -292,7 +297,10 @@ class Sgd final : public Optimizer<T, B> {
   std::string_view type() const override { return "sgd"; }
   SgdOptions const& options() const { return o_; }
 
+  /// One pass over every trainable tensor (ops::update_many).
   void step() override {
+    std::vector<ops::UpdateSlice<T, B, ops::fn::SgdUpdate<T>>> slices;
+    slices.reserve(this->params_.size());
     T const wd = T(o_.weight_decay);
     T const mom = T(o_.momentum);
     T const keep = T(1.0 - o_.dampening);
@@ -305,8 +313,9 @@ class Sgd final : public Optimizer<T, B> {
       if (o_.momentum != 0 && first) buf = Tensor<T, B>::uninitialized(p.shape());
       bool const decays = o_.weight_decay != 0, has_momentum = o_.momentum != 0;
       ops::fn::SgdUpdate<T> const rule{wd, mom, keep, neg_lr, decays, has_momentum, first, o_.nesterov};
-      ops::update<T, B>(this->ctx_, p.value.view(), p.grad.view(), buf.view(), TensorView<T, B>(), rule);
+      slices.push_back({p.value.view(), p.grad.view(), buf.view(), TensorView<T, B>(), rule});
     }
+    ops::update_many<T, B, ops::fn::SgdUpdate<T>>(this->ctx_, slices);
   }
 
   OptimizerState<T> state_dict() const override {
@@ -388,7 +397,10 @@ class Adafactor final : public Optimizer<T, B> {
   std::string_view type() const override { return "adafactor"; }
   AdafactorOptions const& options() const { return o_; }
 
+  /// One pass over every trainable tensor (ops::update_many), each with its own step count.
   void step() override {
+    std::vector<ops::UpdateSlice<T, B, ops::fn::AdamWUpdate<T>>> slices;
+    slices.reserve(this->params_.size());
     for (auto& ref : this->params_) {
       if (!this->active(ref)) continue;
       nn::Parameter<T, B>& p = *ref.param;

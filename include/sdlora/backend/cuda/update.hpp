@@ -4,6 +4,8 @@
 /// with g++). Include <sdlora/cuda.hpp> instead.
 #pragma once
 
+#include <span>  // std::span
+
 #include <cuda_runtime_api.h>  // cudaStream_t
 
 #include <sdlora/backend/cuda/context.hpp>  // Context<Cuda>
@@ -24,6 +26,16 @@ struct Impl<Update, Cuda> {
                   TensorView<T, Cuda> s2, F f) {
     gpu::launch_update<T, F>(ctx.stream(), x.data(), g.data(), s1.empty() ? nullptr : s1.data(),
                              s2.empty() ? nullptr : s2.data(), x.numel(), f);
+  }
+};
+
+/// One launch per tensor on the context's stream. A single launch over a tensor list (torch's multi_tensor_apply)
+/// is left until a GPU can run and time it.
+template <>
+struct Impl<UpdateMany, Cuda> {
+  template <class T, class F>
+  static void run(Context<Cuda>& ctx, std::span<UpdateSlice<T, Cuda, F> const> slices) {
+    for (auto const& s : slices) Impl<Update, Cuda>::run<T, F>(ctx, s.x, s.g, s.s1, s.s2, s.f);
   }
 };
 
