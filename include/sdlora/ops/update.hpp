@@ -72,17 +72,24 @@ struct SgdUpdate {
 };
 }  // namespace fn
 
+/// The operands of one tensor's update: x and g contiguous of one size, each state absent or contiguous of that size.
+template <class T, class B>
+void check_update_operands(char const* op, TensorView<T, B> x, TensorView<T const, B> g, TensorView<T, B> s1,
+                           TensorView<T, B> s2) {
+  SDLORA_EXPECTS(x.is_contiguous() && g.is_contiguous() && g.numel() == x.numel(),
+                 "[" << op << "] parameter " << x.shape() << " and gradient " << g.shape()
+                     << " must be contiguous, of one size");
+  for (auto const* s : {&s1, &s2})
+    SDLORA_EXPECTS(s->empty() || (s->is_contiguous() && s->numel() == x.numel()),
+                   "[" << op << "] state " << s->shape() << " does not match the parameter " << x.shape());
+}
+
 /// f(x[i], g[i], s1 + i, s2 + i) for every i; s1 / s2 may be empty views (f then gets null pointers). Contiguous
 /// tensors of one size.
 template <class T, class B, class F>
 void update(Context<B>& ctx, TensorView<T, B> x, TensorView<T const, B> g, TensorView<T, B> s1, TensorView<T, B> s2,
             F f) {
-  SDLORA_EXPECTS(x.is_contiguous() && g.is_contiguous() && g.numel() == x.numel(),
-                 "[update] parameter " << x.shape() << " and gradient " << g.shape()
-                                       << " must be contiguous, of one size");
-  for (auto const* s : {&s1, &s2})
-    SDLORA_EXPECTS(s->empty() || (s->is_contiguous() && s->numel() == x.numel()),
-                   "[update] state " << s->shape() << " does not match the parameter " << x.shape());
+  check_update_operands<T, B>("update", x, g, s1, s2);
   Impl<Update, B>::run(ctx, x, g, s1, s2, f);
 }
 
@@ -95,12 +102,7 @@ void update_many(Context<B>& ctx, std::span<UpdateSlice<T, B, F> const> slices) 
   std::vector<T const*> starts;
   starts.reserve(slices.size());
   for (auto const& s : slices) {
-    SDLORA_EXPECTS(s.x.is_contiguous() && s.g.is_contiguous() && s.g.numel() == s.x.numel(),
-                   "[update_many] parameter " << s.x.shape() << " and gradient " << s.g.shape()
-                                              << " must be contiguous, of one size");
-    for (auto const* st : {&s.s1, &s.s2})
-      SDLORA_EXPECTS(st->empty() || (st->is_contiguous() && st->numel() == s.x.numel()),
-                     "[update_many] state " << st->shape() << " does not match the parameter " << s.x.shape());
+    check_update_operands<T, B>("update_many", s.x, s.g, s.s1, s.s2);
     if (s.x.numel() > 0) starts.push_back(s.x.data());
   }
   std::sort(starts.begin(), starts.end());
