@@ -141,15 +141,20 @@ def time_lora_step(bench, unet, sched, latent, checkpointing, repeats, condition
     condition() gives the encoder hidden states and the UNet's extra keyword arguments."""
     import torch.nn.functional as F
     params, opt = lora_unet(unet, checkpointing)
+    mixed = mixed_dtype()
+    if mixed is not None:  # train_text_to_image_lora.py --mixed_precision: LoRA parameters back in float32
+        for p in params:
+            p.data = p.data.float()
     latents = torch.randn(1, 4, latent, latent)
 
     def step():
         noise = torch.randn_like(latents)
         timesteps = torch.randint(0, 1000, (1,))
         noisy = sched.add_noise(latents, noise, timesteps)
-        ehs, kwargs = condition()
-        pred = unet(noisy, timesteps, ehs, **kwargs).sample
-        loss = F.mse_loss(pred, noise, reduction="mean")
+        with torch.autocast("cpu", dtype=mixed or torch.float32, enabled=mixed is not None):
+            ehs, kwargs = condition()
+            pred = unet(noisy, timesteps, ehs, **kwargs).sample
+        loss = F.mse_loss(pred.float(), noise, reduction="mean")
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
@@ -160,7 +165,12 @@ def time_lora_step(bench, unet, sched, latent, checkpointing, repeats, condition
     best, med = time_it(repeats, step)
     report(bench + ("_checkpointing" if checkpointing else ""), f"1x4x{latent}x{latent} rank 4 attn", best, med,
            repeats, peak_rss_mb(), base, trainable_params=sum(p.numel() for p in params),
-           peft=__import__("peft").__version__)
+           peft=__import__("peft").__version__, mixed_precision=os.environ.get("BENCH_MIXED") or "no")
+
+
+def mixed_dtype():
+    """BENCH_MIXED=bf16|fp16: diffusers' --mixed_precision (frozen networks cast, autocast); unset: float32."""
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(os.environ.get("BENCH_MIXED", ""))
 
 
 def bench_train(latent=32, checkpointing=0, repeats=3):
@@ -168,6 +178,9 @@ def bench_train(latent=32, checkpointing=0, repeats=3):
     torch.manual_seed(0)
     unet, text, sched = sd15_unet(), sd15_text(), sd15_scheduler()
     text.requires_grad_(False)
+    if mixed_dtype() is not None:  # weight_dtype for the frozen networks
+        unet.to(mixed_dtype())
+        text.to(mixed_dtype())
     ids = torch.tensor([[49406] + [320 + 7 * i for i in range(1, 10)] + [49407] * 67])
     time_lora_step("lora_train_step", unet, sched, latent, checkpointing, repeats, lambda: (text(ids)[0], {}))
 

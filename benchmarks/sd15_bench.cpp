@@ -15,7 +15,8 @@
 ///            one DreamBooth-LoRA SDXL step of the UNet (rank 4 on the attention projections, AdamW) with the text
 ///            encoders frozen: their prompt embeddings are cached by the warm-up step, as diffusers'
 ///            train_dreambooth_lora_sdxl.py precomputes them, so each timed step is the UNet's
-///   BENCH_WEIGHTS=f16|bf16 keeps the frozen weights in 16 bits.
+///   BENCH_WEIGHTS=f16|bf16 keeps the frozen weights in 16 bits; BENCH_SAVED=f16|bf16 the training steps' saved
+///   activations (Context::saved_activations).
 #include <algorithm>   // std::sort, std::min
 #include <chrono>      // std::chrono::steady_clock
 #include <cmath>       // std::sqrt
@@ -102,14 +103,19 @@ std::string weights_name() {
   return v && *v ? v : "f32";
 }
 DType weights_dtype() { return nn::parse_weight_dtype(weights_name()); }
+/// What training layers keep for backward: BENCH_SAVED=f32 (default), f16 or bf16 (Context::saved_activations).
+std::string saved_name() {
+  char const* v = std::getenv("BENCH_SAVED");
+  return v && *v ? v : "f32";
+}
 
 void report(std::string const& bench, std::string const& shape, Timing const& t, double peak_mb, double base_mb,
             int threads, std::string const& extra = "") {
   std::printf("{\"bench\": \"%s\", \"impl\": \"sdlora\", \"shape\": \"%s\", \"seconds\": %.4f, \"median_seconds\": "
               "%.4f, \"repeats\": %d, \"peak_rss_mb\": %.0f, \"model_rss_mb\": %.0f, \"build_peak_rss_mb\": %.0f, "
-              "\"threads\": %d, \"dtype\": \"float32\", \"weights\": \"%s\"%s}\n",
+              "\"threads\": %d, \"dtype\": \"float32\", \"weights\": \"%s\", \"saved\": \"%s\"%s}\n",
               bench.c_str(), shape.c_str(), t.best, t.median, t.repeats, peak_mb, base_mb, g_build_peak_mb, threads,
-              weights_name().c_str(), extra.c_str());
+              weights_name().c_str(), saved_name().c_str(), extra.c_str());
   std::fflush(stdout);
 }
 
@@ -184,6 +190,7 @@ nlohmann::json sd15_scheduler() {
 /// DreamBooth scripts do before training.
 int time_lora_step(Context<Cpu>& ctx, models::StableDiffusion<float, Cpu>& sd, train::MicroBatch const& batch,
                    std::string bench, bool checkpointing, int repeats, bool release_text_encoders = false) {
+  ctx.saved_activations = nn::parse_weight_dtype(saved_name());
   train::TrainerOptions o;
   o.rank = 4;
   o.alpha = 4;
@@ -347,6 +354,7 @@ int main(int argc, char** argv) {
   std::fprintf(stderr, "usage: sd15_bench unet [latent] [batch] [repeats] | vae [latent] [repeats] | "
                        "train [latent] [checkpointing 0/1] [repeats] | lora_size [out_dir] | txt2img [size] [steps] | "
                        "sdxl_unet [latent] [batch] [repeats] | sdxl_train [latent] [checkpointing 0/1] [repeats]\n"
-                       "BENCH_WEIGHTS=f32|f16|bf16 stores the frozen weights so (compute stays float32)\n");
+                       "BENCH_WEIGHTS=f32|f16|bf16 stores the frozen weights so (compute stays float32); "
+                       "BENCH_SAVED=f32|f16|bf16 the training steps' saved activations\n");
   return 2;
 }

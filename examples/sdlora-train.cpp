@@ -204,12 +204,18 @@ int run(int argc, char** argv) {
 /// The model, the data and the run, once the flags are checked (every rank of an mpirun job does all of it).
 int train_model(Args const& a, train::Method method, std::string const& data_dir, po::variables_map const& vm,
                 int argc, char** argv, Communicator& comm, std::ostream& info) {
+  cli::Precision const mixed = cli::precision_of(a, vm.count("weights_dtype") && !vm["weights_dtype"].defaulted());
   Context<Cpu> ctx;
+  ctx.saved_activations = mixed.saved_activations;
   models::LoadOptions lo;
   lo.config_dir = a.config_dir;
-  lo.weights_dtype = nn::parse_weight_dtype(a.weights_dtype);  // narrowed while loading
+  lo.weights_dtype = mixed.weights;  // narrowed while loading
+  lo.vae_weights_dtype = mixed.vae_weights;
   auto sd = models::load_stable_diffusion<float>(a.model, lo);
-  models::set_weight_storage(sd, nn::parse_weight_dtype(a.weights_dtype));
+  // whatever the loader left in float (frozen weights only), as the load did the rest
+  for (auto* net : {&sd.text_encoder, &sd.text_encoder_2}) nn::set_weight_storage(*net, mixed.weights);
+  nn::set_weight_storage(sd.unet, mixed.weights);
+  nn::set_weight_storage(sd.vae, mixed.vae_weights);
   if (a.resolution % sd.vae_scale() != 0)
     SDLORA_THROW(ConfigError, "--resolution " << a.resolution << " is not a multiple of the VAE factor " << sd.vae_scale());
 
@@ -309,6 +315,7 @@ int train_model(Args const& a, train::Method method, std::string const& data_dir
 #if defined(SDLORA_HAS_CUDA)
     if (a.device == "cuda") {  // the loaded checkpoint copied to the GPU once; the host networks are released
       Context<Cuda> gpu;
+      gpu.saved_activations = mixed.saved_activations;  // 16 bits: refused there with one line (CPU only)
       auto sd_gpu = pipeline::on_backend<Cuda>(sd);
       sd.unet = {};
       sd.vae = {};

@@ -9,7 +9,10 @@
 
 #include <boost/program_options.hpp>  // boost::program_options
 
-#include <sdlora/io/image.hpp>  // io::kDefaultMaxImagePixels
+#include <sdlora/core/dtype.hpp>  // DType
+#include <sdlora/core/error.hpp>  // SDLORA_THROW, ConfigError
+#include <sdlora/io/image.hpp>    // io::kDefaultMaxImagePixels
+#include <sdlora/nn/storage.hpp>  // nn::parse_weight_dtype
 
 namespace sdlora::cli {
 
@@ -61,6 +64,7 @@ struct TrainArgs {
   std::string device = "cpu";
   double collective_timeout = 1800;
   std::string weights_dtype = "f32";
+  std::string mixed_precision = "no";
   long long max_image_pixels = static_cast<long long>(io::kDefaultMaxImagePixels);
 };
 
@@ -141,12 +145,32 @@ inline po::options_description train_options(TrainArgs& a) {
     ("learnable_property", po::value(&a.learnable_property)->value_name("P")->default_value("object"), "Textual Inversion: object | style prompt templates")
     ("on_nan", po::value(&a.on_nan)->value_name("stop|skip")->default_value("stop"), "a step with a NaN / inf loss or gradient: stop naming the module (no LoRA written), or skip its update (counted in loss.csv)")
     ("weights_dtype", po::value(&a.weights_dtype)->value_name("f32|f16|bf16")->default_value("f32"), "keep the frozen base weights in 16 bits (half the memory; compute, LoRA weights and optimizer state stay f32)")
+    ("mixed_precision", po::value(&a.mixed_precision)->value_name("no|bf16|fp16")->default_value("no"), "keep the frozen weights (unless --weights_dtype says otherwise; the VAE's stay f32 with fp16) and the activations kept for backward in 16 bits: about half a step's memory; compute, LoRA weights, gradients and optimizer state stay f32 (CPU)")
     ("threads", po::value(&a.threads)->value_name("N")->default_value(0), "CPU threads (0: all)")
     ("device", po::value(&a.device)->value_name("cpu|cuda")->default_value("cpu"), "where the text encoders, UNet and VAE train and run: cuda needs a build with -DSDLORA_CUDA=ON (data, caches, checkpoints and files stay on the host)")
     ("collective_timeout", po::value(&a.collective_timeout)->value_name("S")->default_value(1800), "mpirun -np N: end the job when a rank waits more than S seconds for the others (a hung or lost rank; must exceed a step, a checkpoint and the validation images; 0: forever)")
     ("max_image_pixels", po::value(&a.max_image_pixels)->value_name("N")->default_value(a.max_image_pixels), "skip (with --strict: refuse) training images of more pixels, from their header (default: Pillow's MAX_IMAGE_PIXELS; 0: no limit)");
   // clang-format on
   return d;
+}
+
+/// What --mixed_precision and --weights_dtype ask for: the frozen weights' storage (the VAE's apart), and what
+/// training layers keep for backward (Context::saved_activations).
+struct Precision {
+  DType weights = DType::F32, vae_weights = DType::F32, saved_activations = DType::F32;
+};
+
+/// --mixed_precision no|bf16|fp16 as diffusers' and kohya's flag of that name, on sdlora's terms: bf16 keeps the
+/// frozen weights (VAE included) and the saved activations in BF16; fp16 keeps them in F16 but the VAE's weights in
+/// float. An explicit --weights_dtype (`weights_given`) decides the weights of every network instead.
+inline Precision precision_of(TrainArgs const& a, bool weights_given) {
+  Precision p;
+  if (a.mixed_precision == "bf16") p.weights = p.vae_weights = p.saved_activations = DType::BF16;
+  else if (a.mixed_precision == "fp16") p.weights = p.saved_activations = DType::F16;
+  else if (a.mixed_precision != "no")
+    SDLORA_THROW(ConfigError, "--mixed_precision must be no, bf16 or fp16, got '" << a.mixed_precision << "'");
+  if (weights_given || a.mixed_precision == "no") p.weights = p.vae_weights = nn::parse_weight_dtype(a.weights_dtype);
+  return p;
 }
 
 }  // namespace sdlora::cli

@@ -86,6 +86,21 @@ TEST_CASE("sdlora-train writes the LoRA, loss.csv and checkpoints, and a larger 
   CHECK(std::count(csv.begin(), csv.end(), '\n') == 7);  // header + steps 1..6
   io::SafetensorsFile f((dir / "sdlora_lora.safetensors").string());
   CHECK(f.metadata().at("ss_steps") == "6");
+  CHECK(f.metadata().at("ss_mixed_precision") == "no");
+}
+
+TEST_CASE("sdlora-train --mixed_precision bf16 trains with 16-bit weights and saved activations and records it",
+          "[examples][e2e]") {
+  auto r = run_train(base("mixed") + " --mixed-precision bf16 --max-train-steps 2 --checkpointing-steps 0");
+  INFO(r.err);
+  REQUIRE(r.code == 0);
+  io::SafetensorsFile f((train_scratch() / "mixed" / "sdlora_lora.safetensors").string());
+  CHECK(f.metadata().at("ss_mixed_precision") == "bf16");
+  CHECK(f.metadata().at("sdlora_settings").find("\"mixed_precision\":\"bf16\"") != std::string::npos);
+  r = run_train(base("mixed_bad") + " --mixed-precision fp8 --max-train-steps 1");
+  CHECK(r.code != 0);
+  CHECK(std::count(r.err.begin(), r.err.end(), '\n') == 1);
+  CHECK(r.err.find("--mixed_precision must be no, bf16 or fp16, got 'fp8'") != std::string::npos);
 }
 
 TEST_CASE("sdlora-train --method textual_inversion writes both embedding formats", "[examples][e2e]") {

@@ -14,6 +14,7 @@
 #include <vector>         // std::vector
 
 #include <sdlora/backend/cpu/isa.hpp>  // cpu::Isa, cpu::default_thread_count
+#include <sdlora/core/dtype.hpp>       // DType
 
 namespace sdlora {
 
@@ -170,6 +171,10 @@ struct Context<Cpu> {
   int num_threads = 0;
   /// The highest vector instruction set the kernels may use; kAuto: the best the CPU has (or SDLORA_ISA's cap).
   cpu::Isa isa = cpu::Isa::kAuto;
+  /// What training layers keep for backward (nn/saved.hpp): F32, the tensor's own type; F16 or BF16, rounded to 16
+  /// bits (float models), which halves the activation memory of a training step — the activation half of mixed
+  /// precision (torch.autocast's saved tensors; compute stays in the model's type).
+  DType saved_activations = DType::F32;
 
   int threads() const { return num_threads > 0 ? num_threads : cpu::default_thread_count(); }
 };

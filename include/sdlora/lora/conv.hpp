@@ -7,6 +7,7 @@
 #include <cstdint>  // std::uint64_t, std::int64_t
 
 #include <sdlora/lora/adapter.hpp>     // LoraAdapter, LoraOptions
+#include <sdlora/nn/saved.hpp>         // nn::SavedTensor, nn::KeptInput
 #include <sdlora/ops/dropout.hpp>     // ops::dropout_apply
 #include <sdlora/ops/conv.hpp>         // ops::conv2d_forward, ops::conv2d_backward_input, ops::conv2d_backward_weight
 #include <sdlora/ops/elementwise.hpp>  // ops::scale, ops::add
@@ -43,7 +44,14 @@ class LoraConv final : public LoraAdapter<T, B> {
       ops::dropout_apply<T, B>(ctx, this->dropout_op(call), xd.view(), x);
       ++this->dropout_calls_;
     }
-    TensorView<T const, B> const xin = drop ? xd.view() : x;  // (N, in, H, W)
+    TensorView<T const, B> xin = drop ? xd.view() : x;  // (N, in, H, W)
+    nn::KeptInput<T, B> kept;  // dA needs xin: kept (rounded to the 16 bits kept, if so) only when A is trainable
+    if (this->lora_A.trainable) {
+      kept = drop ? saved_.x.keep(ctx, std::move(xd), mode) : saved_.x.keep(ctx, x, mode);
+      xin = kept.x;
+    } else if (mode == nn::Mode::Train) {
+      saved_.x.reset();
+    }
     auto h = Tensor<T, B>::uninitialized(ops::conv2d_output_shape(x.shape(), this->lora_A.shape(), geometry));
     ops::conv2d_forward<T, B>(ctx, h.view(), xin, this->lora_A.value.view(), {}, geometry);  // (N, r, H', W')
     ops::scale<T, B>(ctx, h.view(), this->scale());                                          // h = scale * down
@@ -51,7 +59,6 @@ class LoraConv final : public LoraAdapter<T, B> {
     if (mode == nn::Mode::Train) {  // keep for backward (not in Infer / TrainDiscard)
       saved_.x_shape = x.shape();
       saved_.dropout_call = drop ? std::int64_t(call) : -1;
-      saved_.x = this->lora_A.trainable ? (drop ? std::move(xd) : Tensor<T, B>::from_view(x)) : Tensor<T, B>();
       saved_.h = this->lora_B.trainable ? std::move(h) : Tensor<T, B>();
     }
   }
@@ -72,9 +79,10 @@ class LoraConv final : public LoraAdapter<T, B> {
     ops::scale<T, B>(ctx, g.view(), this->scale());
     if (this->lora_A.trainable) {
       SDLORA_EXPECTS(saved_.x.shape() == saved_.x_shape, "[lora_conv.backward] lora_A became trainable after forward");
-      ops::conv2d_backward_weight<T, B>(ctx, this->lora_A.grad.view(), g.view(), saved_.x.view(), geometry);
+      auto const x = saved_.x.take(ctx);
+      ops::conv2d_backward_weight<T, B>(ctx, this->lora_A.grad.view(), g.view(), x.view(), geometry);
     }
-    saved_.x = {};  // one backward per forward (the shape and the mask index stay for dx)
+    saved_.x.reset();  // one backward per forward (the shape and the mask index stay for dx)
     saved_.h = {};
     if (saved_.dropout_call < 0) {
       ops::conv2d_backward_input<T, B>(ctx, dx, g.view(), this->lora_A.value.view(), geometry, true);
@@ -92,7 +100,7 @@ class LoraConv final : public LoraAdapter<T, B> {
   struct Saved {
     Shape x_shape;                   // (N, in, H, W) of the last Mode::Train forward
     std::int64_t dropout_call = -1;  // its dropout mask index, or -1 without dropout (dx needs the mask)
-    Tensor<T, B> x;                  // (N, in, H, W): dropout(x), for dA; kept only when A is trainable
+    nn::SavedTensor<T, B> x;         // (N, in, H, W): dropout(x), for dA; kept only when A is trainable
     Tensor<T, B> h;                  // (N, r, H', W'): scale * down(dropout(x)), for dB; only when B is trainable
   } saved_;
 };

@@ -6,6 +6,7 @@
 #include <cstdint>  // std::uint64_t
 
 #include <sdlora/lora/adapter.hpp>     // LoraAdapter, LoraOptions
+#include <sdlora/nn/saved.hpp>         // nn::SavedTensor, nn::KeptInput
 #include <sdlora/ops/dropout.hpp>     // ops::dropout_apply
 #include <sdlora/ops/elementwise.hpp>  // ops::zip, ops::add
 #include <sdlora/ops/gemm.hpp>         // ops::gemm
@@ -42,7 +43,14 @@ class LoraLinear final : public LoraAdapter<T, B> {
       ops::dropout_apply<T, B>(ctx, this->dropout_op(call), xd.view(), x2);
       ++this->dropout_calls_;
     }
-    TensorView<T const, B> const xin = drop ? xd.view() : x2;  // (rows, in)
+    TensorView<T const, B> xin = drop ? xd.view() : x2;  // (rows, in)
+    nn::KeptInput<T, B> kept;  // dA needs xin: kept (rounded to the 16 bits kept, if so) only when A is trainable
+    if (this->lora_A.trainable) {
+      kept = drop ? saved_.x.keep(ctx, std::move(xd), mode) : saved_.x.keep(ctx, x2, mode);
+      xin = kept.x;
+    } else if (mode == nn::Mode::Train) {
+      saved_.x.reset();
+    }
     auto h = Tensor<T, B>::uninitialized(Shape{rows, r});      // (rows, r) = xin A^T
     ops::gemm<T, B>(ctx, h.view(), xin, this->lora_A.value.view(), {.trans_b = true});
     ops::gemm<T, B>(ctx, y.reshaped(Shape{rows, out}), h.view(), this->lora_B.value.view(),
@@ -50,7 +58,6 @@ class LoraLinear final : public LoraAdapter<T, B> {
     if (mode == nn::Mode::Train) {  // keep for backward (not in Infer / TrainDiscard)
       saved_.rows = rows;
       saved_.dropout_call = drop ? std::int64_t(call) : -1;
-      saved_.x = this->lora_A.trainable ? (drop ? std::move(xd) : Tensor<T, B>::from_view(x2)) : Tensor<T, B>();
       saved_.h = this->lora_B.trainable ? std::move(h) : Tensor<T, B>();
     }
   }
@@ -73,11 +80,12 @@ class LoraLinear final : public LoraAdapter<T, B> {
       ops::gemm<T, B>(ctx, this->lora_B.grad.view(), dy2, saved_.h.view(), {.trans_a = true, .alpha = s, .beta = 1.0});
     }
     if (this->lora_A.trainable) {
-      SDLORA_EXPECTS(saved_.x.numel() == rows * in, "[lora_linear.backward] lora_A became trainable after forward");
-      ops::gemm<T, B>(ctx, this->lora_A.grad.view(), g.view(), saved_.x.view(),
-                      {.trans_a = true, .alpha = s, .beta = 1.0});
+      SDLORA_EXPECTS(!saved_.x.empty() && saved_.x.shape().numel() == rows * in,
+                     "[lora_linear.backward] lora_A became trainable after forward");
+      auto const x = saved_.x.take(ctx);
+      ops::gemm<T, B>(ctx, this->lora_A.grad.view(), g.view(), x.view(), {.trans_a = true, .alpha = s, .beta = 1.0});
     }
-    saved_.x = {};  // one backward per forward (rows and the mask index stay for dx)
+    saved_.x.reset();  // one backward per forward (rows and the mask index stay for dx)
     saved_.h = {};
     auto dx2 = dx.reshaped(Shape{rows, in});  // (rows, in)
     if (saved_.dropout_call < 0) {
@@ -94,7 +102,7 @@ class LoraLinear final : public LoraAdapter<T, B> {
   struct Saved {
     Index rows = -1;                // rows of the last Mode::Train forward
     std::int64_t dropout_call = -1;  // its dropout mask index, or -1 without dropout (dx needs the mask)
-    Tensor<T, B> x;                 // (rows, in): dropout(x), for dA; kept only when A is trainable
+    nn::SavedTensor<T, B> x;        // (rows, in): dropout(x), for dA; kept only when A is trainable
     Tensor<T, B> h;                 // (rows, r): A dropout(x), for dB; kept only when B is trainable
   } saved_;
 };

@@ -7,6 +7,7 @@
 #include <filesystem>  // std::filesystem
 #include <map>         // std::map
 #include <memory>      // std::unique_ptr
+#include <optional>    // std::optional
 #include <string>      // std::string
 #include <vector>      // std::vector
 
@@ -40,6 +41,9 @@ struct LoadOptions {
   /// by tensor as they are read (the programs' --weights-dtype; see models::set_weight_storage), so the load's peak
   /// memory is about the 16-bit model rather than the float one.
   DType weights_dtype = DType::F32;
+  /// The VAE's own storage, when it differs from weights_dtype (the programs' --mixed_precision fp16 keeps the VAE in
+  /// float, as diffusers advises: an fp16 SD VAE overflows).
+  std::optional<DType> vae_weights_dtype;
 };
 
 /// The SD 1.5 scheduler configuration (PNDM), used for single files without a config folder.
@@ -135,13 +139,15 @@ inline std::vector<std::string> component_weight_files(fs::path const& dir, std:
   SDLORA_THROW(IoError, "[load] no " << base << ".safetensors (or sharded index) in " << dir.string());
 }
 
-/// LoadOptions::weights_dtype for a model of T: F32 means T's own type (a double model stays double).
+/// LoadOptions::weights_dtype (or, for the VAE, vae_weights_dtype when set) for a model of T: F32 means T's own
+/// type (a double model stays double).
 template <class T>
-DType storage_of(LoadOptions const& options) {
-  SDLORA_EXPECTS(options.weights_dtype == DType::F32 || options.weights_dtype == DType::F16 ||
-                     options.weights_dtype == DType::BF16,
-                 "[load] weights_dtype must be F32, F16 or BF16, got " << dtype_name(options.weights_dtype));
-  return options.weights_dtype == DType::F32 ? dtype_of<T>() : options.weights_dtype;
+DType storage_of(LoadOptions const& options, bool vae = false) {
+  DType const d = vae && options.vae_weights_dtype ? *options.vae_weights_dtype : options.weights_dtype;
+  SDLORA_EXPECTS(d == DType::F32 || d == DType::F16 || d == DType::BF16,
+                 "[load] " << (vae && options.vae_weights_dtype ? "vae_weights_dtype" : "weights_dtype")
+                           << " must be F32, F16 or BF16, got " << dtype_name(d));
+  return d == DType::F32 ? dtype_of<T>() : d;
 }
 
 /// All tensors of several files as one source map (each file must stay alive: kept in `files`).
@@ -232,7 +238,7 @@ StableDiffusion<T, Cpu> load_diffusers_folder(std::string const& path, LoadOptio
     load_parameters<T>(sd.vae,
                        detail::sources_of(detail::component_weight_files(dir / "vae", "diffusion_pytorch_model",
                                                                          options.variant), files),
-                       "vae from " + (dir / "vae").string(), {}, detail::storage_of<T>(options));
+                       "vae from " + (dir / "vae").string(), {}, detail::storage_of<T>(options, true));
   }
   sd.tokenizer = detail::load_tokenizer(dir / "tokenizer", "", options);
   fs::path const sched = dir / "scheduler" / "scheduler_config.json";
@@ -335,7 +341,7 @@ StableDiffusion<T, Cpu> load_single_file(std::string const& path, LoadOptions co
   load_parameters<T>(sd.unet, unet_src, "unet from " + path, {}, storage);
   load_parameters<T>(sd.text_encoder, text_src, "text_encoder from " + path, {}, storage);
   if (sdxl) load_parameters<T>(sd.text_encoder_2, text_2_src, "text_encoder_2 from " + path, {}, storage);
-  if (options.load_vae) load_parameters<T>(sd.vae, vae_src, "vae from " + path, {}, storage);
+  if (options.load_vae) load_parameters<T>(sd.vae, vae_src, "vae from " + path, {}, detail::storage_of<T>(options, true));
   else sd.ignored_keys += vae_src.size();
 
   sd.tokenizer = tokenizer::ClipTokenizer::bundled(options.vocab_dir);

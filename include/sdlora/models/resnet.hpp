@@ -11,6 +11,7 @@
 #include <sdlora/nn/conv2d.hpp>      // nn::Conv2d
 #include <sdlora/nn/group_norm.hpp>  // nn::GroupNorm
 #include <sdlora/nn/linear.hpp>      // nn::Linear
+#include <sdlora/nn/saved.hpp>       // nn::SavedTensor
 #include <sdlora/ops/bias.hpp>       // ops::bias_add_channels, ops::bias_grad_channels
 #include <sdlora/ops/elementwise.hpp>  // ops::add, ops::scale
 
@@ -53,9 +54,9 @@ class ResnetBlock2D {
     SDLORA_EXPECTS(x.rank() == 4 && x.dim(1) == in_channels_,
                    "[resnet_block] x must be (N, " << in_channels_ << ", H, W), got " << x.shape());
     if (mode == Mode::Train && gradient_checkpointing) {
-      saved_.x = Tensor<T, B>::from_view(x);
+      auto const in = saved_.x.keep(ctx, x, Mode::Train);  // x, or x rounded to the 16 bits kept
       saved_.temb = temb.empty() ? Tensor<T, B>() : Tensor<T, B>::from_view(temb);
-      return run(ctx, x, temb, Mode::TrainDiscard);
+      return run(ctx, in.x, temb, Mode::TrainDiscard);
     }
     return run(ctx, x, temb, mode);
   }
@@ -68,7 +69,8 @@ class ResnetBlock2D {
   Grads backward(Context<B>& ctx, TensorView<T const, B> dout) {
     if (gradient_checkpointing) {
       SDLORA_EXPECTS(!saved_.x.empty(), "[resnet_block.backward] run forward with Mode::Train first");
-      run(ctx, saved_.x.view(), saved_.temb.view(), Mode::Train);  // recompute, keeping what backward needs
+      auto const x = saved_.x.take(ctx);
+      run(ctx, x.view(), saved_.temb.view(), Mode::Train);  // recompute, keeping what backward needs
       saved_ = {};
     }
     Tensor<T, B> dh(dout.shape());  // (N, Cout, H, W)
@@ -138,7 +140,7 @@ class ResnetBlock2D {
   Index in_channels_ = 0, out_channels_ = 0;
   double output_scale_factor_ = 1.0;
   struct Saved {
-    Tensor<T, B> x;     // (N, Cin, H, W): gradient checkpointing recomputes the block from its inputs
+    nn::SavedTensor<T, B> x;  // (N, Cin, H, W): gradient checkpointing recomputes the block from its inputs
     Tensor<T, B> temb;  // (N, Ct)
   } saved_;
 };

@@ -13,6 +13,7 @@
 #include <sdlora/nn/group_norm.hpp>    // nn::GroupNorm
 #include <sdlora/nn/layer_norm.hpp>    // nn::LayerNorm
 #include <sdlora/nn/linear.hpp>        // nn::Linear
+#include <sdlora/nn/saved.hpp>         // nn::SavedTensor
 #include <sdlora/ops/elementwise.hpp>  // ops::add, ops::axpy
 #include <sdlora/ops/layout.hpp>       // ops::nchw_to_nlc, ops::nlc_to_nchw
 
@@ -136,7 +137,8 @@ class Transformer2DModel {
       // diffusers' checkpointing unit: each BasicTransformerBlock keeps only its input and is recomputed in backward,
       // one block at a time (the norm and projections keep what backward needs as usual)
       saved_.context = Tensor<T, B>::from_view(context);
-      saved_.block_inputs.assign(transformer_blocks.size(), Tensor<T, B>());
+      saved_.block_inputs.clear();
+      saved_.block_inputs.resize(transformer_blocks.size());
     } else if (nn::keeps_saved(mode)) {
       saved_ = {};
     }
@@ -162,8 +164,8 @@ class Transformer2DModel {
     for (std::size_t i = transformer_blocks.size(); i-- > 0;) {
       auto& block = transformer_blocks[i];
       if (checkpointed) {  // recompute this block's activations from its input, then release the input
-        block.forward(ctx, saved_.block_inputs[i].view(), saved_.context.view(), Mode::Train);
-        saved_.block_inputs[i] = {};
+        auto const input = saved_.block_inputs[i].take(ctx);
+        block.forward(ctx, input.view(), saved_.context.view(), Mode::Train);
       }
       auto gb = block.backward(ctx, g.view());
       g = std::move(gb.dx);
@@ -213,8 +215,12 @@ class Transformer2DModel {
       ops::nchw_to_nlc<T, B>(ctx, tokens.view(), p.view());
     }
     for (std::size_t i = 0; i < transformer_blocks.size(); ++i) {
-      if (checkpoint) saved_.block_inputs[i] = Tensor<T, B>::from_view(tokens.view());
-      tokens = transformer_blocks[i].forward(ctx, tokens.view(), context, checkpoint ? Mode::TrainDiscard : mode);
+      if (checkpoint) {  // the block runs from what is kept (its input, or the input rounded to 16 bits)
+        auto const in = saved_.block_inputs[i].keep(ctx, std::move(tokens), Mode::Train);
+        tokens = transformer_blocks[i].forward(ctx, in.x, context, Mode::TrainDiscard);
+      } else {
+        tokens = transformer_blocks[i].forward(ctx, tokens.view(), context, mode);
+      }
     }
     Tensor<T, B> out(Shape{n, c, hh, ww});
     if (linear_) {
@@ -232,7 +238,7 @@ class Transformer2DModel {
   bool linear_ = false;
   Index channels_ = 0;
   struct Saved {  // gradient checkpointing: what each block's recompute starts from
-    std::vector<Tensor<T, B>> block_inputs;  // (N, HW, inner) per BasicTransformerBlock
+    std::vector<nn::SavedTensor<T, B>> block_inputs;  // (N, HW, inner) per BasicTransformerBlock
     Tensor<T, B> context;                    // (N, Lk, Cc)
   } saved_;
 };

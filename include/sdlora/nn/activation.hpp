@@ -6,6 +6,7 @@
 #include <string>  // std::string
 
 #include <sdlora/nn/module.hpp>        // Mode
+#include <sdlora/nn/saved.hpp>         // SavedTensor
 #include <sdlora/ops/activation.hpp>   // ops::silu_forward, ops::silu_backward
 
 namespace sdlora::nn {
@@ -16,9 +17,9 @@ class SiLU {
  public:
   /// y = x * sigmoid(x), elementwise.
   Tensor<T, B> forward(Context<B>& ctx, TensorView<T const, B> x, Mode mode = Mode::Infer) {
+    auto const in = saved_.x.keep(ctx, x, mode);  // x, or x rounded to the 16 bits kept
     auto y = Tensor<T, B>::uninitialized(x.shape());
-    ops::silu_forward<T, B>(ctx, y.view(), x);
-    if (keeps_saved(mode)) saved_.x = Tensor<T, B>::from_view(x);
+    ops::silu_forward<T, B>(ctx, y.view(), in.x);
     return y;
   }
 
@@ -28,7 +29,8 @@ class SiLU {
                    "[silu.backward] dy must be " << saved_.x.shape() << " (run forward with Mode::Train), got "
                                                  << dy.shape());
     auto dx = Tensor<T, B>::uninitialized(dy.shape());
-    ops::silu_backward<T, B>(ctx, dx.view(), dy, saved_.x.view());
+    auto const x = saved_.x.take(ctx);
+    ops::silu_backward<T, B>(ctx, dx.view(), dy, x.view());
     saved_ = {};  // one backward per forward
     return dx;
   }
@@ -39,7 +41,7 @@ class SiLU {
 
  private:
   struct Saved {
-    Tensor<T, B> x;  // (any): silu'(x)
+    SavedTensor<T, B> x;  // (any): silu'(x)
   } saved_;
 };
 

@@ -11,6 +11,7 @@
 #include <sdlora/nn/dropout.hpp>       // Dropout
 #include <sdlora/nn/linear.hpp>        // Linear
 #include <sdlora/nn/module.hpp>        // Mode, join
+#include <sdlora/nn/saved.hpp>         // SavedTensor
 #include <sdlora/ops/attention.hpp>    // ops::Attention, ops::attention_forward, ops::attention_backward
 #include <sdlora/ops/elementwise.hpp>  // ops::add
 
@@ -40,15 +41,20 @@ class AttentionCore {
     SDLORA_EXPECTS(x.rank() == 3 && src.rank() == 3 && src.dim(0) == x.dim(0),
                    "[attention] x must be (B, L, C) and context (B, Lk, Cc), got x " << x.shape() << ", context "
                                                                                     << context.shape());
-    Tensor<T, B> q = to_q.forward(ctx, x, mode);    // (B, L, H*D)
-    Tensor<T, B> k = to_k.forward(ctx, src, mode);  // (B, Lk, H*D)
-    Tensor<T, B> v = to_v.forward(ctx, src, mode);  // (B, Lk, H*D)
-    auto o = Tensor<T, B>::uninitialized(q.shape());                                    // (B, L, H*D)
+    // Training keeps q, k, v and o for backward (rounded to 16 bits if the context asks; attention and to_out then
+    // run on the rounded values, so that backward differentiates the forward that ran).
+    auto const q = saved_.q.keep(ctx, to_q.forward(ctx, x, mode), mode);    // (B, L, H*D)
+    auto const k = saved_.k.keep(ctx, to_k.forward(ctx, src, mode), mode);  // (B, Lk, H*D)
+    auto const v = saved_.v.keep(ctx, to_v.forward(ctx, src, mode), mode);  // (B, Lk, H*D)
+    auto o = Tensor<T, B>::uninitialized(q.x.shape());                                 // (B, L, H*D)
     auto lse = Tensor<T, B>::uninitialized(Shape{x.dim(0), op.heads, x.dim(1)});        // (B, H, L)
-    ops::attention_forward<T, B>(ctx, op, o.view(), lse.view(), q.view(), k.view(), v.view());
-    Tensor<T, B> y = to_out.forward(ctx, o.view(), mode);  // (B, L, C)
-    if (mode == Mode::Train) saved_ = Saved{std::move(q), std::move(k), std::move(v), std::move(o), std::move(lse),
-                                            cross};
+    ops::attention_forward<T, B>(ctx, op, o.view(), lse.view(), q.x, k.x, v.x);
+    auto const kept_o = saved_.o.keep(ctx, std::move(o), mode);
+    Tensor<T, B> y = to_out.forward(ctx, kept_o.x, mode);  // (B, L, C)
+    if (mode == Mode::Train) {
+      saved_.lse = std::move(lse);
+      saved_.cross = cross;
+    }
     return y;
   }
 
@@ -61,8 +67,9 @@ class AttentionCore {
     auto dq = Tensor<T, B>::uninitialized(saved_.q.shape());  // (B, L, H*D)
     auto dk = Tensor<T, B>::uninitialized(saved_.k.shape());  // (B, Lk, H*D)
     auto dv = Tensor<T, B>::uninitialized(saved_.v.shape());  // (B, Lk, H*D)
-    ops::attention_backward<T, B>(ctx, op, dq.view(), dk.view(), dv.view(), saved_.q.view(), saved_.k.view(),
-                                  saved_.v.view(), saved_.o.view(), saved_.lse.view(), dout.view());
+    auto const q = saved_.q.take(ctx), k = saved_.k.take(ctx), v = saved_.v.take(ctx), o = saved_.o.take(ctx);
+    ops::attention_backward<T, B>(ctx, op, dq.view(), dk.view(), dv.view(), q.view(), k.view(), v.view(), o.view(),
+                                  saved_.lse.view(), dout.view());
     bool const cross = saved_.cross;
     saved_ = {};  // one backward per forward: q, k, v, o and the log-sum-exp are released now
     AttentionGrads<T, B> grads;
@@ -77,10 +84,10 @@ class AttentionCore {
 
  private:
   struct Saved {
-    Tensor<T, B> q;    // (B, L, H*D): recomputes the probabilities; dk = scale dS^T q
-    Tensor<T, B> k;    // (B, Lk, H*D): recomputes the probabilities; dq = scale dS k
-    Tensor<T, B> v;    // (B, Lk, H*D): dP = dout v^T
-    Tensor<T, B> o;    // (B, L, H*D): D = rowsum(dout * o)
+    SavedTensor<T, B> q;  // (B, L, H*D): recomputes the probabilities; dk = scale dS^T q
+    SavedTensor<T, B> k;  // (B, Lk, H*D): recomputes the probabilities; dq = scale dS k
+    SavedTensor<T, B> v;  // (B, Lk, H*D): dP = dout v^T
+    SavedTensor<T, B> o;  // (B, L, H*D): D = rowsum(dout * o)
     Tensor<T, B> lse;  // (B, H, L): the softmax normaliser, so the probabilities are recomputed without a max pass
     bool cross = false;  // whether k, v came from a context (then its gradient is returned separately)
   } saved_;

@@ -8,6 +8,7 @@
 
 #include <sdlora/backend/cpu/sgemm.hpp>  // cpu::WeightSource
 #include <sdlora/nn/module.hpp>            // Parameter, Mode, Adapter
+#include <sdlora/nn/saved.hpp>  // SavedTensor, KeptInput
 #include <sdlora/ops/bias.hpp>   // ops::bias_grad_channels
 #include <sdlora/ops/conv.hpp>   // ops::conv2d_forward, ops::conv2d_backward_input, ops::conv2d_backward_weight
 
@@ -41,22 +42,22 @@ class Conv2d {
   Tensor<T, B> forward(Context<B>& ctx, TensorView<T const, B> x, Mode mode = Mode::Infer) {
     SDLORA_EXPECTS(x.rank() == 4 && x.dim(1) == in_channels(),
                    "[conv2d] x must be (N, " << in_channels() << ", H, W), got " << x.shape());
+    // dW needs the input: kept (x, or x rounded to the 16 bits kept) only when the weight itself is trainable
+    auto const in = weight.trainable ? saved_.x.keep(ctx, x, mode) : KeptInput<T, B>{{}, x};
     auto y = Tensor<T, B>::uninitialized(ops::conv2d_output_shape(x.shape(), weight.shape(), geometry));
     TensorView<T const, B> const b = has_bias() ? bias.value.view() : TensorView<T const, B>();
     if (weight.is_16bit()) {
       if constexpr (std::is_same_v<T, float> && std::is_same_v<B, Cpu>)
-        ops::Impl<ops::Conv2d, B>::forward_stored(ctx, {geometry}, y.view(), x, stored_weight(), weight.shape(), b);
+        ops::Impl<ops::Conv2d, B>::forward_stored(ctx, {geometry}, y.view(), in.x, stored_weight(), weight.shape(),
+                                                  b);
       else
         SDLORA_THROW(ConfigError, "[conv2d] 16-bit weights are implemented for float on the CPU backend");
     } else {
-      ops::conv2d_forward<T, B>(ctx, y.view(), x, weight.value.view(), b, geometry);
+      ops::conv2d_forward<T, B>(ctx, y.view(), in.x, weight.value.view(), b, geometry);
     }
     for (auto& a : adapters)
       if (a->enabled) a->forward(ctx, y.view(), x, mode);
-    if (keeps_saved(mode)) {
-      saved_.x_shape = x.shape();
-      if (weight.trainable) saved_.x = Tensor<T, B>::from_view(x);
-    }
+    if (keeps_saved(mode)) saved_.x_shape = x.shape();
     return y;
   }
 
@@ -78,9 +79,10 @@ class Conv2d {
     if (weight.trainable) {
       SDLORA_EXPECTS(saved_.x.shape() == saved_.x_shape,
                      "[conv2d.backward] the weight became trainable after forward: no saved input");
-      ops::conv2d_backward_weight<T, B>(ctx, weight.grad.view(), dy, saved_.x.view(), geometry);
+      auto const x = saved_.x.take(ctx);
+      ops::conv2d_backward_weight<T, B>(ctx, weight.grad.view(), dy, x.view(), geometry);
     }
-    saved_.x = {};  // one backward per forward
+    saved_.x.reset();  // one backward per forward
     if (has_bias() && bias.trainable) ops::bias_grad_channels<T, B>(ctx, bias.grad.view(), dy);
     for (auto& a : adapters)
       if (a->enabled) a->backward(ctx, dx.view(), dy);
@@ -104,7 +106,7 @@ class Conv2d {
 
   struct Saved {
     Shape x_shape;   // (N, in, H, W): the shape of dx
-    Tensor<T, B> x;  // (N, in, H, W): dW = corr(dy, x), kept only when the weight itself is trainable
+    SavedTensor<T, B> x;  // (N, in, H, W): dW = corr(dy, x), kept only when the weight itself is trainable
   } saved_;
 };
 

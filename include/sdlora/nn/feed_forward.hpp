@@ -10,6 +10,7 @@
 #include <sdlora/nn/gelu.hpp>     // QuickGelu
 #include <sdlora/nn/linear.hpp>   // Linear
 #include <sdlora/nn/module.hpp>   // Mode, join
+#include <sdlora/nn/saved.hpp>    // SavedTensor
 #include <sdlora/ops/gelu.hpp>    // ops::Geglu, ops::geglu_forward, ops::geglu_backward, GeluApproximation
 
 namespace sdlora::nn {
@@ -32,16 +33,17 @@ class Geglu {
     Tensor<T, B> h = proj.forward(ctx, x, mode);  // (..., 2 dim_out)
     Shape out = h.shape();
     out[-1] /= 2;
+    auto const in = saved_.h.keep(ctx, std::move(h), mode);  // h, or h rounded to the 16 bits kept
     auto y = Tensor<T, B>::uninitialized(out);  // (..., dim_out)
-    ops::geglu_forward<T, B>(ctx, ops::Geglu{approximate}, y.view(), h.view());
-    if (mode == Mode::Train) saved_.h = std::move(h);
+    ops::geglu_forward<T, B>(ctx, ops::Geglu{approximate}, y.view(), in.x);
     return y;
   }
   /// dx (..., dim_in) from dy (..., dim_out).
   Tensor<T, B> backward(Context<B>& ctx, TensorView<T const, B> dy) {
     SDLORA_EXPECTS(!saved_.h.empty(), "[geglu.backward] run forward with Mode::Train first");
     auto dh = Tensor<T, B>::uninitialized(saved_.h.shape());  // (..., 2 dim_out)
-    ops::geglu_backward<T, B>(ctx, ops::Geglu{approximate}, dh.view(), saved_.h.view(), dy);
+    auto const h = saved_.h.take(ctx);
+    ops::geglu_backward<T, B>(ctx, ops::Geglu{approximate}, dh.view(), h.view(), dy);
     saved_ = {};  // one backward per forward
     return proj.backward(ctx, dh.view());
   }
@@ -53,7 +55,7 @@ class Geglu {
 
  private:
   struct Saved {
-    Tensor<T, B> h;  // (..., 2 dim_out): both halves enter the product's derivative (hidden, and gelu'(gate))
+    SavedTensor<T, B> h;  // (..., 2 dim_out): both halves enter the product's derivative (hidden, and gelu'(gate))
   } saved_;
 };
 

@@ -6,6 +6,7 @@
 #include <string>  // std::string
 
 #include <sdlora/nn/module.hpp>  // Mode
+#include <sdlora/nn/saved.hpp>   // SavedTensor
 #include <sdlora/ops/gelu.hpp>   // ops::gelu_forward, ops::gelu_backward, ops::quick_gelu_*, GeluApproximation
 
 namespace sdlora::nn {
@@ -20,9 +21,9 @@ class Gelu {
 
   /// y (...) = gelu(x (...)).
   Tensor<T, B> forward(Context<B>& ctx, TensorView<T const, B> x, Mode mode = Mode::Infer) {
+    auto const in = saved_.x.keep(ctx, x, mode);  // x, or x rounded to the 16 bits kept
     auto y = Tensor<T, B>::uninitialized(x.shape());
-    ops::gelu_forward<T, B>(ctx, y.view(), x, approximate);
-    if (mode == Mode::Train) saved_.x = Tensor<T, B>::from_view(x);
+    ops::gelu_forward<T, B>(ctx, y.view(), in.x, approximate);
     return y;
   }
   /// dx (...) = dy (...) * gelu'(x).
@@ -31,7 +32,8 @@ class Gelu {
                    "[gelu.backward] dy must be " << saved_.x.shape() << " (run forward with Mode::Train first), got "
                                                  << dy.shape());
     auto dx = Tensor<T, B>::uninitialized(dy.shape());
-    ops::gelu_backward<T, B>(ctx, dx.view(), dy, saved_.x.view(), approximate);
+    auto const x = saved_.x.take(ctx);
+    ops::gelu_backward<T, B>(ctx, dx.view(), dy, x.view(), approximate);
     saved_ = {};  // one backward per forward
     return dx;
   }
@@ -41,7 +43,7 @@ class Gelu {
 
  private:
   struct Saved {
-    Tensor<T, B> x;  // (...): gelu'(x) needs the input
+    SavedTensor<T, B> x;  // (...): gelu'(x) needs the input
   } saved_;
 };
 
@@ -51,9 +53,9 @@ class QuickGelu {
  public:
   /// y (...) = quick_gelu(x (...)).
   Tensor<T, B> forward(Context<B>& ctx, TensorView<T const, B> x, Mode mode = Mode::Infer) {
+    auto const in = saved_.x.keep(ctx, x, mode);  // x, or x rounded to the 16 bits kept
     auto y = Tensor<T, B>::uninitialized(x.shape());
-    ops::quick_gelu_forward<T, B>(ctx, y.view(), x);
-    if (mode == Mode::Train) saved_.x = Tensor<T, B>::from_view(x);
+    ops::quick_gelu_forward<T, B>(ctx, y.view(), in.x);
     return y;
   }
   /// dx (...) = dy (...) * quick_gelu'(x).
@@ -62,7 +64,8 @@ class QuickGelu {
                    "[quick_gelu.backward] dy must be " << saved_.x.shape()
                                                        << " (run forward with Mode::Train first), got " << dy.shape());
     auto dx = Tensor<T, B>::uninitialized(dy.shape());
-    ops::quick_gelu_backward<T, B>(ctx, dx.view(), dy, saved_.x.view());
+    auto const x = saved_.x.take(ctx);
+    ops::quick_gelu_backward<T, B>(ctx, dx.view(), dy, x.view());
     saved_ = {};  // one backward per forward
     return dx;
   }
@@ -71,7 +74,7 @@ class QuickGelu {
 
  private:
   struct Saved {
-    Tensor<T, B> x;  // (...): quick_gelu'(x) needs the input
+    SavedTensor<T, B> x;  // (...): quick_gelu'(x) needs the input
   } saved_;
 };
 

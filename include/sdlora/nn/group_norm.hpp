@@ -7,6 +7,7 @@
 #include <utility>  // std::move
 
 #include <sdlora/nn/module.hpp>  // Parameter, Mode
+#include <sdlora/nn/saved.hpp>   // SavedTensor
 #include <sdlora/ops/norm.hpp>   // ops::GroupNorm, ops::group_norm_forward, ops::group_norm_backward
 
 namespace sdlora::nn {
@@ -42,12 +43,12 @@ class GroupNorm {
   Tensor<T, B> forward(Context<B>& ctx, TensorView<T const, B> x, Mode mode = Mode::Infer) {
     SDLORA_EXPECTS(x.rank() >= 2 && x.dim(1) == num_channels,
                    "[group_norm] x must be (N, " << num_channels << ", *), got " << x.shape());
+    auto const in = saved_.x.keep(ctx, x, mode);  // x, or x rounded to the 16 bits kept
     auto y = Tensor<T, B>::uninitialized(x.shape());
     auto mean = Tensor<T, B>::uninitialized(Shape{x.dim(0), num_groups});
     auto rstd = Tensor<T, B>::uninitialized(Shape{x.dim(0), num_groups});
-    ops::group_norm_forward<T, B>(ctx, op(), y.view(), mean.view(), rstd.view(), x, gamma(), beta());
+    ops::group_norm_forward<T, B>(ctx, op(), y.view(), mean.view(), rstd.view(), in.x, gamma(), beta());
     if (keeps_saved(mode)) {
-      saved_.x = Tensor<T, B>::from_view(x);
       saved_.mean = std::move(mean);
       saved_.rstd = std::move(rstd);
     }
@@ -62,7 +63,8 @@ class GroupNorm {
     auto dx = Tensor<T, B>::uninitialized(dy.shape());
     TensorView<T, B> const dgamma = affine() && weight.trainable ? weight.grad.view() : TensorView<T, B>();
     TensorView<T, B> const dbeta = affine() && bias.trainable ? bias.grad.view() : TensorView<T, B>();
-    ops::group_norm_backward<T, B>(ctx, op(), dx.view(), dgamma, dbeta, dy, saved_.x.view(), saved_.mean.view(),
+    auto const x = saved_.x.take(ctx);
+    ops::group_norm_backward<T, B>(ctx, op(), dx.view(), dgamma, dbeta, dy, x.view(), saved_.mean.view(),
                                    saved_.rstd.view(), gamma(), beta());
     saved_ = {};  // one backward per forward
     return dx;
@@ -85,7 +87,7 @@ class GroupNorm {
   TensorView<T const, B> beta() const { return affine() ? bias.value.view() : TensorView<T const, B>(); }
 
   struct Saved {
-    Tensor<T, B> x;     // (N, C, *): xhat = (x - mean) * rstd in every gradient
+    SavedTensor<T, B> x;  // (N, C, *): xhat = (x - mean) * rstd in every gradient
     Tensor<T, B> mean;  // (N, G)
     Tensor<T, B> rstd;  // (N, G): 1 / sqrt(var + eps)
   } saved_;

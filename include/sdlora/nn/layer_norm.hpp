@@ -6,6 +6,7 @@
 #include <utility>  // std::move
 
 #include <sdlora/nn/module.hpp>  // Parameter, Mode
+#include <sdlora/nn/saved.hpp>   // SavedTensor
 #include <sdlora/ops/norm.hpp>   // ops::LayerNorm, ops::layer_norm_forward, ops::layer_norm_backward
 
 namespace sdlora::nn {
@@ -34,12 +35,12 @@ class LayerNorm {
   Tensor<T, B> forward(Context<B>& ctx, TensorView<T const, B> x, Mode mode = Mode::Infer) {
     SDLORA_EXPECTS(x.rank() >= 1 && x.dim(-1) == dim, "[layer_norm] x must be (..., " << dim << "), got " << x.shape());
     Index const rows = x.numel() / dim;
+    auto const in = saved_.x.keep(ctx, x, mode);  // x, or x rounded to the 16 bits kept
     auto y = Tensor<T, B>::uninitialized(x.shape());
     auto mean = Tensor<T, B>::uninitialized(Shape{rows});
     auto rstd = Tensor<T, B>::uninitialized(Shape{rows});
-    ops::layer_norm_forward<T, B>(ctx, ops::LayerNorm{eps}, y.view(), mean.view(), rstd.view(), x, gamma(), beta());
+    ops::layer_norm_forward<T, B>(ctx, ops::LayerNorm{eps}, y.view(), mean.view(), rstd.view(), in.x, gamma(), beta());
     if (keeps_saved(mode)) {
-      saved_.x = Tensor<T, B>::from_view(x);
       saved_.mean = std::move(mean);
       saved_.rstd = std::move(rstd);
     }
@@ -54,7 +55,8 @@ class LayerNorm {
     auto dx = Tensor<T, B>::uninitialized(dy.shape());
     TensorView<T, B> const dgamma = affine() && weight.trainable ? weight.grad.view() : TensorView<T, B>();
     TensorView<T, B> const dbeta = affine() && bias.trainable ? bias.grad.view() : TensorView<T, B>();
-    ops::layer_norm_backward<T, B>(ctx, ops::LayerNorm{eps}, dx.view(), dgamma, dbeta, dy, saved_.x.view(),
+    auto const x = saved_.x.take(ctx);
+    ops::layer_norm_backward<T, B>(ctx, ops::LayerNorm{eps}, dx.view(), dgamma, dbeta, dy, x.view(),
                                    saved_.mean.view(), saved_.rstd.view(), gamma());
     saved_ = {};  // one backward per forward
     return dx;
@@ -76,7 +78,7 @@ class LayerNorm {
   TensorView<T const, B> beta() const { return affine() ? bias.value.view() : TensorView<T const, B>(); }
 
   struct Saved {
-    Tensor<T, B> x;     // (..., D): xhat = (x - mean) * rstd in every gradient
+    SavedTensor<T, B> x;  // (..., D): xhat = (x - mean) * rstd in every gradient
     Tensor<T, B> mean;  // (rows)
     Tensor<T, B> rstd;  // (rows): 1 / sqrt(var + eps)
   } saved_;

@@ -9,6 +9,7 @@
 
 #include <sdlora/backend/cpu/sgemm.hpp>  // cpu::sgemm_weight
 #include <sdlora/nn/module.hpp>         // Parameter, Mode, Adapter
+#include <sdlora/nn/saved.hpp>          // SavedTensor, KeptInput
 #include <sdlora/ops/elementwise.hpp>   // ops::add
 #include <sdlora/ops/gemm.hpp>          // ops::gemm
 #include <sdlora/ops/bias.hpp>          // ops::bias_add_rows, ops::bias_grad_rows
@@ -38,17 +39,18 @@ class Linear {
     Index const rows = x.numel() / in_features();
     Shape out_shape = x.shape();
     out_shape[-1] = out_features();
+    // dW needs the input: kept (x, or x rounded to the 16 bits kept) only when the weight itself is trainable
+    auto const in = weight.trainable ? saved_.x.keep(ctx, x, mode) : KeptInput<T, B>{{}, x};
     auto y = Tensor<T, B>::uninitialized(out_shape);
     if (weight.is_16bit())
-      stored_weight_gemm(ctx, y.view().reshaped(Shape{rows, out_features()}), x.reshaped(Shape{rows, in_features()}),
+      stored_weight_gemm(ctx, y.view().reshaped(Shape{rows, out_features()}), in.x.reshaped(Shape{rows, in_features()}),
                          true);
     else
-      ops::gemm<T, B>(ctx, y.view().reshaped(Shape{rows, out_features()}), x.reshaped(Shape{rows, in_features()}),
+      ops::gemm<T, B>(ctx, y.view().reshaped(Shape{rows, out_features()}), in.x.reshaped(Shape{rows, in_features()}),
                       weight.value.view(), {.trans_b = true});
     if (has_bias()) ops::bias_add_rows<T, B>(ctx, y.view(), bias.value.view());
     for (auto& a : adapters)
       if (a->enabled) a->forward(ctx, y.view(), x, mode);
-    if (mode == Mode::Train && weight.trainable) saved_.x = Tensor<T, B>::from_view(x);
     return y;
   }
 
@@ -66,9 +68,10 @@ class Linear {
     else
       ops::gemm<T, B>(ctx, dx.view().reshaped(Shape{rows, in_features()}), dy2, weight.value.view());
     if (weight.trainable) {
-      SDLORA_EXPECTS(saved_.x.numel() == rows * in_features(), "[linear.backward] no saved input: run forward "
-                                                               "with Mode::Train first");
-      ops::gemm<T, B>(ctx, weight.grad.view(), dy2, saved_.x.view().reshaped(Shape{rows, in_features()}),
+      SDLORA_EXPECTS(!saved_.x.empty() && saved_.x.shape().numel() == rows * in_features(),
+                     "[linear.backward] no saved input: run forward with Mode::Train first");
+      auto const x = saved_.x.take(ctx);
+      ops::gemm<T, B>(ctx, weight.grad.view(), dy2, x.view().reshaped(Shape{rows, in_features()}),
                       {.trans_a = true, .beta = 1.0});
     }
     saved_ = {};  // one backward per forward
@@ -102,7 +105,7 @@ class Linear {
   }
 
   struct Saved {
-    Tensor<T, B> x;  // (..., in): dW = dy^T x, kept only when the weight itself is trainable
+    SavedTensor<T, B> x;  // (..., in): dW = dy^T x, kept only when the weight itself is trainable
   } saved_;
 };
 

@@ -707,6 +707,8 @@ class Run {
     meta["ss_resolution"] = std::to_string(int(o_.settings.value("resolution", 512)));
     meta["ss_learning_rate"] = std::to_string(o_.trainer.optimizer.lr);
     meta["ss_seed"] = std::to_string(seed_);
+    DType const kept = ctx_.saved_activations;  // kohya's key; weights_dtype and the rest are in sdlora_settings
+    meta["ss_mixed_precision"] = kept == DType::BF16 ? "bf16" : kept == DType::F16 ? "fp16" : "no";
     meta["ss_training_comment"] = "trained with sdlora";
     meta["sdlora_settings"] = o_.settings.dump();
     if (o_.trainer.method == Method::TextualInversion) {

@@ -16,21 +16,14 @@
 #pragma once
 
 #include <algorithm>  // std::min, std::max, std::fill_n
-#include <bit>        // std::bit_cast
-#include <cstdint>    // std::uint16_t, std::uint32_t
+#include <cstdint>    // std::uint16_t
 #include <cstring>    // std::memcpy
 
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#include <immintrin.h>  // _mm512_*, _mm256_*
-#define SDLORA_X86_KERNELS 1
-#else
-#define SDLORA_X86_KERNELS 0
-#endif
-
+#include <sdlora/backend/cpu/convert16.hpp>  // widen16, SDLORA_X86_KERNELS (and <immintrin.h> on x86-64)
 #include <sdlora/backend/cpu/isa.hpp>       // Isa, resolve_isa
 #include <sdlora/backend/cpu/parallel.hpp>  // parallel_tasks, ThreadPool
 #include <sdlora/core/backend.hpp>     // Context<Cpu>, BackendMemory<Cpu>
-#include <sdlora/core/dtype.hpp>       // DType, half
+#include <sdlora/core/dtype.hpp>       // DType
 #include <sdlora/core/shape.hpp>       // Index
 
 namespace sdlora::cpu {
@@ -168,36 +161,11 @@ struct WeightSource {
 
   /// dst[0, n) = the n stored elements starting at element `offset`, as float.
   void widen(float* dst, Index offset, Index n) const {
-    switch (dtype) {
-      case DType::F16: widen_f16(dst, static_cast<std::uint16_t const*>(p) + offset, n); return;
-      case DType::BF16: {
-        std::uint16_t const* src = static_cast<std::uint16_t const*>(p) + offset;
-        for (Index i = 0; i < n; ++i) dst[i] = std::bit_cast<float>(std::uint32_t(src[i]) << 16);
-        return;
-      }
-      default: std::memcpy(dst, static_cast<float const*>(p) + offset, sizeof(float) * std::size_t(n)); return;
-    }
+    if (dtype == DType::F16 || dtype == DType::BF16)
+      widen16(dst, static_cast<std::uint16_t const*>(p) + offset, n, dtype);
+    else
+      std::memcpy(dst, static_cast<float const*>(p) + offset, sizeof(float) * std::size_t(n));
   }
-
-  static void widen_f16(float* dst, std::uint16_t const* src, Index n) {
-#if SDLORA_X86_KERNELS
-    // Every AVX2 CPU has F16C; asking for "avx2" also builds with clang 14, whose __builtin_cpu_supports lacks "f16c".
-    static bool const f16c = [] {
-      __builtin_cpu_init();
-      return __builtin_cpu_supports("avx2") != 0;
-    }();
-    if (f16c) return widen_f16_f16c(dst, src, n);
-#endif
-    for (Index i = 0; i < n; ++i) dst[i] = float(half::from_bits(src[i]));
-  }
-#if SDLORA_X86_KERNELS
-  __attribute__((target("avx,f16c"))) static void widen_f16_f16c(float* dst, std::uint16_t const* src, Index n) {
-    Index i = 0;
-    for (; i + 8 <= n; i += 8)
-      _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<__m128i const*>(src + i))));
-    for (; i < n; ++i) dst[i] = float(half::from_bits(src[i]));
-  }
-#endif
 };
 
 #if SDLORA_X86_KERNELS

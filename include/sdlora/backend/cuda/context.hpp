@@ -28,6 +28,9 @@ struct Context<Cuda> {
   /// Allow TF32 tensor cores in float GEMMs (10-bit mantissa products, about 1e-3 relative error). Off by default,
   /// so that float results match the CPU backend to ~1e-6.
   bool allow_tf32 = false;
+  /// What training layers keep for backward (nn/saved.hpp), as Context<Cpu>::saved_activations. 16-bit storage is
+  /// implemented on the CPU backend only; on Cuda a training forward refuses F16 / BF16 with one line.
+  DType saved_activations = DType::F32;
 
   explicit Context(int device = 0) : device_(device) {
     SDLORA_CUDA_CHECK(cudaSetDevice(device_), "cuda context");
