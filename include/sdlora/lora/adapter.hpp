@@ -24,6 +24,7 @@
 #include <sdlora/core/rng.hpp>        // Philox4x32
 #include <sdlora/core/tensor.hpp>     // Tensor, TensorView, convert
 #include <sdlora/nn/module.hpp>       // nn::Adapter, nn::Parameter, nn::Mode, nn::join
+#include <sdlora/nn/saved.hpp>        // nn::SavedTensor, nn::KeptInput
 #include <sdlora/ops/dropout.hpp>     // ops::Dropout, ops::dropout_apply
 #include <sdlora/ops/gemm.hpp>        // ops::gemm
 
@@ -173,6 +174,34 @@ class LoraAdapter : public nn::Adapter<T, B> {
   /// The ops::Dropout of mask index `call`: Philox key = seed, subsequence = (stream << 32) | (call + 1).
   ops::Dropout dropout_op(std::uint64_t call) const {
     return ops::Dropout{options_.dropout, options_.seed, (options_.stream << 32) | (call + 1)};
+  }
+
+  /// What the down projection of a forward reads, and the dropout mask index it used (-1: no dropout).
+  struct DownInput {
+    nn::KeptInput<T, B> in;  // in.x: x, or dropout(x); rounded to the 16 bits kept when kept so
+    std::int64_t dropout_call = -1;
+  };
+  /// Applies dropout to the layer's input x when active (consuming a mask index) and, when lora_A trains, keeps the
+  /// result in `saved` for dA (nn::SavedTensor::keep; the forward must then compute from the returned view). A
+  /// Mode::Train forward with A frozen forgets what `saved` held.
+  DownInput down_input(Context<B>& ctx, TensorView<T const, B> x, nn::SavedTensor<T, B>& saved, nn::Mode mode) {
+    DownInput down;
+    Tensor<T, B> xd;  // dropout(x), when dropout is active
+    bool const drop = dropout_active(mode);
+    if (drop) {
+      down.dropout_call = std::int64_t(dropout_calls_);
+      xd = Tensor<T, B>::uninitialized(x.shape());
+      ops::dropout_apply<T, B>(ctx, dropout_op(dropout_calls_), xd.view(), x);
+      ++dropout_calls_;
+    }
+    if (lora_A.trainable) {
+      down.in = drop ? saved.keep(ctx, std::move(xd), mode) : saved.keep(ctx, x, mode);
+      return down;
+    }
+    if (mode == nn::Mode::Train) saved.reset();
+    down.in.owned = std::move(xd);
+    down.in.x = drop ? down.in.owned.view() : x;
+    return down;
   }
 
   LoraOptions options_;

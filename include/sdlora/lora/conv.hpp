@@ -7,7 +7,7 @@
 #include <cstdint>  // std::uint64_t, std::int64_t
 
 #include <sdlora/lora/adapter.hpp>     // LoraAdapter, LoraOptions
-#include <sdlora/nn/saved.hpp>         // nn::SavedTensor, nn::KeptInput
+#include <sdlora/nn/saved.hpp>         // nn::SavedTensor
 #include <sdlora/ops/dropout.hpp>     // ops::dropout_apply
 #include <sdlora/ops/conv.hpp>         // ops::conv2d_forward, ops::conv2d_backward_input, ops::conv2d_backward_weight
 #include <sdlora/ops/elementwise.hpp>  // ops::scale, ops::add
@@ -36,29 +36,15 @@ class LoraConv final : public LoraAdapter<T, B> {
     SDLORA_EXPECTS(x.rank() == 4 && x.dim(1) == in_channels() && y.rank() == 4 && y.dim(1) == out_channels(),
                    "[lora_conv] x must be (N, " << in_channels() << ", H, W) and y (N, " << out_channels()
                                                 << ", H', W'), got x " << x.shape() << ", y " << y.shape());
-    Tensor<T, B> xd;  // (N, in, H, W): dropout(x), when dropout is active
-    bool const drop = this->dropout_active(mode);
-    std::uint64_t const call = this->dropout_calls_;
-    if (drop) {
-      xd = Tensor<T, B>::uninitialized(x.shape());
-      ops::dropout_apply<T, B>(ctx, this->dropout_op(call), xd.view(), x);
-      ++this->dropout_calls_;
-    }
-    TensorView<T const, B> xin = drop ? xd.view() : x;  // (N, in, H, W)
-    nn::KeptInput<T, B> kept;  // dA needs xin: kept (rounded to the 16 bits kept, if so) only when A is trainable
-    if (this->lora_A.trainable) {
-      kept = drop ? saved_.x.keep(ctx, std::move(xd), mode) : saved_.x.keep(ctx, x, mode);
-      xin = kept.x;
-    } else if (mode == nn::Mode::Train) {
-      saved_.x.reset();
-    }
+    auto const down = this->down_input(ctx, x, saved_.x, mode);  // dropout(x), kept for dA when A trains
+    TensorView<T const, B> const xin = down.in.x;                 // (N, in, H, W)
     auto h = Tensor<T, B>::uninitialized(ops::conv2d_output_shape(x.shape(), this->lora_A.shape(), geometry));
     ops::conv2d_forward<T, B>(ctx, h.view(), xin, this->lora_A.value.view(), {}, geometry);  // (N, r, H', W')
     ops::scale<T, B>(ctx, h.view(), this->scale());                                          // h = scale * down
     ops::conv2d_forward<T, B>(ctx, y, h.view(), this->lora_B.value.view(), {}, kPointwise, true);
     if (mode == nn::Mode::Train) {  // keep for backward (not in Infer / TrainDiscard)
       saved_.x_shape = x.shape();
-      saved_.dropout_call = drop ? std::int64_t(call) : -1;
+      saved_.dropout_call = down.dropout_call;
       saved_.h = this->lora_B.trainable ? std::move(h) : Tensor<T, B>();
     }
   }

@@ -3,10 +3,10 @@
 /// Include <sdlora/sdlora.hpp> instead.
 #pragma once
 
-#include <cstdint>  // std::uint64_t
+#include <cstdint>  // std::uint64_t, std::int64_t
 
 #include <sdlora/lora/adapter.hpp>     // LoraAdapter, LoraOptions
-#include <sdlora/nn/saved.hpp>         // nn::SavedTensor, nn::KeptInput
+#include <sdlora/nn/saved.hpp>         // nn::SavedTensor
 #include <sdlora/ops/dropout.hpp>     // ops::dropout_apply
 #include <sdlora/ops/elementwise.hpp>  // ops::zip, ops::add
 #include <sdlora/ops/gemm.hpp>         // ops::gemm
@@ -35,29 +35,15 @@ class LoraLinear final : public LoraAdapter<T, B> {
                                                     << ", y " << y.shape());
     Index const rows = x.numel() / in;
     auto x2 = x.reshaped(Shape{rows, in});  // (rows, in)
-    Tensor<T, B> xd;                        // (rows, in): dropout(x), when dropout is active
-    bool const drop = this->dropout_active(mode);
-    std::uint64_t const call = this->dropout_calls_;
-    if (drop) {
-      xd = Tensor<T, B>::uninitialized(Shape{rows, in});
-      ops::dropout_apply<T, B>(ctx, this->dropout_op(call), xd.view(), x2);
-      ++this->dropout_calls_;
-    }
-    TensorView<T const, B> xin = drop ? xd.view() : x2;  // (rows, in)
-    nn::KeptInput<T, B> kept;  // dA needs xin: kept (rounded to the 16 bits kept, if so) only when A is trainable
-    if (this->lora_A.trainable) {
-      kept = drop ? saved_.x.keep(ctx, std::move(xd), mode) : saved_.x.keep(ctx, x2, mode);
-      xin = kept.x;
-    } else if (mode == nn::Mode::Train) {
-      saved_.x.reset();
-    }
-    auto h = Tensor<T, B>::uninitialized(Shape{rows, r});      // (rows, r) = xin A^T
+    auto const down = this->down_input(ctx, x2, saved_.x, mode);  // dropout(x), kept for dA when A trains
+    TensorView<T const, B> const xin = down.in.x;                  // (rows, in)
+    auto h = Tensor<T, B>::uninitialized(Shape{rows, r});         // (rows, r) = xin A^T
     ops::gemm<T, B>(ctx, h.view(), xin, this->lora_A.value.view(), {.trans_b = true});
     ops::gemm<T, B>(ctx, y.reshaped(Shape{rows, out}), h.view(), this->lora_B.value.view(),
                     {.trans_b = true, .alpha = this->scale(), .beta = 1.0});
     if (mode == nn::Mode::Train) {  // keep for backward (not in Infer / TrainDiscard)
       saved_.rows = rows;
-      saved_.dropout_call = drop ? std::int64_t(call) : -1;
+      saved_.dropout_call = down.dropout_call;
       saved_.h = this->lora_B.trainable ? std::move(h) : Tensor<T, B>();
     }
   }

@@ -20,10 +20,11 @@
 #include <type_traits>  // std::is_same_v
 #include <vector>      // std::vector
 
-#include <sdlora/core/backend.hpp>  // Context
-#include <sdlora/core/dtype.hpp>    // DType, half, bfloat16
-#include <sdlora/core/error.hpp>    // SDLORA_EXPECTS
-#include <sdlora/core/tensor.hpp>   // Tensor, TensorView
+#include <sdlora/backend/cpu/convert16.hpp>  // cpu::narrow16, cpu::widen16
+#include <sdlora/core/backend.hpp>           // Context
+#include <sdlora/core/dtype.hpp>             // DType, half, bfloat16
+#include <sdlora/core/error.hpp>             // SDLORA_EXPECTS
+#include <sdlora/core/tensor.hpp>            // Tensor, TensorView
 
 namespace sdlora::nn {
 
@@ -85,8 +86,12 @@ struct Parameter {
       value16 = Tensor<std::uint16_t, B>::uninitialized(value.shape());
       T const* src = value.data();
       std::uint16_t* dst = value16.data();
-      for (Index i = 0; i < value.numel(); ++i)
-        dst[i] = d == DType::F16 ? half(float(src[i])).bits : bfloat16(float(src[i])).bits;
+      if constexpr (std::is_same_v<T, float>) {
+        cpu::narrow16(dst, src, value.numel(), d);
+      } else {
+        for (Index i = 0; i < value.numel(); ++i)
+          dst[i] = d == DType::F16 ? half(float(src[i])).bits : bfloat16(float(src[i])).bits;
+      }
       value = Tensor<T, B>();
       storage = d;
     } else {
@@ -116,8 +121,12 @@ struct Parameter {
     auto out = Tensor<T, B>::uninitialized(value16.shape());
     std::uint16_t const* src = value16.data();
     T* dst = out.data();
-    for (Index i = 0; i < value16.numel(); ++i)
-      dst[i] = T(storage == DType::F16 ? float(half::from_bits(src[i])) : float(bfloat16::from_bits(src[i])));
+    if constexpr (std::is_same_v<T, float> && std::is_same_v<B, Cpu>) {
+      cpu::widen16(dst, src, value16.numel(), storage);
+    } else {
+      for (Index i = 0; i < value16.numel(); ++i)
+        dst[i] = T(storage == DType::F16 ? float(half::from_bits(src[i])) : float(bfloat16::from_bits(src[i])));
+    }
     return out;
   }
   /// Calls f(TensorView<T, B>) on the value in T and stores the result back in the parameter's storage (rounding to

@@ -69,10 +69,9 @@ class SavedTensor {
     reset();
     value_ = other.value_;
     bits_ = other.bits_;
-    storage16_ = other.storage16_;
+    storage_ = other.storage_;
     shape_ = other.shape_;
     kept_ = other.kept_;
-    in16_ = other.in16_;
     count(other.bytes_);
     return *this;
   }
@@ -82,10 +81,9 @@ class SavedTensor {
     reset();
     value_ = std::move(other.value_);
     bits_ = std::move(other.bits_);
-    storage16_ = other.storage16_;
+    storage_ = other.storage_;
     shape_ = other.shape_;
     kept_ = other.kept_;
-    in16_ = other.in16_;
     bytes_ = other.bytes_;  // the count moves with the tensors
     other.bytes_ = 0;
     other.reset();
@@ -135,18 +133,18 @@ class SavedTensor {
   bool empty() const { return !kept_ || shape_.numel() == 0; }
   Shape const& shape() const { return shape_; }
   /// F16 / BF16 when kept in 16 bits, else T's own type.
-  DType storage() const { return in16_ ? storage16_ : dtype_of<T>(); }
+  DType storage() const { return storage_; }
 
   /// The kept values in T (widened into a new tensor when kept in 16 bits); this SavedTensor is empty afterwards:
   /// one backward per forward.
   Tensor<T, B> take(Context<B>& ctx) {
     Tensor<T, B> out;
-    if (in16_) {
+    if (storage_ != dtype_of<T>()) {
       if constexpr (std::is_same_v<T, float> && std::is_same_v<B, Cpu>) {
         out = Tensor<T, B>::uninitialized(shape_);
         float* dst = out.data();
         std::uint16_t const* src = bits_.data();
-        DType const d = storage16_;
+        DType const d = storage_;
         for_chunks(ctx, shape_.numel(), [&](Index begin, Index len) { cpu::widen16(dst + begin, src + begin, len, d); });
       }
     } else {
@@ -161,7 +159,8 @@ class SavedTensor {
     value_ = Tensor<T, B>();
     bits_ = Tensor<std::uint16_t, B>();
     shape_ = Shape();
-    kept_ = in16_ = false;
+    storage_ = dtype_of<T>();
+    kept_ = false;
     count(-bytes_);
   }
 
@@ -201,9 +200,9 @@ class SavedTensor {
       });
       if (mode == Mode::Train) {
         bits_ = std::move(bits);
-        storage16_ = storage;
+        storage_ = storage;
         shape_ = shape;
-        kept_ = in16_ = true;
+        kept_ = true;
         count(std::int64_t(bits_.bytes()));
       }
     }
@@ -212,11 +211,10 @@ class SavedTensor {
   }
 
   Tensor<T, B> value_;                // kept in T
-  Tensor<std::uint16_t, B> bits_;     // or kept in 16 bits
-  DType storage16_ = DType::BF16;     // the 16-bit format of bits_
+  Tensor<std::uint16_t, B> bits_;     // or kept in 16 bits (F16 / BF16: storage_)
+  DType storage_ = dtype_of<T>();     // T's own type (value_) or the 16-bit format of bits_
   Shape shape_;
   bool kept_ = false;
-  bool in16_ = false;        // kept in bits_
   std::int64_t bytes_ = 0;   // counted in saved_tensor_bytes()
 };
 

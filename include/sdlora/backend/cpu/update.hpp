@@ -16,17 +16,16 @@ namespace sdlora::ops {
 template <>
 struct Impl<Update, Cpu> {
   static constexpr Index kParallelMin = Index(1) << 16;  // smaller parameters (most LoRA factors) stay on one thread
+  static constexpr Index kChunk = Index(1) << 12;        // elements per parallel_for index
 
   template <class T, class F>
   static void run(Context<Cpu>& ctx, TensorView<T, Cpu> x, TensorView<T const, Cpu> g, TensorView<T, Cpu> s1,
                   TensorView<T, Cpu> s2, F f) {
-    T* px = x.data();        // (n)
-    T const* pg = g.data();  // (n)
-    T* p1 = s1.empty() ? nullptr : s1.data();  // (n) or null
-    T* p2 = s2.empty() ? nullptr : s2.data();  // (n) or null
-    Index const n = x.numel();
-    sdlora::cpu::parallel_for(ctx, n, n > kParallelMin,
-                              [&](Index i) { f(px[i], pg[i], p1 ? p1 + i : nullptr, p2 ? p2 + i : nullptr); });
+    UpdateSlice<T, Cpu, F> const slice{x, g, s1, s2, f};
+    Index const n = x.numel(), chunks = (n + kChunk - 1) / kChunk;
+    sdlora::cpu::parallel_for(ctx, chunks, n > kParallelMin, [&](Index c) {
+      run_range(slice, c * kChunk, std::min(n, (c + 1) * kChunk));
+    });
   }
 
   /// Elements [begin, end) of one tensor.
