@@ -1,11 +1,15 @@
 // The image-side ops against direct reference loops written from their definitions (no GEMM, no im2col), the
-// accumulate flags, the adapter hooks, shape errors, and the sinusoidal embedding against its formula in double.
+// accumulate flags, the adapter hooks, shape errors, GroupNorm's fused SiLU, and the sinusoidal embedding against its
+// formula in double.
 #include <catch2/catch.hpp>
 
 #include <cmath>       // std::exp, std::log, std::sin, std::cos
+#include <cstdint>     // std::uint32_t
 #include <functional>  // std::function
 #include <memory>      // std::make_shared
 #include <string>      // std::string
+
+#include <sdlora/models/resnet.hpp>  // models::ResnetBlock2D (the fused norm in a block)
 
 #include "support.hpp"
 
@@ -173,6 +177,45 @@ TEST_CASE("GroupNorm output has zero mean and unit variance per group before the
       CHECK(std::abs(s / 18) < 1e-14);
       CHECK(ss / 18 == Approx(1.0).epsilon(1e-12));
     }
+}
+
+TEST_CASE("GroupNorm's fused SiLU for inference equals SiLU after GroupNorm; a ResNet block infers as it trains",
+          "[nn_image][norm]") {
+  // Inference runs silu(group_norm(x)) as one pass into one tensor (GroupNorm::forward_silu); training keeps the two
+  // layers. Reference: GroupNorm's own output, then v / (1 + exp(-v)) in double. Spatial size 5 x 3 (15 values per
+  // row) puts scalar tails in every row. Tolerances: 1e-14 relative L2 in double (exp's last bit), 1e-6 in float.
+  Context<Cpu> ctx;
+  auto silu_of = [](auto const& y) {
+    Tensor<double> out(y.shape());
+    for (Index i = 0; i < y.numel(); ++i) out(i) = double(y(i)) / (1.0 + std::exp(-double(y(i))));
+    return out;
+  };
+  {
+    nn::GroupNorm<double> gn(2, 6, 1e-5);
+    gn.weight.value = random_tensor<double>(Shape{6}, 11);
+    gn.bias.value = random_tensor<double>(Shape{6}, 12);
+    auto const x = random_tensor<double>(Shape{2, 6, 5, 3}, 13);
+    CHECK(rel_l2(gn.forward_silu(ctx, x.view()), silu_of(gn.forward(ctx, x.view()))) <= 1e-14);
+  }
+  nn::GroupNorm<float> gn(2, 6, 1e-6);
+  gn.weight.value = random_tensor<float>(Shape{6}, 21);
+  gn.bias.value = random_tensor<float>(Shape{6}, 22);
+  auto const x = random_tensor<float>(Shape{2, 6, 5, 3}, 23);
+  auto const fused = gn.forward_silu(ctx, x.view());
+  CHECK(fused.shape() == x.shape());
+  CHECK(rel_l2(fused, silu_of(gn.forward(ctx, x.view()))) <= 1e-6);
+  CHECK(rel_l2(fused, gn.forward(ctx, x.view())) > 0.1);  // the SiLU is there
+
+  // The VAE's ResNet block (no time embedding, a shortcut conv): Mode::Infer (fused) against Mode::Train (apart).
+  models::ResnetBlock2D<float> block(6, 4, 0, 2, 1e-6);
+  std::uint32_t seed = 30;
+  nn::for_each_parameter(block, [&](std::string const&, nn::Parameter<float>& p) {
+    p.value = random_tensor<float>(p.shape(), seed++);
+  });
+  auto const inferred = block.forward(ctx, x.view(), TensorView<float const>(), nn::Mode::Infer);
+  auto const trained = block.forward(ctx, x.view(), TensorView<float const>(), nn::Mode::Train);
+  CHECK(inferred.shape() == Shape{2, 4, 5, 3});
+  CHECK(rel_l2(inferred, trained) <= 1e-6);
 }
 
 TEST_CASE("timestep_sinusoidal in double equals diffusers' formula evaluated in double", "[nn_image][timestep]") {

@@ -330,8 +330,8 @@ class UNet2DConditionModel {
       }
       h = up_blocks[i].forward(ctx, std::move(h), skips, emb.view(), encoder_hidden_states, mode, size);
     }
-    h = conv_norm_out.forward(ctx, h.view(), mode);
-    h = act_.forward(ctx, h.view(), mode);
+    h = mode == Mode::Infer ? conv_norm_out.forward_silu(ctx, h.view())  // one pass, one tensor
+                            : act_.forward(ctx, conv_norm_out.forward(ctx, h.view(), mode).view(), mode);
     return conv_out.forward(ctx, h.view(), mode);
   }
 

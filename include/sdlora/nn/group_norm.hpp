@@ -55,6 +55,21 @@ class GroupNorm {
     return y;
   }
 
+  /// silu(group_norm(x)) for inference, in one pass and one tensor (the norm's output is the activation's input
+  /// and is needed no more): what every ResnetBlock2D and the VAE's output norm compute in Mode::Infer, where the two
+  /// layers apart would hold two full-size tensors at once. Training keeps the layers apart (backward needs both).
+  Tensor<T, B> forward_silu(Context<B>& ctx, TensorView<T const, B> x) {
+    SDLORA_EXPECTS(x.rank() >= 2 && x.dim(1) == num_channels,
+                   "[group_norm] x must be (N, " << num_channels << ", *), got " << x.shape());
+    auto y = Tensor<T, B>::uninitialized(x.shape());
+    auto mean = Tensor<T, B>::uninitialized(Shape{x.dim(0), num_groups});
+    auto rstd = Tensor<T, B>::uninitialized(Shape{x.dim(0), num_groups});
+    ops::GroupNorm fused = op();
+    fused.silu = true;
+    ops::group_norm_forward<T, B>(ctx, fused, y.view(), mean.view(), rstd.view(), x, gamma(), beta());
+    return y;
+  }
+
   /// dx (N, C, *); dweight += sum dy xhat and dbias += sum dy when trainable.
   Tensor<T, B> backward(Context<B>& ctx, TensorView<T const, B> dy) {
     SDLORA_EXPECTS(!saved_.x.empty() && dy.shape() == saved_.x.shape(),

@@ -13,6 +13,7 @@
 #include <utility>  // std::pair
 #include <vector>   // std::vector
 
+#include <sdlora/core/backend.hpp>      // BackendMemory
 #include <sdlora/core/rng.hpp>          // TorchGenerator
 #include <sdlora/pipeline/embeddings.hpp> // expand_prompt
 #include <sdlora/models/checkpoint.hpp> // StableDiffusion
@@ -223,6 +224,9 @@ template <class T, class B>
 Tensor<T, B> decode_latents(Context<B>& ctx, models::AutoencoderKL<T, B>& vae, TensorView<T const, B> latents) {
   Tensor<T, B> z = Tensor<T, B>::from_view(latents);
   ops::scale<T, B>(ctx, z.view(), 1.0 / vae.config().scaling_factor);
+  // The blocks the denoising loop freed and the allocator keeps for reuse are of the UNet's sizes, not the decoder's
+  // (whose activations are the largest of a generation): hand them back first, so they do not add to its peak.
+  if constexpr (requires { BackendMemory<B>::release_cached(); }) BackendMemory<B>::release_cached();
   return vae.decode(ctx, z.view());
 }
 
