@@ -111,7 +111,7 @@ class ResnetBlock2D {
 
  private:
   Tensor<T, B> run(Context<B>& ctx, TensorView<T const, B> x, TensorView<T const, B> temb, Mode mode) {
-    auto h = norm_silu(ctx, norm1, act1_, x, mode);
+    auto h = nn::norm_silu(ctx, norm1, act1_, x, mode);
     h = conv1.forward(ctx, h.view(), mode);  // (N, Cout, H, W)
     if (time_emb_proj) {
       SDLORA_EXPECTS(temb.rank() == 2 && temb.dim(0) == x.dim(0),
@@ -122,7 +122,7 @@ class ResnetBlock2D {
       ops::bias_add_channels<T, B>(ctx, h.view().reshaped(Shape{1, n * c, h.dim(2), h.dim(3)}),
                                    t.view().reshaped(Shape{n * c}));
     }
-    h = norm_silu(ctx, norm2, act2_, h.view(), mode);
+    h = nn::norm_silu(ctx, norm2, act2_, h.view(), mode);
     h = conv2.forward(ctx, h.view(), mode);  // dropout p = 0 in SD: identity
     if (conv_shortcut) {
       auto s = conv_shortcut->forward(ctx, x, mode);
@@ -132,14 +132,6 @@ class ResnetBlock2D {
     }
     if (output_scale_factor_ != 1.0) ops::scale<T, B>(ctx, h.view(), 1.0 / output_scale_factor_);
     return h;
-  }
-
-  /// silu(norm(x)): one fused pass and one tensor in inference, the two layers (each keeping its input) in training.
-  static Tensor<T, B> norm_silu(Context<B>& ctx, nn::GroupNorm<T, B>& norm, nn::SiLU<T, B>& act,
-                                TensorView<T const, B> x, Mode mode) {
-    if (mode == Mode::Infer) return norm.forward_silu(ctx, x);
-    auto const h = norm.forward(ctx, x, mode);
-    return act.forward(ctx, h.view(), mode);
   }
 
   nn::SiLU<T, B> act1_, act2_, act_t_;

@@ -330,8 +330,7 @@ class UNet2DConditionModel {
       }
       h = up_blocks[i].forward(ctx, std::move(h), skips, emb.view(), encoder_hidden_states, mode, size);
     }
-    h = mode == Mode::Infer ? conv_norm_out.forward_silu(ctx, h.view())  // one pass, one tensor
-                            : act_.forward(ctx, conv_norm_out.forward(ctx, h.view(), mode).view(), mode);
+    h = nn::norm_silu(ctx, conv_norm_out, act_, h.view(), mode);
     return conv_out.forward(ctx, h.view(), mode);
   }
 

@@ -156,8 +156,7 @@ class VaeEncoder {
     auto h = conv_in.forward(ctx, x, mode);
     for (auto& block : down_blocks) h = block.forward(ctx, std::move(h), mode);
     h = mid_block.forward(ctx, h.view(), mode);
-    h = mode == Mode::Infer ? conv_norm_out.forward_silu(ctx, h.view())  // one pass, one tensor
-                            : act_.forward(ctx, conv_norm_out.forward(ctx, h.view(), mode).view(), mode);
+    h = nn::norm_silu(ctx, conv_norm_out, act_, h.view(), mode);
     return conv_out.forward(ctx, h.view(), mode);
   }
   /// dx (N, in, H, W) from dy (N, 2 * latent_channels, H / f, W / f), after forward(..., Mode::Train).
@@ -216,8 +215,7 @@ class VaeDecoder {
     auto h = conv_in.forward(ctx, z, mode);
     h = mid_block.forward(ctx, h.view(), mode);
     for (auto& block : up_blocks) h = block.forward(ctx, std::move(h), mode);
-    h = mode == Mode::Infer ? conv_norm_out.forward_silu(ctx, h.view())  // one pass, one tensor
-                            : act_.forward(ctx, conv_norm_out.forward(ctx, h.view(), mode).view(), mode);
+    h = nn::norm_silu(ctx, conv_norm_out, act_, h.view(), mode);
     return conv_out.forward(ctx, h.view(), mode);
   }
   /// dz (N, latent_channels, H, W) from dy (N, out_channels, H * f, W * f), after forward(..., Mode::Train).

@@ -1,14 +1,16 @@
 /// @file group_norm.hpp
 /// @brief GroupNorm: torch.nn.GroupNorm over (N, C, *), optionally fused with the SiLU that follows it in diffusers'
-/// resnet blocks. Include <sdlora/sdlora.hpp> instead.
+/// resnet blocks (norm_silu). Include <sdlora/sdlora.hpp> instead.
 #pragma once
 
-#include <string>   // std::string
-#include <utility>  // std::move
+#include <string>       // std::string
+#include <type_traits>  // std::type_identity_t
+#include <utility>      // std::move
 
-#include <sdlora/nn/module.hpp>  // Parameter, Mode
-#include <sdlora/nn/saved.hpp>   // SavedTensor
-#include <sdlora/ops/norm.hpp>   // ops::GroupNorm, ops::group_norm_forward, ops::group_norm_backward
+#include <sdlora/nn/activation.hpp>  // SiLU
+#include <sdlora/nn/module.hpp>      // Parameter, Mode
+#include <sdlora/nn/saved.hpp>       // SavedTensor
+#include <sdlora/ops/norm.hpp>       // ops::GroupNorm, ops::group_norm_forward, ops::group_norm_backward
 
 namespace sdlora::nn {
 
@@ -41,33 +43,18 @@ class GroupNorm {
 
   /// y (N, C, *) = group_norm(x (N, C, *)) [then silu].
   Tensor<T, B> forward(Context<B>& ctx, TensorView<T const, B> x, Mode mode = Mode::Infer) {
-    SDLORA_EXPECTS(x.rank() >= 2 && x.dim(1) == num_channels,
-                   "[group_norm] x must be (N, " << num_channels << ", *), got " << x.shape());
-    auto const in = saved_.x.keep(ctx, x, mode);  // x, or x rounded to the 16 bits kept
-    auto y = Tensor<T, B>::uninitialized(x.shape());
-    auto mean = Tensor<T, B>::uninitialized(Shape{x.dim(0), num_groups});
-    auto rstd = Tensor<T, B>::uninitialized(Shape{x.dim(0), num_groups});
-    ops::group_norm_forward<T, B>(ctx, op(), y.view(), mean.view(), rstd.view(), in.x, gamma(), beta());
-    if (keeps_saved(mode)) {
-      saved_.mean = std::move(mean);
-      saved_.rstd = std::move(rstd);
-    }
-    return y;
+    auto const in = saved_.x.keep(ctx, check_input(x), mode);  // x, or x rounded to the 16 bits kept
+    return run(ctx, op(), in.x, keeps_saved(mode));
   }
 
   /// silu(group_norm(x)) for inference, in one pass and one tensor (the norm's output is the activation's input
-  /// and is needed no more): what every ResnetBlock2D and the VAE's output norm compute in Mode::Infer, where the two
-  /// layers apart would hold two full-size tensors at once. Training keeps the layers apart (backward needs both).
+  /// and is needed no more): what every ResnetBlock2D and the UNet's / VAE's output norm compute in Mode::Infer
+  /// (see norm_silu below), where the two layers apart would hold two full-size tensors at once. Training keeps the
+  /// layers apart (backward needs both).
   Tensor<T, B> forward_silu(Context<B>& ctx, TensorView<T const, B> x) {
-    SDLORA_EXPECTS(x.rank() >= 2 && x.dim(1) == num_channels,
-                   "[group_norm] x must be (N, " << num_channels << ", *), got " << x.shape());
-    auto y = Tensor<T, B>::uninitialized(x.shape());
-    auto mean = Tensor<T, B>::uninitialized(Shape{x.dim(0), num_groups});
-    auto rstd = Tensor<T, B>::uninitialized(Shape{x.dim(0), num_groups});
     ops::GroupNorm fused = op();
     fused.silu = true;
-    ops::group_norm_forward<T, B>(ctx, fused, y.view(), mean.view(), rstd.view(), x, gamma(), beta());
-    return y;
+    return run(ctx, fused, check_input(x), false);
   }
 
   /// dx (N, C, *); dweight += sum dy xhat and dbias += sum dy when trainable.
@@ -98,6 +85,23 @@ class GroupNorm {
 
  private:
   ops::GroupNorm op() const { return {num_groups, eps, fuse_silu}; }
+  TensorView<T const, B> check_input(TensorView<T const, B> x) const {
+    SDLORA_EXPECTS(x.rank() >= 2 && x.dim(1) == num_channels,
+                   "[group_norm] x must be (N, " << num_channels << ", *), got " << x.shape());
+    return x;
+  }
+  /// y = the op on x; the per-group mean and rstd are kept for backward when `keep`.
+  Tensor<T, B> run(Context<B>& ctx, ops::GroupNorm const& norm, TensorView<T const, B> x, bool keep) {
+    auto y = Tensor<T, B>::uninitialized(x.shape());
+    auto mean = Tensor<T, B>::uninitialized(Shape{x.dim(0), num_groups});
+    auto rstd = Tensor<T, B>::uninitialized(Shape{x.dim(0), num_groups});
+    ops::group_norm_forward<T, B>(ctx, norm, y.view(), mean.view(), rstd.view(), x, gamma(), beta());
+    if (keep) {
+      saved_.mean = std::move(mean);
+      saved_.rstd = std::move(rstd);
+    }
+    return y;
+  }
   TensorView<T const, B> gamma() const { return affine() ? weight.value.view() : TensorView<T const, B>(); }
   TensorView<T const, B> beta() const { return affine() ? bias.value.view() : TensorView<T const, B>(); }
 
@@ -107,5 +111,15 @@ class GroupNorm {
     Tensor<T, B> rstd;  // (N, G): 1 / sqrt(var + eps)
   } saved_;
 };
+
+/// silu(norm(x)), as diffusers' resnet blocks and output norms compute it: one fused pass and one tensor in
+/// Mode::Infer, the two layers apart (each keeping what its backward needs) otherwise.
+template <class T, class B>
+Tensor<T, B> norm_silu(Context<B>& ctx, GroupNorm<T, B>& norm, SiLU<T, B>& act,
+                       std::type_identity_t<TensorView<T const, B>> x, Mode mode) {
+  if (mode == Mode::Infer) return norm.forward_silu(ctx, x);
+  auto const h = norm.forward(ctx, x, mode);
+  return act.forward(ctx, h.view(), mode);
+}
 
 }  // namespace sdlora::nn
