@@ -4,7 +4,8 @@
 // outputs over one GEMM tile, and the accumulate flags.
 #include <catch2/catch.hpp>
 
-#include <vector>
+#include <algorithm>  // std::min
+#include <vector>     // std::vector
 
 #include "support.hpp"
 
@@ -99,5 +100,56 @@ TEST_CASE("float conv2d (implicit GEMM) equals the definition on every kernel pa
       CHECK(rel_l2(dx, dx_ref) < 2e-6);
       CHECK(rel_l2(dw, dw_ref) < 2e-6);
     }
+  }
+}
+
+TEST_CASE("The implicit GEMM's column packers write the column matrix of the definition", "[nn_image][conv2d]") {
+  // ImageColumns packs cols(img) (C*kh*kw, P) straight from the image, counting channel and tap as it goes down a
+  // panel. Checked value for value (a copy: exact) against cols(row (c, i, j), column (oh, ow)) = img[c, oh * stride
+  // - pad_top + i, ow * stride - pad_left + j] or 0 outside the image: depth ranges starting inside a channel's taps,
+  // column ranges starting inside an output row, panels inside one output row and across rows (output widths 32, 8
+  // and 5), the last panel partly filled (its padding must be zero), panel widths 16 and 32.
+  struct Case {
+    Index c, h, w, k, stride, pad_top, pad_left;
+  };
+  std::vector<Case> const cases{{3, 32, 32, 3, 1, 1, 1}, {4, 8, 8, 3, 1, 1, 1}, {2, 9, 7, 3, 2, 0, 1},
+                                {3, 5, 5, 1, 1, 0, 0},   {2, 6, 9, 5, 1, 2, 3}, {5, 10, 11, 3, 3, 2, 0}};
+  for (Case const& s : cases) {
+    Index const ho = (s.h + 2 * s.pad_top - s.k) / s.stride + 1, wo = (s.w + 2 * s.pad_left - s.k) / s.stride + 1;
+    auto const img = random_tensor<float>(Shape{s.c, s.h, s.w}, 4);
+    ops::cpu::ImageColumns const cols{img.data(), s.c, s.h, s.w, s.k, s.k, s.stride, s.pad_top, s.pad_left, wo};
+    auto value = [&](Index row, Index col) {
+      Index const ch = row / (s.k * s.k), i = (row / s.k) % s.k, j = row % s.k;
+      Index const ih = col / wo * s.stride - s.pad_top + i, iw = col % wo * s.stride - s.pad_left + j;
+      return ih < 0 || ih >= s.h || iw < 0 || iw >= s.w ? 0.f : img((ch * s.h + ih) * s.w + iw);
+    };
+    Index const rows = s.c * s.k * s.k, columns = ho * wo;
+    for (Index nr : {Index(16), Index(32)})
+      for (Index k0 : {Index(0), std::min<Index>(rows - 1, 5)})
+        for (Index n0 : {Index(0), std::min<Index>(columns - 1, 19)}) {
+          INFO("C " << s.c << ", " << s.h << "x" << s.w << ", k " << s.k << ", stride " << s.stride << ", nr " << nr
+                    << ", rows from " << k0 << ", columns from " << n0);
+          Index const kc = rows - k0, nc = columns - n0, panels = (nc + nr - 1) / nr;
+          std::vector<float> b(std::size_t(panels * nr * kc), -1.f);
+          std::vector<float> bt(std::size_t((kc + nr - 1) / nr * nr * nc), -1.f);
+          cols.pack_as_b(b.data(), k0, kc, n0, nc, nr);  // panel q: (kc, nr), columns n0 + q * nr ...
+          int wrong = 0;
+          for (Index q = 0; q < panels; ++q)
+            for (Index d = 0; d < kc; ++d)
+              for (Index t = 0; t < nr; ++t) {
+                Index const col = n0 + q * nr + t;
+                float const want = col < columns ? value(k0 + d, col) : 0.f;
+                wrong += b[std::size_t((q * kc + d) * nr + t)] != want;
+              }
+          cols.pack_transposed_as_b(bt.data(), n0, nc, k0, kc, nr);  // panel q: (nc, nr), rows k0 + q * nr ...
+          for (Index q = 0; q * nr < kc; ++q)
+            for (Index d = 0; d < nc; ++d)
+              for (Index t = 0; t < nr; ++t) {
+                Index const row = k0 + q * nr + t;
+                float const want = row < rows ? value(row, n0 + d) : 0.f;
+                wrong += bt[std::size_t((q * nc + d) * nr + t)] != want;
+              }
+          CHECK(wrong == 0);
+        }
   }
 }

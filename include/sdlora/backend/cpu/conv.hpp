@@ -12,7 +12,7 @@
 /// A 1x1, stride-1, unpadded convolution is a plain GEMM on the image itself.
 #pragma once
 
-#include <algorithm>    // std::clamp, std::max, std::min, std::fill_n
+#include <algorithm>    // std::clamp, std::fill, std::fill_n, std::max, std::min
 #include <concepts>     // std::same_as
 #include <type_traits>  // std::is_same_v
 #include <vector>       // std::vector
@@ -123,9 +123,14 @@ struct ImageColumns {
   /// Writes `count` consecutive columns starting at p (all in one output row or across rows) of row (c, i, j) to
   /// out[t * step], t = 0 .. count.
   void row_segment(float* out, Index step, Index row, Index p, Index count) const {
-    Index const ch = row / (kh * kw), i = (row / kw) % kh, j = row % kw;
+    segment(out, step, row / (kh * kw), (row / kw) % kh, row % kw, p / grid_w, p % grid_w, count);
+  }
+
+  /// row_segment for the row of channel ch and tap (i, j), from output position (oh, ow) on: the packers keep these
+  /// counters as they go instead of dividing for every segment (four integer divisions cost more than copying the
+  /// 16 values of a panel row).
+  void segment(float* out, Index step, Index ch, Index i, Index j, Index oh, Index ow, Index count) const {
     float const* plane = img + ch * h * w;
-    Index oh = p / grid_w, ow = p % grid_w;
     for (Index t = 0; t < count;) {
       Index const run = std::min(count - t, grid_w - ow);  // columns left in this output row
       Index const ih = oh * stride - pad_top + i, iw0 = ow * stride - pad_left + j;
@@ -135,9 +140,15 @@ struct ImageColumns {
       } else if (stride == 1) {  // a contiguous run of the input row, zero where it leaves the image
         Index const lo = std::clamp<Index>(-iw0, 0, run), hi = std::clamp<Index>(w - iw0, lo, run);
         float const* src = plane + ih * w + iw0;
-        for (Index u = 0; u < lo; ++u) o[u * step] = 0.f;
-        for (Index u = lo; u < hi; ++u) o[u * step] = src[u];
-        for (Index u = hi; u < run; ++u) o[u * step] = 0.f;
+        if (step == 1) {  // the B panels' case: a loop the compiler vectorises (a memmove call costs more here)
+          for (Index u = 0; u < lo; ++u) o[u] = 0.f;
+          for (Index u = lo; u < hi; ++u) o[u] = src[u];
+          for (Index u = hi; u < run; ++u) o[u] = 0.f;
+        } else {
+          for (Index u = 0; u < lo; ++u) o[u * step] = 0.f;
+          for (Index u = lo; u < hi; ++u) o[u * step] = src[u];
+          for (Index u = hi; u < run; ++u) o[u * step] = 0.f;
+        }
       } else {
         float const* src = plane + ih * w;
         for (Index u = 0; u < run; ++u) {
@@ -154,10 +165,13 @@ struct ImageColumns {
   /// B packer for cols(img) as the (K = rows, N = columns) operand: panels of `nr` columns over rows [k0, k0 + kc).
   void pack_as_b(float* dst, Index k0, Index kc, Index n0, Index nc, Index nr) const {
     for (Index q = 0; q < nc; q += nr, dst += nr * kc) {
-      Index const width = std::min(nr, nc - q);
+      Index const width = std::min(nr, nc - q), oh = (n0 + q) / grid_w, ow = (n0 + q) % grid_w;
+      Index ch = k0 / (kh * kw), i = (k0 / kw) % kh, j = k0 % kw;  // row k0 + d's channel and tap
       for (Index d = 0; d < kc; ++d) {
-        row_segment(dst + d * nr, 1, k0 + d, n0 + q, width);
+        segment(dst + d * nr, 1, ch, i, j, oh, ow, width);
         std::fill(dst + d * nr + width, dst + (d + 1) * nr, 0.f);
+        if (++j == kw) j = 0, ++i;
+        if (i == kh) i = 0, ++ch;
       }
     }
   }
