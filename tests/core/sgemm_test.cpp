@@ -143,7 +143,8 @@ TEST_CASE("operands packed once for all tasks give the same bits over one or sev
 TEST_CASE("weight panels of every kernel path's widths hold the operand, from f32, f16, bf16",
           "[core][gemm][sgemm]") {
   // Panels of every width a kernel path uses: 12 and 32 (AVX-512: the vector transpose and copy on a CPU that has it),
-  // 4, 6, 16 (the scalar loops); ragged rows and depths; depth contiguous in storage (the transposing case) or rows
+  // 6 and 16 (AVX2: its 8 x 8 transpose and copy on a CPU that has it, else the scalar loops), 4 (the scalar loops);
+  // ragged rows and depths (255 = 31 x 8 + 7); depth contiguous in storage (the transposing case) or rows
   // contiguous. Compared with the definition, panel[q][d][i] = x(r0 + q + i, d0 + d), zero past the last row.
   std::mt19937 rng(5);
   std::uniform_real_distribution<float> dist(-2.f, 2.f);

@@ -30,6 +30,8 @@ namespace sdlora::cpu {
 
 /// The AVX-512 micro-kernel's register tile (MR, NR); no other path packs panels of these widths.
 inline constexpr Index kAvx512Mr = 12, kAvx512Nr = 32;
+/// The AVX2 micro-kernel's register tile; the portable kernel's B panels are 16 wide too.
+inline constexpr Index kAvx2Mr = 6, kAvx2Nr = 16;
 
 /// c (MR, NR) = alpha * sum_k a[k] (MR) outer b[k] (NR) + beta * c, with a packed (kc, MR) and b packed (kc, NR);
 /// beta == 0 never reads c.
@@ -130,7 +132,7 @@ inline GemmKernel gemm_kernel(Isa requested) {
   switch (resolve_isa(requested)) {
 #if SDLORA_X86_KERNELS
     case Isa::kAvx512: return {Isa::kAvx512, kAvx512Mr, kAvx512Nr, &kernels::micro_avx512};
-    case Isa::kAvx2: return {Isa::kAvx2, 6, 16, &kernels::micro_avx2};
+    case Isa::kAvx2: return {Isa::kAvx2, kAvx2Mr, kAvx2Nr, &kernels::micro_avx2};
 #endif
     default: return {Isa::kPortable, 4, 16, &kernels::micro_portable<4, 16>};
   }
@@ -240,6 +242,76 @@ __attribute__((target("avx512f"))) inline void copy_rows_avx512(float* dst, Inde
     }
 }
 
+/// dst[0, lanes) = v (lanes <= 8) where dst[lanes, 8) may be overwritten (a later store of the panel writes there):
+/// a full store. Zen 3's masked store is microcoded (slower than the scalar loop it replaces), so it serves only the
+/// panel's last row, where the full store would run past the panel.
+__attribute__((target("avx2"))) inline void store_lanes_avx2(float* dst, __m256 v, Index lanes, bool last) {
+  if (lanes == 8 || !last) {
+    _mm256_storeu_ps(dst, v);
+    return;
+  }
+  __m256i const iota = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  _mm256_maskstore_ps(dst, _mm256_cmpgt_epi32(_mm256_set1_epi32(int(lanes)), iota), v);
+}
+
+/// v = src[0, valid) and zeros (valid <= 8): a full load where all eight are wanted.
+__attribute__((target("avx2"))) inline __m256 load_lanes_avx2(float const* src, Index valid) {
+  if (valid == 8) return _mm256_loadu_ps(src);
+  if (valid == 0) return _mm256_setzero_ps();
+  __m256i const iota = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  return _mm256_maskload_ps(src, _mm256_cmpgt_epi32(_mm256_set1_epi32(int(valid)), iota));
+}
+
+/// AVX2 counterpart of transpose_rows_avx512 for the AVX2 kernel's panels (6 and 16 wide): one 8-row group of a
+/// panel, eight depths at a time as an 8 x 8 transpose in registers (unpack, in-lane shuffle, 128-bit lane permute:
+/// 24 shuffles and 16 loads / stores for 64 values). Rows i >= rows (< 8) are zero; `lanes` (<= 8) columns are
+/// stored, each depth's store spilling into the next depth's row (rewritten right after) except at the last depth.
+/// Pure data movement: the bits are those of the scalar loop.
+__attribute__((target("avx2"))) inline void transpose_rows_avx2(float* dst, Index width, float const* src, Index ld,
+                                                                 Index rows, Index depth, Index lanes) {
+  for (Index d0 = 0; d0 < depth; d0 += 8) {
+    Index const dn = std::min<Index>(8, depth - d0);
+    __m256 r[8], t[8];
+    SDLORA_UNROLL(8)
+    for (int i = 0; i < 8; ++i) r[i] = load_lanes_avx2(src + i * ld + d0, i < rows ? dn : 0);
+    // In each 128-bit lane l: t[2p] = (r[2p][4l], r[2p+1][4l], r[2p][4l+1], r[2p+1][4l+1]), t[2p+1] the next two.
+    SDLORA_UNROLL(4)
+    for (int q = 0; q < 4; ++q) {
+      t[2 * q] = _mm256_unpacklo_ps(r[2 * q], r[2 * q + 1]);
+      t[2 * q + 1] = _mm256_unpackhi_ps(r[2 * q], r[2 * q + 1]);
+    }
+    // r[4g + c], lane l = rows 4g..4g+3 at column 4l + c.
+    SDLORA_UNROLL(2)
+    for (int g = 0; g < 2; ++g) {
+      r[4 * g + 0] = _mm256_shuffle_ps(t[4 * g], t[4 * g + 2], _MM_SHUFFLE(1, 0, 1, 0));
+      r[4 * g + 1] = _mm256_shuffle_ps(t[4 * g], t[4 * g + 2], _MM_SHUFFLE(3, 2, 3, 2));
+      r[4 * g + 2] = _mm256_shuffle_ps(t[4 * g + 1], t[4 * g + 3], _MM_SHUFFLE(1, 0, 1, 0));
+      r[4 * g + 3] = _mm256_shuffle_ps(t[4 * g + 1], t[4 * g + 3], _MM_SHUFFLE(3, 2, 3, 2));
+    }
+    // Column c is lane 0 of r[c] and r[4 + c]; column 4 + c their lane 1.
+    SDLORA_UNROLL(4)
+    for (int c = 0; c < 4; ++c) {
+      t[c] = _mm256_permute2f128_ps(r[c], r[4 + c], 0x20);
+      t[4 + c] = _mm256_permute2f128_ps(r[c], r[4 + c], 0x31);
+    }
+    if (dn == 8) {
+      SDLORA_UNROLL(8)
+      for (int j = 0; j < 8; ++j) store_lanes_avx2(dst + (d0 + j) * width, t[j], lanes, d0 + j == depth - 1);
+    } else {
+      for (Index j = 0; j < dn; ++j) store_lanes_avx2(dst + (d0 + j) * width, t[j], lanes, d0 + j == depth - 1);
+    }
+  }
+}
+
+/// AVX2 counterpart of copy_rows_avx512: a panel whose rows are contiguous in memory, eight values at a time.
+__attribute__((target("avx2"))) inline void copy_rows_avx2(float* dst, Index width, float const* src, Index ld,
+                                                            Index rows, Index depth) {
+  for (Index d = 0; d < depth; ++d, src += ld, dst += width)
+    for (Index i0 = 0; i0 < width; i0 += 8)
+      store_lanes_avx2(dst + i0, load_lanes_avx2(src + i0, std::clamp<Index>(rows - i0, 0, 8)),
+                       std::min<Index>(8, width - i0), d == depth - 1);
+}
+
 }  // namespace kernels
 #undef SDLORA_UNROLL
 #undef SDLORA_UNROLL_PRAGMA
@@ -248,32 +320,42 @@ __attribute__((target("avx512f"))) inline void copy_rows_avx512(float* dst, Inde
 /// Packs rows [r0, r0 + rows) x depth [d0, d0 + depth) of an operand read as (row, depth) into panels of `width`
 /// rows: panel q holds depth-major (depth, width) values, zero past the last row. A's rows are M, B's are N. The loop
 /// order follows whichever index is contiguous in memory; 16-bit storage is widened on the way. Where depth is
-/// contiguous (a weight (out, in) or (O, C*kh*kw) row-major) each panel is a transpose: in registers for the AVX-512
-/// kernel's panels (their widths say which path packs, so a Context<Cpu>::isa or SDLORA_ISA cap holds for packing too).
+/// contiguous (a weight (out, in) or (O, C*kh*kw) row-major) each panel is a transpose: in registers for the x86
+/// kernels' panels, whose widths say which path packs (AVX-512: 12 and 32, on a CPU that has it; AVX2: 6 and 16, unless
+/// SDLORA_ISA=portable; the portable kernel's 16-wide B panels are then packed by the AVX2 code too when only a
+/// Context<Cpu>::isa caps the path, which moves the same values).
 inline void pack_weight_panels(float* dst, WeightSource const& x, Index r0, Index rows, Index d0, Index depth,
                                Index width) {
 #if SDLORA_X86_KERNELS
-  bool const wide = (width == kAvx512Mr || width == kAvx512Nr) && detected_isa() == Isa::kAvx512;
-  if (wide && x.trans && x.dtype == DType::F32) {
-    for (Index q = 0; q < rows; q += width, dst += width * depth)
-      kernels::copy_rows_avx512(dst, width, static_cast<float const*>(x.p) + d0 * x.ld + r0 + q, x.ld,
-                                std::min(width, rows - q), depth);
-    return;
-  }
-  if (wide && !x.trans) {
-    alignas(64) float runs[32 * kKc];  // a panel's rows widened from 16 bits (depth <= kKc)
-    for (Index q = 0; q < rows; q += width, dst += width * depth) {
-      Index const w = std::min(width, rows - q);
-      float const* src = runs;
-      Index ld = kKc;
-      if (x.dtype == DType::F32) src = static_cast<float const*>(x.p) + (r0 + q) * x.ld + d0, ld = x.ld;
-      else
-        for (Index i = 0; i < w; ++i) x.widen(runs + i * kKc, (r0 + q + i) * x.ld + d0, depth);
-      for (Index i0 = 0; i0 < width; i0 += 16)
-        kernels::transpose_rows_avx512(dst + i0, width, src + i0 * ld, ld, std::clamp<Index>(w - i0, 0, 16), depth,
-                                       std::min<Index>(16, width - i0));
+  bool const avx512 = (width == kAvx512Mr || width == kAvx512Nr) && detected_isa() == Isa::kAvx512;
+  bool const avx2 = (width == kAvx2Mr || width == kAvx2Nr) && resolve_isa(Isa::kAuto) != Isa::kPortable;
+  if (avx512 || avx2) {
+    Index const group = avx512 ? 16 : 8;  // rows per register transpose
+    if (x.trans && x.dtype == DType::F32) {
+      for (Index q = 0; q < rows; q += width, dst += width * depth) {
+        float const* src = static_cast<float const*>(x.p) + d0 * x.ld + r0 + q;
+        if (avx512) kernels::copy_rows_avx512(dst, width, src, x.ld, std::min(width, rows - q), depth);
+        else kernels::copy_rows_avx2(dst, width, src, x.ld, std::min(width, rows - q), depth);
+      }
+      return;
     }
-    return;
+    if (!x.trans) {
+      alignas(64) float runs[32 * kKc];  // a panel's rows widened from 16 bits (depth <= kKc)
+      for (Index q = 0; q < rows; q += width, dst += width * depth) {
+        Index const w = std::min(width, rows - q);
+        float const* src = runs;
+        Index ld = kKc;
+        if (x.dtype == DType::F32) src = static_cast<float const*>(x.p) + (r0 + q) * x.ld + d0, ld = x.ld;
+        else
+          for (Index i = 0; i < w; ++i) x.widen(runs + i * kKc, (r0 + q + i) * x.ld + d0, depth);
+        for (Index i0 = 0; i0 < width; i0 += group) {
+          Index const valid = std::clamp<Index>(w - i0, 0, group), lanes = std::min<Index>(group, width - i0);
+          if (avx512) kernels::transpose_rows_avx512(dst + i0, width, src + i0 * ld, ld, valid, depth, lanes);
+          else kernels::transpose_rows_avx2(dst + i0, width, src + i0 * ld, ld, valid, depth, lanes);
+        }
+      }
+      return;
+    }
   }
 #endif
   alignas(64) float run[kKc];  // one row's depth run (depth <= kKc)
