@@ -118,7 +118,7 @@ TEST_CASE("operands packed once for all tasks give the same bits over one or sev
       ctx.num_threads = threads;
       cpu::gemm_packed(ctx, 1, sz.m, sz.n, sz.k, cpu::matrix_packer_a({a.data(), sz.k, false}, 0),
                        cpu::matrix_packer_b({b.data(), sz.n, false}, 0), cpu::StridedOutput{c.data(), 0, sz.n}, sz.n,
-                       1.f, 0.f, limit);
+                       1.f, 0.f, {}, limit);
       return c;
     };
     std::vector<float> const whole = product(2, cpu::kSharedPanelFloats);
@@ -138,6 +138,44 @@ TEST_CASE("operands packed once for all tasks give the same bits over one or sev
       REQUIRE(std::abs(whole[i * sz.n + j] - sum) <= 2 * (sz.k + 2) * std::ldexp(1.0, -24) * mag);
     }
   }
+}
+
+TEST_CASE("a bias added in the GEMM's epilogue gives the bits of a separate pass after it", "[core][gemm][sgemm]") {
+  // y = A @ B (+ beta * y) and then y += bias, per row (a convolution's channels) or per column (a Linear's
+  // features), against the same GEMM without a bias followed by the plain loop: bit for bit, for ragged edges (M, N
+  // not multiples of any register tile), several depth blocks and ranges (C accumulated over them: the bias must
+  // come after the last), shared and per-task panels, 1 and 2 threads, beta 0 and 1, and K = 0.
+  struct Size {
+    Index m, n, k;
+  };
+  for (Size const sz : {Size{37, 45, 300}, Size{300, 400, 700}, Size{2000, 40, 600}, Size{40, 3000, 530},
+                        Size{5, 7, 0}})
+    for (float beta : {0.f, 1.f})
+      for (bool per_row : {true, false})
+        for (int threads : {1, 2}) {
+          std::mt19937 rng(17);
+          std::uniform_real_distribution<float> dist(-1.f, 1.f);
+          std::vector<float> a(sz.m * sz.k), b(sz.k * sz.n), c0(sz.m * sz.n), bias(per_row ? sz.m : sz.n);
+          for (auto* v : {&a, &b, &c0, &bias})
+            for (float& x : *v) x = dist(rng);
+          Context<Cpu> ctx;
+          ctx.num_threads = threads;
+          auto run = [&](cpu::GemmBias gb) {
+            std::vector<float> c = c0;
+            cpu::gemm_packed(ctx, 1, sz.m, sz.n, sz.k, cpu::matrix_packer_a({a.data(), sz.k, false}, 0),
+                             cpu::matrix_packer_b({b.data(), sz.n, false}, 0), cpu::StridedOutput{c.data(), 0, sz.n},
+                             sz.n, 1.f, beta, gb, 40000);
+            return c;
+          };
+          std::vector<float> want = run({});
+          for (Index i = 0; i < sz.m; ++i)
+            for (Index j = 0; j < sz.n; ++j) want[i * sz.n + j] += bias[per_row ? i : j];
+          std::vector<float> const got = run(per_row ? cpu::GemmBias{bias.data(), nullptr}
+                                                     : cpu::GemmBias{nullptr, bias.data()});
+          INFO(sz.m << "x" << sz.n << "x" << sz.k << " beta " << beta << (per_row ? " row" : " column")
+                    << " bias, threads " << threads);
+          REQUIRE(got == want);
+        }
 }
 
 TEST_CASE("weight panels of every kernel path's widths hold the operand, from f32, f16, bf16",

@@ -42,13 +42,17 @@ class Linear {
     // dW needs the input: kept (x, or x rounded to the 16 bits kept) only when the weight itself is trainable
     auto const in = weight.trainable ? saved_.x.keep(ctx, x, mode) : KeptInput<T, B>{{}, x};
     auto y = Tensor<T, B>::uninitialized(out_shape);
-    if (weight.is_16bit())
-      stored_weight_gemm(ctx, y.view().reshaped(Shape{rows, out_features()}), in.x.reshaped(Shape{rows, in_features()}),
-                         true);
-    else
-      ops::gemm<T, B>(ctx, y.view().reshaped(Shape{rows, out_features()}), in.x.reshaped(Shape{rows, in_features()}),
-                      weight.value.view(), {.trans_b = true});
-    if (has_bias()) ops::bias_add_rows<T, B>(ctx, y.view(), bias.value.view());
+    auto const y2 = y.view().reshaped(Shape{rows, out_features()});
+    auto const x2 = in.x.reshaped(Shape{rows, in_features()});
+    if constexpr (std::is_same_v<T, float> && std::is_same_v<B, Cpu>) {
+      // One packed GEMM: a 16-bit weight widened while packing, the bias added to each output tile in its epilogue.
+      cpu::sgemm_weight(ctx, rows, out_features(), in_features(), {x2.data(), x2.stride(0), false}, weight_source(true),
+                        y2.data(), y2.stride(0), 1.f, 0.f, has_bias() ? bias.value.data() : nullptr);
+    } else {
+      if (weight.is_16bit()) stored_weight_gemm(ctx, y2, x2, true);
+      else ops::gemm<T, B>(ctx, y2, x2, weight.value.view(), {.trans_b = true});
+      if (has_bias()) ops::bias_add_rows<T, B>(ctx, y.view(), bias.value.view());
+    }
     for (auto& a : adapters)
       if (a->enabled) a->forward(ctx, y.view(), x, mode);
     return y;
@@ -93,12 +97,17 @@ class Linear {
   }
 
  private:
+  /// The weight (out, in) as the CPU GEMM reads it, in its storage (float or 16 bits), transposed when `trans_w`.
+  cpu::WeightSource weight_source(bool trans_w) const {
+    if (weight.is_16bit()) return {weight.value16.data(), weight.storage, weight.shape()[1], trans_w};
+    return {weight.value.data(), DType::F32, weight.shape()[1], trans_w};
+  }
+
   /// c (rows, n) = a (rows, k) @ op(W) with W kept in 16 bits (CPU: the GEMM widens it while packing).
   void stored_weight_gemm(Context<B>& ctx, TensorView<T, B> c, TensorView<T const, B> a, bool trans_w) {
     if constexpr (std::is_same_v<T, float> && std::is_same_v<B, Cpu>) {
-      cpu::sgemm_weight(ctx, c.dim(0), c.dim(1), a.dim(1), {a.data(), a.stride(0), false},
-                        {weight.value16.data(), weight.storage, weight.shape()[1], trans_w}, c.data(), c.stride(0), 1.f,
-                        0.f);
+      cpu::sgemm_weight(ctx, c.dim(0), c.dim(1), a.dim(1), {a.data(), a.stride(0), false}, weight_source(trans_w),
+                        c.data(), c.stride(0), 1.f, 0.f);
     } else {
       SDLORA_THROW(ConfigError, "[linear] 16-bit weights are implemented for float on the CPU backend");
     }

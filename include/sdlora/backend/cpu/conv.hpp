@@ -14,7 +14,7 @@
 
 #include <algorithm>    // std::clamp, std::fill, std::fill_n, std::max, std::min
 #include <concepts>     // std::same_as
-#include <type_traits>  // std::is_same_v
+#include <type_traits>  // std::integral_constant, std::is_same_v
 #include <vector>       // std::vector
 
 #include <sdlora/backend/cpu/bias.hpp>  // Impl<Bias, Cpu>
@@ -120,16 +120,27 @@ struct ImageColumns {
   float const* img;
   Index c, h, w, kh, kw, stride, pad_top, pad_left, grid_w;
 
+  /// Row `row` of the column matrix as its channel and kernel tap (i, j).
+  struct Tap {
+    Index ch, i, j;
+  };
+  Tap tap_of(Index row) const { return {row / (kh * kw), (row / kw) % kh, row % kw}; }
+
   /// Writes `count` consecutive columns starting at p (all in one output row or across rows) of row (c, i, j) to
   /// out[t * step], t = 0 .. count.
   void row_segment(float* out, Index step, Index row, Index p, Index count) const {
-    segment(out, step, row / (kh * kw), (row / kw) % kh, row % kw, p / grid_w, p % grid_w, count);
+    Tap const t = tap_of(row);
+    segment(out, step, t.ch, t.i, t.j, p / grid_w, p % grid_w, count);
   }
+
+  using Unit = std::integral_constant<Index, 1>;  // a step of 1 known at compile time
 
   /// row_segment for the row of channel ch and tap (i, j), from output position (oh, ow) on: the packers keep these
   /// counters as they go instead of dividing for every segment (four integer divisions cost more than copying the
-  /// 16 values of a panel row).
-  void segment(float* out, Index step, Index ch, Index i, Index j, Index oh, Index ow, Index count) const {
+  /// 16 values of a panel row). Step is Index, or Unit for the B panels' contiguous rows, whose stride-1 copy the
+  /// compiler then vectorises (a memmove call per 16 values costs more).
+  template <class Step>
+  void segment(float* out, Step step, Index ch, Index i, Index j, Index oh, Index ow, Index count) const {
     float const* plane = img + ch * h * w;
     for (Index t = 0; t < count;) {
       Index const run = std::min(count - t, grid_w - ow);  // columns left in this output row
@@ -140,15 +151,9 @@ struct ImageColumns {
       } else if (stride == 1) {  // a contiguous run of the input row, zero where it leaves the image
         Index const lo = std::clamp<Index>(-iw0, 0, run), hi = std::clamp<Index>(w - iw0, lo, run);
         float const* src = plane + ih * w + iw0;
-        if (step == 1) {  // the B panels' case: a loop the compiler vectorises (a memmove call costs more here)
-          for (Index u = 0; u < lo; ++u) o[u] = 0.f;
-          for (Index u = lo; u < hi; ++u) o[u] = src[u];
-          for (Index u = hi; u < run; ++u) o[u] = 0.f;
-        } else {
-          for (Index u = 0; u < lo; ++u) o[u * step] = 0.f;
-          for (Index u = lo; u < hi; ++u) o[u * step] = src[u];
-          for (Index u = hi; u < run; ++u) o[u * step] = 0.f;
-        }
+        for (Index u = 0; u < lo; ++u) o[u * step] = 0.f;
+        for (Index u = lo; u < hi; ++u) o[u * step] = src[u];
+        for (Index u = hi; u < run; ++u) o[u * step] = 0.f;
       } else {
         float const* src = plane + ih * w;
         for (Index u = 0; u < run; ++u) {
@@ -166,9 +171,9 @@ struct ImageColumns {
   void pack_as_b(float* dst, Index k0, Index kc, Index n0, Index nc, Index nr) const {
     for (Index q = 0; q < nc; q += nr, dst += nr * kc) {
       Index const width = std::min(nr, nc - q), oh = (n0 + q) / grid_w, ow = (n0 + q) % grid_w;
-      Index ch = k0 / (kh * kw), i = (k0 / kw) % kh, j = k0 % kw;  // row k0 + d's channel and tap
+      auto [ch, i, j] = tap_of(k0);  // row k0 + d's channel and tap
       for (Index d = 0; d < kc; ++d) {
-        segment(dst + d * nr, 1, ch, i, j, oh, ow, width);
+        segment(dst + d * nr, Unit{}, ch, i, j, oh, ow, width);
         std::fill(dst + d * nr + width, dst + (d + 1) * nr, 0.f);
         if (++j == kw) j = 0, ++i;
         if (i == kh) i = 0, ++ch;
@@ -189,8 +194,9 @@ struct ImageColumns {
 
 /// Implicit-GEMM convolution for float (see the file comment).
 struct ImplicitConv {
+  /// y = conv(x, w) (+ y when accumulating) + bias (O, or null), the bias added in the GEMM's epilogue.
   static void forward(Context<Cpu>& ctx, Conv2dGeometry const& g, ConvDims const& d, Index n, float* y,
-                      float const* x, WeightSource w, bool accumulate) {
+                      float const* x, WeightSource w, bool accumulate, float const* bias) {
     Index const k = d.k(), p = d.p();
     auto pack_b = [&](float* dst, Index bi, Index k0, Index kc, Index n0, Index nc, Index nr) {
       ImageColumns{x + bi * d.c * d.h * d.w, d.c, d.h, d.w, d.kh, d.kw, g.stride, g.pad.top, g.pad.left, d.wo}
@@ -199,7 +205,7 @@ struct ImplicitConv {
     w.ld = k;
     w.trans = false;
     gemm_shared_a(ctx, n, d.o, p, k, sdlora::cpu::weight_packer_a(w), pack_b, y, d.o * p, p, 1.f,
-                  accumulate ? 1.f : 0.f);
+                  accumulate ? 1.f : 0.f, bias);
   }
 
   static void backward_weight(Context<Cpu>& ctx, Conv2dGeometry const& g, ConvDims const& d, Index n, float* dw,
@@ -256,16 +262,17 @@ struct Impl<Conv2d, Cpu> {
                              TensorView<float const, Cpu> b) {
     cpu::ConvDims const d = cpu::conv_dims(x.shape(), w_shape, y.shape());
     Index const n = x.dim(0), p = d.p();
-    if (cpu::is_pointwise(d, op.geometry)) {  // y (O, P) = w (O, C) @ x (C, P) per image
+    if (b.data() != nullptr)
+      SDLORA_EXPECTS(b.numel() == d.o, "[conv2d] bias " << b.shape() << " for " << d.o << " output channels");
+    if (cpu::is_pointwise(d, op.geometry)) {  // y (O, P) = w (O, C) @ x (C, P) + b per image
       w.ld = d.c;
       w.trans = false;
       cpu::gemm_shared_a(ctx, n, d.o, p, d.c, sdlora::cpu::weight_packer_a(w),
                          sdlora::cpu::matrix_packer_b({x.data(), p, false}, d.c * p), y.data(), d.o * p, p, 1.f,
-                         op.accumulate ? 1.f : 0.f);
+                         op.accumulate ? 1.f : 0.f, b.data());
     } else {
-      cpu::ImplicitConv::forward(ctx, op.geometry, d, n, y.data(), x.data(), w, op.accumulate);
+      cpu::ImplicitConv::forward(ctx, op.geometry, d, n, y.data(), x.data(), w, op.accumulate, b.data());
     }
-    if (b.data() != nullptr) bias_add_channels<float, Cpu>(ctx, y, b);
   }
 
   /// backward_input for a weight in any storage: stride 1 and pointwise convolutions pack it directly; strided ones
@@ -294,27 +301,23 @@ struct Impl<Conv2d, Cpu> {
   template <HostCompute T>
   static void forward(Context<Cpu>& ctx, Conv2d const& op, TensorView<T, Cpu> y, TensorView<T const, Cpu> x,
                       TensorView<T const, Cpu> w, TensorView<T const, Cpu> b) {
-    cpu::ConvDims const d = cpu::conv_dims(x.shape(), w.shape(), y.shape());
-    Index const n = x.dim(0), k = d.k(), p = d.p();
-    bool const pointwise = cpu::is_pointwise(d, op.geometry);
-    if constexpr (std::is_same_v<T, float>) {
-      if (!pointwise) {
-        cpu::ImplicitConv::forward(ctx, op.geometry, d, n, y.data(), x.data(), {w.data(), DType::F32, 0, false},
-                                   op.accumulate);
-        if (b.data() != nullptr) bias_add_channels<T, Cpu>(ctx, y, b);
-        return;
+    if constexpr (std::is_same_v<T, float>) {  // the packed GEMM, the bias in its epilogue
+      forward_stored(ctx, op, y, x, {w.data(), DType::F32, 0, false}, w.shape(), b);
+    } else {
+      cpu::ConvDims const d = cpu::conv_dims(x.shape(), w.shape(), y.shape());
+      Index const n = x.dim(0), k = d.k(), p = d.p();
+      bool const pointwise = cpu::is_pointwise(d, op.geometry);
+      auto cols = pointwise ? Tensor<T, Cpu>() : Tensor<T, Cpu>::uninitialized(Shape{k, p});  // (C*kh*kw, P)
+      TensorView<T const, Cpu> const wm(w.data(), Shape{d.o, k});                                // (O, C*kh*kw)
+      for (Index i = 0; i < n; ++i) {
+        T const* xi = x.data() + i * d.c * d.h * d.w;
+        if (!pointwise) cpu::im2col(ctx, cols.data(), xi, d, op.geometry);
+        TensorView<T const, Cpu> const ci(pointwise ? xi : cols.data(), Shape{k, p});  // (C*kh*kw, P)
+        TensorView<T, Cpu> const yi(y.data() + i * d.o * p, Shape{d.o, p});            // (O, P)
+        gemm<T, Cpu>(ctx, yi, wm, ci, {.beta = op.accumulate ? 1.0 : 0.0});
       }
+      if (b.data() != nullptr) bias_add_channels<T, Cpu>(ctx, y, b);
     }
-    auto cols = pointwise ? Tensor<T, Cpu>() : Tensor<T, Cpu>::uninitialized(Shape{k, p});  // (C*kh*kw, P)
-    TensorView<T const, Cpu> const wm(w.data(), Shape{d.o, k});                                // (O, C*kh*kw)
-    for (Index i = 0; i < n; ++i) {
-      T const* xi = x.data() + i * d.c * d.h * d.w;
-      if (!pointwise) cpu::im2col(ctx, cols.data(), xi, d, op.geometry);
-      TensorView<T const, Cpu> const ci(pointwise ? xi : cols.data(), Shape{k, p});             // (C*kh*kw, P)
-      TensorView<T, Cpu> const yi(y.data() + i * d.o * p, Shape{d.o, p});                       // (O, P)
-      gemm<T, Cpu>(ctx, yi, wm, ci, {.beta = op.accumulate ? 1.0 : 0.0});
-    }
-    if (b.data() != nullptr) bias_add_channels<T, Cpu>(ctx, y, b);
   }
 
   template <HostCompute T>

@@ -491,6 +491,15 @@ class SharedPanels {
   Index size_ = 0;
 };
 
+/// A bias added to C after the product (y = A @ B + bias): per row of C (a convolution's output channels) or per
+/// column (a Linear's output features). gemm_packed adds it to each register tile right after the tile's last depth
+/// block, while the tile is in L1, where a separate pass would read and write the whole output once more. The bias is
+/// the last term added to each element, as in that pass, so the bits are the same. At most one of the two is set.
+struct GemmBias {
+  float const* row = nullptr;  // (M): C(bi, r, c) += row[r]
+  float const* col = nullptr;  // (N): C(bi, r, c) += col[c]
+};
+
 /// C(bi) (M, N) = alpha * A @ B + beta * C for every batch index bi, A and B read through the packers and C's
 /// element (bi, row, col) at c_at(bi, row, col): the NR columns of one register tile (NR = 16 or 32, tiles start at
 /// multiples of NR) must be consecutive in memory, and rows ldc apart. beta == 0 never reads C.
@@ -500,10 +509,12 @@ class SharedPanels {
 /// convolution's image columns 3 times) is packed once, in parallel, into the caller's SharedPanels before the tasks
 /// run, over as many depth blocks at a time as fit in it. Every element of C is the same sum of the same products
 /// in the same order whatever is packed where, so the bits depend on neither the tiling nor the thread count.
-/// shared_floats bounds the shared panels (a test lowers it to cover several depth ranges).
+/// `bias` (GemmBias) is added to each element last. shared_floats bounds the shared panels (a test lowers it to cover
+/// several depth ranges).
 template <class PackA, class PackB, class COut>
 void gemm_packed(Context<Cpu>& ctx, Index batch, Index m, Index n, Index k, PackA const& pack_a, PackB const& pack_b,
-                 COut const& c_at, Index ldc, float alpha, float beta, Index shared_floats = kSharedPanelFloats) {
+                 COut const& c_at, Index ldc, float alpha, float beta, GemmBias bias = {},
+                 Index shared_floats = kSharedPanelFloats) {
   if (batch == 0 || m == 0 || n == 0) return;
   GemmKernel const kern = gemm_kernel(ctx.isa);
   if (k == 0) {  // C = beta * C
@@ -512,6 +523,8 @@ void gemm_packed(Context<Cpu>& ctx, Index batch, Index m, Index n, Index k, Pack
         for (Index j = 0; j < n; ++j) {
           float* e = c_at(bi, r, j);
           *e = beta == 0.f ? 0.f : beta * *e;
+          if (bias.row) *e += bias.row[r];
+          if (bias.col) *e += bias.col[j];
         }
     return;
   }
@@ -529,6 +542,16 @@ void gemm_packed(Context<Cpu>& ctx, Index batch, Index m, Index n, Index k, Pack
   Index const range = per_depth == 0 ? k : std::max(kKc, shared_floats / per_depth / kKc * kKc);
   float* const a_shared = per_depth == 0 ? nullptr : SharedPanels::reserve(per_depth * std::min(range, k));
   float* const b_shared = share_a ? a_shared + m_pad * std::min(range, k) : a_shared;
+
+  // The bias of an (mr, nr) tile of C at cp, rows from r0 and columns from c0, after its last depth block.
+  auto add_bias = [&](float* cp, Index r0, Index mr, Index c0, Index nr) {
+    if (bias.row)
+      for (Index r = 0; r < mr; ++r)
+        for (Index j = 0; j < nr; ++j) cp[r * ldc + j] += bias.row[r0 + r];
+    if (bias.col)
+      for (Index r = 0; r < mr; ++r)
+        for (Index j = 0; j < nr; ++j) cp[r * ldc + j] += bias.col[c0 + j];
+  };
 
   auto run_task = [&](PackBuffers const& buf, Index t, Index k0, Index k1) {
     Index const bi = t / (tiling.m_chunks * tiling.n_tiles), rest = t % (tiling.m_chunks * tiling.n_tiles);
@@ -557,12 +580,14 @@ void gemm_packed(Context<Cpu>& ctx, Index batch, Index m, Index n, Index k, Pack
               float* cp = c_at(bi, ic + ir, nb + jr);
               if (mr == kern.mr && nr == kern.nr) {
                 kern.run(kc, ap, bp, cp, ldc, alpha, beta_k);
-                continue;
+              } else {
+                kern.run(kc, ap, bp, edge, kern.nr, alpha, 0.f);
+                for (Index r = 0; r < mr; ++r)
+                  for (Index j = 0; j < nr; ++j)
+                    cp[r * ldc + j] = beta_k == 0.f ? edge[r * kern.nr + j]
+                                                    : edge[r * kern.nr + j] + beta_k * cp[r * ldc + j];
               }
-              kern.run(kc, ap, bp, edge, kern.nr, alpha, 0.f);
-              for (Index r = 0; r < mr; ++r)
-                for (Index j = 0; j < nr; ++j)
-                  cp[r * ldc + j] = beta_k == 0.f ? edge[r * kern.nr + j] : edge[r * kern.nr + j] + beta_k * cp[r * ldc + j];
+              if (pc + kc == k) add_bias(cp, ic + ir, mr, nb + jr, nr);
             }
           }
         }
@@ -601,13 +626,16 @@ void gemm_packed(Context<Cpu>& ctx, Index batch, Index m, Index n, Index k, Pack
 /// with row stride ldc, B_i packed by pack_b_item(dst, i, k0, kc, col0, ncols, nr) over item i's columns. When P is a
 /// multiple of every NR the items are laid side by side as one (M, count * P) product, so A is packed once rather
 /// than once per item (packing the weight dominates convolutions of small images); every element is the same sum in
-/// the same order either way, so the bits do not depend on the choice.
+/// the same order either way, so the bits do not depend on the choice. row_bias (M) is added to each row last
+/// (GemmBias).
 template <class PackA, class PackB>
 void gemm_shared_a(Context<Cpu>& ctx, Index count, Index m, Index p, Index k, PackA const& pack_a,
-                   PackB const& pack_b_item, float* c, Index item_stride, Index ldc, float alpha, float beta) {
+                   PackB const& pack_b_item, float* c, Index item_stride, Index ldc, float alpha, float beta,
+                   float const* row_bias = nullptr) {
   constexpr Index kMaxNr = 32;
+  GemmBias const bias{row_bias, nullptr};
   if (count <= 1 || p % kMaxNr != 0) {
-    gemm_packed(ctx, count, m, p, k, pack_a, pack_b_item, StridedOutput{c, item_stride, ldc}, ldc, alpha, beta);
+    gemm_packed(ctx, count, m, p, k, pack_a, pack_b_item, StridedOutput{c, item_stride, ldc}, ldc, alpha, beta, bias);
     return;
   }
   auto pack_b = [&](float* dst, Index, Index k0, Index kc, Index n0, Index nc, Index nr) {
@@ -620,7 +648,7 @@ void gemm_shared_a(Context<Cpu>& ctx, Index count, Index m, Index p, Index k, Pa
     Index const item = col / p;
     return c + item * item_stride + row * ldc + (col - item * p);
   };
-  gemm_packed(ctx, 1, m, count * p, k, pack_a, pack_b, c_at, ldc, alpha, beta);
+  gemm_packed(ctx, 1, m, count * p, k, pack_a, pack_b, c_at, ldc, alpha, beta, bias);
 }
 
 /// C (batch?, M, N) = alpha * op(A) @ op(B) + beta * C for plain row-major operands (batch stride 0 broadcasts).
@@ -631,11 +659,12 @@ inline void sgemm(Context<Cpu>& ctx, Index batch, Index m, Index n, Index k, Mat
               StridedOutput{c, c_batch_stride, ldc}, ldc, alpha, beta);
 }
 
-/// C (M, N) = alpha * op(A) @ op(W) + beta * C for float activations A and a weight W in any storage (Linear).
+/// C (M, N) = alpha * op(A) @ op(W) + beta * C (+ col_bias (N) on every row, added last) for float activations A and
+/// a weight W in any storage (Linear).
 inline void sgemm_weight(Context<Cpu>& ctx, Index m, Index n, Index k, MatrixOperand a, WeightSource w, float* c,
-                         Index ldc, float alpha, float beta) {
+                         Index ldc, float alpha, float beta, float const* col_bias = nullptr) {
   gemm_packed(ctx, 1, m, n, k, matrix_packer_a(a, 0), weight_packer_b(w), StridedOutput{c, 0, ldc}, ldc, alpha,
-              beta);
+              beta, GemmBias{nullptr, col_bias});
 }
 
 }  // namespace sdlora::cpu
