@@ -59,6 +59,13 @@ void expect_nchw(char const* op, char const* name, V const& v) {
   SDLORA_EXPECTS(v.rank() == 4 && v.is_contiguous(),
                  "[" << op << "] " << name << " must be a contiguous (N, C, H, W) tensor, got " << v.shape());
 }
+/// b is null (no bias) or (out_channels).
+template <class V>
+void expect_bias(V const& b, Index out_channels) {
+  SDLORA_EXPECTS(b.data() == nullptr || (b.rank() == 1 && b.dim(0) == out_channels),
+                 "[conv2d] bias must be (" << out_channels << "), got " << b.shape());
+}
+
 }  // namespace conv_detail
 
 /// y (N, O, H_out, W_out) = conv(x (N, C, H, W), w (O, C, kh, kw)) + b (O), or += with `accumulate`.
@@ -73,8 +80,7 @@ void conv2d_forward(Context<B>& ctx, TensorView<T, B> y, TensorView<T const, B> 
   Shape const expected = conv2d_output_shape(x.shape(), w.shape(), g);
   SDLORA_EXPECTS(y.shape() == expected, "[conv2d] y must be " << expected << " for x " << x.shape() << ", w "
                                                               << w.shape() << " (" << g << "), got " << y.shape());
-  SDLORA_EXPECTS(b.data() == nullptr || (b.rank() == 1 && b.dim(0) == w.dim(0)),
-                 "[conv2d] bias must be (" << w.dim(0) << "), got " << b.shape());
+  conv_detail::expect_bias(b, w.dim(0));
   Impl<Conv2d, B>::forward(ctx, Conv2d{g, accumulate}, y, x, w, b);
 }
 

@@ -262,8 +262,7 @@ struct Impl<Conv2d, Cpu> {
                              TensorView<float const, Cpu> b) {
     cpu::ConvDims const d = cpu::conv_dims(x.shape(), w_shape, y.shape());
     Index const n = x.dim(0), p = d.p();
-    if (b.data() != nullptr)
-      SDLORA_EXPECTS(b.numel() == d.o, "[conv2d] bias " << b.shape() << " for " << d.o << " output channels");
+    conv_detail::expect_bias(b, d.o);  // (nn::Conv2d calls this directly for a 16-bit weight)
     if (cpu::is_pointwise(d, op.geometry)) {  // y (O, P) = w (O, C) @ x (C, P) + b per image
       w.ld = d.c;
       w.trans = false;

@@ -294,12 +294,7 @@ __attribute__((target("avx2"))) inline void transpose_rows_avx2(float* dst, Inde
       t[c] = _mm256_permute2f128_ps(r[c], r[4 + c], 0x20);
       t[4 + c] = _mm256_permute2f128_ps(r[c], r[4 + c], 0x31);
     }
-    if (dn == 8) {
-      SDLORA_UNROLL(8)
-      for (int j = 0; j < 8; ++j) store_lanes_avx2(dst + (d0 + j) * width, t[j], lanes, d0 + j == depth - 1);
-    } else {
-      for (Index j = 0; j < dn; ++j) store_lanes_avx2(dst + (d0 + j) * width, t[j], lanes, d0 + j == depth - 1);
-    }
+    for (Index j = 0; j < dn; ++j) store_lanes_avx2(dst + (d0 + j) * width, t[j], lanes, d0 + j == depth - 1);
   }
 }
 
