@@ -5,7 +5,7 @@
 /// purpose, so that `valgrind --tool=callgrind` counts the instructions of just this op (valgrind reports no
 /// AVX-512: the AVX2 path runs under it):
 ///   attention_bench [L=4096] [head_dim=40] [heads=8] [repeats=3 (0: one run, no warm-up)] [threads=1]
-///                   [forward|backward]
+///                   [forward|backward] [block_q=64] [block_k=256]
 #include <algorithm>  // std::min, std::max
 #include <chrono>     // std::chrono::steady_clock
 #include <cstdio>     // std::printf
@@ -35,7 +35,9 @@ int main(int argc, char** argv) {
              v = filled(Shape{1, l, heads * d}, 3);                      // (1, L, H*D)
   auto o = Tensor<float>::uninitialized(q.shape());                      // (1, L, H*D)
   auto lse = Tensor<float>::uninitialized(Shape{1, heads, l});           // (1, H, L)
-  ops::Attention const op{.heads = heads};
+  ops::Attention op{.heads = heads};
+  if (argc > 7) op.block_q = std::atoi(argv[7]);
+  if (argc > 8) op.block_k = std::atoi(argv[8]);
   bool const backward = argc > 6 && std::string(argv[6]) == "backward";
   auto const dout = filled(q.shape(), 4);
   auto dq = Tensor<float>::uninitialized(q.shape()), dk = Tensor<float>::uninitialized(q.shape()),

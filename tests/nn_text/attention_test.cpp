@@ -235,7 +235,7 @@ TEST_CASE("the fused float tile (AVX2 / AVX-512) equals the generic path and the
 TEST_CASE("the fused float backward tile (AVX2 / AVX-512) equals the generic path and the double reference, on both "
           "schedules, into strided gradients",
           "[ops][attention]") {
-  // Head widths 40 (SD 1.5), 64 (SDXL) and an odd 5; Lq = 203 and Lk = 300 / 77 with the default tiles (partial last
+  // Head widths 40 and 80 (SD 1.5; 80 is ten AVX2 vectors, split 3 3 2 2), 64 (SDXL) and an odd 5; Lq = 203 and Lk = 300 / 77 with the default tiles (partial last
   // tiles), and tiles of 3 queries and 5 keys (neither a multiple of the 4-row register tile nor of the vector
   // width). threads 1 and 2 with 2 x 2 heads: one task per (batch, head); threads 8: the two-pass schedule. dq, dk
   // and dv are the middle thirds of (B, L, 3W) buffers whose other columns must keep their contents.
@@ -246,7 +246,7 @@ TEST_CASE("the fused float backward tile (AVX2 / AVX-512) equals the generic pat
     Index d, lk, bq, bk;
   };
   for (auto [d, lk, bq, bk] : {Shape3{40, 300, 64, 256}, Shape3{40, 77, 64, 256}, Shape3{64, 300, 64, 256},
-                               Shape3{5, 77, 3, 5}, Shape3{40, 29, 3, 5}})
+                               Shape3{80, 77, 64, 256}, Shape3{5, 77, 3, 5}, Shape3{40, 29, 3, 5}})
     for (int threads : {1, 2, 8}) {
       INFO("D " << d << ", Lk " << lk << ", tiles " << bq << " x " << bk << ", threads " << threads);
       Index const heads = 2, w = heads * d, lq = d == 5 ? 31 : 203;

@@ -246,11 +246,15 @@ template <class V, bool TransA = false>
                                            Index rows, Index n, Index width, bool accumulate) {
   constexpr Index L = Width<V>::kLanes, C = Width<V>::kChunk;
   for (Index r0 = 0; r0 < rows; r0 += kRows)
-    for (Index c0 = 0; c0 < width; c0 += C * L) {
+    for (Index c0 = 0, chunk = 0; c0 < width; c0 += chunk * L) {
+      // Vectors left split into equal chunks of at most C (10 as 3 3 2 2, not 3 3 3 1: a one-vector chunk has
+      // too few accumulators to hide the FMA latency).
+      Index const left = (width - c0) / L, chunks = (left + C - 1) / C;
+      chunk = (left + chunks - 1) / chunks;
       float* cp = c + r0 * ldc + c0;
       float const* ap = TransA ? a + r0 : a + r0 * lda;
       float const* bp = b + c0;
-      switch (std::min(C, (width - c0) / L)) {
+      switch (chunk) {
         case 1: rows_times_panel<V, 1, TransA>(cp, ldc, ap, lda, bp, ldb, n, accumulate); break;
         case 2: rows_times_panel<V, 2, TransA>(cp, ldc, ap, lda, bp, ldb, n, accumulate); break;
         case 3: rows_times_panel<V, (C >= 3 ? 3 : 1), TransA>(cp, ldc, ap, lda, bp, ldb, n, accumulate); break;
