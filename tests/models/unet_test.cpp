@@ -1,5 +1,9 @@
 #include <catch2/catch.hpp>
 
+#include <string>  // std::string
+#include <vector>  // std::vector
+
+#include <sdlora/lora/inject.hpp>  // lora::inject, lora::is_lora_parameter
 #include <sdlora/models/unet.hpp>
 #include <sdlora/models/weights.hpp>
 
@@ -65,4 +69,41 @@ TEST_CASE("Gradient checkpointing gives bit-identical UNet gradients", "[models]
     return test::all_gradients(unet.backward(ctx, dy), unet);
   };
   test::check_bit_identical(run(false), run(true));
+}
+
+TEST_CASE("Gradient checkpointing with LoRA gives bit-identical gradients, whether the recompute is cut short or not",
+          "[models][unet]") {
+  // A frozen UNet recomputes each checkpointed block only as far as backward reads: with LoRA on the attention
+  // projections, each ResNet block's conv2 and shortcut and each transformer block's ff.net.2 are skipped; with LoRA
+  // on every Linear and Conv2d, their adapters must see those outputs, so the whole block is recomputed. Either way
+  // the input and LoRA gradients must equal the plain backward's bit for bit. The LoRA factors get random values (B
+  // starts at zero, which would leave every A gradient zero).
+  Context<Cpu> ctx;
+  io::SafetensorsFile ref(test::fixture("models/tiny-sd1-outputs.safetensors"));
+  auto sample = ref.load<float>("unet.sample");
+  auto ts = ref.load<float>("unet.timesteps");
+  auto text = ref.load<float>("unet.encoder_hidden_states");
+  auto dy = ref.load<float>("unet.grad_upstream");
+  for (std::string const target : {"to_q|to_k|to_v|to_out\\.0", ".*"}) {
+    INFO("LoRA target " << target);
+    auto run = [&](bool checkpointing) {
+      auto unet = load_unet("sd1");
+      auto const report = lora::inject(unet, {.target = target, .rank = 2, .include_conv = true});
+      REQUIRE(report.layers > 0);
+      std::uint32_t seed = 70;
+      nn::for_each_parameter(unet, [&](std::string const& name, nn::Parameter<float>& p) {
+        if (lora::is_lora_parameter(name)) p.value = test::random_tensor<float>(p.shape(), seed++);
+      });
+      unet.set_gradient_checkpointing(checkpointing);
+      unet.forward(ctx, sample, ts, text, nn::Mode::Train);
+      auto const g = unet.backward(ctx, dy);
+      std::vector<float> all(g.dsample.span().begin(), g.dsample.span().end());
+      all.insert(all.end(), g.dencoder_hidden_states.span().begin(), g.dencoder_hidden_states.span().end());
+      nn::for_each_parameter(unet, [&](std::string const&, nn::Parameter<float>& p) {
+        if (p.trainable) all.insert(all.end(), p.grad.span().begin(), p.grad.span().end());  // the LoRA factors
+      });
+      return all;
+    };
+    test::check_bit_identical(run(false), run(true));
+  }
 }

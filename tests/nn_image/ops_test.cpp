@@ -8,7 +8,9 @@
 #include <functional>  // std::function
 #include <memory>      // std::make_shared
 #include <string>      // std::string
+#include <vector>      // std::vector
 
+#include <sdlora/lora/inject.hpp>     // lora::add_adapter
 #include <sdlora/models/resnet.hpp>  // models::ResnetBlock2D (the fused norm in a block)
 
 #include "support.hpp"
@@ -216,6 +218,54 @@ TEST_CASE("GroupNorm's fused SiLU for inference equals SiLU after GroupNorm; a R
   auto const trained = block.forward(ctx, x.view(), TensorView<float const>(), nn::Mode::Train);
   CHECK(inferred.shape() == Shape{2, 4, 5, 3});
   CHECK(rel_l2(inferred, trained) <= 1e-6);
+}
+
+TEST_CASE("A checkpointed ResNet block's recompute stops before conv2 and the shortcut and keeps every gradient's bits",
+          "[nn_image][checkpointing]") {
+  // Inside backward, a checkpointed block recomputes its forward only as far as backward reads: conv2's and the
+  // shortcut's outputs (and the sum after them) are read by nothing, so they are skipped unless an enabled adapter
+  // must see them. dx, dtemb and every trainable parameter's gradient must equal the plain block's bit for bit, with
+  // frozen weights and a LoRA on conv1 (conv2 and the shortcut skipped), every weight trainable (their inputs kept for
+  // dW; a skip that forgot them throws or changes dW), and a LoRA on conv2 or on the shortcut (the full recompute:
+  // a skip there would leave the LoRA's saved input unset and its gradients wrong).
+  Context<Cpu> ctx;
+  auto const x = random_tensor<float>(Shape{2, 6, 5, 3}, 41);
+  auto const temb = random_tensor<float>(Shape{2, 8}, 42);
+  auto const dy = random_tensor<float>(Shape{2, 4, 5, 3}, 43);
+  enum class Setup { lora_conv1, all_trainable, lora_conv2, lora_shortcut };
+  auto run = [&](Setup setup, bool checkpointing) {
+    models::ResnetBlock2D<float> block(6, 4, 8, 2, 1e-6);
+    nn::set_trainable(block, setup == Setup::all_trainable);
+    lora::LoraOptions const options{.rank = 2};
+    if (setup == Setup::lora_conv1) lora::add_adapter(block.conv1, options);
+    if (setup == Setup::lora_conv2) lora::add_adapter(block.conv2, options);
+    if (setup == Setup::lora_shortcut) lora::add_adapter(*block.conv_shortcut, options);
+    std::uint32_t seed = 50;  // LoRA's up factor starts at zero: random values make its branch count
+    nn::for_each_parameter(block, [&](std::string const&, nn::Parameter<float>& p) {
+      p.value = random_tensor<float>(p.shape(), seed++);
+    });
+    block.gradient_checkpointing = checkpointing;
+    block.forward(ctx, x.view(), temb.view(), nn::Mode::Train);
+    auto const g = block.backward(ctx, dy.view());
+    std::vector<float> all(g.dx.span().begin(), g.dx.span().end());
+    all.insert(all.end(), g.dtemb.span().begin(), g.dtemb.span().end());
+    nn::for_each_parameter(block, [&](std::string const&, nn::Parameter<float>& p) {
+      if (p.trainable) all.insert(all.end(), p.grad.span().begin(), p.grad.span().end());
+    });
+    return all;
+  };
+  for (Setup setup : {Setup::lora_conv1, Setup::all_trainable, Setup::lora_conv2, Setup::lora_shortcut}) {
+    INFO("setup " << int(setup));
+    auto const plain = run(setup, false), checkpointed = run(setup, true);
+    REQUIRE(plain.size() == checkpointed.size());
+    REQUIRE(plain.size() > std::size_t(x.numel() + temb.numel()));  // parameter gradients are in it
+    std::size_t nonzero = 0;
+    for (std::size_t i = 0; i < plain.size(); ++i) {
+      REQUIRE(plain[i] == checkpointed[i]);
+      nonzero += plain[i] != 0.0f;
+    }
+    CHECK(nonzero > plain.size() / 2);
+  }
 }
 
 TEST_CASE("timestep_sinusoidal in double equals diffusers' formula evaluated in double", "[nn_image][timestep]") {

@@ -70,7 +70,7 @@ class ResnetBlock2D {
     if (gradient_checkpointing) {
       SDLORA_EXPECTS(!saved_.x.empty(), "[resnet_block.backward] run forward with Mode::Train first");
       auto const x = saved_.x.take(ctx);
-      run(ctx, x.view(), saved_.temb.view(), Mode::Train);  // recompute, keeping what backward needs
+      run(ctx, x.view(), saved_.temb.view(), Mode::Train, true);  // recompute, keeping what backward needs
       saved_ = {};
     }
     Tensor<T, B> dh(dout.shape());  // (N, Cout, H, W)
@@ -110,7 +110,12 @@ class ResnetBlock2D {
   }
 
  private:
-  Tensor<T, B> run(Context<B>& ctx, TensorView<T const, B> x, TensorView<T const, B> temb, Mode mode) {
+  /// The block's forward; with `recompute` (gradient checkpointing's pass inside backward), it stops once backward's
+  /// saved tensors are kept: conv2's and the shortcut's outputs and the sum after them are read by nothing in
+  /// backward (a frozen convolution's input gradient needs only its weight), so unless an adapter must see them they
+  /// are not computed, about half the block's multiply-adds, and an empty tensor is returned.
+  Tensor<T, B> run(Context<B>& ctx, TensorView<T const, B> x, TensorView<T const, B> temb, Mode mode,
+                   bool recompute = false) {
     auto h = nn::norm_silu(ctx, norm1, act1_, x, mode);
     h = conv1.forward(ctx, h.view(), mode);  // (N, Cout, H, W)
     if (time_emb_proj) {
@@ -123,6 +128,11 @@ class ResnetBlock2D {
                                    t.view().reshaped(Shape{n * c}));
     }
     h = nn::norm_silu(ctx, norm2, act2_, h.view(), mode);
+    if (recompute && !conv2.adapted() && !(conv_shortcut && conv_shortcut->adapted())) {
+      conv2.keep_for_backward(ctx, h.view(), mode);
+      if (conv_shortcut) conv_shortcut->keep_for_backward(ctx, x, mode);
+      return {};
+    }
     h = conv2.forward(ctx, h.view(), mode);  // dropout p = 0 in SD: identity
     if (conv_shortcut) {
       auto s = conv_shortcut->forward(ctx, x, mode);

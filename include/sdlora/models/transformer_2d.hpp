@@ -64,16 +64,14 @@ class BasicTransformerBlock {
 
   /// x (N, L, C), context (N, Lk, Cc) -> (N, L, C)
   Tensor<T, B> forward(Context<B>& ctx, TensorView<T const, B> x, TensorView<T const, B> context, Mode mode) {
-    auto h = norm1.forward(ctx, x, mode);
-    auto y = attn1.forward(ctx, h.view(), {}, mode);
-    ops::add<T, B>(ctx, y.view(), y.view(), x);  // (N, L, C)
-    h = norm2.forward(ctx, y.view(), mode);
-    auto a = attn2.forward(ctx, h.view(), context, mode);
-    add_into(ctx, y, a);
-    h = norm3.forward(ctx, y.view(), mode);
-    a = ff.forward(ctx, h.view(), mode);
-    add_into(ctx, y, a);
-    return y;
+    return run(ctx, x, context, mode, false);
+  }
+
+  /// Gradient checkpointing's recompute inside backward: forward in Mode::Train as far as backward reads. The
+  /// feed-forward's last product and the residual sum after it are read by nothing in backward, so they are skipped
+  /// unless an adapter on ff.net.2 must see its output.
+  void recompute(Context<B>& ctx, TensorView<T const, B> x, TensorView<T const, B> context) {
+    run(ctx, x, context, Mode::Train, true);
   }
 
   ContextGrads<T, B> backward(Context<B>& ctx, TensorView<T const, B> dy) {
@@ -98,6 +96,23 @@ class BasicTransformerBlock {
     attn2.visit(nn::join(name, "attn2"), visitor);
     norm3.visit(nn::join(name, "norm3"), visitor);
     ff.visit(nn::join(name, "ff"), visitor);
+  }
+
+ private:
+  /// The forward; with `recompute`, it stops once ff has kept what backward needs and returns an empty tensor.
+  Tensor<T, B> run(Context<B>& ctx, TensorView<T const, B> x, TensorView<T const, B> context, Mode mode,
+                   bool recompute) {
+    auto h = norm1.forward(ctx, x, mode);
+    auto y = attn1.forward(ctx, h.view(), {}, mode);
+    ops::add<T, B>(ctx, y.view(), y.view(), x);  // (N, L, C)
+    h = norm2.forward(ctx, y.view(), mode);
+    auto a = attn2.forward(ctx, h.view(), context, mode);
+    add_into(ctx, y, a);
+    h = norm3.forward(ctx, y.view(), mode);
+    if (recompute && ff.keep_for_backward(ctx, h.view(), mode)) return {};
+    a = ff.forward(ctx, h.view(), mode);
+    add_into(ctx, y, a);
+    return y;
   }
 };
 
@@ -165,7 +180,7 @@ class Transformer2DModel {
       auto& block = transformer_blocks[i];
       if (checkpointed) {  // recompute this block's activations from its input, then release the input
         auto const input = saved_.block_inputs[i].take(ctx);
-        block.forward(ctx, input.view(), saved_.context.view(), Mode::Train);
+        block.recompute(ctx, input.view(), saved_.context.view());
       }
       auto gb = block.backward(ctx, g.view());
       g = std::move(gb.dx);

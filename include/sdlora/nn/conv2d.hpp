@@ -3,6 +3,7 @@
 /// Include <sdlora/sdlora.hpp> instead.
 #pragma once
 
+#include <algorithm>    // std::any_of
 #include <string>       // std::string
 #include <type_traits>  // std::is_same_v
 
@@ -59,6 +60,22 @@ class Conv2d {
       if (a->enabled) a->forward(ctx, y.view(), x, mode);
     if (keeps_saved(mode)) saved_.x_shape = x.shape();
     return y;
+  }
+
+  /// Whether an enabled adapter (a LoRA, a probe) reads this layer's input and output in forward.
+  bool adapted() const {
+    return std::any_of(adapters.begin(), adapters.end(), [](auto const& a) { return a->enabled; });
+  }
+
+  /// Keeps what backward needs after forward(x, mode) without computing the output: the recompute of gradient
+  /// checkpointing stops at a block's last convolutions, whose outputs nothing in backward reads. Only where no
+  /// enabled adapter needs the output (adapted() is false).
+  void keep_for_backward(Context<B>& ctx, TensorView<T const, B> x, Mode mode) {
+    SDLORA_EXPECTS(x.rank() == 4 && x.dim(1) == in_channels(),
+                   "[conv2d] x must be (N, " << in_channels() << ", H, W), got " << x.shape());
+    SDLORA_EXPECTS(!adapted(), "[conv2d.keep_for_backward] an enabled adapter needs the output: run forward");
+    if (weight.trainable) saved_.x.keep(ctx, x, mode);
+    if (keeps_saved(mode)) saved_.x_shape = x.shape();
   }
 
   /// dx (N, in, H, W) = conv^T(dy, W); dW += corr(dy, x) and db += sum(dy) when trainable; adapters add their part.

@@ -84,6 +84,15 @@ class FeedForward {
     if (net_1.p > 0.0) h = net_1.forward(ctx, h.view(), mode);
     return net_2.forward(ctx, h.view(), mode);
   }
+  /// What backward needs after forward(x, mode), without net.2's product: nothing in backward reads the output
+  /// (gradient checkpointing's recompute). Returns false, having kept nothing, where an adapter on net.2 must see it.
+  bool keep_for_backward(Context<B>& ctx, TensorView<T const, B> x, Mode mode) {
+    if (net_2.adapted()) return false;
+    Tensor<T, B> h = net_0.forward(ctx, x, mode);  // (..., inner)
+    if (net_1.p > 0.0) h = net_1.forward(ctx, h.view(), mode);
+    net_2.keep_for_backward(ctx, h.view(), mode);
+    return true;
+  }
   /// dx (..., dim) from dy (..., dim_out).
   Tensor<T, B> backward(Context<B>& ctx, TensorView<T const, B> dy) {
     Tensor<T, B> dh = net_2.backward(ctx, dy);  // (..., inner)

@@ -3,6 +3,7 @@
 /// Include <sdlora/sdlora.hpp> instead.
 #pragma once
 
+#include <algorithm>  // std::any_of
 #include <string>  // std::string
 
 #include <type_traits>  // std::is_same_v
@@ -56,6 +57,20 @@ class Linear {
     for (auto& a : adapters)
       if (a->enabled) a->forward(ctx, y.view(), x, mode);
     return y;
+  }
+
+  /// Whether an enabled adapter (a LoRA, a probe) reads this layer's input and output in forward.
+  bool adapted() const {
+    return std::any_of(adapters.begin(), adapters.end(), [](auto const& a) { return a->enabled; });
+  }
+
+  /// Keeps what backward needs after forward(x, mode) without computing the output (gradient checkpointing's
+  /// recompute; see Conv2d::keep_for_backward). Only where adapted() is false.
+  void keep_for_backward(Context<B>& ctx, TensorView<T const, B> x, Mode mode) {
+    SDLORA_EXPECTS(x.rank() >= 1 && x.dim(-1) == in_features(),
+                   "[linear] x must be (..., " << in_features() << "), got " << x.shape());
+    SDLORA_EXPECTS(!adapted(), "[linear.keep_for_backward] an enabled adapter needs the output: run forward");
+    if (weight.trainable) saved_.x.keep(ctx, x, mode);
   }
 
   /// dx (..., in) = dy (..., out) W; dW += dy^T x and db += sum(dy) when trainable; adapters add their part.
