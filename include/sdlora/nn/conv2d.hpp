@@ -3,7 +3,6 @@
 /// Include <sdlora/sdlora.hpp> instead.
 #pragma once
 
-#include <algorithm>    // std::any_of
 #include <string>       // std::string
 #include <type_traits>  // std::is_same_v
 
@@ -63,9 +62,7 @@ class Conv2d {
   }
 
   /// Whether an enabled adapter (a LoRA, a probe) reads this layer's input and output in forward.
-  bool adapted() const {
-    return std::any_of(adapters.begin(), adapters.end(), [](auto const& a) { return a->enabled; });
-  }
+  bool adapted() const { return any_enabled(adapters); }
 
   /// Keeps what backward needs after forward(x, mode) without computing the output: the recompute of gradient
   /// checkpointing stops at a block's last convolutions, whose outputs nothing in backward reads. Only where no

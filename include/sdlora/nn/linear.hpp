@@ -3,7 +3,6 @@
 /// Include <sdlora/sdlora.hpp> instead.
 #pragma once
 
-#include <algorithm>  // std::any_of
 #include <string>  // std::string
 
 #include <type_traits>  // std::is_same_v
@@ -60,9 +59,7 @@ class Linear {
   }
 
   /// Whether an enabled adapter (a LoRA, a probe) reads this layer's input and output in forward.
-  bool adapted() const {
-    return std::any_of(adapters.begin(), adapters.end(), [](auto const& a) { return a->enabled; });
-  }
+  bool adapted() const { return any_enabled(adapters); }
 
   /// Keeps what backward needs after forward(x, mode) without computing the output (gradient checkpointing's
   /// recompute; see Conv2d::keep_for_backward). Only where adapted() is false.

@@ -13,6 +13,7 @@
 ///    embeddings) under its full dotted name; parameters are reached through leaves (`leaf.for_each_parameter`).
 #pragma once
 
+#include <algorithm>    // std::any_of
 #include <cstdint>      // std::uint16_t
 #include <functional>   // std::function
 #include <memory>       // std::shared_ptr
@@ -160,6 +161,12 @@ struct Adapter {
 
 template <class T, class B>
 using AdapterList = std::vector<std::shared_ptr<Adapter<T, B>>>;
+
+/// Whether any adapter of a layer is enabled (it then reads the layer's input and output in forward).
+template <class T, class B>
+bool any_enabled(AdapterList<T, B> const& adapters) {
+  return std::any_of(adapters.begin(), adapters.end(), [](auto const& a) { return a->enabled; });
+}
 
 /// Visits `items[i]` as "<prefix>.<field>.<i>" (diffusers' ModuleList naming).
 template <class Seq, class V>
