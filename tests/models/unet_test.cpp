@@ -7,7 +7,7 @@
 #include <sdlora/models/unet.hpp>
 #include <sdlora/models/weights.hpp>
 
-#include "models/gradients.hpp"  // all_gradients, check_bit_identical
+#include "models/gradients.hpp"  // check_bit_identical
 #include "support.hpp"
 
 using namespace sdlora;
@@ -52,23 +52,34 @@ TEST_CASE("A missing or misshapen UNet weight is named in the load error", "[mod
                         Catch::Contains("(8, 12)") && Catch::Contains("1 missing keys"));
 }
 
+namespace {
+/// The input gradients and every trainable parameter's gradient of one training step of the tiny UNet on the
+/// fixture's inputs, the model prepared by `prepare`, with gradient checkpointing on or off.
+template <class Prepare>
+std::vector<float> step_gradients(Prepare&& prepare, bool checkpointing) {
+  Context<Cpu> ctx;
+  io::SafetensorsFile ref(test::fixture("models/tiny-sd1-outputs.safetensors"));
+  auto unet = load_unet("sd1");
+  prepare(unet);
+  unet.set_gradient_checkpointing(checkpointing);
+  unet.forward(ctx, ref.load<float>("unet.sample"), ref.load<float>("unet.timesteps"),
+               ref.load<float>("unet.encoder_hidden_states"), nn::Mode::Train);
+  auto const g = unet.backward(ctx, ref.load<float>("unet.grad_upstream"));
+  std::vector<float> all;
+  for (auto const* t : {&g.dsample, &g.dencoder_hidden_states, &g.dtext_embeds})
+    if (!t->empty()) all.insert(all.end(), t->span().begin(), t->span().end());
+  nn::for_each_parameter(unet, [&](std::string const&, nn::Parameter<float>& p) {
+    if (p.trainable) all.insert(all.end(), p.grad.span().begin(), p.grad.span().end());
+  });
+  return all;
+}
+}  // namespace
+
 TEST_CASE("Gradient checkpointing gives bit-identical UNet gradients", "[models][unet]") {
   // Checkpointed blocks keep only their inputs and recompute their forward inside backward: the same float
   // operations in the same order, so every gradient must be equal bit for bit.
-  Context<Cpu> ctx;
-  io::SafetensorsFile ref(test::fixture("models/tiny-sd1-outputs.safetensors"));
-  auto sample = ref.load<float>("unet.sample");
-  auto ts = ref.load<float>("unet.timesteps");
-  auto text = ref.load<float>("unet.encoder_hidden_states");
-  auto dy = ref.load<float>("unet.grad_upstream");
-  auto run = [&](bool checkpointing) {
-    auto unet = load_unet("sd1");
-    nn::set_trainable(unet, true);
-    unet.set_gradient_checkpointing(checkpointing);
-    unet.forward(ctx, sample, ts, text, nn::Mode::Train);
-    return test::all_gradients(unet.backward(ctx, dy), unet);
-  };
-  test::check_bit_identical(run(false), run(true));
+  auto const all_trainable = [](auto& unet) { nn::set_trainable(unet, true); };
+  test::check_bit_identical(step_gradients(all_trainable, false), step_gradients(all_trainable, true));
 }
 
 TEST_CASE("Gradient checkpointing with LoRA gives bit-identical gradients, whether the recompute is cut short or not",
@@ -78,32 +89,16 @@ TEST_CASE("Gradient checkpointing with LoRA gives bit-identical gradients, wheth
   // on every Linear and Conv2d, their adapters must see those outputs, so the whole block is recomputed. Either way
   // the input and LoRA gradients must equal the plain backward's bit for bit. The LoRA factors get random values (B
   // starts at zero, which would leave every A gradient zero).
-  Context<Cpu> ctx;
-  io::SafetensorsFile ref(test::fixture("models/tiny-sd1-outputs.safetensors"));
-  auto sample = ref.load<float>("unet.sample");
-  auto ts = ref.load<float>("unet.timesteps");
-  auto text = ref.load<float>("unet.encoder_hidden_states");
-  auto dy = ref.load<float>("unet.grad_upstream");
   for (std::string const target : {"to_q|to_k|to_v|to_out\\.0", ".*"}) {
     INFO("LoRA target " << target);
-    auto run = [&](bool checkpointing) {
-      auto unet = load_unet("sd1");
+    auto const with_lora = [&](auto& unet) {
       auto const report = lora::inject(unet, {.target = target, .rank = 2, .include_conv = true});
       REQUIRE(report.layers > 0);
       std::uint32_t seed = 70;
       nn::for_each_parameter(unet, [&](std::string const& name, nn::Parameter<float>& p) {
         if (lora::is_lora_parameter(name)) p.value = test::random_tensor<float>(p.shape(), seed++);
       });
-      unet.set_gradient_checkpointing(checkpointing);
-      unet.forward(ctx, sample, ts, text, nn::Mode::Train);
-      auto const g = unet.backward(ctx, dy);
-      std::vector<float> all(g.dsample.span().begin(), g.dsample.span().end());
-      all.insert(all.end(), g.dencoder_hidden_states.span().begin(), g.dencoder_hidden_states.span().end());
-      nn::for_each_parameter(unet, [&](std::string const&, nn::Parameter<float>& p) {
-        if (p.trainable) all.insert(all.end(), p.grad.span().begin(), p.grad.span().end());  // the LoRA factors
-      });
-      return all;
     };
-    test::check_bit_identical(run(false), run(true));
+    test::check_bit_identical(step_gradients(with_lora, false), step_gradients(with_lora, true));
   }
 }
