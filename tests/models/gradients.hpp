@@ -14,14 +14,14 @@
 namespace sdlora::test {
 
 /// The input gradients of a UNet backward (sample, context, and SDXL's text embeddings when not empty), then every
-/// parameter's gradient in visiting order.
+/// trainable parameter's gradient in visiting order (a frozen one has none).
 template <class Grads, class Module>
 std::vector<float> all_gradients(Grads const& g, Module& unet) {
   std::vector<float> all;
   for (auto const* t : {&g.dsample, &g.dencoder_hidden_states, &g.dtext_embeds})
     if (!t->empty()) all.insert(all.end(), t->span().begin(), t->span().end());
   nn::for_each_parameter(unet, [&](std::string const&, auto& p) {
-    all.insert(all.end(), p.grad.span().begin(), p.grad.span().end());
+    if (p.trainable) all.insert(all.end(), p.grad.span().begin(), p.grad.span().end());
   });
   return all;
 }

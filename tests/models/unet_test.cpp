@@ -7,7 +7,7 @@
 #include <sdlora/models/unet.hpp>
 #include <sdlora/models/weights.hpp>
 
-#include "models/gradients.hpp"  // check_bit_identical
+#include "models/gradients.hpp"  // all_gradients, check_bit_identical
 #include "support.hpp"
 
 using namespace sdlora;
@@ -53,8 +53,8 @@ TEST_CASE("A missing or misshapen UNet weight is named in the load error", "[mod
 }
 
 namespace {
-/// The input gradients and every trainable parameter's gradient of one training step of the tiny UNet on the
-/// fixture's inputs, the model prepared by `prepare`, with gradient checkpointing on or off.
+/// all_gradients of one training step of the tiny UNet on the fixture's inputs, the model prepared by `prepare`,
+/// with gradient checkpointing on or off.
 template <class Prepare>
 std::vector<float> step_gradients(Prepare&& prepare, bool checkpointing) {
   Context<Cpu> ctx;
@@ -64,14 +64,7 @@ std::vector<float> step_gradients(Prepare&& prepare, bool checkpointing) {
   unet.set_gradient_checkpointing(checkpointing);
   unet.forward(ctx, ref.load<float>("unet.sample"), ref.load<float>("unet.timesteps"),
                ref.load<float>("unet.encoder_hidden_states"), nn::Mode::Train);
-  auto const g = unet.backward(ctx, ref.load<float>("unet.grad_upstream"));
-  std::vector<float> all;
-  for (auto const* t : {&g.dsample, &g.dencoder_hidden_states, &g.dtext_embeds})
-    if (!t->empty()) all.insert(all.end(), t->span().begin(), t->span().end());
-  nn::for_each_parameter(unet, [&](std::string const&, nn::Parameter<float>& p) {
-    if (p.trainable) all.insert(all.end(), p.grad.span().begin(), p.grad.span().end());
-  });
-  return all;
+  return test::all_gradients(unet.backward(ctx, ref.load<float>("unet.grad_upstream")), unet);
 }
 }  // namespace
 
