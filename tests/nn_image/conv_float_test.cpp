@@ -153,3 +153,112 @@ TEST_CASE("The implicit GEMM's column packers write the column matrix of the def
         }
   }
 }
+
+TEST_CASE("Winograd F(2x2, 3x3) convolutions equal the definition on every kernel path", "[nn_image][conv2d][isa]") {
+  // winograd::convolve directly, for the forward problem (x -> y) and the input gradient's (dy -> dx, the kernel
+  // flipped and transposed): odd output sizes (tiles cut by the border), pads 0, 1, 2 and asymmetric ones, output
+  // channels not a multiple of any MR, several images and several 64-tile blocks per image, input channels in one
+  // range of two depth blocks (300 > 256) and in three ranges (range 128), with and without accumulate and bias.
+  // Tolerance 2e-6 relative L2, as for the direct path (measured below 5e-7: the transforms add and halve).
+  std::vector<Geometry> const cases{
+      {2, 20, 13, 3, 9, 11, {1, ops::Pad2d::uniform(1)}},   {1, 9, 7, 3, 10, 12, {1, {}}},
+      {1, 6, 14, 3, 7, 5, {1, ops::Pad2d::uniform(2)}},     {2, 5, 9, 3, 8, 9, {1, {1, 0, 2, 1}}},
+      {1, 12, 7, 3, 20, 18, {1, {0, 2, 2, 0}}},             {1, 300, 7, 3, 6, 7, {1, ops::Pad2d::uniform(1)}},
+  };
+  std::vector<cpu::Isa> paths{cpu::Isa::kPortable};
+  if (cpu::detected_isa() >= cpu::Isa::kAvx2) paths.push_back(cpu::Isa::kAvx2);
+  if (cpu::detected_isa() >= cpu::Isa::kAvx512) paths.push_back(cpu::Isa::kAvx512);
+  for (Geometry const& s : cases) {
+    auto const x = random_tensor<float>(Shape{s.n, s.c, s.h, s.w}, 5);
+    auto const w = random_tensor<float>(Shape{s.o, s.c, s.k, s.k}, 6);
+    auto const dy = random_tensor<float>(ops::conv2d_output_shape(x.shape(), w.shape(), s.g), 7);
+    auto const bias = random_tensor<float>(Shape{s.o}, 8);
+    Tensor<double> y_ref, dx_ref, dw_ref;
+    direct(s, to_double(x), to_double(w), to_double(dy), y_ref, dx_ref, dw_ref);
+    ops::cpu::ConvDims const d = ops::cpu::conv_dims(x.shape(), w.shape(), dy.shape());
+    for (cpu::Isa isa : paths)
+      for (Index range : {Index(0), Index(128)}) {
+        if (range > 0 && s.c <= range) continue;
+        INFO("isa " << cpu::isa_name(isa) << ", N " << s.n << ", C " << s.c << ", O " << s.o << ", " << s.h << "x"
+                    << s.w << ", " << s.g << ", range " << range);
+        Context<Cpu> ctx;
+        ctx.isa = isa;
+        cpu::winograd::Problem forward = ops::cpu::winograd_problem(s.n, d, s.g, false);
+        cpu::winograd::Problem gradient = ops::cpu::winograd_problem(s.n, d, s.g, true);
+        forward.range = gradient.range = range;
+        cpu::WeightSource const ws{w.data(), DType::F32, 0, false};
+        Tensor<float> y(dy.shape()), dx(x.shape());
+        y.fill(0.5f);  // overwritten: accumulate is off
+        dx.fill(0.25f);
+        cpu::winograd::convolve(ctx, forward, y.data(), x.data(), ws, false, nullptr);
+        CHECK(rel_l2(y, y_ref) < 2e-6);
+        cpu::winograd::convolve(ctx, gradient, dx.data(), dy.data(), ws, false, nullptr);
+        CHECK(rel_l2(dx, dx_ref) < 2e-6);
+
+        // accumulate onto the first result, then the bias last: y = 2 conv(x) + b.
+        cpu::winograd::convolve(ctx, forward, y.data(), x.data(), ws, true, bias.data());
+        Tensor<double> y2 = y_ref;
+        for (Index i = 0; i < y2.numel(); ++i) y2(i) = 2 * y2(i) + bias(i / (dy.dim(2) * dy.dim(3)) % s.o);
+        CHECK(rel_l2(y, y2) < 2e-6);
+        cpu::winograd::convolve(ctx, gradient, dx.data(), dy.data(), ws, true, nullptr);
+        for (Index i = 0; i < dx_ref.numel(); ++i) dx_ref(i) *= 2;
+        CHECK(rel_l2(dx, dx_ref) < 2e-6);
+        for (Index i = 0; i < dx_ref.numel(); ++i) dx_ref(i) /= 2;
+      }
+  }
+}
+
+TEST_CASE("Big 3x3 convolutions take the Winograd path unless the context or SDLORA_WINOGRAD says not",
+          "[nn_image][conv2d]") {
+  // 32x32 outputs with 64 channels in and 70 out: 256 tiles, the smallest the path takes (winograd::worth_it).
+  // conv2d_forward and conv2d_backward_input then match the definition (2e-6 relative L2) with other bits than the
+  // direct path's (ctx.winograd = false), the same bits on 1 and 2 threads; a 16-bit weight gives the same result
+  // as its float widening. 30x32 outputs (240 tiles) stay on the direct path.
+  Geometry const s{1, 64, 70, 3, 32, 32, {1, ops::Pad2d::uniform(1)}};
+  auto const x = random_tensor<float>(Shape{s.n, s.c, s.h, s.w}, 9);
+  auto const w = random_tensor<float>(Shape{s.o, s.c, s.k, s.k}, 10);
+  auto const dy = random_tensor<float>(ops::conv2d_output_shape(x.shape(), w.shape(), s.g), 11);
+  Tensor<double> y_ref, dx_ref, dw_ref;
+  direct(s, to_double(x), to_double(w), to_double(dy), y_ref, dx_ref, dw_ref);
+  auto run = [&](Context<Cpu>& ctx, Tensor<float>& y, Tensor<float>& dx) {
+    y = Tensor<float>(dy.shape());
+    dx = Tensor<float>(x.shape());
+    ops::conv2d_forward<float, Cpu>(ctx, y.view(), x.view(), w.view(), {}, s.g);
+    ops::conv2d_backward_input<float, Cpu>(ctx, dx.view(), dy.view(), w.view(), s.g);
+  };
+  Context<Cpu> two;
+  two.num_threads = 2;
+  Context<Cpu> one = two;
+  one.num_threads = 1;
+  Context<Cpu> direct_only = two;
+  direct_only.winograd = false;
+  Tensor<float> y2, dx2, y1, dx1, yd, dxd;
+  run(two, y2, dx2);
+  run(one, y1, dx1);
+  run(direct_only, yd, dxd);
+  REQUIRE(cpu::winograd::environment_allows());  // (the suite never sets SDLORA_WINOGRAD=0)
+  CHECK(rel_l2(y2, y_ref) < 2e-6);
+  CHECK(rel_l2(dx2, dx_ref) < 2e-6);
+  CHECK(rel_l2(yd, y_ref) < 2e-6);
+  CHECK_FALSE(test::same_bits(y2, yd));
+  CHECK_FALSE(test::same_bits(dx2, dxd));
+  CHECK(test::same_bits(y2, y1));
+  CHECK(test::same_bits(dx2, dx1));
+  CHECK(ops::cpu::use_winograd(two, 1, ops::cpu::conv_dims(x.shape(), w.shape(), dy.shape()), s.g, false));
+  CHECK_FALSE(ops::cpu::use_winograd(two, 1, ops::cpu::ConvDims{64, 30, 32, 70, 3, 3, 30, 32}, s.g, false));
+  CHECK_FALSE(ops::cpu::use_winograd(two, 1, ops::cpu::ConvDims{32, 32, 32, 70, 3, 3, 32, 32}, s.g, false));
+  CHECK_FALSE(ops::cpu::use_winograd(direct_only, 1, ops::cpu::conv_dims(x.shape(), w.shape(), dy.shape()), s.g,
+                                     false));
+
+  // A 16-bit weight is widened while the weight transform reads it: the same bits as its widened float copy.
+  std::vector<std::uint16_t> half(std::size_t(w.numel()));
+  cpu::narrow16(half.data(), w.data(), w.numel(), DType::F16);
+  Tensor<float> widened(w.shape());
+  cpu::widen16(widened.data(), half.data(), w.numel(), DType::F16);
+  Tensor<float> y16(dy.shape()), y32(dy.shape());
+  ops::Impl<ops::Conv2d, Cpu>::forward_stored(two, {s.g}, y16.view(), x.view(), {half.data(), DType::F16, 0, false},
+                                              w.shape(), {});
+  ops::conv2d_forward<float, Cpu>(two, y32.view(), x.view(), widened.view(), {}, s.g);
+  CHECK(test::same_bits(y16, y32));
+  CHECK(rel_l2(y16, y_ref) < 2e-3);  // (half precision weights)
+}

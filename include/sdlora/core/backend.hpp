@@ -175,6 +175,11 @@ struct Context<Cpu> {
   /// bits (float models), which halves the activation memory of a training step — the activation half of mixed
   /// precision (torch.autocast's saved tensors; compute stays in the model's type).
   DType saved_activations = DType::F32;
+  /// 3x3 stride-1 float convolutions of large images (at least 32x32 outputs, 64 channels in and out) by Winograd's
+  /// F(2x2, 3x3) (backend/cpu/winograd.hpp): 2.25x fewer multiplications, results within rounding of the direct
+  /// path but not its bits. false keeps every convolution on the direct (implicit-GEMM) path; so does the
+  /// environment variable SDLORA_WINOGRAD=0 for a whole process.
+  bool winograd = true;
 
   int threads() const { return num_threads > 0 ? num_threads : cpu::default_thread_count(); }
 };

@@ -20,6 +20,7 @@
 #include <sdlora/backend/cpu/bias.hpp>  // Impl<Bias, Cpu>
 #include <sdlora/backend/cpu/gemm.hpp>   // Impl<Gemm, Cpu>
 #include <sdlora/backend/cpu/sgemm.hpp>  // cpu::gemm_packed, cpu::matrix_packer_a
+#include <sdlora/backend/cpu/winograd.hpp>  // winograd::convolve
 #include <sdlora/ops/bias.hpp>          // bias_add_channels
 #include <sdlora/ops/conv.hpp>          // Conv2d, Conv2dGeometry, Impl
 #include <sdlora/ops/gemm.hpp>          // gemm
@@ -192,6 +193,20 @@ struct ImageColumns {
   }
 };
 
+/// The Winograd problem of a 3x3, stride-1 convolution (x -> y), or of its input gradient (dy -> dx) when `gradient`.
+inline sdlora::cpu::winograd::Problem winograd_problem(Index n, ConvDims const& d, Conv2dGeometry const& g,
+                                                       bool gradient) {
+  if (!gradient) return {n, d.c, d.h, d.w, d.o, d.ho, d.wo, g.pad.top, g.pad.left, false};
+  return {n, d.o, d.ho, d.wo, d.c, d.h, d.w, d.kh - 1 - g.pad.top, d.kw - 1 - g.pad.left, true};
+}
+
+/// Whether a convolution takes the Winograd path (3x3, stride 1, large enough; winograd.hpp).
+inline bool use_winograd(Context<Cpu> const& ctx, Index n, ConvDims const& d, Conv2dGeometry const& g,
+                         bool gradient) {
+  return d.kh == 3 && d.kw == 3 && g.stride == 1 &&
+         sdlora::cpu::winograd::worth_it(ctx, winograd_problem(n, d, g, gradient));
+}
+
 /// Implicit-GEMM convolution for float (see the file comment).
 struct ImplicitConv {
   /// y = conv(x, w) (+ y when accumulating) + bias (O, or null), the bias added in the GEMM's epilogue.
@@ -269,6 +284,9 @@ struct Impl<Conv2d, Cpu> {
       cpu::gemm_shared_a(ctx, n, d.o, p, d.c, sdlora::cpu::weight_packer_a(w),
                          sdlora::cpu::matrix_packer_b({x.data(), p, false}, d.c * p), y.data(), d.o * p, p, 1.f,
                          op.accumulate ? 1.f : 0.f, b.data());
+    } else if (cpu::use_winograd(ctx, n, d, op.geometry, false)) {
+      sdlora::cpu::winograd::convolve(ctx, cpu::winograd_problem(n, d, op.geometry, false), y.data(), x.data(), w,
+                                      op.accumulate, b.data());
     } else {
       cpu::ImplicitConv::forward(ctx, op.geometry, d, n, y.data(), x.data(), w, op.accumulate, b.data());
     }
@@ -288,6 +306,9 @@ struct Impl<Conv2d, Cpu> {
       cpu::gemm_shared_a(ctx, n, d.c, p, d.o, sdlora::cpu::weight_packer_a(w),
                          sdlora::cpu::matrix_packer_b({dy.data(), p, false}, d.o * p), dx.data(), d.c * p, p, 1.f,
                          op.accumulate ? 1.f : 0.f);
+    } else if (cpu::use_winograd(ctx, n, d, op.geometry, true)) {
+      sdlora::cpu::winograd::convolve(ctx, cpu::winograd_problem(n, d, op.geometry, true), dx.data(), dy.data(), w,
+                                      op.accumulate, nullptr);
     } else if (op.geometry.stride == 1) {
       cpu::ImplicitConv::backward_input(ctx, op.geometry, d, n, dx.data(), dy.data(), w, op.accumulate);
     } else {
@@ -327,8 +348,7 @@ struct Impl<Conv2d, Cpu> {
     bool const pointwise = cpu::is_pointwise(d, op.geometry);
     if constexpr (std::is_same_v<T, float>) {
       if (!pointwise && op.geometry.stride == 1) {
-        cpu::ImplicitConv::backward_input(ctx, op.geometry, d, n, dx.data(), dy.data(), {w.data(), DType::F32, 0, false},
-                                          op.accumulate);
+        backward_input_stored<T>(ctx, op, dx, dy, {w.data(), DType::F32, 0, false}, w.shape());
         return;
       }
     }

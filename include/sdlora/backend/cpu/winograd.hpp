@@ -1,0 +1,343 @@
+/// @file winograd.hpp
+/// @brief 3x3 stride-1 float convolutions by Winograd's minimal filtering F(2x2, 3x3) (Lavin & Gray, "Fast Algorithms
+/// for Convolutional Neural Networks", 2016), the CPU path of the big convolutions in a UNet's and a VAE's ResNet
+/// blocks. Include <sdlora/sdlora.hpp> instead.
+///
+/// Each 2x2 block of outputs ("tile") of output channel o is A^T [ sum_c (G g_oc G^T) . (B^T d_c B) ] A, with g_oc
+/// the 3x3 kernel and d_c the 4x4 input patch under the tile: the sum over input channels is 16 independent GEMMs,
+/// one per position e of the 4x4 transformed tile, M_e (O, tiles) = U_e (O, C) @ V_e (C, tiles). Per output value
+/// that is 4 multiply-adds per input channel where the direct convolution does 9 (2.25x fewer); the transforms are
+/// additions (and halvings for the weight) that cost a few percent at 32x32 outputs and up.
+///
+/// Memory stays bounded: the input channels are taken in ranges whose transformed weights (16 x O x range) fit the
+/// caller's shared panel buffer (sgemm.hpp's SharedPanels, 16 MB); per range, every task (one image's block of 64
+/// tiles) transforms its patches straight into the micro-kernel's packed B panels, runs the 16 products into a
+/// per-thread scratch and adds the output transform into y. The transformed weights are packed straight into the
+/// micro-kernel's A panels, so the GEMM is sgemm.hpp's register kernel on its own panels.
+///
+/// Results: each output value is computed by one task in a fixed order, so the bits depend on neither the thread
+/// count nor the batch. They are not the direct path's bits (a different sum): the test suite bounds the difference
+/// (tests/nn_image/winograd_test.cpp), and Context<Cpu>::winograd = false (or SDLORA_WINOGRAD=0 for a process) keeps
+/// every convolution on the direct path.
+#pragma once
+
+#include <algorithm>  // std::min, std::max, std::fill_n
+#include <cstdlib>    // std::getenv
+#include <cstring>    // std::strcmp
+#include <vector>     // std::vector
+
+#include <sdlora/backend/cpu/isa.hpp>       // Isa
+#include <sdlora/backend/cpu/parallel.hpp>  // parallel_tasks
+#include <sdlora/backend/cpu/sgemm.hpp>     // gemm_kernel, WeightSource, SharedPanels, kKc, kMc
+#include <sdlora/core/backend.hpp>          // Context<Cpu>
+#include <sdlora/core/shape.hpp>            // Index
+
+namespace sdlora::cpu::winograd {
+
+/// Output tiles per task: a multiple of every NR (16, 32).
+inline constexpr Index kTileBlock = 64;
+
+/// One convolution as the Winograd path sees it: `in` (n, depth, h, w) -> `out` (n, rows, ho, wo), 3x3, stride 1,
+/// padded by (pad_top, pad_left) above and left (the bottom / right padding follows from the sizes). The kernel
+/// g(r, d) of output channel r and input channel d is read from a WeightSource: at ((r * depth + d) * 9) when not
+/// `flipped` (a forward convolution's (O, C, 3, 3) weight), else at ((d * rows + r) * 9) rotated by 180 degrees (the
+/// input gradient: a convolution of dy with the flipped, transposed kernel).
+struct Problem {
+  Index n, depth, h, w;
+  Index rows, ho, wo;
+  Index pad_top, pad_left;
+  bool flipped = false;
+  Index range = 0;  // input channels per range; 0: as many as the shared panel buffer holds (tests set fewer)
+
+  Index tiles_h() const { return (ho + 1) / 2; }
+  Index tiles_w() const { return (wo + 1) / 2; }
+  Index tiles() const { return tiles_h() * tiles_w(); }
+};
+
+/// Whether the process allows the Winograd path (SDLORA_WINOGRAD=0 turns it off; read once).
+inline bool environment_allows() {
+  static bool const allowed = [] {
+    char const* v = std::getenv("SDLORA_WINOGRAD");
+    return !(v && std::strcmp(v, "0") == 0);
+  }();
+  return allowed;
+}
+
+/// Whether a 3x3, stride-1 convolution is worth the Winograd path: at least 256 output tiles in the batch (32x32
+/// outputs) so the weight transform is a few percent of the work, and 64 channels or more on both sides so the
+/// per-tile transforms are (the VAE's 3-channel output convolution and the UNet's 4-channel input stay direct).
+inline bool worth_it(Context<Cpu> const& ctx, Problem const& p) {
+  return ctx.winograd && environment_allows() && p.n * p.tiles() >= 256 && p.depth >= 64 && p.rows >= 64 &&
+         p.pad_top >= 0 && p.pad_top <= 2 && p.pad_left >= 0 && p.pad_left <= 2;
+}
+
+namespace kernels {
+
+/// The 16 values U = G g G^T of one 3x3 kernel g (row-major), G = [1 0 0; 1/2 1/2 1/2; 1/2 -1/2 1/2; 0 0 1].
+inline void weight_tile(float u[16], float const g[9]) {
+  float t[4][3];
+  for (int j = 0; j < 3; ++j) {
+    t[0][j] = g[j];
+    t[1][j] = 0.5f * (g[j] + g[3 + j] + g[6 + j]);
+    t[2][j] = 0.5f * (g[j] - g[3 + j] + g[6 + j]);
+    t[3][j] = g[6 + j];
+  }
+  for (int i = 0; i < 4; ++i) {
+    u[i * 4 + 0] = t[i][0];
+    u[i * 4 + 1] = 0.5f * (t[i][0] + t[i][1] + t[i][2]);
+    u[i * 4 + 2] = 0.5f * (t[i][0] - t[i][1] + t[i][2]);
+    u[i * 4 + 3] = t[i][2];
+  }
+}
+
+/// Where the 4x4 patches of NR consecutive tiles start: offset of the patch's top-left in the image plane, and
+/// whether the whole patch lies inside it (else `row`, `col` locate it for the bounds-checked copy).
+template <Index NR>
+struct PatchPanel {
+  Index offset[NR], row[NR], col[NR];
+  bool inside[NR];
+  Index count;  // tiles that exist (the rest of the panel is zero)
+};
+
+/// The input transform of one panel: for each of kc channels from `plane0` (planes h * w apart), the 16 vectors
+/// V_e (NR tiles) = (B^T d B)_e written to dst + e * e_stride + k * NR, B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1].
+/// Loops over the NR tiles, which the compiler vectorises for the function's target.
+template <Index NR>
+[[gnu::always_inline]] inline void input_panel_body(float* dst, Index e_stride, float const* plane0, Index plane,
+                                                    Index h, Index w, PatchPanel<NR> const& pp, Index kc) {
+  for (Index k = 0; k < kc; ++k) {
+    float const* x = plane0 + k * plane;
+    float d[16][NR];
+    for (Index j = 0; j < NR; ++j) {
+      if (j < pp.count && pp.inside[j]) {
+        float const* s = x + pp.offset[j];
+        for (int a = 0; a < 4; ++a)
+          for (int b = 0; b < 4; ++b) d[a * 4 + b][j] = s[a * w + b];
+      } else {
+        for (int a = 0; a < 4; ++a)
+          for (int b = 0; b < 4; ++b) {
+            Index const r = pp.row[j] + a, c = pp.col[j] + b;
+            d[a * 4 + b][j] = j < pp.count && r >= 0 && r < h && c >= 0 && c < w ? x[r * w + c] : 0.f;
+          }
+      }
+    }
+    float t[16][NR];
+    for (int b = 0; b < 4; ++b)  // t = B^T d, down the columns
+      for (Index j = 0; j < NR; ++j) {
+        float const d0 = d[b][j], d1 = d[4 + b][j], d2 = d[8 + b][j], d3 = d[12 + b][j];
+        t[b][j] = d0 - d2;
+        t[4 + b][j] = d1 + d2;
+        t[8 + b][j] = d2 - d1;
+        t[12 + b][j] = d1 - d3;
+      }
+    for (int a = 0; a < 4; ++a) {  // V = t B, along the rows
+      float* out = dst + k * NR;
+      for (Index j = 0; j < NR; ++j) {
+        float const t0 = t[a * 4][j], t1 = t[a * 4 + 1][j], t2 = t[a * 4 + 2][j], t3 = t[a * 4 + 3][j];
+        out[(a * 4 + 0) * e_stride + j] = t0 - t2;
+        out[(a * 4 + 1) * e_stride + j] = t1 + t2;
+        out[(a * 4 + 2) * e_stride + j] = t2 - t1;
+        out[(a * 4 + 3) * e_stride + j] = t1 - t3;
+      }
+    }
+  }
+}
+
+/// The output transform of one row of a task's products: Y = A^T m A, A^T = [1 1 1 0; 0 1 -1 -1], for `count` tiles
+/// whose 16 values m_e lie at m + e * e_stride + j, into the four planes y00 (top-left), y01, y10, y11 of each tile.
+[[gnu::always_inline]] inline void output_row_body(float* y00, float* y01, float* y10, float* y11, float const* m,
+                                                   Index e_stride, Index count) {
+  for (Index j = 0; j < count; ++j) {
+    float v[16];
+    for (int e = 0; e < 16; ++e) v[e] = m[e * e_stride + j];
+    float t[2][4];
+    for (int b = 0; b < 4; ++b) {
+      t[0][b] = v[b] + v[4 + b] + v[8 + b];
+      t[1][b] = v[4 + b] - v[8 + b] - v[12 + b];
+    }
+    y00[j] = t[0][0] + t[0][1] + t[0][2];
+    y01[j] = t[0][1] - t[0][2] - t[0][3];
+    y10[j] = t[1][0] + t[1][1] + t[1][2];
+    y11[j] = t[1][1] - t[1][2] - t[1][3];
+  }
+}
+
+inline void input_panel_16(float* dst, Index e_stride, float const* x, Index plane, Index h, Index w,
+                           PatchPanel<16> const& pp, Index kc) {
+  input_panel_body<16>(dst, e_stride, x, plane, h, w, pp, kc);
+}
+inline void output_row(float* y00, float* y01, float* y10, float* y11, float const* m, Index e_stride,
+                       Index count) {
+  output_row_body(y00, y01, y10, y11, m, e_stride, count);
+}
+#if SDLORA_X86_KERNELS
+__attribute__((target("avx2,fma"))) inline void input_panel_16_avx2(float* dst, Index e_stride, float const* x,
+                                                                      Index plane, Index h, Index w,
+                                                                      PatchPanel<16> const& pp, Index kc) {
+  input_panel_body<16>(dst, e_stride, x, plane, h, w, pp, kc);
+}
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma"))) inline void input_panel_32_avx512(
+    float* dst, Index e_stride, float const* x, Index plane, Index h, Index w, PatchPanel<32> const& pp, Index kc) {
+  input_panel_body<32>(dst, e_stride, x, plane, h, w, pp, kc);
+}
+__attribute__((target("avx2,fma"))) inline void output_row_avx2(float* y00, float* y01, float* y10, float* y11,
+                                                                  float const* m, Index e_stride, Index count) {
+  output_row_body(y00, y01, y10, y11, m, e_stride, count);
+}
+#endif
+
+}  // namespace kernels
+
+/// Per-thread scratch of the tasks: packed B panels (16 x range x kTileBlock) and the products (16 x rows x
+/// kTileBlock), kept between calls.
+struct TaskScratch {
+  std::vector<float> v, m, y;
+  static TaskScratch& local() {
+    thread_local TaskScratch s;
+    return s;
+  }
+};
+
+/// out (n, rows, ho, wo) = conv3x3(in) (+ out when `accumulate`) (+ bias (rows) when not null, added last).
+template <Index NR>
+void run(Context<Cpu>& ctx, GemmKernel const& kern, Problem const& p, float* out, float const* in, WeightSource w,
+         bool accumulate, float const* bias) {
+  Index const mr = kern.mr, rows_pad = (p.rows + mr - 1) / mr * mr, tiles = p.tiles(), tw = p.tiles_w();
+  Index const blocks = (tiles + kTileBlock - 1) / kTileBlock, plane_in = p.h * p.w, plane_out = p.ho * p.wo;
+  // Input channels per range: the transformed weights of a range fill at most the shared panel buffer.
+  Index const fit = kSharedPanelFloats / (16 * rows_pad) / kKc * kKc;
+  Index const range = std::min(p.depth, p.range > 0 ? p.range : std::max(kKc, fit));
+  float* const u = SharedPanels::reserve(16 * rows_pad * range);
+  [[maybe_unused]] bool const x86 = SDLORA_X86_KERNELS && kern.isa != Isa::kPortable;
+
+  for (Index k0 = 0; k0 < p.depth; k0 += range) {
+    Index const kr = std::min(range, p.depth - k0);
+    Index const e_stride_u = rows_pad * kr;  // U_e's packed panels: depth block pc at (pc - k0) * rows_pad
+    // Weight transform: one task per MR-row panel, every depth of the range.
+    parallel_tasks(ctx, rows_pad / mr, [&](Index panel, int) {
+      Index const r0 = panel * mr;
+      std::vector<float> g(std::size_t(9 * kKc));
+      for (Index pc = k0; pc < k0 + kr; pc += kKc) {
+        Index const kc = std::min(kKc, k0 + kr - pc);
+        float* const base = u + (pc - k0) * rows_pad + r0 * kc;  // + e * e_stride_u + k * mr + i
+        for (Index i = 0; i < mr; ++i) {
+          Index const r = r0 + i;
+          if (r >= p.rows) {
+            for (int e = 0; e < 16; ++e)
+              for (Index k = 0; k < kc; ++k) base[e * e_stride_u + k * mr + i] = 0.f;
+            continue;
+          }
+          if (!p.flipped) {
+            w.widen(g.data(), (r * p.depth + pc) * 9, kc * 9);
+          } else {
+            float raw[9];
+            for (Index k = 0; k < kc; ++k) {
+              w.widen(raw, ((pc + k) * p.rows + r) * 9, 9);
+              for (int t = 0; t < 9; ++t) g[std::size_t(k * 9 + t)] = raw[8 - t];
+            }
+          }
+          for (Index k = 0; k < kc; ++k) {
+            float ut[16];
+            kernels::weight_tile(ut, g.data() + k * 9);
+            for (int e = 0; e < 16; ++e) base[e * e_stride_u + k * mr + i] = ut[e];
+          }
+        }
+      }
+    });
+
+    bool const first = k0 == 0, last = k0 + kr == p.depth;
+    parallel_tasks(ctx, p.n * blocks, [&](Index task, int) {
+      Index const img = task / blocks, t0 = (task % blocks) * kTileBlock, count = std::min(kTileBlock, tiles - t0);
+      TaskScratch& s = TaskScratch::local();
+      Index const e_stride_v = kr * kTileBlock, e_stride_m = rows_pad * kTileBlock;
+      if (Index(s.v.size()) < 16 * e_stride_v) s.v.resize(std::size_t(16 * e_stride_v));
+      if (Index(s.m.size()) < 16 * e_stride_m) s.m.resize(std::size_t(16 * e_stride_m));
+      if (Index(s.y.size()) < 4 * kTileBlock) s.y.resize(std::size_t(4 * kTileBlock));
+      float const* const x = in + (img * p.depth + k0) * plane_in;
+
+      // Input transform into packed B panels: V_e's depth block pc at (pc - k0) * kTileBlock, panel jr at jr * kc.
+      for (Index jr = 0; jr < kTileBlock; jr += NR) {
+        kernels::PatchPanel<NR> pp;
+        pp.count = std::clamp<Index>(count - jr, 0, NR);
+        for (Index j = 0; j < NR; ++j) {
+          Index const t = t0 + jr + std::min(j, std::max<Index>(pp.count - 1, 0));
+          Index const r = (t / tw) * 2 - p.pad_top, c = (t % tw) * 2 - p.pad_left;
+          pp.row[j] = r, pp.col[j] = c, pp.offset[j] = r * p.w + c;
+          pp.inside[j] = r >= 0 && r + 4 <= p.h && c >= 0 && c + 4 <= p.w;
+        }
+        for (Index pc = k0; pc < k0 + kr; pc += kKc) {
+          Index const kc = std::min(kKc, k0 + kr - pc);
+          float* const dst = s.v.data() + (pc - k0) * kTileBlock + jr * kc;
+          float const* const src = x + (pc - k0) * plane_in;
+#if SDLORA_X86_KERNELS
+          if constexpr (NR == 32) {
+            kernels::input_panel_32_avx512(dst, e_stride_v, src, plane_in, p.h, p.w, pp, kc);
+            continue;
+          } else if (x86) {
+            kernels::input_panel_16_avx2(dst, e_stride_v, src, plane_in, p.h, p.w, pp, kc);
+            continue;
+          }
+#endif
+          if constexpr (NR == 16) kernels::input_panel_16(dst, e_stride_v, src, plane_in, p.h, p.w, pp, kc);
+        }
+      }
+
+      // The 16 products M_e (rows_pad, kTileBlock) = U_e @ V_e over the range's depth blocks.
+      for (int e = 0; e < 16; ++e) {
+        float const* const ue = u + e * e_stride_u;
+        float const* const ve = s.v.data() + e * e_stride_v;
+        float* const me = s.m.data() + e * e_stride_m;
+        for (Index pc = 0; pc < kr; pc += kKc) {
+          Index const kc = std::min(kKc, kr - pc);
+          float const beta = pc == 0 ? 0.f : 1.f;
+          for (Index ic = 0; ic < rows_pad; ic += kMc) {
+            Index const mc = std::min(kMc, rows_pad - ic);
+            for (Index jr = 0; jr < kTileBlock; jr += NR)
+              for (Index ir = ic; ir < ic + mc; ir += mr)
+                kern.run(kc, ue + pc * rows_pad + ir * kc, ve + pc * kTileBlock + jr * kc,
+                         me + ir * kTileBlock + jr, kTileBlock, 1.f, beta);
+          }
+        }
+      }
+
+      // Output transform, added into the image after the first range (and onto `out` when accumulating).
+      float* const y00 = s.y.data();
+      float* const y01 = y00 + kTileBlock;
+      float* const y10 = y01 + kTileBlock;
+      float* const y11 = y10 + kTileBlock;
+      bool const add = !first || accumulate;
+      for (Index r = 0; r < p.rows; ++r) {
+#if SDLORA_X86_KERNELS
+        if (x86) kernels::output_row_avx2(y00, y01, y10, y11, s.m.data() + r * kTileBlock, e_stride_m, count);
+        else kernels::output_row(y00, y01, y10, y11, s.m.data() + r * kTileBlock, e_stride_m, count);
+#else
+        kernels::output_row(y00, y01, y10, y11, s.m.data() + r * kTileBlock, e_stride_m, count);
+#endif
+        float const b = last && bias ? bias[r] : 0.f;
+        float* const plane = out + (img * p.rows + r) * plane_out;
+        for (Index j = 0; j < count; ++j) {
+          Index const t = t0 + j, oh = (t / tw) * 2, ow = (t % tw) * 2;
+          float const vals[4] = {y00[j], y01[j], y10[j], y11[j]};
+          for (int a = 0; a < 2; ++a)
+            for (int c = 0; c < 2; ++c) {
+              if (oh + a >= p.ho || ow + c >= p.wo) continue;
+              float& o = plane[(oh + a) * p.wo + ow + c];
+              float v = add ? o + vals[a * 2 + c] : vals[a * 2 + c];
+              if (last && bias) v += b;
+              o = v;
+            }
+        }
+      }
+    });
+  }
+}
+
+/// Runs the convolution on the path for ctx's ISA (the micro-kernel's NR sets the panel width).
+inline void convolve(Context<Cpu>& ctx, Problem const& p, float* out, float const* in, WeightSource w,
+                     bool accumulate, float const* bias) {
+  GemmKernel const kern = gemm_kernel(ctx.isa);
+  if (kern.nr == 32) run<32>(ctx, kern, p, out, in, w, accumulate, bias);
+  else run<16>(ctx, kern, p, out, in, w, accumulate, bias);
+}
+
+}  // namespace sdlora::cpu::winograd
