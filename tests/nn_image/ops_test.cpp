@@ -182,6 +182,55 @@ TEST_CASE("GroupNorm output has zero mean and unit variance per group before the
     }
 }
 
+TEST_CASE("SiLU and GroupNorm rows on the AVX2 / AVX-512 vector paths match the definition", "[nn_image][norm][isa]") {
+  // silu_forward over 1003 values from -100 to 100 (vector body and a scalar tail; past exp's clamps at -87 and 88),
+  // and GroupNorm with and without its fused SiLU on rows of 67 values, against the formulas in double. Tolerance:
+  // 4e-7 relative per value plus 1e-30 absolute (exp_clamped is within 2 ulp of expf; below x = -88 SiLU is ~1e-36).
+  Tensor<float> x(Shape{1003});
+  for (Index i = 0; i < x.numel(); ++i) x(i) = -100.f + 200.f * float(i) / float(x.numel() - 1);
+  auto silu = [](double v) { return v / (1.0 + std::exp(-v)); };
+  auto check = [&](float const* y) {
+    for (Index i = 0; i < x.numel(); ++i) {
+      double const ref = silu(double(x(i)));
+      CHECK(std::abs(double(y[i]) - ref) <= 4e-7 * std::abs(ref) + 1e-30);
+    }
+  };
+  Context<Cpu> ctx;
+  Tensor<float> y(x.shape());
+  ops::silu_forward<float, Cpu>(ctx, y.view(), x.view());  // the process's path
+  check(y.data());
+#if SDLORA_VECTOR_MATH
+  std::vector<float> out(std::size_t(x.numel()));
+  if (cpu::detected_isa() >= cpu::Isa::kAvx2) {
+    cpu::vector_math::norm_act_row_avx2(out.data(), x.data(), x.numel(), 0.f, 1.f, 1.f, 0.f, true);
+    check(out.data());
+  }
+  if (cpu::detected_isa() >= cpu::Isa::kAvx512) {
+    cpu::vector_math::norm_act_row_avx512(out.data(), x.data(), x.numel(), 0.f, 1.f, 1.f, 0.f, true);
+    check(out.data());
+  }
+#endif
+  nn::GroupNorm<float> gn(2, 4, 1e-5);
+  gn.weight.value = random_tensor<float>(Shape{4}, 31);
+  gn.bias.value = random_tensor<float>(Shape{4}, 32);
+  auto const in = random_tensor<float>(Shape{1, 4, 67, 1}, 33);
+  auto const plain = gn.forward(ctx, in.view());
+  auto const fused = gn.forward_silu(ctx, in.view());
+  for (Index g = 0; g < 2; ++g) {
+    double mean = 0, var = 0;
+    for (Index i = 0; i < 134; ++i) mean += in(g * 134 + i);
+    mean /= 134;
+    for (Index i = 0; i < 134; ++i) var += (in(g * 134 + i) - mean) * (in(g * 134 + i) - mean);
+    double const rstd = 1.0 / std::sqrt(var / 134 + 1e-5);
+    for (Index i = 0; i < 134; ++i) {
+      Index const at = g * 134 + i, ch = at / 67;
+      double const z = (in(at) - mean) * rstd * gn.weight.value(ch) + gn.bias.value(ch);
+      CHECK(std::abs(plain(at) - z) <= 2e-6 * (1 + std::abs(z)));
+      CHECK(std::abs(fused(at) - silu(z)) <= 2e-6 * (1 + std::abs(z)));
+    }
+  }
+}
+
 TEST_CASE("GroupNorm's fused SiLU for inference equals SiLU after GroupNorm; a ResNet block infers as it trains",
           "[nn_image][norm]") {
   // Inference runs silu(group_norm(x)) as one pass into one tensor (GroupNorm::forward_silu); training keeps the two

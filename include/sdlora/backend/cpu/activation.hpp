@@ -3,11 +3,13 @@
 /// exp), in chunks spread over the thread pool. Include <sdlora/sdlora.hpp> instead.
 #pragma once
 
-#include <algorithm>  // std::min
+#include <algorithm>    // std::min
+#include <type_traits>  // std::is_same_v
 
 #include <Eigen/Core>  // Eigen::Array, Eigen::Map
 
-#include <sdlora/backend/cpu/parallel.hpp>  // cpu::parallel_for
+#include <sdlora/backend/cpu/parallel.hpp>     // cpu::parallel_for
+#include <sdlora/backend/cpu/vector_math.hpp>  // cpu::norm_act_row
 #include <sdlora/ops/activation.hpp>  // Silu, Impl
 
 namespace sdlora::ops {
@@ -18,9 +20,13 @@ using ArrayMap = Eigen::Map<Eigen::Array<T, Eigen::Dynamic, 1>>;
 template <class T>
 using ConstArrayMap = Eigen::Map<Eigen::Array<T, Eigen::Dynamic, 1> const>;
 
-/// y = silu(x) = x / (1 + exp(-x)) over n contiguous values; y may alias x.
+/// y = silu(x) = x / (1 + exp(-x)) over n contiguous values; y may alias x. Float on x86 takes the AVX2 / AVX-512
+/// kernel (vector_math.hpp: Eigen's exp runs at the build's baseline SSE2 width); double and the portable path Eigen.
 template <class T>
 void silu_span(T* y, T const* x, Index n) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (sdlora::cpu::norm_act_row(y, x, n, 0.f, 1.f, 1.f, 0.f, true)) return;
+  }
   ConstArrayMap<T> const xa(x, n);
   ArrayMap<T>(y, n) = xa / (T(1) + (-xa).exp());
 }

@@ -32,6 +32,7 @@
 #include <sdlora/backend/cpu/parallel.hpp> // cpu::parallel_tasks
 #include <sdlora/backend/cpu/sgemm.hpp>    // cpu::sgemm
 #include <sdlora/backend/cpu/softmax.hpp>  // Impl<Softmax, Cpu>::row
+#include <sdlora/backend/cpu/vector_math.hpp>  // vector_math::exp_clamped, SDLORA_VECTOR_MATH
 #include <sdlora/ops/attention.hpp>        // Attention, Impl
 
 namespace sdlora::cpu::attention_kernels {
@@ -120,68 +121,15 @@ inline void pack_backward_head(BackwardHead& h, float const* q, Index ldq, float
     for (Index c = 0; c < d; ++c) h.vt[std::size_t(c * ldkt + j)] = v[j * ldv + c];
 }
 
-// The fused kernels are host code only: nvcc's device pass (cicc, CUDA 13.0) crashes on the GCC vector extensions
-// below, so an nvcc translation unit's device pass sees the generic path only (its host pass, by g++, keeps them).
-#if SDLORA_X86_KERNELS && !defined(__CUDA_ARCH__)
-#define SDLORA_FUSED_ATTENTION 1
-#else
-#define SDLORA_FUSED_ATTENTION 0
-#endif
+#define SDLORA_FUSED_ATTENTION SDLORA_VECTOR_MATH
 
 #if SDLORA_FUSED_ATTENTION
-// GCC vector extensions: the body below is written once and inlined into an AVX-512 and an AVX2+FMA function, whose
-// target attribute makes these types zmm / ymm registers (and a * b + c one FMA).
-typedef float Lanes16 __attribute__((vector_size(64)));
-typedef std::int32_t Ints16 __attribute__((vector_size(64)));
-typedef float Lanes8 __attribute__((vector_size(32)));
-typedef std::int32_t Ints8 __attribute__((vector_size(32)));
-// The same vectors at float alignment, for loads and stores anywhere in a row (vmovups).
-typedef float Lanes16Unaligned __attribute__((vector_size(64), aligned(4), may_alias));
-typedef float Lanes8Unaligned __attribute__((vector_size(32), aligned(4), may_alias));
-
-template <class V>
-struct Width;
-template <>
-struct Width<Lanes16> {
-  using Ints = Ints16;
-  using Unaligned = Lanes16Unaligned;
-  static constexpr Index kLanes = 16, kChunk = 4;  // 4 rows x 4 vectors of accumulators (of 32 registers)
-};
-template <>
-struct Width<Lanes8> {
-  using Ints = Ints8;
-  using Unaligned = Lanes8Unaligned;
-  static constexpr Index kLanes = 8, kChunk = 3;  // 4 rows x 3 vectors of accumulators (of 16 registers)
-};
-
-// Loads and stores through references: a vector passed or returned by value outside its target would change the ABI.
-template <class V>
-[[gnu::always_inline]] inline void load(V& v, float const* p) {
-  v = *reinterpret_cast<typename Width<V>::Unaligned const*>(p);
-}
-template <class V>
-[[gnu::always_inline]] inline void store(float* p, V const& v) {
-  *reinterpret_cast<typename Width<V>::Unaligned*>(p) = v;
-}
-
-/// exp(x) lane by lane, Cephes' expf: x = n ln2 + r with |r| <= ln2 / 2 (ln2 in two parts), a degree-6 polynomial
-/// for exp(r), 2^n through the exponent bits; arguments below -87 are taken as -87 (exp ~ 1.6e-38: a probability
-/// that rounds to nothing beside a row maximum's 1). Within 2 ulp of expf for arguments up to 88.
-template <class V>
-[[gnu::always_inline]] inline void exp_clamped(V& x) {
-  using Ints = typename Width<V>::Ints;
-  x = x < -87.0f ? V{} - 87.0f : x;
-  V const k = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round(x / ln2): 1.5 * 2^23 trick
-  V const r = (x - k * 0.693359375f) - k * -2.12194440e-4f;
-  V poly = V{} + 1.9875691500e-4f;
-  poly = poly * r + 1.3981999507e-3f;
-  poly = poly * r + 8.3334519073e-3f;
-  poly = poly * r + 4.1665795894e-2f;
-  poly = poly * r + 1.6666665459e-1f;
-  poly = poly * r + 5.0000001201e-1f;
-  poly = poly * (r * r) + r + 1.0f;
-  x = (V)((Ints)poly + (__builtin_convertvector(k, Ints) << 23));  // same-size vector casts: bit casts
-}
+using vector_math::exp_clamped;
+using vector_math::Lanes16;
+using vector_math::Lanes8;
+using vector_math::load;
+using vector_math::store;
+using vector_math::Width;
 
 /// p[i] = exp(p[i] - shift) for i < n (n a multiple of the width), by exp_clamped. Returns the sum of the results.
 template <class V>

@@ -90,99 +90,154 @@ inline void weight_tile(float u[16], float const g[9]) {
   }
 }
 
-/// Where the 4x4 patches of NR consecutive tiles start: offset of the patch's top-left in the image plane, and
-/// whether the whole patch lies inside it (else `row`, `col` locate it for the bounds-checked copy).
-template <Index NR>
-struct PatchPanel {
-  Index offset[NR], row[NR], col[NR];
-  bool inside[NR];
-  Index count;  // tiles that exist (the rest of the panel is zero)
+/// Consecutive tiles of one tile row: tiles [j0, j1) of a panel or a task's block, whose outputs start at (oh, ow)
+/// and go right 2 columns per tile (their 4x4 input patches start at (oh - pad_top, ow - pad_left)).
+struct Segment {
+  Index j0, j1, oh, ow;
 };
 
-/// The input transform of one panel: for each of kc channels from `plane0` (planes h * w apart), the 16 vectors
-/// V_e (NR tiles) = (B^T d B)_e written to dst + e * e_stride + k * NR, B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1].
-/// Loops over the NR tiles, which the compiler vectorises for the function's target.
+/// Cuts `count` tiles from tile t0 (row-major over tiles_w tiles per row) into segments; returns how many.
+inline int segments_of(Segment* out, Index t0, Index count, Index tiles_w) {
+  int n = 0;
+  for (Index j = 0; j < count;) {
+    Index const t = t0 + j, tw = t % tiles_w, len = std::min(count - j, tiles_w - tw);
+    out[n++] = {j, j + len, (t / tiles_w) * 2, tw * 2};
+    j += len;
+  }
+  return n;
+}
+
+/// The geometry the transforms need.
+struct Plane {
+  Index h, w;                // the plane's size (input for the input transform, output for the output one)
+  Index pad_top, pad_left;   // input transform only
+};
+
+/// The input transform of one panel of NR tiles (`count` of them real, the rest zero): for each of kc channels from
+/// `x` (planes `plane` floats apart), the 16 vectors V_e (NR tiles) = (B^T d B)_e written to
+/// dst + e * e_stride + k * NR, B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1]. A segment's tiles read each patch row
+/// as one run of 2 len + 2 values at stride 2 (the image row itself, or a zero-padded copy at the border); the transform along
+/// the rows, then down the columns, loops over the tiles, which the compiler vectorises for the function's target.
 template <Index NR>
-[[gnu::always_inline]] inline void input_panel_body(float* dst, Index e_stride, float const* plane0, Index plane,
-                                                    Index h, Index w, PatchPanel<NR> const& pp, Index kc) {
-  for (Index k = 0; k < kc; ++k) {
-    float const* x = plane0 + k * plane;
-    float d[16][NR];
-    for (Index j = 0; j < NR; ++j) {
-      if (j < pp.count && pp.inside[j]) {
-        float const* s = x + pp.offset[j];
-        for (int a = 0; a < 4; ++a)
-          for (int b = 0; b < 4; ++b) d[a * 4 + b][j] = s[a * w + b];
-      } else {
-        for (int a = 0; a < 4; ++a)
-          for (int b = 0; b < 4; ++b) {
-            Index const r = pp.row[j] + a, c = pp.col[j] + b;
-            d[a * 4 + b][j] = j < pp.count && r >= 0 && r < h && c >= 0 && c < w ? x[r * w + c] : 0.f;
-          }
+[[gnu::always_inline]] inline void input_panel_body(float* dst, Index e_stride, float const* x, Index plane,
+                                                    Plane const& g, Segment const* seg, int segments, Index count,
+                                                    Index kc) {
+  alignas(64) float run[2 * NR + 2];
+  alignas(64) float t[16][NR];  // along the rows: t[a * 4 + b][j]
+  for (int e = 0; e < 16; ++e)
+    for (Index j = count; j < NR; ++j) t[e][j] = 0.f;
+  for (Index k = 0; k < kc; ++k, x += plane) {
+    for (int s = 0; s < segments; ++s) {
+      Index const j0 = seg[s].j0, len = seg[s].j1 - j0, span = 2 * len + 2;
+      Index const col = seg[s].ow - g.pad_left, lo = std::clamp<Index>(-col, 0, span);
+      Index const hi = std::clamp<Index>(g.w - col, lo, span);
+      for (int a = 0; a < 4; ++a) {
+        Index const r = seg[s].oh - g.pad_top + a;
+        float const* row = run;  // the patch row: the image's own where it lies inside, else a zero-padded copy
+        if (r < 0 || r >= g.h) {
+          for (Index q = 0; q < span; ++q) run[q] = 0.f;
+        } else if (lo == 0 && hi == span) {
+          row = x + r * g.w + col;
+        } else {
+          float const* src = x + r * g.w + col;
+          for (Index q = 0; q < lo; ++q) run[q] = 0.f;
+          for (Index q = lo; q < hi; ++q) run[q] = src[q];
+          for (Index q = hi; q < span; ++q) run[q] = 0.f;
+        }
+        float* t0 = t[a * 4] + j0;
+        float* t1 = t[a * 4 + 1] + j0;
+        float* t2 = t[a * 4 + 2] + j0;
+        float* t3 = t[a * 4 + 3] + j0;
+        for (Index j = 0; j < len; ++j) {
+          float const d0 = row[2 * j], d1 = row[2 * j + 1], d2 = row[2 * j + 2], d3 = row[2 * j + 3];
+          t0[j] = d0 - d2;
+          t1[j] = d1 + d2;
+          t2[j] = d2 - d1;
+          t3[j] = d1 - d3;
+        }
       }
     }
-    float t[16][NR];
-    for (int b = 0; b < 4; ++b)  // t = B^T d, down the columns
+    float* out = dst + k * NR;
+    for (int b = 0; b < 4; ++b)
       for (Index j = 0; j < NR; ++j) {
-        float const d0 = d[b][j], d1 = d[4 + b][j], d2 = d[8 + b][j], d3 = d[12 + b][j];
-        t[b][j] = d0 - d2;
-        t[4 + b][j] = d1 + d2;
-        t[8 + b][j] = d2 - d1;
-        t[12 + b][j] = d1 - d3;
+        float const u0 = t[b][j], u1 = t[4 + b][j], u2 = t[8 + b][j], u3 = t[12 + b][j];
+        out[b * e_stride + j] = u0 - u2;
+        out[(4 + b) * e_stride + j] = u1 + u2;
+        out[(8 + b) * e_stride + j] = u2 - u1;
+        out[(12 + b) * e_stride + j] = u1 - u3;
       }
-    for (int a = 0; a < 4; ++a) {  // V = t B, along the rows
-      float* out = dst + k * NR;
-      for (Index j = 0; j < NR; ++j) {
-        float const t0 = t[a * 4][j], t1 = t[a * 4 + 1][j], t2 = t[a * 4 + 2][j], t3 = t[a * 4 + 3][j];
-        out[(a * 4 + 0) * e_stride + j] = t0 - t2;
-        out[(a * 4 + 1) * e_stride + j] = t1 + t2;
-        out[(a * 4 + 2) * e_stride + j] = t2 - t1;
-        out[(a * 4 + 3) * e_stride + j] = t1 - t3;
-      }
-    }
   }
 }
 
-/// The output transform of one row of a task's products: Y = A^T m A, A^T = [1 1 1 0; 0 1 -1 -1], for `count` tiles
-/// whose 16 values m_e lie at m + e * e_stride + j, into the four planes y00 (top-left), y01, y10, y11 of each tile.
-[[gnu::always_inline]] inline void output_row_body(float* y00, float* y01, float* y10, float* y11, float const* m,
-                                                   Index e_stride, Index count) {
+/// The output transform of one output channel's products, Y = A^T m A with A^T = [1 1 1 0; 0 1 -1 -1], for `count`
+/// tiles whose 16 values m_e lie at m + e * e_stride + j, written (or, when `add`, added) into the output plane `y`
+/// (size g.h x g.w) segment by segment, then `bias` added.
+[[gnu::always_inline]] inline void output_body(float* y, Plane const& g, float const* m, Index e_stride,
+                                               Segment const* seg, int segments, Index count, bool add, float bias) {
+  alignas(64) float v[4][kTileBlock];  // the tiles' top-left, top-right, bottom-left, bottom-right outputs
   for (Index j = 0; j < count; ++j) {
-    float v[16];
-    for (int e = 0; e < 16; ++e) v[e] = m[e * e_stride + j];
     float t[2][4];
     for (int b = 0; b < 4; ++b) {
-      t[0][b] = v[b] + v[4 + b] + v[8 + b];
-      t[1][b] = v[4 + b] - v[8 + b] - v[12 + b];
+      float const m0 = m[b * e_stride + j], m1 = m[(4 + b) * e_stride + j], m2 = m[(8 + b) * e_stride + j];
+      float const m3 = m[(12 + b) * e_stride + j];
+      t[0][b] = m0 + m1 + m2;
+      t[1][b] = m1 - m2 - m3;
     }
-    y00[j] = t[0][0] + t[0][1] + t[0][2];
-    y01[j] = t[0][1] - t[0][2] - t[0][3];
-    y10[j] = t[1][0] + t[1][1] + t[1][2];
-    y11[j] = t[1][1] - t[1][2] - t[1][3];
+    for (int a = 0; a < 2; ++a) {
+      v[a * 2][j] = t[a][0] + t[a][1] + t[a][2];
+      v[a * 2 + 1][j] = t[a][1] - t[a][2] - t[a][3];
+    }
+  }
+  for (int s = 0; s < segments; ++s) {
+    Index const j0 = seg[s].j0, len = seg[s].j1 - j0, pairs = std::min(len, (g.w - seg[s].ow) / 2);
+    for (int a = 0; a < 2 && seg[s].oh + a < g.h; ++a) {
+      float* o = y + (seg[s].oh + a) * g.w + seg[s].ow;
+      float const* left = v[a * 2] + j0;
+      float const* right = v[a * 2 + 1] + j0;
+      if (add) {
+        for (Index j = 0; j < pairs; ++j) {
+          o[2 * j] = (o[2 * j] + left[j]) + bias;
+          o[2 * j + 1] = (o[2 * j + 1] + right[j]) + bias;
+        }
+      } else {
+        for (Index j = 0; j < pairs; ++j) {
+          o[2 * j] = left[j] + bias;
+          o[2 * j + 1] = right[j] + bias;
+        }
+      }
+      if (pairs < len) o[2 * pairs] = (add ? o[2 * pairs] + left[pairs] : left[pairs]) + bias;  // odd width
+    }
   }
 }
 
-inline void input_panel_16(float* dst, Index e_stride, float const* x, Index plane, Index h, Index w,
-                           PatchPanel<16> const& pp, Index kc) {
-  input_panel_body<16>(dst, e_stride, x, plane, h, w, pp, kc);
+inline void input_panel_16(float* dst, Index e_stride, float const* x, Index plane, Plane const& g,
+                           Segment const* seg, int segments, Index count, Index kc) {
+  input_panel_body<16>(dst, e_stride, x, plane, g, seg, segments, count, kc);
 }
-inline void output_row(float* y00, float* y01, float* y10, float* y11, float const* m, Index e_stride,
-                       Index count) {
-  output_row_body(y00, y01, y10, y11, m, e_stride, count);
+inline void output(float* y, Plane const& g, float const* m, Index e_stride, Segment const* seg, int segments,
+                   Index count, bool add, float bias) {
+  output_body(y, g, m, e_stride, seg, segments, count, add, bias);
 }
 #if SDLORA_X86_KERNELS
 __attribute__((target("avx2,fma"))) inline void input_panel_16_avx2(float* dst, Index e_stride, float const* x,
-                                                                      Index plane, Index h, Index w,
-                                                                      PatchPanel<16> const& pp, Index kc) {
-  input_panel_body<16>(dst, e_stride, x, plane, h, w, pp, kc);
+                                                                      Index plane, Plane const& g, Segment const* seg,
+                                                                      int segments, Index count, Index kc) {
+  input_panel_body<16>(dst, e_stride, x, plane, g, seg, segments, count, kc);
 }
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma"))) inline void input_panel_32_avx512(
-    float* dst, Index e_stride, float const* x, Index plane, Index h, Index w, PatchPanel<32> const& pp, Index kc) {
-  input_panel_body<32>(dst, e_stride, x, plane, h, w, pp, kc);
+    float* dst, Index e_stride, float const* x, Index plane, Plane const& g, Segment const* seg, int segments,
+    Index count, Index kc) {
+  input_panel_body<32>(dst, e_stride, x, plane, g, seg, segments, count, kc);
 }
-__attribute__((target("avx2,fma"))) inline void output_row_avx2(float* y00, float* y01, float* y10, float* y11,
-                                                                  float const* m, Index e_stride, Index count) {
-  output_row_body(y00, y01, y10, y11, m, e_stride, count);
+__attribute__((target("avx2,fma"))) inline void output_avx2(float* y, Plane const& g, float const* m, Index e_stride,
+                                                              Segment const* seg, int segments, Index count, bool add,
+                                                              float bias) {
+  output_body(y, g, m, e_stride, seg, segments, count, add, bias);
+}
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma"))) inline void output_avx512(
+    float* y, Plane const& g, float const* m, Index e_stride, Segment const* seg, int segments, Index count, bool add,
+    float bias) {
+  output_body(y, g, m, e_stride, seg, segments, count, add, bias);
 }
 #endif
 
@@ -191,7 +246,7 @@ __attribute__((target("avx2,fma"))) inline void output_row_avx2(float* y00, floa
 /// Per-thread scratch of the tasks: packed B panels (16 x range x kTileBlock) and the products (16 x rows x
 /// kTileBlock), kept between calls.
 struct TaskScratch {
-  std::vector<float> v, m, y;
+  std::vector<float> v, m;
   static TaskScratch& local() {
     thread_local TaskScratch s;
     return s;
@@ -252,33 +307,29 @@ void run(Context<Cpu>& ctx, GemmKernel const& kern, Problem const& p, float* out
       Index const e_stride_v = kr * kTileBlock, e_stride_m = rows_pad * kTileBlock;
       if (Index(s.v.size()) < 16 * e_stride_v) s.v.resize(std::size_t(16 * e_stride_v));
       if (Index(s.m.size()) < 16 * e_stride_m) s.m.resize(std::size_t(16 * e_stride_m));
-      if (Index(s.y.size()) < 4 * kTileBlock) s.y.resize(std::size_t(4 * kTileBlock));
       float const* const x = in + (img * p.depth + k0) * plane_in;
 
       // Input transform into packed B panels: V_e's depth block pc at (pc - k0) * kTileBlock, panel jr at jr * kc.
+      kernels::Plane const in_plane{p.h, p.w, p.pad_top, p.pad_left};
       for (Index jr = 0; jr < kTileBlock; jr += NR) {
-        kernels::PatchPanel<NR> pp;
-        pp.count = std::clamp<Index>(count - jr, 0, NR);
-        for (Index j = 0; j < NR; ++j) {
-          Index const t = t0 + jr + std::min(j, std::max<Index>(pp.count - 1, 0));
-          Index const r = (t / tw) * 2 - p.pad_top, c = (t % tw) * 2 - p.pad_left;
-          pp.row[j] = r, pp.col[j] = c, pp.offset[j] = r * p.w + c;
-          pp.inside[j] = r >= 0 && r + 4 <= p.h && c >= 0 && c + 4 <= p.w;
-        }
+        Index const real = std::clamp<Index>(count - jr, 0, NR);
+        kernels::Segment seg[NR];
+        int const segments = kernels::segments_of(seg, t0 + jr, real, tw);
         for (Index pc = k0; pc < k0 + kr; pc += kKc) {
           Index const kc = std::min(kKc, k0 + kr - pc);
           float* const dst = s.v.data() + (pc - k0) * kTileBlock + jr * kc;
           float const* const src = x + (pc - k0) * plane_in;
 #if SDLORA_X86_KERNELS
           if constexpr (NR == 32) {
-            kernels::input_panel_32_avx512(dst, e_stride_v, src, plane_in, p.h, p.w, pp, kc);
+            kernels::input_panel_32_avx512(dst, e_stride_v, src, plane_in, in_plane, seg, segments, real, kc);
             continue;
           } else if (x86) {
-            kernels::input_panel_16_avx2(dst, e_stride_v, src, plane_in, p.h, p.w, pp, kc);
+            kernels::input_panel_16_avx2(dst, e_stride_v, src, plane_in, in_plane, seg, segments, real, kc);
             continue;
           }
 #endif
-          if constexpr (NR == 16) kernels::input_panel_16(dst, e_stride_v, src, plane_in, p.h, p.w, pp, kc);
+          if constexpr (NR == 16)
+            kernels::input_panel_16(dst, e_stride_v, src, plane_in, in_plane, seg, segments, real, kc);
         }
       }
 
@@ -301,32 +352,25 @@ void run(Context<Cpu>& ctx, GemmKernel const& kern, Problem const& p, float* out
       }
 
       // Output transform, added into the image after the first range (and onto `out` when accumulating).
-      float* const y00 = s.y.data();
-      float* const y01 = y00 + kTileBlock;
-      float* const y10 = y01 + kTileBlock;
-      float* const y11 = y10 + kTileBlock;
+      kernels::Segment seg[kTileBlock];
+      int const segments = kernels::segments_of(seg, t0, count, tw);
+      kernels::Plane const out_plane{p.ho, p.wo, 0, 0};
       bool const add = !first || accumulate;
       for (Index r = 0; r < p.rows; ++r) {
-#if SDLORA_X86_KERNELS
-        if (x86) kernels::output_row_avx2(y00, y01, y10, y11, s.m.data() + r * kTileBlock, e_stride_m, count);
-        else kernels::output_row(y00, y01, y10, y11, s.m.data() + r * kTileBlock, e_stride_m, count);
-#else
-        kernels::output_row(y00, y01, y10, y11, s.m.data() + r * kTileBlock, e_stride_m, count);
-#endif
+        float* const y = out + (img * p.rows + r) * plane_out;
+        float const* const m = s.m.data() + r * kTileBlock;
         float const b = last && bias ? bias[r] : 0.f;
-        float* const plane = out + (img * p.rows + r) * plane_out;
-        for (Index j = 0; j < count; ++j) {
-          Index const t = t0 + j, oh = (t / tw) * 2, ow = (t % tw) * 2;
-          float const vals[4] = {y00[j], y01[j], y10[j], y11[j]};
-          for (int a = 0; a < 2; ++a)
-            for (int c = 0; c < 2; ++c) {
-              if (oh + a >= p.ho || ow + c >= p.wo) continue;
-              float& o = plane[(oh + a) * p.wo + ow + c];
-              float v = add ? o + vals[a * 2 + c] : vals[a * 2 + c];
-              if (last && bias) v += b;
-              o = v;
-            }
+#if SDLORA_X86_KERNELS
+        if (kern.isa == Isa::kAvx512) {
+          kernels::output_avx512(y, out_plane, m, e_stride_m, seg, segments, count, add, b);
+          continue;
         }
+        if (x86) {
+          kernels::output_avx2(y, out_plane, m, e_stride_m, seg, segments, count, add, b);
+          continue;
+        }
+#endif
+        kernels::output(y, out_plane, m, e_stride_m, seg, segments, count, add, b);
       }
     });
   }
