@@ -30,6 +30,7 @@
 #include <sdlora/backend/cpu/parallel.hpp>  // parallel_tasks
 #include <sdlora/backend/cpu/sgemm.hpp>     // gemm_kernel, WeightSource, SharedPanels, kKc, kMc
 #include <sdlora/core/backend.hpp>          // Context<Cpu>
+#include <sdlora/core/dtype.hpp>            // DType
 #include <sdlora/core/shape.hpp>            // Index
 
 namespace sdlora::cpu::winograd {
@@ -268,35 +269,41 @@ void run(Context<Cpu>& ctx, GemmKernel const& kern, Problem const& p, float* out
   for (Index k0 = 0; k0 < p.depth; k0 += range) {
     Index const kr = std::min(range, p.depth - k0);
     Index const e_stride_u = rows_pad * kr;  // U_e's packed panels: depth block pc at (pc - k0) * rows_pad
-    // Weight transform: one task per MR-row panel, every depth of the range.
+    // Weight transform: one task per MR-row panel, every depth of the range. The kernels are read in the order they
+    // are stored: a forward weight's row r holds its depths' kernels one after another, a flipped one's depth d holds
+    // its rows' (one contiguous run per panel and depth); float weights are read in place, 16-bit ones widened.
     parallel_tasks(ctx, rows_pad / mr, [&](Index panel, int) {
-      Index const r0 = panel * mr;
-      std::vector<float> g(std::size_t(9 * kKc));
+      Index const r0 = panel * mr, rows = std::min(mr, p.rows - r0);
+      bool const in_place = w.dtype == DType::F32;
+      float const* const wf = static_cast<float const*>(w.p);
+      std::vector<float> widened(in_place ? 0 : std::size_t(9 * std::max(kKc, mr)));
       for (Index pc = k0; pc < k0 + kr; pc += kKc) {
         Index const kc = std::min(kKc, k0 + kr - pc);
         float* const base = u + (pc - k0) * rows_pad + r0 * kc;  // + e * e_stride_u + k * mr + i
-        for (Index i = 0; i < mr; ++i) {
-          Index const r = r0 + i;
-          if (r >= p.rows) {
-            for (int e = 0; e < 16; ++e)
-              for (Index k = 0; k < kc; ++k) base[e * e_stride_u + k * mr + i] = 0.f;
-            continue;
+        auto put = [&](Index i, Index k, float const* g, bool rotate) {  // kernel of row r0 + i, depth pc + k
+          float g9[9], ut[16];
+          for (int t = 0; t < 9; ++t) g9[t] = rotate ? g[8 - t] : g[t];
+          kernels::weight_tile(ut, g9);
+          for (int e = 0; e < 16; ++e) base[e * e_stride_u + k * mr + i] = ut[e];
+        };
+        if (!p.flipped) {
+          for (Index i = 0; i < rows; ++i) {
+            Index const at = ((r0 + i) * p.depth + pc) * 9;
+            float const* g = in_place ? wf + at : widened.data();
+            if (!in_place) w.widen(widened.data(), at, kc * 9);
+            for (Index k = 0; k < kc; ++k) put(i, k, g + k * 9, false);
           }
-          if (!p.flipped) {
-            w.widen(g.data(), (r * p.depth + pc) * 9, kc * 9);
-          } else {
-            float raw[9];
-            for (Index k = 0; k < kc; ++k) {
-              w.widen(raw, ((pc + k) * p.rows + r) * 9, 9);
-              for (int t = 0; t < 9; ++t) g[std::size_t(k * 9 + t)] = raw[8 - t];
-            }
-          }
+        } else {
           for (Index k = 0; k < kc; ++k) {
-            float ut[16];
-            kernels::weight_tile(ut, g.data() + k * 9);
-            for (int e = 0; e < 16; ++e) base[e * e_stride_u + k * mr + i] = ut[e];
+            Index const at = ((pc + k) * p.rows + r0) * 9;
+            float const* g = in_place ? wf + at : widened.data();
+            if (!in_place) w.widen(widened.data(), at, rows * 9);
+            for (Index i = 0; i < rows; ++i) put(i, k, g + i * 9, true);
           }
         }
+        for (Index i = rows; i < mr; ++i)  // the panel's rows past the last are zero
+          for (int e = 0; e < 16; ++e)
+            for (Index k = 0; k < kc; ++k) base[e * e_stride_u + k * mr + i] = 0.f;
       }
     });
 
