@@ -21,7 +21,7 @@
 /// every convolution on the direct path.
 #pragma once
 
-#include <algorithm>  // std::min, std::max, std::fill_n
+#include <algorithm>  // std::min, std::max, std::clamp, std::copy_n
 #include <cstdlib>    // std::getenv
 #include <cstring>    // std::strcmp
 #include <vector>     // std::vector
@@ -74,20 +74,26 @@ inline bool worth_it(Context<Cpu> const& ctx, Problem const& p) {
 
 namespace kernels {
 
-/// The 16 values U = G g G^T of one 3x3 kernel g (row-major), G = [1 0 0; 1/2 1/2 1/2; 1/2 -1/2 1/2; 0 0 1].
-inline void weight_tile(float u[16], float const g[9]) {
-  float t[4][3];
-  for (int j = 0; j < 3; ++j) {
-    t[0][j] = g[j];
-    t[1][j] = 0.5f * (g[j] + g[3 + j] + g[6 + j]);
-    t[2][j] = 0.5f * (g[j] - g[3 + j] + g[6 + j]);
-    t[3][j] = g[6 + j];
-  }
-  for (int i = 0; i < 4; ++i) {
-    u[i * 4 + 0] = t[i][0];
-    u[i * 4 + 1] = 0.5f * (t[i][0] + t[i][1] + t[i][2]);
-    u[i * 4 + 2] = 0.5f * (t[i][0] - t[i][1] + t[i][2]);
-    u[i * 4 + 3] = t[i][2];
+/// The most rows of any micro-kernel's A panel (AVX-512: 12).
+inline constexpr Index kMaxMr = 12;
+
+/// U = G g G^T for the kMaxMr kernels of a panel side by side (g[t][i]: tap t, row-major, of kernel i; u[e][i]),
+/// G = [1 0 0; 1/2 1/2 1/2; 1/2 -1/2 1/2; 0 0 1]. Loops over the kernels, which the compiler vectorises.
+inline void weight_panel(float u[16][kMaxMr], float const g[9][kMaxMr]) {
+  for (Index i = 0; i < kMaxMr; ++i) {
+    float t[4][3];
+    for (int j = 0; j < 3; ++j) {
+      t[0][j] = g[j][i];
+      t[1][j] = 0.5f * (g[j][i] + g[3 + j][i] + g[6 + j][i]);
+      t[2][j] = 0.5f * (g[j][i] - g[3 + j][i] + g[6 + j][i]);
+      t[3][j] = g[6 + j][i];
+    }
+    for (int r = 0; r < 4; ++r) {
+      u[r * 4 + 0][i] = t[r][0];
+      u[r * 4 + 1][i] = 0.5f * (t[r][0] + t[r][1] + t[r][2]);
+      u[r * 4 + 2][i] = 0.5f * (t[r][0] - t[r][1] + t[r][2]);
+      u[r * 4 + 3][i] = t[r][2];
+    }
   }
 }
 
@@ -276,34 +282,32 @@ void run(Context<Cpu>& ctx, GemmKernel const& kern, Problem const& p, float* out
       Index const r0 = panel * mr, rows = std::min(mr, p.rows - r0);
       bool const in_place = w.dtype == DType::F32;
       float const* const wf = static_cast<float const*>(w.p);
-      std::vector<float> widened(in_place ? 0 : std::size_t(9 * std::max(kKc, mr)));
+      std::vector<float> widened(in_place ? 0 : std::size_t(9 * mr));
       for (Index pc = k0; pc < k0 + kr; pc += kKc) {
         Index const kc = std::min(kKc, k0 + kr - pc);
         float* const base = u + (pc - k0) * rows_pad + r0 * kc;  // + e * e_stride_u + k * mr + i
-        auto put = [&](Index i, Index k, float const* g, bool rotate) {  // kernel of row r0 + i, depth pc + k
-          float g9[9], ut[16];
-          for (int t = 0; t < 9; ++t) g9[t] = rotate ? g[8 - t] : g[t];
-          kernels::weight_tile(ut, g9);
-          for (int e = 0; e < 16; ++e) base[e * e_stride_u + k * mr + i] = ut[e];
-        };
-        if (!p.flipped) {
-          for (Index i = 0; i < rows; ++i) {
-            Index const at = ((r0 + i) * p.depth + pc) * 9;
-            float const* g = in_place ? wf + at : widened.data();
-            if (!in_place) w.widen(widened.data(), at, kc * 9);
-            for (Index k = 0; k < kc; ++k) put(i, k, g + k * 9, false);
-          }
-        } else {
-          for (Index k = 0; k < kc; ++k) {
+        // Depth by depth, the panel's rows side by side: g[t][i] is tap t of row r0 + i's kernel, and each of the 16
+        // transformed values is stored as one run of MR (12 x 16 scattered stores per depth before: the transform
+        // then cost a third of the GEMM it feeds at 256 tiles).
+        for (Index k = 0; k < kc; ++k) {
+          alignas(64) float g[9][kernels::kMaxMr] = {}, ut[16][kernels::kMaxMr];
+          if (!p.flipped) {
+            for (Index i = 0; i < rows; ++i) {
+              Index const at = ((r0 + i) * p.depth + pc + k) * 9;
+              float const* src = in_place ? wf + at : widened.data();
+              if (!in_place) w.widen(widened.data(), at, 9);
+              for (int t = 0; t < 9; ++t) g[t][i] = src[t];
+            }
+          } else {
             Index const at = ((pc + k) * p.rows + r0) * 9;
-            float const* g = in_place ? wf + at : widened.data();
+            float const* src = in_place ? wf + at : widened.data();
             if (!in_place) w.widen(widened.data(), at, rows * 9);
-            for (Index i = 0; i < rows; ++i) put(i, k, g + i * 9, true);
+            for (Index i = 0; i < rows; ++i)
+              for (int t = 0; t < 9; ++t) g[t][i] = src[i * 9 + 8 - t];  // rotated by 180 degrees
           }
+          kernels::weight_panel(ut, g);
+          for (int e = 0; e < 16; ++e) std::copy_n(ut[e], mr, base + e * e_stride_u + k * mr);
         }
-        for (Index i = rows; i < mr; ++i)  // the panel's rows past the last are zero
-          for (int e = 0; e < 16; ++e)
-            for (Index k = 0; k < kc; ++k) base[e * e_stride_u + k * mr + i] = 0.f;
       }
     });
 
