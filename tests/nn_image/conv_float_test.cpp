@@ -53,6 +53,14 @@ void direct(Geometry const& s, Tensor<double> const& x, Tensor<double> const& w,
         }
 }
 
+/// Every kernel path this CPU can run.
+std::vector<cpu::Isa> kernel_paths() {
+  std::vector<cpu::Isa> paths{cpu::Isa::kPortable};
+  if (cpu::detected_isa() >= cpu::Isa::kAvx2) paths.push_back(cpu::Isa::kAvx2);
+  if (cpu::detected_isa() >= cpu::Isa::kAvx512) paths.push_back(cpu::Isa::kAvx512);
+  return paths;
+}
+
 }  // namespace
 
 TEST_CASE("float conv2d (implicit GEMM) equals the definition on every kernel path", "[nn_image][conv2d][isa]") {
@@ -66,9 +74,7 @@ TEST_CASE("float conv2d (implicit GEMM) equals the definition on every kernel pa
       {3, 8, 12, 3, 8, 8, {1, ops::Pad2d::uniform(1)}},  // 64 pixels per image: images side by side in one GEMM
       {2, 16, 5, 1, 8, 4, {1, {}}},                      // pointwise, 32 pixels per image
   };
-  std::vector<cpu::Isa> paths{cpu::Isa::kPortable};
-  if (cpu::detected_isa() >= cpu::Isa::kAvx2) paths.push_back(cpu::Isa::kAvx2);
-  if (cpu::detected_isa() >= cpu::Isa::kAvx512) paths.push_back(cpu::Isa::kAvx512);
+  std::vector<cpu::Isa> const paths = kernel_paths();
   for (Geometry const& s : cases) {
     auto const x = random_tensor<float>(Shape{s.n, s.c, s.h, s.w}, 1);
     auto const w = random_tensor<float>(Shape{s.o, s.c, s.k, s.k}, 2);
@@ -165,9 +171,7 @@ TEST_CASE("Winograd F(2x2, 3x3) convolutions equal the definition on every kerne
       {1, 6, 14, 3, 7, 5, {1, ops::Pad2d::uniform(2)}},     {2, 5, 9, 3, 8, 9, {1, {1, 0, 2, 1}}},
       {1, 12, 7, 3, 20, 18, {1, {0, 2, 2, 0}}},             {1, 300, 7, 3, 6, 7, {1, ops::Pad2d::uniform(1)}},
   };
-  std::vector<cpu::Isa> paths{cpu::Isa::kPortable};
-  if (cpu::detected_isa() >= cpu::Isa::kAvx2) paths.push_back(cpu::Isa::kAvx2);
-  if (cpu::detected_isa() >= cpu::Isa::kAvx512) paths.push_back(cpu::Isa::kAvx512);
+  std::vector<cpu::Isa> const paths = kernel_paths();
   for (Geometry const& s : cases) {
     auto const x = random_tensor<float>(Shape{s.n, s.c, s.h, s.w}, 5);
     auto const w = random_tensor<float>(Shape{s.o, s.c, s.k, s.k}, 6);
