@@ -246,24 +246,14 @@ struct ImplicitConv {
     // A float weight is read in place; a 16-bit one widened a run at a time (a memcpy per run of a float weight was
     // ~3.5% of a 512 px LoRA step, in the small images' convolutions, where packing the weight dominates).
     auto pack_a = [&](float* dst, Index, Index m0, Index mc, Index k0, Index kc, Index mr) {
-      bool const in_place = w.dtype == DType::F32;
-      std::vector<float> run(in_place ? 0 : std::size_t(mr * taps));  // (MR, taps) of one o
+      std::vector<float> run(w.dtype == DType::F32 ? 0 : std::size_t(mr * taps));  // (MR, taps) of one 16-bit o
       for (Index q = 0; q < mc; q += mr, dst += mr * kc) {
         Index const rows = std::min(mr, mc - q);
         Index loaded = -1;  // the o whose run `src` points at
         float const* src = nullptr;
         for (Index dd = 0; dd < kc; ++dd) {
           Index const o = (k0 + dd) / taps, t = (k0 + dd) % taps;
-          if (o != loaded) {
-            Index const at = (o * d.c + m0 + q) * taps;
-            if (in_place) {
-              src = static_cast<float const*>(w.p) + at;
-            } else {
-              w.widen(run.data(), at, rows * taps);
-              src = run.data();
-            }
-            loaded = o;
-          }
+          if (o != loaded) src = w.read(run.data(), (o * d.c + m0 + q) * taps, rows * taps), loaded = o;
           float* out = dst + dd * mr;
           for (Index r = 0; r < rows; ++r) out[r] = src[r * taps + taps - 1 - t];
           std::fill(out + rows, out + mr, 0.f);

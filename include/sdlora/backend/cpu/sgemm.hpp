@@ -168,6 +168,14 @@ struct WeightSource {
     else
       std::memcpy(dst, static_cast<float const*>(p) + offset, sizeof(float) * std::size_t(n));
   }
+
+  /// The n stored elements from `offset` as float: read in place from a float weight, else widened into `scratch`
+  /// (n floats; unused for a float weight).
+  float const* read(float* scratch, Index offset, Index n) const {
+    if (dtype == DType::F32) return static_cast<float const*>(p) + offset;
+    widen(scratch, offset, n);
+    return scratch;
+  }
 };
 
 #if SDLORA_X86_KERNELS

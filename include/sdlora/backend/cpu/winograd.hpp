@@ -281,9 +281,7 @@ void run(Context<Cpu>& ctx, GemmKernel const& kern, Problem const& p, float* out
     // its rows' (one contiguous run per panel and depth); float weights are read in place, 16-bit ones widened.
     parallel_tasks(ctx, rows_pad / mr, [&](Index panel, int) {
       Index const r0 = panel * mr, rows = std::min(mr, p.rows - r0);
-      bool const in_place = w.dtype == DType::F32;
-      float const* const wf = static_cast<float const*>(w.p);
-      std::vector<float> widened(in_place ? 0 : std::size_t(9 * mr));
+      std::vector<float> widened(w.dtype == DType::F32 ? 0 : std::size_t(9 * mr));  // a 16-bit weight's run
       for (Index pc = k0; pc < k0 + kr; pc += kKc) {
         Index const kc = std::min(kKc, k0 + kr - pc);
         float* const base = u + (pc - k0) * rows_pad + r0 * kc;  // + e * e_stride_u + k * mr + i
@@ -295,14 +293,12 @@ void run(Context<Cpu>& ctx, GemmKernel const& kern, Problem const& p, float* out
           if (!p.flipped) {
             for (Index i = 0; i < rows; ++i) {
               Index const at = ((r0 + i) * p.depth + pc + k) * 9;
-              float const* src = in_place ? wf + at : widened.data();
-              if (!in_place) w.widen(widened.data(), at, 9);
+              float const* src = w.read(widened.data(), at, 9);
               for (int t = 0; t < 9; ++t) g[t][i] = src[t];
             }
           } else {
             Index const at = ((pc + k) * p.rows + r0) * 9;
-            float const* src = in_place ? wf + at : widened.data();
-            if (!in_place) w.widen(widened.data(), at, rows * 9);
+            float const* src = w.read(widened.data(), at, rows * 9);
             for (Index i = 0; i < rows; ++i)
               for (int t = 0; t < 9; ++t) g[t][i] = src[i * 9 + 8 - t];  // rotated by 180 degrees
           }
