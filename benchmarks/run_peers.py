@@ -61,7 +61,8 @@ def time_it(repeats, fn):
 def report(bench, shape, best, median, repeats, peak, base, **extra):
     d = {"bench": bench, "impl": "diffusers", "shape": shape, "seconds": round(best, 4),
          "median_seconds": round(median, 4), "repeats": repeats, "peak_rss_mb": round(peak),
-         "model_rss_mb": round(base), "threads": torch.get_num_threads(), "dtype": "float32",
+         "model_rss_mb": round(base), "threads": torch.get_num_threads(),
+         "dtype": "bfloat16" if os.environ.get("BENCH_MIXED") == "bf16" else "float32",
          "torch": torch.__version__}
     d.update(extra)
     print(json.dumps(d), flush=True)
@@ -104,7 +105,8 @@ def bench_unet(latent=32, batch=2, repeats=3, sdxl=False):
     kwargs = {"added_cond_kwargs": sdxl_added(batch, latent)} if sdxl else {}
     base = rss_mb()
     reset_peak_rss()
-    with torch.no_grad():
+    mixed = mixed_dtype()  # BENCH_MIXED=bf16: every matmul and convolution under autocast, as sdlora's bf16 compute
+    with torch.no_grad(), torch.autocast("cpu", dtype=mixed or torch.float32, enabled=mixed is not None):
         best, med = time_it(repeats, lambda: unet(x, t, ctx, **kwargs).sample)
     report("sdxl_unet_forward" if sdxl else "unet_forward", f"{batch}x4x{latent}x{latent} ctx {batch}x77x{width}",
            best, med, repeats, peak_rss_mb(), base)
@@ -116,7 +118,8 @@ def bench_vae(latent=32, repeats=3):
     z = torch.randn(1, 4, latent, latent)
     base = rss_mb()
     reset_peak_rss()
-    with torch.no_grad():
+    mixed = mixed_dtype()
+    with torch.no_grad(), torch.autocast("cpu", dtype=mixed or torch.float32, enabled=mixed is not None):
         best, med = time_it(repeats, lambda: vae.decode(z).sample)
     report("vae_decode", f"1x4x{latent}x{latent} -> 1x3x{latent * 8}x{latent * 8}", best, med, repeats,
            peak_rss_mb(), base)

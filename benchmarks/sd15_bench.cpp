@@ -16,7 +16,7 @@
 ///            encoders frozen: their prompt embeddings are cached by the warm-up step, as diffusers'
 ///            train_dreambooth_lora_sdxl.py precomputes them, so each timed step is the UNet's
 ///   BENCH_WEIGHTS=f16|bf16 keeps the frozen weights in 16 bits; BENCH_SAVED=f16|bf16 the training steps' saved
-///   activations (Context::saved_activations).
+///   activations (Context::saved_activations); BENCH_COMPUTE=bf16 multiplies in bf16 (Context::compute).
 #include <algorithm>   // std::sort, std::min
 #include <chrono>      // std::chrono::steady_clock
 #include <cmath>       // std::sqrt
@@ -109,13 +109,25 @@ std::string saved_name() {
   return v && *v ? v : "f32";
 }
 
+/// What the GEMMs multiply: BENCH_COMPUTE=f32 (default) or bf16 (Context::compute).
+std::string compute_name() {
+  char const* v = std::getenv("BENCH_COMPUTE");
+  return v && *v ? v : "f32";
+}
+/// A context for one benchmark: default threads and ISA, BENCH_COMPUTE's compute type.
+Context<Cpu> bench_context() {
+  Context<Cpu> ctx;
+  ctx.compute = compute_name() == "bf16" ? DType::BF16 : DType::F32;
+  return ctx;
+}
+
 void report(std::string const& bench, std::string const& shape, Timing const& t, double peak_mb, double base_mb,
             int threads, std::string const& extra = "") {
   std::printf("{\"bench\": \"%s\", \"impl\": \"sdlora\", \"shape\": \"%s\", \"seconds\": %.4f, \"median_seconds\": "
               "%.4f, \"repeats\": %d, \"peak_rss_mb\": %.0f, \"model_rss_mb\": %.0f, \"build_peak_rss_mb\": %.0f, "
-              "\"threads\": %d, \"dtype\": \"float32\", \"weights\": \"%s\", \"saved\": \"%s\"%s}\n",
+              "\"threads\": %d, \"dtype\": \"%s\", \"weights\": \"%s\", \"saved\": \"%s\"%s}\n",
               bench.c_str(), shape.c_str(), t.best, t.median, t.repeats, peak_mb, base_mb, g_build_peak_mb, threads,
-              weights_name().c_str(), saved_name().c_str(), extra.c_str());
+              compute_name() == "bf16" ? "bfloat16" : "float32", weights_name().c_str(), saved_name().c_str(), extra.c_str());
   std::fflush(stdout);
 }
 
@@ -136,7 +148,7 @@ Tensor<float> sdxl_time_ids(Index batch, Index latent) {
 /// The UNet forward at a CFG batch: SD 1.5's, or SDXL 1.0 base's with its micro-conditioning (pooled text embedding,
 /// sdxl_time_ids).
 int bench_unet(Index latent, Index batch, int repeats, bool sdxl = false) {
-  Context<Cpu> ctx;
+  Context<Cpu> ctx = bench_context();
   models::UNet2DConditionModel<float> unet(sdxl ? models::UNetConfig::sdxl() : models::UNetConfig::sd15());
   randomize(unet, sdxl ? 11 : 1);
   nn::set_weight_storage(unet, weights_dtype());
@@ -163,7 +175,7 @@ int bench_unet(Index latent, Index batch, int repeats, bool sdxl = false) {
 }
 
 int bench_vae(Index latent, int repeats) {
-  Context<Cpu> ctx;
+  Context<Cpu> ctx = bench_context();
   models::AutoencoderKL<float> vae(models::VaeConfig::sd());
   randomize(vae, 2);
   nn::set_weight_storage(vae, weights_dtype());
@@ -225,7 +237,7 @@ train::MicroBatch lora_batch(Index latent, std::uint64_t seed) {
 
 /// One LoRA step of diffusers' train_text_to_image_lora.py recipe on SD 1.5 (the text encoder runs every step).
 int bench_train(Index latent, bool checkpointing, int repeats) {
-  Context<Cpu> ctx;
+  Context<Cpu> ctx = bench_context();
   models::StableDiffusion<float, Cpu> sd;  // no VAE (cached latents) and no tokenizer (ids given)
   sd.text_encoder = models::ClipTextModel<float>(models::ClipTextConfig::sd15());
   sd.unet = models::UNet2DConditionModel<float>(models::UNetConfig::sd15());
@@ -241,7 +253,7 @@ int bench_train(Index latent, bool checkpointing, int repeats) {
 /// prompt is encoded and the encoders released before timing, as train_dreambooth_lora_sdxl.py deletes them), rank 4
 /// on the UNet's attention projections, AdamW, clipping at 1.
 int bench_sdxl_train(Index latent, bool checkpointing, int repeats) {
-  Context<Cpu> ctx;
+  Context<Cpu> ctx = bench_context();
   models::StableDiffusion<float, Cpu> sd;  // no VAE (cached latents) and no tokenizers (ids given)
   sd.text_encoder = models::ClipTextModel<float>(models::ClipTextConfig::sdxl_l());
   sd.text_encoder_2 = models::ClipTextModel<float>(models::ClipTextConfig::sdxl_g());
@@ -261,7 +273,7 @@ int bench_sdxl_train(Index latent, bool checkpointing, int repeats) {
 /// txt2img end to end (text encoder, `steps` UNet steps with CFG, VAE decode) at `size` px, random weights, one
 /// timed run without warm-up (a whole generation is long enough to need none).
 int bench_txt2img(Index size, int steps) {
-  Context<Cpu> ctx;
+  Context<Cpu> ctx = bench_context();
   models::StableDiffusion<float, Cpu> sd;
   sd.tokenizer = tokenizer::ClipTokenizer::bundled();
   sd.text_encoder = models::ClipTextModel<float>(models::ClipTextConfig::sd15());
@@ -289,7 +301,7 @@ int bench_txt2img(Index size, int steps) {
 }
 
 int bench_lora_size(std::string const& dir) {
-  Context<Cpu> ctx;
+  Context<Cpu> ctx = bench_context();
   models::UNet2DConditionModel<float> unet(models::UNetConfig::sd15());
   lora::InjectOptions io;  // rank 4 on to_q, to_k, to_v, to_out.0 of every attention (SD 1.5: 16 transformers)
   io.rank = 4;

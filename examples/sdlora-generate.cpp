@@ -65,6 +65,7 @@ struct Args {
   int threads = 0;
   std::string device = "cpu";
   std::string weights_dtype = "f32";
+  std::string compute_dtype = "f32";
   std::string vae;                                   // a replacement VAE
   std::string original_size, target_size, crops;     // SDXL micro-conditioning
 };
@@ -151,6 +152,11 @@ po::options_description options(Args& a) {
                                                          "directory")
     ("weights-dtype", po::value(&a.weights_dtype)->value_name("f32|f16|bf16")->default_value("f32"), "keep the frozen "
                                                          "weights in 16 bits (half the memory; compute stays f32)")
+    ("compute-dtype", po::value(&a.compute_dtype)->value_name("f32|bf16")->default_value("f32"), "what the CPU's "
+                                                         "matrix products and convolutions multiply: bf16 rounds their "
+                                                         "operands and sums in f32 (torch.autocast's bf16): AMX-BF16 or "
+                                                         "AVX512-BF16 where the CPU has them, images within bf16 "
+                                                         "rounding of f32's")
     ("vae", po::value(&a.vae)->value_name("PATH"), "a replacement VAE: a diffusers AutoencoderKL folder or one .safetensors "
                                                    "file (e.g. the SDXL fp16-fix VAE)")
     ("original-size", po::value(&a.original_size)->value_name("WxH"), "SDXL micro-conditioning: the original image size "
@@ -307,6 +313,7 @@ int run(int argc, char** argv) {
 
   Context<Cpu> ctx;
   ctx.num_threads = a.threads;
+  ctx.compute = cli::parse_compute_dtype(a.compute_dtype, "--compute-dtype", a.device);
   models::LoadOptions lo;
   lo.config_dir = a.config_dir;
   lo.weights_dtype = nn::parse_weight_dtype(a.weights_dtype);  // narrowed while loading
@@ -397,6 +404,7 @@ int run(int argc, char** argv) {
     if (a.batch > 1) p << ", Batch size: " << a.batch << ", Batch pos: " << batch_pos;
     if (!a.init_image.empty()) p << ", Denoising strength: " << number(a.strength);
     if (a.clip_skip > 0) p << ", Clip skip: " << a.clip_skip + 1;
+    if (a.compute_dtype == "bf16") p << ", Compute: bf16";
     if (!a.vae.empty()) p << ", VAE: " << quote(fs::path(a.vae).filename().string());
     if (!a.original_size.empty()) p << ", Original size: " << g.original_width << "x" << g.original_height;
     if (!a.target_size.empty()) p << ", Target size: " << g.target_width << "x" << g.target_height;

@@ -207,6 +207,7 @@ int train_model(Args const& a, train::Method method, std::string const& data_dir
   cli::Precision const mixed = cli::precision_of(a, vm.count("weights_dtype") && !vm["weights_dtype"].defaulted());
   Context<Cpu> ctx;
   ctx.saved_activations = mixed.saved_activations;
+  ctx.compute = cli::parse_compute_dtype(a.compute_dtype, "--compute_dtype", a.device);
   models::LoadOptions lo;
   lo.config_dir = a.config_dir;
   lo.weights_dtype = mixed.weights;  // narrowed while loading

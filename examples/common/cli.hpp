@@ -15,6 +15,7 @@
 
 #include <boost/program_options.hpp>  // boost::program_options
 
+#include <sdlora/core/dtype.hpp>  // sdlora::DType
 #include <sdlora/core/error.hpp>  // sdlora::Error
 
 namespace sdlora::cli {
@@ -89,6 +90,16 @@ inline void read_config_file(std::istream& in, std::string const& file, po::opti
   } catch (po::error const& e) {
     SDLORA_THROW(ConfigError, "--config " << file << ": " << error_text(e, text));
   }
+}
+
+/// --compute-dtype's value: f32 -> F32, bf16 -> BF16 (Context<Cpu>::compute); `device` "cuda" refuses bf16 (the CPU
+/// backend's option). ConfigError names the flag and the value.
+inline sdlora::DType parse_compute_dtype(std::string const& value, char const* flag, std::string const& device) {
+  if (value != "f32" && value != "bf16")
+    SDLORA_THROW(ConfigError, flag << " must be f32 or bf16, got '" << value << "'");
+  if (value == "bf16" && device == "cuda")
+    SDLORA_THROW(ConfigError, flag << " bf16 is the CPU backend's; with --device cuda leave it f32");
+  return value == "bf16" ? sdlora::DType::BF16 : sdlora::DType::F32;
 }
 
 /// "path[:scale]" -> (path, scale). A trailing ":<number>" is the scale; Windows-style "C:\..." paths are not split.

@@ -65,6 +65,7 @@ struct TrainArgs {
   double collective_timeout = 1800;
   std::string weights_dtype = "f32";
   std::string mixed_precision = "no";
+  std::string compute_dtype = "f32";
   long long max_image_pixels = static_cast<long long>(io::kDefaultMaxImagePixels);
 };
 
@@ -146,6 +147,7 @@ inline po::options_description train_options(TrainArgs& a) {
     ("on_nan", po::value(&a.on_nan)->value_name("stop|skip")->default_value("stop"), "a step with a NaN / inf loss or gradient: stop naming the module (no LoRA written), or skip its update (counted in loss.csv)")
     ("weights_dtype", po::value(&a.weights_dtype)->value_name("f32|f16|bf16")->default_value("f32"), "keep the frozen base weights in 16 bits (half the memory; compute, LoRA weights and optimizer state stay f32)")
     ("mixed_precision", po::value(&a.mixed_precision)->value_name("no|bf16|fp16")->default_value("no"), "keep the frozen weights (unless --weights_dtype says otherwise; the VAE's stay f32 with fp16) and the activations kept for backward in 16 bits: about half a step's memory; compute, LoRA weights, gradients and optimizer state stay f32 (CPU)")
+    ("compute_dtype", po::value(&a.compute_dtype)->value_name("f32|bf16")->default_value("f32"), "what the CPU's matrix products and convolutions multiply: bf16 rounds their operands and sums in f32, as torch.autocast with --mixed_precision bf16 in diffusers: AMX-BF16 or AVX512-BF16 where the CPU has them (faster), results within bf16 rounding of f32")
     ("threads", po::value(&a.threads)->value_name("N")->default_value(0), "CPU threads (0: all)")
     ("device", po::value(&a.device)->value_name("cpu|cuda")->default_value("cpu"), "where the text encoders, UNet and VAE train and run: cuda needs a build with -DSDLORA_CUDA=ON (data, caches, checkpoints and files stay on the host)")
     ("collective_timeout", po::value(&a.collective_timeout)->value_name("S")->default_value(1800), "mpirun -np N: end the job when a rank waits more than S seconds for the others (a hung or lost rank; must exceed a step, a checkpoint and the validation images; 0: forever)")

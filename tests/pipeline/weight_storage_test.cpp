@@ -45,6 +45,34 @@ TEST_CASE("txt2img with F16 / BF16 frozen weights stays within 2/255 of float", 
   }
 }
 
+TEST_CASE("txt2img with bf16 compute stays within 2/255 of float on every bf16 unit the CPU has",
+          "[pipeline][storage][bf16]") {
+  // Context::compute = BF16 (every GEMM's operands rounded to bf16, sums in float; attention's products stay float):
+  // the 16-bit bound against the float pipeline, same seed, and not its bits (the rounding happened).
+  pipeline::GenerateOptions o;
+  o.prompt = "a photo of a cat";
+  o.steps = 4;
+  o.width = o.height = 16;
+  o.seed = 42;
+  o.sampler = "euler";
+  auto sd = models::load_stable_diffusion<float>(test::fixture("models/tiny-sd1"));
+  Context<Cpu> ctx;
+  auto const want = pipeline::txt2img(ctx, sd, o);
+  ctx.compute = DType::BF16;
+  for (auto unit : {cpu::Bf16Unit::kRounded, cpu::Bf16Unit::kDot, cpu::Bf16Unit::kAmx}) {
+    if (unit > cpu::detected_bf16_unit()) continue;
+    INFO(cpu::bf16_unit_name(unit));
+    cpu::bf16_unit_cap().store(int(unit));
+    auto const got = pipeline::txt2img(ctx, sd, o);
+    cpu::bf16_unit_cap().store(int(cpu::Bf16Unit::kAuto));
+    double diff = 0;
+    for (Index i = 0; i < got.images.numel(); ++i) diff += std::abs(double(got.images(i)) - double(want.images(i)));
+    diff /= double(got.images.numel());
+    CHECK(diff > 0);
+    CHECK(diff <= 2.0 / 255);
+  }
+}
+
 namespace {
 /// Every parameter of `got` against `want` (same tree): the 16-bit storage and bits of each weight the GEMM reads,
 /// the float value of every other parameter. Returns how many weights were 16-bit.

@@ -18,7 +18,9 @@
 #include <algorithm>  // std::min, std::max, std::fill_n
 #include <cstdint>    // std::uint16_t
 #include <cstring>    // std::memcpy
+#include <type_traits>  // std::is_base_of_v
 
+#include <sdlora/backend/cpu/bf16.hpp>       // the bf16-compute kernels, PanelFormat
 #include <sdlora/backend/cpu/convert16.hpp>  // widen16, SDLORA_X86_KERNELS (and <immintrin.h> on x86-64)
 #include <sdlora/backend/cpu/isa.hpp>       // Isa, resolve_isa
 #include <sdlora/backend/cpu/parallel.hpp>  // parallel_tasks, ThreadPool
@@ -37,11 +39,21 @@ inline constexpr Index kAvx2Mr = 6, kAvx2Nr = 16;
 /// beta == 0 never reads c.
 using MicroKernel = void (*)(Index kc, float const* a, float const* b, float* c, Index ldc, float alpha, float beta);
 
-/// A micro-kernel and its register tile.
+/// A micro-kernel, its register tile and the panels it reads. The float kernels read float panels; the bf16-compute
+/// kernels (bf16.hpp) read panels converted from them, whose rows take panel_row_floats(format, pad, kc) floats.
 struct GemmKernel {
   Isa isa;
   Index mr, nr;
   MicroKernel run;
+  PanelFormat a_format = PanelFormat::kFloat, b_format = PanelFormat::kFloat;
+  Index pad = 1;                  // depth padding of the bf16 formats
+  void (*begin)() = nullptr;      // called by a thread before a task's first micro-kernel (AMX: tile configuration)
+  void (*end)() = nullptr;        // and after its last
+  Index mc = 144;                 // rows of A per packed block (kMc; a multiple of mr)
+
+  Index a_row(Index kc) const { return panel_row_floats(a_format, pad, kc); }
+  Index b_row(Index kc) const { return panel_row_floats(b_format, pad, kc); }
+  bool converts() const { return a_format != PanelFormat::kFloat; }
 };
 
 namespace kernels {
@@ -127,15 +139,29 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma"))) inline void mi
 
 }  // namespace kernels
 
-/// The micro-kernel for a path (resolved against the CPU: never one it cannot run).
-inline GemmKernel gemm_kernel(Isa requested) {
+/// The micro-kernel for a path (resolved against the CPU: never one it cannot run) and a compute type: F32, or BF16
+/// (bf16.hpp: AMX-BF16 or AVX512-BF16 on the AVX-512 path where the CPU has them, else the path's float kernel on
+/// panels rounded to bf16).
+inline GemmKernel gemm_kernel(Isa requested, DType compute = DType::F32) {
+  GemmKernel k{Isa::kPortable, 4, 16, &kernels::micro_portable<4, 16>};
   switch (resolve_isa(requested)) {
 #if SDLORA_X86_KERNELS
-    case Isa::kAvx512: return {Isa::kAvx512, kAvx512Mr, kAvx512Nr, &kernels::micro_avx512};
-    case Isa::kAvx2: return {Isa::kAvx2, kAvx2Mr, kAvx2Nr, &kernels::micro_avx2};
+    case Isa::kAvx512: k = {Isa::kAvx512, kAvx512Mr, kAvx512Nr, &kernels::micro_avx512}; break;
+    case Isa::kAvx2: k = {Isa::kAvx2, kAvx2Mr, kAvx2Nr, &kernels::micro_avx2}; break;
 #endif
-    default: return {Isa::kPortable, 4, 16, &kernels::micro_portable<4, 16>};
+    default: break;
   }
+  if (compute != DType::BF16) return k;
+#if SDLORA_X86_KERNELS
+  if (k.isa == Isa::kAvx512 && bf16_unit() == Bf16Unit::kAmx)
+    return {Isa::kAvx512, 32, 32, &kernels::micro_amx, PanelFormat::kBf16Rows, PanelFormat::kBf16Pairs, 32,
+            &kernels::amx_begin, &kernels::amx_end, 128};
+  if (k.isa == Isa::kAvx512 && bf16_unit() == Bf16Unit::kDot)
+    return {Isa::kAvx512, kAvx512Mr, kAvx512Nr, &kernels::micro_bf16_dot, PanelFormat::kBf16Pairs,
+            PanelFormat::kBf16Pairs, 2};
+#endif
+  k.a_format = k.b_format = PanelFormat::kBf16Rounded;
+  return k;
 }
 
 /// Blocking: the depth block keeps a (kKc, NR) B panel and an (MR, kKc) A panel in L1; an (kMc, kKc) A block and a
@@ -380,51 +406,71 @@ inline void pack_weight_panels(float* dst, WeightSource const& x, Index r0, Inde
   }
 }
 
-/// A (M, K) operand packer: (dst, batch index, m0, mc, k0, kc, MR).
-inline auto matrix_packer_a(MatrixOperand a, Index batch_stride) {
-  return [a, batch_stride](float* dst, Index bi, Index m0, Index mc, Index k0, Index kc, Index mr) {
-    pack_weight_panels(dst, WeightSource{a.p + bi * batch_stride, DType::F32, a.ld, a.trans}, m0, mc, k0, kc, mr);
-  };
+/// A packer of an operand held in memory, read as (row, depth): A's (M, K), or op(B)^T's (N, K) for B. Batch item
+/// bi's operand starts bi * batch_stride elements in (float operands only; a weight has no batch). It packs float
+/// panels, and gives the bf16 paths its source, which they read straight into their formats (pack_direct).
+struct SourcePacker {
+  WeightSource w;
+  Index batch_stride = 0;
+
+  WeightSource source(Index bi) const {
+    WeightSource s = w;
+    if (batch_stride != 0) s.p = static_cast<float const*>(w.p) + bi * batch_stride;
+    return s;
+  }
+};
+/// A's packer: (dst, batch index, m0, mc, k0, kc, MR).
+struct SourcePackerA : SourcePacker {
+  void operator()(float* dst, Index bi, Index m0, Index mc, Index k0, Index kc, Index mr) const {
+    pack_weight_panels(dst, source(bi), m0, mc, k0, kc, mr);
+  }
+};
+/// B's packer: (dst, batch index, k0, kc, n0, nc, NR), packing op(B)^T's rows (N) over the depth (K).
+struct SourcePackerB : SourcePacker {
+  void operator()(float* dst, Index bi, Index k0, Index kc, Index n0, Index nc, Index nr) const {
+    pack_weight_panels(dst, source(bi), n0, nc, k0, kc, nr);
+  }
+};
+
+/// A (M, K) operand packer.
+inline SourcePackerA matrix_packer_a(MatrixOperand a, Index batch_stride) {
+  return {{WeightSource{a.p, DType::F32, a.ld, a.trans}, batch_stride}};
 }
 
-/// A (K, N) operand packer: (dst, batch index, k0, kc, n0, nc, NR). Packs op(B)^T's rows (N) over the depth (K).
-inline auto matrix_packer_b(MatrixOperand b, Index batch_stride) {
-  return [b, batch_stride](float* dst, Index bi, Index k0, Index kc, Index n0, Index nc, Index nr) {
-    // Read as (n, k): element (n, k) of op(B)^T is op(B)(k, n), i.e. the transposed operand with trans flipped.
-    pack_weight_panels(dst, WeightSource{b.p + bi * batch_stride, DType::F32, b.ld, !b.trans}, n0, nc, k0, kc, nr);
-  };
+/// A (K, N) operand packer. Read as (n, k): element (n, k) of op(B)^T is op(B)(k, n), i.e. the transposed operand
+/// with trans flipped.
+inline SourcePackerB matrix_packer_b(MatrixOperand b, Index batch_stride) {
+  return {{WeightSource{b.p, DType::F32, b.ld, !b.trans}, batch_stride}};
 }
 
 /// A (M, K) packer over a WeightSource (no batch).
-inline auto weight_packer_a(WeightSource a) {
-  return [a](float* dst, Index, Index m0, Index mc, Index k0, Index kc, Index mr) {
-    pack_weight_panels(dst, a, m0, mc, k0, kc, mr);
-  };
-}
+inline SourcePackerA weight_packer_a(WeightSource a) { return {{a, 0}}; }
+
 /// A (K, N) packer over a WeightSource (no batch): op(B)^T read as (n, k).
-inline auto weight_packer_b(WeightSource b) {
-  return [b](float* dst, Index, Index k0, Index kc, Index n0, Index nc, Index nr) {
-    WeightSource t = b;
-    t.trans = !b.trans;
-    pack_weight_panels(dst, t, n0, nc, k0, kc, nr);
-  };
+inline SourcePackerB weight_packer_b(WeightSource b) {
+  b.trans = !b.trans;
+  return {{b, 0}};
 }
 
 /// Scratch of one thread: one packed A block and one packed B block, allocated on the thread's first GEMM and kept
-/// (540 KB) so that no GEMM call allocates or faults in pages.
+/// (540 KB) so that no GEMM call allocates or faults in pages; and one float panel, where the bf16 paths pack a panel
+/// before converting it (32 KB).
 class PackBuffers {
  public:
   PackBuffers()
       : a_(static_cast<float*>(BackendMemory<Cpu>::allocate(sizeof(float) * kMc * kKc))),
-        b_(static_cast<float*>(BackendMemory<Cpu>::allocate(sizeof(float) * kNc * kKc))) {}
+        b_(static_cast<float*>(BackendMemory<Cpu>::allocate(sizeof(float) * kNc * kKc))),
+        stage_(static_cast<float*>(BackendMemory<Cpu>::allocate(sizeof(float) * 32 * kKc))) {}
   PackBuffers(PackBuffers const&) = delete;
   PackBuffers& operator=(PackBuffers const&) = delete;
   ~PackBuffers() {
     BackendMemory<Cpu>::deallocate(a_);
     BackendMemory<Cpu>::deallocate(b_);
+    BackendMemory<Cpu>::deallocate(stage_);
   }
   float* a() const { return a_; }
   float* b() const { return b_; }
+  float* stage() const { return stage_; }  // (kKc, 32)
 
   /// The calling thread's buffers.
   static PackBuffers const& local() {
@@ -435,7 +481,75 @@ class PackBuffers {
  private:
   float* a_;  // (kMc / MR panels, kKc, MR)
   float* b_;  // (kNc / NR panels, kKc, NR)
+  float* stage_;
 };
+
+/// Packs rows [r0, r0 + rows) x depths [d0, d0 + depth) of an operand in memory (read as (row, depth)) straight into
+/// panels of `width` in a bf16 `format`, where its layout allows: rows of bf16 (AMX's A) from a depth-contiguous
+/// operand, each row's run rounded; depth pairs from a row-contiguous float operand (two depths' runs interleaved
+/// while rounded) or from a depth-contiguous one (runs rounded, then a 32-bit transpose of the pairs). Returns false,
+/// packing nothing, where it does not (the caller then packs float panels and converts them).
+inline bool pack_direct(GemmKernel const& kern, PanelFormat format, float* dst, WeightSource const& s, Index r0,
+                        Index rows, Index d0, Index depth, Index width) {
+#if SDLORA_X86_KERNELS
+  Index const kp = (depth + kern.pad - 1) / kern.pad * kern.pad;
+  auto* out = reinterpret_cast<std::uint16_t*>(dst);
+  alignas(64) float run[kKc];
+  // Row r's depth run rounded into o[0, kp), zero past depth.
+  auto round_run = [&](std::uint16_t* o, Index r) {
+    Index const at = r * s.ld + d0;
+    if (s.dtype == DType::BF16) std::memcpy(o, static_cast<std::uint16_t const*>(s.p) + at, sizeof(*o) * depth);
+    else bf16_detail::narrow(o, s.read(run, at, depth), depth);
+    std::fill(o + depth, o + kp, std::uint16_t(0));
+  };
+  if (format == PanelFormat::kBf16Rows && !s.trans) {
+    for (Index q = 0; q < rows; q += width, out += width * kp)
+      for (Index i = 0; i < width; ++i)
+        if (q + i < rows) round_run(out + i * kp, r0 + q + i);
+        else std::fill_n(out + i * kp, kp, std::uint16_t(0));
+    return true;
+  }
+  if (format == PanelFormat::kBf16Pairs && s.trans && s.dtype == DType::F32) {
+    for (Index q = 0; q < rows; q += width, out += width * kp)
+      bf16_detail::to_pairs(out, static_cast<float const*>(s.p) + d0 * s.ld + r0 + q, s.ld, width,
+                            std::min(width, rows - q), depth, kp);
+    return true;
+  }
+  if (format == PanelFormat::kBf16Pairs && !s.trans && width <= 32) {
+    auto* stage = reinterpret_cast<std::uint16_t*>(PackBuffers::local().stage());  // (width, kp) bf16
+    for (Index q = 0; q < rows; q += width, dst += width * kp / 2) {
+      Index const w = std::min(width, rows - q);
+      for (Index i = 0; i < w; ++i) round_run(stage + i * kp, r0 + q + i);
+      for (Index i0 = 0; i0 < width; i0 += 16)  // pair p of row i (32 bits) to dst[p * width + i]
+        kernels::transpose_rows_avx512(dst + i0, width, reinterpret_cast<float const*>(stage) + i0 * kp / 2, kp / 2,
+                                       std::clamp<Index>(w - i0, 0, 16), kp / 2, std::min<Index>(16, width - i0));
+    }
+    return true;
+  }
+#endif
+  (void)kern, (void)format, (void)dst, (void)s, (void)r0, (void)rows, (void)d0, (void)depth, (void)width;
+  return false;
+}
+
+/// Packs `rows` rows from r0 over depths [d0, d0 + depth) into panels of `width` in a kernel's `format`:
+/// pack(dst, r0, rows, d0, depth) writes float panels (an operand's packer); the bf16 formats are rounded in place
+/// or packed one panel at a time into the thread's staging panel and converted from there, while it is in L1.
+template <class Pack>
+void pack_in_format(GemmKernel const& kern, PanelFormat format, float* dst, Index r0, Index rows, Index d0,
+                    Index depth, Index width, Pack const& pack) {
+  if (format == PanelFormat::kFloat) return pack(dst, r0, rows, d0, depth);
+  if (format == PanelFormat::kBf16Rounded) {
+    pack(dst, r0, rows, d0, depth);
+    bf16_detail::round_in_place(dst, (rows + width - 1) / width * width * depth);
+    return;
+  }
+  float* const stage = PackBuffers::local().stage();
+  Index const row_floats = panel_row_floats(format, kern.pad, depth);
+  for (Index q = 0; q < rows; q += width, dst += width * row_floats) {
+    pack(stage, r0 + q, std::min(width, rows - q), d0, depth);
+    bf16_detail::convert_panel(dst, stage, format, width, depth, kern.pad);
+  }
+}
 
 /// How C is cut into tasks.
 struct GemmTiling {
@@ -445,11 +559,11 @@ struct GemmTiling {
 
 /// Whole rows of C per task when the N tiles alone give every thread several tasks; otherwise M chunks of kMc rows,
 /// then narrower N tiles (down to 4 register tiles), until there are about 4 tasks per thread.
-inline GemmTiling gemm_tiling(Index batch, Index m, Index n, int threads, Index nr) {
+inline GemmTiling gemm_tiling(Index batch, Index m, Index n, int threads, Index nr, Index mc = kMc) {
   Index const want = threads > 1 ? Index(4) * threads : 1;
   GemmTiling t{m, kNc, 1, (n + kNc - 1) / kNc};
   if (t.tasks(batch) >= want) return t;
-  t.m_chunk = std::min(m, kMc);
+  t.m_chunk = std::min(m, mc);
   t.m_chunks = (m + t.m_chunk - 1) / t.m_chunk;
   while (t.tasks(batch) < want && t.n_tile > 4 * nr) {
     t.n_tile = std::max(4 * nr, (t.n_tile / 2 + nr - 1) / nr * nr);
@@ -519,7 +633,7 @@ void gemm_packed(Context<Cpu>& ctx, Index batch, Index m, Index n, Index k, Pack
                  COut const& c_at, Index ldc, float alpha, float beta, GemmBias bias = {},
                  Index shared_floats = kSharedPanelFloats) {
   if (batch == 0 || m == 0 || n == 0) return;
-  GemmKernel const kern = gemm_kernel(ctx.isa);
+  GemmKernel const kern = gemm_kernel(ctx.isa, ctx.compute);
   if (k == 0) {  // C = beta * C
     for (Index bi = 0; bi < batch; ++bi)
       for (Index r = 0; r < m; ++r)
@@ -532,19 +646,39 @@ void gemm_packed(Context<Cpu>& ctx, Index batch, Index m, Index n, Index k, Pack
     return;
   }
   int const threads = ctx.threads();
-  GemmTiling const tiling = gemm_tiling(batch, m, n, threads, kern.nr);
+  GemmTiling const tiling = gemm_tiling(batch, m, n, threads, kern.nr, kern.mc);
   Index const tasks = tiling.tasks(batch);
   bool const big = double(batch) * m * n * k > double(1 << 17);
   bool const parallel = threads > 1 && tasks > 1 && big && !ThreadPool::inside_task();
 
-  // Shared panels (one batch item only): depth block pc's A panels at a_shared + (pc - k0) * m_pad, its B panels at
-  // b_shared + (pc - k0) * n_pad, for the depth range [k0, k1) packed last; block (ic, pc)'s panels start ic * kc in.
+  // Shared panels (one batch item only), for the depth range [k0, k1) packed last: depth block pc's A panels at
+  // a_shared + (pc - k0) / kKc * a_block, its B panels at b_shared + (pc - k0) / kKc * b_block (floats per depth
+  // block); block (ic, pc)'s panels start ic rows in, kern.a_row(kc) floats a row (kc for float panels).
   Index const m_pad = (m + kern.mr - 1) / kern.mr * kern.mr, n_pad = (n + kern.nr - 1) / kern.nr * kern.nr;
   bool const share_a = batch == 1 && big && tiling.n_tiles > 1, share_b = batch == 1 && big && tiling.m_chunks > 1;
-  Index const per_depth = (share_a ? m_pad : 0) + (share_b ? n_pad : 0);
-  Index const range = per_depth == 0 ? k : std::max(kKc, shared_floats / per_depth / kKc * kKc);
-  float* const a_shared = per_depth == 0 ? nullptr : SharedPanels::reserve(per_depth * std::min(range, k));
-  float* const b_shared = share_a ? a_shared + m_pad * std::min(range, k) : a_shared;
+  Index const a_block = share_a ? m_pad * kern.a_row(kKc) : 0, b_block = share_b ? n_pad * kern.b_row(kKc) : 0;
+  Index const range = a_block + b_block == 0 ? k : std::max<Index>(1, shared_floats / (a_block + b_block)) * kKc;
+  Index const held = (std::min(range, k) + kKc - 1) / kKc;  // depth blocks in the shared buffer
+  float* const a_shared = a_block + b_block == 0 ? nullptr : SharedPanels::reserve((a_block + b_block) * held);
+  float* const b_shared = a_shared + a_block * held;
+
+  // The operands' packers in the kernel's panel formats.
+  auto pack_a_in = [&](float* dst, Index bi, Index m0, Index mc, Index k0, Index kc) {
+    if constexpr (std::is_base_of_v<SourcePacker, PackA>)
+      if (kern.converts() && pack_direct(kern, kern.a_format, dst, pack_a.source(bi), m0, mc, k0, kc, kern.mr)) return;
+    pack_in_format(kern, kern.a_format, dst, m0, mc, k0, kc, kern.mr,
+                   [&](float* to, Index r0, Index rows, Index d0, Index depth) {
+                     pack_a(to, bi, r0, rows, d0, depth, kern.mr);
+                   });
+  };
+  auto pack_b_in = [&](float* dst, Index bi, Index k0, Index kc, Index n0, Index nc) {
+    if constexpr (std::is_base_of_v<SourcePacker, PackB>)
+      if (kern.converts() && pack_direct(kern, kern.b_format, dst, pack_b.source(bi), n0, nc, k0, kc, kern.nr)) return;
+    pack_in_format(kern, kern.b_format, dst, n0, nc, k0, kc, kern.nr,
+                   [&](float* to, Index r0, Index rows, Index d0, Index depth) {
+                     pack_b(to, bi, d0, depth, r0, rows, kern.nr);
+                   });
+  };
 
   // The bias of an (mr, nr) tile of C at cp, rows from r0 and columns from c0, after its last depth block.
   auto add_bias = [&](float* cp, Index r0, Index mr, Index c0, Index nr) {
@@ -560,26 +694,27 @@ void gemm_packed(Context<Cpu>& ctx, Index batch, Index m, Index n, Index k, Pack
     Index const bi = t / (tiling.m_chunks * tiling.n_tiles), rest = t % (tiling.m_chunks * tiling.n_tiles);
     Index const ms = (rest / tiling.n_tiles) * tiling.m_chunk, me = std::min(m, ms + tiling.m_chunk);
     Index const ns = (rest % tiling.n_tiles) * tiling.n_tile, nt = std::min(tiling.n_tile, n - ns);
-    alignas(64) float edge[12 * 32];  // (MR, NR) tile for the ragged edges
+    alignas(64) float edge[32 * 32];  // (MR, NR) tile for the ragged edges
+    if (kern.begin) kern.begin();
     for (Index nb = ns; nb < ns + nt; nb += kNc) {
       Index const nc = std::min(kNc, ns + nt - nb);
       for (Index pc = k0; pc < k1; pc += kKc) {
         Index const kc = std::min(kKc, k - pc);
         float const beta_k = pc == 0 ? beta : 1.f;
-        float const* b_block = buf.b();
-        if (share_b) b_block = b_shared + (pc - k0) * n_pad + nb * kc;
-        else pack_b(buf.b(), bi, pc, kc, nb, nc, kern.nr);
-        for (Index ic = ms; ic < me; ic += kMc) {
-          Index const mc = std::min(kMc, me - ic);
-          float const* a_block = buf.a();
-          if (share_a) a_block = a_shared + (pc - k0) * m_pad + ic * kc;
-          else pack_a(buf.a(), bi, ic, mc, pc, kc, kern.mr);
+        float const* b_panels = buf.b();
+        if (share_b) b_panels = b_shared + (pc - k0) / kKc * b_block + nb * kern.b_row(kc);
+        else pack_b_in(buf.b(), bi, pc, kc, nb, nc);
+        for (Index ic = ms; ic < me; ic += kern.mc) {
+          Index const mc = std::min(kern.mc, me - ic);
+          float const* a_panels = buf.a();
+          if (share_a) a_panels = a_shared + (pc - k0) / kKc * a_block + ic * kern.a_row(kc);
+          else pack_a_in(buf.a(), bi, ic, mc, pc, kc);
           for (Index jr = 0; jr < nc; jr += kern.nr) {
             Index const nr = std::min(kern.nr, nc - jr);
-            float const* bp = b_block + jr * kc;
+            float const* bp = b_panels + jr * kern.b_row(kc);
             for (Index ir = 0; ir < mc; ir += kern.mr) {
               Index const mr = std::min(kern.mr, mc - ir);
-              float const* ap = a_block + ir * kc;
+              float const* ap = a_panels + ir * kern.a_row(kc);
               float* cp = c_at(bi, ic + ir, nb + jr);
               if (mr == kern.mr && nr == kern.nr) {
                 kern.run(kc, ap, bp, cp, ldc, alpha, beta_k);
@@ -596,19 +731,20 @@ void gemm_packed(Context<Cpu>& ctx, Index batch, Index m, Index n, Index k, Pack
         }
       }
     }
+    if (kern.end) kern.end();
   };
 
   // Packing tasks of the shared panels for depths [k0, k1): (depth block, kMc rows of A or kNc columns of B).
-  Index const a_blocks = share_a ? (m + kMc - 1) / kMc : 0, b_blocks = share_b ? (n + kNc - 1) / kNc : 0;
+  Index const a_blocks = share_a ? (m + kern.mc - 1) / kern.mc : 0, b_blocks = share_b ? (n + kNc - 1) / kNc : 0;
   auto pack_shared = [&](Index t, Index k0) {
     Index const pc = k0 + t / (a_blocks + b_blocks) * kKc, j = t % (a_blocks + b_blocks);
     Index const kc = std::min(kKc, k - pc);
     if (j < a_blocks) {
-      Index const ic = j * kMc;
-      pack_a(a_shared + (pc - k0) * m_pad + ic * kc, 0, ic, std::min(kMc, m - ic), pc, kc, kern.mr);
+      Index const ic = j * kern.mc;
+      pack_a_in(a_shared + (pc - k0) / kKc * a_block + ic * kern.a_row(kc), 0, ic, std::min(kern.mc, m - ic), pc, kc);
     } else {
       Index const nb = (j - a_blocks) * kNc;
-      pack_b(b_shared + (pc - k0) * n_pad + nb * kc, 0, pc, kc, nb, std::min(kNc, n - nb), kern.nr);
+      pack_b_in(b_shared + (pc - k0) / kKc * b_block + nb * kern.b_row(kc), 0, pc, kc, nb, std::min(kNc, n - nb));
     }
   };
 

@@ -68,8 +68,9 @@ inline bool environment_allows() {
 /// Whether a 3x3, stride-1 convolution is worth the Winograd path: at least 256 output tiles in the batch (32x32
 /// outputs) so the weight transform is a few percent of the work, and 64 channels or more on both sides so the
 /// per-tile transforms are (the VAE's 3-channel output convolution and the UNet's 4-channel input stay direct).
+/// bf16 compute (Context<Cpu>::compute) keeps every convolution direct: its tile units outrun the float Winograd GEMMs.
 inline bool worth_it(Context<Cpu> const& ctx, Problem const& p) {
-  return ctx.winograd && environment_allows() && p.n * p.tiles() >= 256 && p.depth >= 64 && p.rows >= 64 &&
+  return ctx.winograd && ctx.compute == DType::F32 && environment_allows() && p.n * p.tiles() >= 256 && p.depth >= 64 && p.rows >= 64 &&
          p.pad_top >= 0 && p.pad_top <= 2 && p.pad_left >= 0 && p.pad_left <= 2;
 }
 
