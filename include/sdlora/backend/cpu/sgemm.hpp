@@ -454,13 +454,13 @@ inline SourcePackerB weight_packer_b(WeightSource b) {
 
 /// Scratch of one thread: one packed A block and one packed B block, allocated on the thread's first GEMM and kept
 /// (540 KB) so that no GEMM call allocates or faults in pages; and one float panel, where the bf16 paths pack a panel
-/// before converting it (32 KB).
+/// before converting it (two of 32 KB).
 class PackBuffers {
  public:
   PackBuffers()
       : a_(static_cast<float*>(BackendMemory<Cpu>::allocate(sizeof(float) * kMc * kKc))),
         b_(static_cast<float*>(BackendMemory<Cpu>::allocate(sizeof(float) * kNc * kKc))),
-        stage_(static_cast<float*>(BackendMemory<Cpu>::allocate(sizeof(float) * 32 * kKc))) {}
+        stage_(static_cast<float*>(BackendMemory<Cpu>::allocate(sizeof(float) * 2 * 32 * kKc))) {}
   PackBuffers(PackBuffers const&) = delete;
   PackBuffers& operator=(PackBuffers const&) = delete;
   ~PackBuffers() {
@@ -470,7 +470,8 @@ class PackBuffers {
   }
   float* a() const { return a_; }
   float* b() const { return b_; }
-  float* stage() const { return stage_; }  // (kKc, 32)
+  float* stage() const { return stage_; }               // (kKc, 32)
+  float* stage2() const { return stage_ + 32 * kKc; }  // (32, kKc)
 
   /// The calling thread's buffers.
   static PackBuffers const& local() {
@@ -547,6 +548,17 @@ void pack_in_format(GemmKernel const& kern, PanelFormat format, float* dst, Inde
   Index const row_floats = panel_row_floats(format, kern.pad, depth);
   for (Index q = 0; q < rows; q += width, dst += width * row_floats) {
     pack(stage, r0 + q, std::min(width, rows - q), d0, depth);
+#if SDLORA_X86_KERNELS
+    if (format == PanelFormat::kBf16Rows && width <= 32) {  // AMX: transposed in registers, then rounded by rows
+      Index const kp = row_floats * 2;
+      float* const rows_major = PackBuffers::local().stage2();  // (width, kp) float
+      for (Index p0 = 0; p0 < kp; p0 += 16)
+        kernels::transpose_rows_avx512(rows_major + p0, kp, stage + p0 * width, width,
+                                       std::clamp<Index>(depth - p0, 0, 16), width, 16);
+      bf16_detail::narrow(reinterpret_cast<std::uint16_t*>(dst), rows_major, width * kp);
+      continue;
+    }
+#endif
     bf16_detail::convert_panel(dst, stage, format, width, depth, kern.pad);
   }
 }
