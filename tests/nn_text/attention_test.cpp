@@ -307,3 +307,57 @@ TEST_CASE("the fused float backward tile (AVX2 / AVX-512) equals the generic pat
       }
     }
 }
+
+TEST_CASE("bf16 compute: the fused attention tiles on AMX-BF16 are the double reference within bf16 rounding",
+          "[ops][attention][bf16]") {
+  // Context::compute = BF16 on a CPU with AMX-BF16 runs every product of the fused forward and backward tiles on the
+  // tile unit (operands rounded to bf16, sums in float; softmax and exp in float). Head widths 40, 64, 80 and 5,
+  // partial query and key tiles (tiles of 3 x 5 too), 1, 2 and 8 threads (both backward schedules). Tolerance: 2e-2
+  // relative L2 against the double reference (bf16's 8 bits over sums of up to 300 products), and more than 1e-5
+  // (the operands were rounded). Elsewhere attention stays float under bf16 compute: the float path's bits.
+  struct Shape3 {
+    Index d, lk, bq, bk;
+  };
+  bool const amx = cpu::bf16_unit() == cpu::Bf16Unit::kAmx;
+  for (auto [d, lk, bq, bk] : {Shape3{40, 300, 64, 256}, Shape3{64, 77, 64, 256}, Shape3{80, 77, 64, 256},
+                               Shape3{5, 77, 3, 5}, Shape3{40, 29, 3, 5}})
+    for (int threads : {1, 2, 8}) {
+      INFO("D " << d << ", Lk " << lk << ", tiles " << bq << " x " << bk << ", threads " << threads);
+      Index const heads = 2, w = heads * d, lq = d == 5 ? 31 : 203;
+      auto q = random_tensor<double>(Shape{2, lq, w}, 61);
+      auto k = random_tensor<double>(Shape{2, lk, w}, 62);
+      auto v = random_tensor<double>(Shape{2, lk, w}, 63);
+      auto dout = random_tensor<double>(Shape{2, lq, w}, 64);
+      ops::Attention op{.heads = heads, .block_q = bq, .block_k = bk};
+      Context<Cpu> ctx;
+      Tensor<double> lse_ref;
+      auto const o_ref = attend(ctx, op, q, k, v, &lse_ref);
+      Tensor<double> dq_ref(q.shape()), dk_ref(k.shape()), dv_ref(v.shape());
+      ops::attention_backward<double, Cpu>(ctx, op, dq_ref.view(), dk_ref.view(), dv_ref.view(), q.view(), k.view(),
+                                           v.view(), o_ref.view(), lse_ref.view(), dout.view());
+      auto const qf = convert<float>(q), kf = convert<float>(k), vf = convert<float>(v), dof = convert<float>(dout);
+      auto run = [&](DType compute) {
+        Context<Cpu> c;
+        c.num_threads = threads;
+        c.compute = compute;
+        Tensor<float> lse;
+        auto o = attend(c, op, qf, kf, vf, &lse);
+        Tensor<float> dq(q.shape()), dk(k.shape()), dv(v.shape());
+        ops::attention_backward<float, Cpu>(c, op, dq.view(), dk.view(), dv.view(), qf.view(), kf.view(), vf.view(),
+                                            o.view(), lse.view(), dof.view());
+        return std::array<Tensor<float>, 4>{std::move(o), std::move(dq), std::move(dk), std::move(dv)};
+      };
+      auto const f32 = run(DType::F32);
+      auto const bf16 = run(DType::BF16);
+      std::array<Tensor<double> const*, 4> const ref{&o_ref, &dq_ref, &dk_ref, &dv_ref};
+      for (std::size_t i = 0; i < 4; ++i) {
+        INFO("result " << i << " (o, dq, dk, dv)");
+        if (amx) {
+          CHECK(test::rel_l2(bf16[i], *ref[i]) < 2e-2);
+          CHECK(test::rel_l2(bf16[i], *ref[i]) > 1e-5);
+        } else {
+          CHECK(test::rel_l2(bf16[i], f32[i]) == 0.0);
+        }
+      }
+    }
+}

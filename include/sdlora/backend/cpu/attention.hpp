@@ -49,12 +49,29 @@ struct ForwardTile {
   Index ldq, ldkt, ldo;
   Index nq, lk, d, dp, bk;
   float scale;
+  bool amx = false;  // the products on AMX-BF16 tiles (Context<Cpu>::compute = BF16; amx_product)
+};
+
+/// Buffers of amx_product: its operands as bf16 tiles, a float transpose, and the last few b operands converted (a
+/// backward tile pair's k^T, v^T and k depend only on the head and the key tile, which the next query tile shares).
+/// One per worker and per op call: an operand's memory holds the same values for as long as the op runs.
+struct AmxProductScratch {
+  struct Converted {
+    float const* src = nullptr;
+    Index head = -1, ld = 0, n = 0, width = 0;
+    std::vector<std::uint16_t> pairs;
+  };
+  std::vector<std::uint16_t> a, b;
+  std::vector<float> t;
+  Converted kept[3];
+  int next = 0;  // the slot to replace
 };
 
 /// Per-worker buffers of forward_tile, sized for (bq, bk, D) padded to the vector width.
 struct ForwardTileScratch {
   std::vector<float> q, s, acc, m, l;  // (bq', D) scaled q; (bq', bk') scores then probabilities;
                                        // (bq', D') unnormalised output; (bq') row max and row sum
+  AmxProductScratch amx;
 };
 
 /// Keys and values of one head in the layout ForwardTile reads: kt (D, ldkt) = k^T and vp (ldkt, dp) = v, each padded
@@ -90,11 +107,14 @@ struct BackwardTile {
   float* dv;
   Index ldkt, nq, nk, d, dp;
   float scale;
+  bool amx = false;  // the products on AMX-BF16 tiles (Context<Cpu>::compute = BF16; amx_product)
+  Index head = -1;   // which (batch, head) the operands are of (amx_product keeps k^T, v^T and k converted per head)
 };
 
 /// Per-worker buffers of backward_tile: (rows, nkp) probabilities and dS.
 struct BackwardTileScratch {
   std::vector<float> p, ds;
+  AmxProductScratch amx;
 };
 
 /// One head's operands for the backward: qp and dop (lq + kRows, dp): q and dout rows with zero columns from D and
@@ -211,6 +231,85 @@ template <class V, bool TransA = false>
     }
 }
 
+/// c (rows, width) (+)= a (rows, n) @ b (n, width) as product() does, with operands rounded to bf16 and multiplied
+/// on AMX tiles (sums in float): a (row-major, or stored transposed with TransA: (n, rows)) becomes bf16 rows
+/// (rows and n padded to 16 and 32; a transposed one through the AVX-512 panel transpose), b depth pairs
+/// (bf16.hpp's to_pairs); 2 x 2 tiles of 16 x 16 at a time, those C tiles that leave c through a zero-padded copy.
+/// `head` >= 0 names the head whose operand b is (then b's conversion is kept for the next calls with the same b).
+__attribute__((target("amx-tile,amx-bf16,avx512f,avx512bw,avx512vl,avx512bf16"))) inline void amx_product(
+    float* c, Index ldc, float const* a, Index lda, bool trans_a, float const* b, Index ldb, Index rows, Index n,
+    Index width, bool accumulate, AmxProductScratch& s, Index head = -1) {
+  auto const pad = [](Index x, Index to) { return (x + to - 1) / to * to; };
+  Index const R = pad(rows, 16), N = pad(n, 32), W = pad(width, 16);
+  s.a.assign(std::size_t(R * N), 0);
+  if (!trans_a) {
+    for (Index r = 0; r < rows; ++r) bf16_detail::narrow(s.a.data() + r * N, a + r * lda, n);
+  } else {  // a(r, j) = a[j * lda + r]: transposed into (rows, N) floats, zero past n, then rounded by rows
+    s.t.resize(std::size_t(rows * N));
+    for (Index p0 = 0; p0 < N; p0 += 16)
+      sdlora::cpu::kernels::transpose_rows_avx512(s.t.data() + p0, N, a + p0 * lda, lda,
+                                                  std::clamp<Index>(n - p0, 0, 16), rows, 16);
+    bf16_detail::narrow(s.a.data(), s.t.data(), rows * N);
+  }
+  std::uint16_t const* bb = nullptr;
+  for (auto const& k : s.kept)
+    if (head >= 0 && k.src == b && k.head == head && k.ld == ldb && k.n == n && k.width == width) bb = k.pairs.data();
+  if (!bb) {
+    std::vector<std::uint16_t>* to = &s.b;
+    if (head >= 0) {
+      auto& slot = s.kept[s.next];
+      s.next = (s.next + 1) % 3;
+      slot = {b, head, ldb, n, width, std::move(slot.pairs)};
+      to = &slot.pairs;
+    }
+    to->resize(std::size_t(N * W));
+    bf16_detail::to_pairs(to->data(), b, ldb, W, width, n, N);
+    bb = to->data();
+  }
+  std::uint16_t const* const ab = s.a.data();
+  alignas(64) float edge[4][16 * 16];
+  sdlora::cpu::kernels::amx_begin();
+  for (Index r0 = 0; r0 < R; r0 += 32)
+    for (Index c0 = 0; c0 < W; c0 += 32) {
+      bool const two_r = r0 + 16 < R, two_c = c0 + 16 < W;
+      // C tile (i, j) at rows r0 + 16 i, columns c0 + 16 j: in c itself when whole, else in edge[2 i + j].
+      auto whole = [&](Index i, Index j) { return r0 + 16 * i + 16 <= rows && c0 + 16 * j + 16 <= width; };
+      auto at = [&](Index i, Index j) { return c + (r0 + 16 * i) * ldc + c0 + 16 * j; };
+      auto fill_edge = [&](Index i, Index j) {
+        float* e = edge[2 * i + j];
+        Index const nr = std::clamp<Index>(rows - r0 - 16 * i, 0, 16), nc = std::clamp<Index>(width - c0 - 16 * j, 0, 16);
+        std::fill_n(e, 256, 0.f);
+        if (accumulate)
+          for (Index r = 0; r < nr; ++r) std::copy_n(at(i, j) + r * ldc, nc, e + r * 16);
+      };
+#define SDLORA_C_IN(T, i, j)                                          if (whole(i, j)) {                                                    if (accumulate) _tile_loadd(T, at(i, j), ldc * 4);                  else _tile_zero(T);                                               } else {                                                              fill_edge(i, j);                                                    _tile_loadd(T, edge[T], 64);                                      }
+      SDLORA_C_IN(0, 0, 0)
+      if (two_c) { SDLORA_C_IN(1, 0, 1) }
+      if (two_r) { SDLORA_C_IN(2, 1, 0) }
+      if (two_r && two_c) { SDLORA_C_IN(3, 1, 1) }
+#undef SDLORA_C_IN
+      for (Index k0 = 0; k0 < N; k0 += 32) {
+        _tile_loadd(4, ab + r0 * N + k0, N * 2);
+        _tile_loadd(6, bb + k0 * W + c0 * 2, W * 4);  // pair rows k0 / 2 ..: W columns x 2 each
+        if (two_c) _tile_loadd(7, bb + k0 * W + (c0 + 16) * 2, W * 4);
+        _tile_dpbf16ps(0, 4, 6);
+        if (two_c) _tile_dpbf16ps(1, 4, 7);
+        if (two_r) {
+          _tile_loadd(5, ab + (r0 + 16) * N + k0, N * 2);
+          _tile_dpbf16ps(2, 5, 6);
+          if (two_c) _tile_dpbf16ps(3, 5, 7);
+        }
+      }
+#define SDLORA_C_OUT(T, i, j)                                                                            if (whole(i, j)) {                                                                                       _tile_stored(T, at(i, j), ldc * 4);                                                                  } else {                                                                                                 _tile_stored(T, edge[T], 64);                                                                          Index const nr = std::clamp<Index>(rows - r0 - 16 * i, 0, 16), nc = std::clamp<Index>(width - c0 - 16 * j, 0, 16);     for (Index r = 0; r < nr; ++r) std::copy_n(edge[T] + r * 16, nc, at(i, j) + r * ldc);               }
+      SDLORA_C_OUT(0, 0, 0)
+      if (two_c) { SDLORA_C_OUT(1, 0, 1) }
+      if (two_r) { SDLORA_C_OUT(2, 1, 0) }
+      if (two_r && two_c) { SDLORA_C_OUT(3, 1, 1) }
+#undef SDLORA_C_OUT
+    }
+  sdlora::cpu::kernels::amx_end();
+}
+
 /// The forward of one query tile with the online softmax (the generic path's algorithm): the scaled q rows, each key
 /// tile's k^T and v copied into width-padded buffers, scores and P @ V by register-tiled loops over those buffers.
 template <class V>
@@ -228,7 +327,8 @@ template <class V>
   for (Index j0 = 0; j0 < t.lk; j0 += t.bk) {
     Index const nk = std::min(t.bk, t.lk - j0), nkp = pad(nk, L);
     float* sc = s.s.data();
-    product<V>(sc, nkp, s.q.data(), t.d, t.kt + j0, t.ldkt, rows, t.d, nkp, false);  // (rows, nkp) scaled scores
+    if (t.amx) amx_product(sc, nkp, s.q.data(), t.d, false, t.kt + j0, t.ldkt, rows, t.d, nkp, false, s.amx);
+    else product<V>(sc, nkp, s.q.data(), t.d, t.kt + j0, t.ldkt, rows, t.d, nkp, false);  // (rows, nkp) scaled scores
     for (Index r = 0; r < rows; ++r) {
       float* row = sc + r * nkp;
       for (Index j = nk; j < nkp; ++j) row[j] = -std::numeric_limits<float>::infinity();
@@ -244,7 +344,8 @@ template <class V>
       float* acc = s.acc.data() + r * dp;
       for (Index c = 0; c < dp; ++c) acc[c] *= alpha;
     }
-    product<V>(s.acc.data(), dp, sc, nkp, t.vp + j0 * dp, dp, rows, nkp, dp, true);  // acc += P @ v
+    if (t.amx) amx_product(s.acc.data(), dp, sc, nkp, false, t.vp + j0 * dp, dp, rows, nkp, dp, true, s.amx);
+    else product<V>(s.acc.data(), dp, sc, nkp, t.vp + j0 * dp, dp, rows, nkp, dp, true);  // acc += P @ v
   }
   for (Index r = 0; r < t.nq; ++r) {
     float const l = s.l[std::size_t(r)];
@@ -272,8 +373,13 @@ template <class V>
   s.ds.resize(std::size_t(rows * nkp));
   float* const p = s.p.data();
   float* const ds = s.ds.data();
-  product<V>(p, nkp, t.qp, t.dp, t.kt, t.ldkt, rows, t.d, nkp, false);    // q k^T
-  product<V>(ds, nkp, t.dop, t.dp, t.vt, t.ldkt, rows, t.d, nkp, false);  // dout v^T
+  if (t.amx) {
+    amx_product(p, nkp, t.qp, t.dp, false, t.kt, t.ldkt, rows, t.d, nkp, false, s.amx, t.head);
+    amx_product(ds, nkp, t.dop, t.dp, false, t.vt, t.ldkt, rows, t.d, nkp, false, s.amx, t.head);
+  } else {
+    product<V>(p, nkp, t.qp, t.dp, t.kt, t.ldkt, rows, t.d, nkp, false);    // q k^T
+    product<V>(ds, nkp, t.dop, t.dp, t.vt, t.ldkt, rows, t.d, nkp, false);  // dout v^T
+  }
   for (Index r = 0; r < rows; ++r) {
     float* const pr = p + r * nkp;
     float* const dr = ds + r * nkp;
@@ -293,6 +399,12 @@ template <class V>
       store(dr + i, x * (g - delta) * t.scale);
     }
     for (Index j = t.nk; j < nkp; ++j) pr[j] = dr[j] = 0.f;  // padded keys
+  }
+  if (t.amx) {
+    if (t.dv) amx_product(t.dv, t.dp, p, nkp, true, t.dop, t.dp, nkp, rows, t.dp, true, s.amx);
+    if (t.dk) amx_product(t.dk, t.dp, ds, nkp, true, t.qp, t.dp, nkp, rows, t.dp, true, s.amx);
+    if (t.dq) amx_product(t.dq, t.dp, ds, nkp, false, t.kp, t.dp, rows, nkp, t.dp, true, s.amx, t.head);
+    return;
   }
   if (t.dv) product<V, true>(t.dv, t.dp, p, nkp, t.dop, t.dp, nkp, rows, t.dp, true);  // P^T dout
   if (t.dk) product<V, true>(t.dk, t.dp, ds, nkp, t.qp, t.dp, nkp, rows, t.dp, true);  // dS^T q (scaled)
@@ -383,7 +495,8 @@ struct Impl<Attention, Cpu> {
               .o = o.data() + b * o.stride(0) + i0 * o.stride(1) + h * g.d,
               .lse = lse.data() + bh * g.lq + i0,
               .ldq = q.stride(1), .ldkt = ldkt, .ldo = o.stride(1),
-              .nq = nq, .lk = g.lk, .d = g.d, .dp = dp, .bk = g.bk, .scale = float(g.scale)};
+              .nq = nq, .lk = g.lk, .d = g.d, .dp = dp, .bk = g.bk, .scale = float(g.scale),
+              .amx = amx_attention(ctx, tile.lanes)};
           tile.run(tile_args, scratch[std::size_t(worker)]);
         });
         return;
@@ -628,6 +741,17 @@ struct Impl<Attention, Cpu> {
     std::vector<std::optional<Scratch<T>>> slots_;
   };
   /// The same kernel path on one thread (for problems too small to split).
+  /// Whether the fused kernels multiply on AMX-BF16 tiles: bf16 compute (Context<Cpu>::compute) on the AVX-512 path
+  /// of a CPU with AMX. Elsewhere attention's products stay float under bf16 compute.
+  static bool amx_attention(Context<Cpu> const& ctx, Index lanes) {
+#if SDLORA_FUSED_ATTENTION
+    return ctx.compute == DType::BF16 && lanes == 16 && sdlora::cpu::bf16_unit() == sdlora::cpu::Bf16Unit::kAmx;
+#else
+    (void)ctx, (void)lanes;
+    return false;
+#endif
+  }
+
   static Context<Cpu> const& serial_context(Context<Cpu> const& ctx) {
     thread_local Context<Cpu> serial;
     serial.num_threads = 1;
@@ -674,7 +798,8 @@ struct Impl<Attention, Cpu> {
                               .lse = lse.data() + bh * g.lq + i0, .delta = delta + bh * g.lq + i0,
                               .dq = nullptr, .dk = nullptr, .dv = nullptr,
                               .ldkt = ldkt, .nq = std::min(g.bq, g.lq - i0), .nk = std::min(g.bk, g.lk - j0),
-                              .d = g.d, .dp = dp, .scale = float(g.scale)};
+                              .d = g.d, .dp = dp, .scale = float(g.scale), .amx = amx_attention(ctx, lanes),
+                              .head = bh};
     };
     // Rows [0, n) of a padded accumulator (row stride dp) into rows [r0, r0 + n) of head h of batch b of `to`.
     auto copy_out = [&](TensorView<float, Cpu> const& to, Index b, Index h, Index r0, Index n, float const* from) {
