@@ -183,8 +183,9 @@ struct Context<Cpu> {
   /// What the GEMMs (Linear, convolution, the training step's gradients) multiply: F32, or BF16 — operands rounded
   /// to bfloat16, products summed in float, as torch.autocast(device_type="cpu", dtype=torch.bfloat16) does. BF16
   /// runs on AMX-BF16 tiles or AVX512-BF16 where the CPU has them (backend/cpu/bf16.hpp), else on the float kernels
-  /// with rounded operands; convolutions then skip Winograd, and attention's products stay float. Results are
-  /// within bf16 rounding of F32's (its own tolerance in the tests), not its bits.
+  /// with rounded operands; convolutions then skip Winograd. Attention's products run on AMX tiles too where the CPU
+  /// has AMX, and stay float elsewhere. Results are within bf16 rounding of F32's (its own tolerance in the tests),
+  /// not its bits.
   DType compute = DType::F32;
 
   int threads() const { return num_threads > 0 ? num_threads : cpu::default_thread_count(); }

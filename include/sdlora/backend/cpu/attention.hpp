@@ -23,6 +23,7 @@
 #include <limits>       // std::numeric_limits
 #include <optional>     // std::optional
 #include <type_traits>  // std::is_same_v, std::decay_t
+#include <utility>      // std::pair
 #include <vector>       // std::vector
 
 #include <Eigen/Core>  // Eigen::Matrix, Eigen::Map, Eigen::Block
@@ -50,7 +51,23 @@ struct ForwardTile {
   Index nq, lk, d, dp, bk;
   float scale;
   bool amx = false;  // the products on AMX-BF16 tiles (Context<Cpu>::compute = BF16; amx_product)
+  // With amx, the head's kt and vp converted once as depth pairs (sizes: amx_pairs_sizes), or null.
+  std::uint16_t const* kt16 = nullptr;
+  std::uint16_t const* vp16 = nullptr;
 };
+
+/// A b operand of amx_product already in depth pairs: pair row r, column c at p[(r * width + c) * 2].
+struct AmxPairs {
+  std::uint16_t const* p;
+  Index width;
+};
+
+/// One head's kt (d, ldkt) and vp (ldkt, dp) of the forward as depth pairs, zero past their depths (d and ldkt) up to
+/// a whole number of AMX steps and one more step of keys (the last key tile's padded depth): kt16 (pad32(d) / 2, ldkt,
+/// 2), vp16 ((pad32(ldkt) + 32) / 2, dp, 2). Sizes in elements: amx_pairs_sizes.
+inline std::pair<Index, Index> amx_pairs_sizes(Index d, Index ldkt, Index dp) {
+  return {(d + 31) / 32 * 32 * ldkt, ((ldkt + 31) / 32 * 32 + 32) * dp};
+}
 
 /// Buffers of amx_product: its operands as bf16 tiles, a float transpose, and the last few b operands converted (a
 /// backward tile pair's k^T, v^T and k depend only on the head and the key tile, which the next query tile shares).
@@ -235,10 +252,11 @@ template <class V, bool TransA = false>
 /// on AMX tiles (sums in float): a (row-major, or stored transposed with TransA: (n, rows)) becomes bf16 rows
 /// (rows and n padded to 16 and 32; a transposed one through the AVX-512 panel transpose), b depth pairs
 /// (bf16.hpp's to_pairs); 2 x 2 tiles of 16 x 16 at a time, those C tiles that leave c through a zero-padded copy.
-/// `head` >= 0 names the head whose operand b is (then b's conversion is kept for the next calls with the same b).
+/// `head` >= 0 names the head whose operand b is (then b's conversion is kept for the next calls with the same b);
+/// `pre`, where not null, is b already in depth pairs (zero past n up to n rounded up to 32).
 __attribute__((target("amx-tile,amx-bf16,avx512f,avx512bw,avx512vl,avx512bf16"))) inline void amx_product(
     float* c, Index ldc, float const* a, Index lda, bool trans_a, float const* b, Index ldb, Index rows, Index n,
-    Index width, bool accumulate, AmxProductScratch& s, Index head = -1) {
+    Index width, bool accumulate, AmxProductScratch& s, Index head = -1, AmxPairs const* pre = nullptr) {
   auto const pad = [](Index x, Index to) { return (x + to - 1) / to * to; };
   Index const R = pad(rows, 16), N = pad(n, 32), W = pad(width, 16);
   s.a.assign(std::size_t(R * N), 0);
@@ -251,9 +269,10 @@ __attribute__((target("amx-tile,amx-bf16,avx512f,avx512bw,avx512vl,avx512bf16"))
                                                   std::clamp<Index>(n - p0, 0, 16), rows, 16);
     bf16_detail::narrow(s.a.data(), s.t.data(), rows * N);
   }
-  std::uint16_t const* bb = nullptr;
+  std::uint16_t const* bb = pre ? pre->p : nullptr;
+  Index const wb = pre ? pre->width : W;  // columns of a pair row of bb
   for (auto const& k : s.kept)
-    if (head >= 0 && k.src == b && k.head == head && k.ld == ldb && k.n == n && k.width == width) bb = k.pairs.data();
+    if (!bb && head >= 0 && k.src == b && k.head == head && k.ld == ldb && k.n == n && k.width == width) bb = k.pairs.data();
   if (!bb) {
     std::vector<std::uint16_t>* to = &s.b;
     if (head >= 0) {
@@ -290,8 +309,8 @@ __attribute__((target("amx-tile,amx-bf16,avx512f,avx512bw,avx512vl,avx512bf16"))
 #undef SDLORA_C_IN
       for (Index k0 = 0; k0 < N; k0 += 32) {
         _tile_loadd(4, ab + r0 * N + k0, N * 2);
-        _tile_loadd(6, bb + k0 * W + c0 * 2, W * 4);  // pair rows k0 / 2 ..: W columns x 2 each
-        if (two_c) _tile_loadd(7, bb + k0 * W + (c0 + 16) * 2, W * 4);
+        _tile_loadd(6, bb + k0 * wb + c0 * 2, wb * 4);  // pair rows k0 / 2 ..: wb columns x 2 each
+        if (two_c) _tile_loadd(7, bb + k0 * wb + (c0 + 16) * 2, wb * 4);
         _tile_dpbf16ps(0, 4, 6);
         if (two_c) _tile_dpbf16ps(1, 4, 7);
         if (two_r) {
@@ -327,7 +346,11 @@ template <class V>
   for (Index j0 = 0; j0 < t.lk; j0 += t.bk) {
     Index const nk = std::min(t.bk, t.lk - j0), nkp = pad(nk, L);
     float* sc = s.s.data();
-    if (t.amx) amx_product(sc, nkp, s.q.data(), t.d, false, t.kt + j0, t.ldkt, rows, t.d, nkp, false, s.amx);
+    if (t.amx) {
+      AmxPairs const pre{t.kt16 + j0 * 2, t.ldkt};
+      amx_product(sc, nkp, s.q.data(), t.d, false, t.kt + j0, t.ldkt, rows, t.d, nkp, false, s.amx, -1,
+                  t.kt16 ? &pre : nullptr);
+    }
     else product<V>(sc, nkp, s.q.data(), t.d, t.kt + j0, t.ldkt, rows, t.d, nkp, false);  // (rows, nkp) scaled scores
     for (Index r = 0; r < rows; ++r) {
       float* row = sc + r * nkp;
@@ -344,7 +367,11 @@ template <class V>
       float* acc = s.acc.data() + r * dp;
       for (Index c = 0; c < dp; ++c) acc[c] *= alpha;
     }
-    if (t.amx) amx_product(s.acc.data(), dp, sc, nkp, false, t.vp + j0 * dp, dp, rows, nkp, dp, true, s.amx);
+    if (t.amx) {
+      AmxPairs const pre{t.vp16 + j0 * dp, dp};  // pair row j0 / 2 (j0 even)
+      amx_product(s.acc.data(), dp, sc, nkp, false, t.vp + j0 * dp, dp, rows, nkp, dp, true, s.amx, -1,
+                  t.vp16 && j0 % 2 == 0 ? &pre : nullptr);
+    }
     else product<V>(s.acc.data(), dp, sc, nkp, t.vp + j0 * dp, dp, rows, nkp, dp, true);  // acc += P @ v
   }
   for (Index r = 0; r < t.nq; ++r) {
@@ -478,11 +505,22 @@ struct Impl<Attention, Cpu> {
         Index const dp = (g.d + tile.lanes - 1) / tile.lanes * tile.lanes;                  // head width, padded
         auto kt = Tensor<float, Cpu>::uninitialized(Shape{heads_total, g.d, ldkt});  // (B*H, D, Lk') k^T per head
         auto vp = Tensor<float, Cpu>::uninitialized(Shape{heads_total, ldkt, dp});   // (B*H, Lk', D') v per head
+        bool const amx = amx_attention(ctx, tile.lanes);
+        std::pair<Index, Index> const sizes = ak::amx_pairs_sizes(g.d, ldkt, dp);
+        Index const kt16_size = sizes.first, vp16_size = sizes.second;  // per head
+        std::vector<std::uint16_t> pairs(amx ? std::size_t(heads_total * (kt16_size + vp16_size)) : 0);
         sdlora::cpu::parallel_for(run_on, heads_total, heads_total > 1, [&](Index bh) {
           Index const b = bh / g.heads, h = bh % g.heads;
           ak::pack_keys_values(kt.data() + bh * g.d * ldkt, vp.data() + bh * ldkt * dp,
                                k.data() + b * k.stride(0) + h * g.d, k.stride(1),
                                v.data() + b * v.stride(0) + h * g.d, v.stride(1), g.lk, g.d, ldkt, dp);
+          if (amx) {
+            std::uint16_t* kt16 = pairs.data() + bh * (kt16_size + vp16_size);
+            sdlora::cpu::bf16_detail::to_pairs(kt16, kt.data() + bh * g.d * ldkt, ldkt, ldkt, ldkt, g.d,
+                                               kt16_size / ldkt);
+            sdlora::cpu::bf16_detail::to_pairs(kt16 + kt16_size, vp.data() + bh * ldkt * dp, dp, dp, dp, ldkt,
+                                               vp16_size / dp);
+          }
         });
         std::vector<ak::ForwardTileScratch> scratch(std::size_t(run_on.threads()));
         sdlora::cpu::parallel_tasks(run_on, tasks, [&](Index t, int worker) {
@@ -495,8 +533,9 @@ struct Impl<Attention, Cpu> {
               .o = o.data() + b * o.stride(0) + i0 * o.stride(1) + h * g.d,
               .lse = lse.data() + bh * g.lq + i0,
               .ldq = q.stride(1), .ldkt = ldkt, .ldo = o.stride(1),
-              .nq = nq, .lk = g.lk, .d = g.d, .dp = dp, .bk = g.bk, .scale = float(g.scale),
-              .amx = amx_attention(ctx, tile.lanes)};
+              .nq = nq, .lk = g.lk, .d = g.d, .dp = dp, .bk = g.bk, .scale = float(g.scale), .amx = amx,
+              .kt16 = amx ? pairs.data() + bh * (kt16_size + vp16_size) : nullptr,
+              .vp16 = amx ? pairs.data() + bh * (kt16_size + vp16_size) + kt16_size : nullptr};
           tile.run(tile_args, scratch[std::size_t(worker)]);
         });
         return;
