@@ -45,6 +45,36 @@ Tensor<T> attend_materialized(Context<Cpu>& ctx, ops::Attention const& op, Tenso
   return o;
 }
 
+/// A backward problem of two batches: random q, k, v, dout (seeds seed .. seed + 3) with their double reference
+/// forward (o, lse) and backward (dq, dk, dv) on `threads` threads (0: the default), and q, k, v, dout in float.
+struct BackwardProblem {
+  struct {
+    Tensor<double> q, k, v, dout, o, lse, dq, dk, dv;
+  } reference;
+  struct {
+    Tensor<float> q, k, v, dout;
+  } as_float;
+};
+BackwardProblem backward_problem(ops::Attention const& op, Index lq, Index lk, Index w, std::uint32_t seed,
+                                 int threads) {
+  BackwardProblem p;
+  auto& r = p.reference;
+  r.q = random_tensor<double>(Shape{2, lq, w}, seed);
+  r.k = random_tensor<double>(Shape{2, lk, w}, seed + 1);
+  r.v = random_tensor<double>(Shape{2, lk, w}, seed + 2);
+  r.dout = random_tensor<double>(Shape{2, lq, w}, seed + 3);
+  Context<Cpu> ctx;
+  ctx.num_threads = threads;
+  r.o = attend(ctx, op, r.q, r.k, r.v, &r.lse);
+  r.dq = Tensor<double>(r.q.shape());
+  r.dk = Tensor<double>(r.k.shape());
+  r.dv = Tensor<double>(r.v.shape());
+  ops::attention_backward<double, Cpu>(ctx, op, r.dq.view(), r.dk.view(), r.dv.view(), r.q.view(), r.k.view(),
+                                       r.v.view(), r.o.view(), r.lse.view(), r.dout.view());
+  p.as_float = {convert<float>(r.q), convert<float>(r.k), convert<float>(r.v), convert<float>(r.dout)};
+  return p;
+}
+
 }  // namespace
 
 TEST_CASE("tiled attention forward equals the materialised reference for tiles smaller than L",
@@ -250,19 +280,10 @@ TEST_CASE("the fused float backward tile (AVX2 / AVX-512) equals the generic pat
     for (int threads : {1, 2, 8}) {
       INFO("D " << d << ", Lk " << lk << ", tiles " << bq << " x " << bk << ", threads " << threads);
       Index const heads = 2, w = heads * d, lq = d == 5 ? 31 : 203;
-      auto q = random_tensor<double>(Shape{2, lq, w}, 51);
-      auto k = random_tensor<double>(Shape{2, lk, w}, 52);
-      auto v = random_tensor<double>(Shape{2, lk, w}, 53);
-      auto dout = random_tensor<double>(Shape{2, lq, w}, 54);
       ops::Attention op{.heads = heads, .block_q = bq, .block_k = bk};
-      Context<Cpu> ctx;
-      ctx.num_threads = threads;
-      Tensor<double> lse_ref;
-      auto const o_ref = attend(ctx, op, q, k, v, &lse_ref);
-      Tensor<double> dq_ref(q.shape()), dk_ref(k.shape()), dv_ref(v.shape());
-      ops::attention_backward<double, Cpu>(ctx, op, dq_ref.view(), dk_ref.view(), dv_ref.view(), q.view(), k.view(),
-                                           v.view(), o_ref.view(), lse_ref.view(), dout.view());
-      auto const qf = convert<float>(q), kf = convert<float>(k), vf = convert<float>(v), dof = convert<float>(dout);
+      BackwardProblem const pr = backward_problem(op, lq, lk, w, 51, threads);
+      Tensor<double> const &dq_ref = pr.reference.dq, &dk_ref = pr.reference.dk, &dv_ref = pr.reference.dv;
+      Tensor<float> const &qf = pr.as_float.q, &kf = pr.as_float.k, &vf = pr.as_float.v, &dof = pr.as_float.dout;
       struct Grads {
         Tensor<float> dq, dk, dv;
       };
@@ -324,25 +345,18 @@ TEST_CASE("bf16 compute: the fused attention tiles on AMX-BF16 are the double re
     for (int threads : {1, 2, 8}) {
       INFO("D " << d << ", Lk " << lk << ", tiles " << bq << " x " << bk << ", threads " << threads);
       Index const heads = 2, w = heads * d, lq = d == 5 ? 31 : 203;
-      auto q = random_tensor<double>(Shape{2, lq, w}, 61);
-      auto k = random_tensor<double>(Shape{2, lk, w}, 62);
-      auto v = random_tensor<double>(Shape{2, lk, w}, 63);
-      auto dout = random_tensor<double>(Shape{2, lq, w}, 64);
       ops::Attention op{.heads = heads, .block_q = bq, .block_k = bk};
-      Context<Cpu> ctx;
-      Tensor<double> lse_ref;
-      auto const o_ref = attend(ctx, op, q, k, v, &lse_ref);
-      Tensor<double> dq_ref(q.shape()), dk_ref(k.shape()), dv_ref(v.shape());
-      ops::attention_backward<double, Cpu>(ctx, op, dq_ref.view(), dk_ref.view(), dv_ref.view(), q.view(), k.view(),
-                                           v.view(), o_ref.view(), lse_ref.view(), dout.view());
-      auto const qf = convert<float>(q), kf = convert<float>(k), vf = convert<float>(v), dof = convert<float>(dout);
+      BackwardProblem const pr = backward_problem(op, lq, lk, w, 61, 0);
+      Tensor<double> const &o_ref = pr.reference.o, &dq_ref = pr.reference.dq, &dk_ref = pr.reference.dk,
+                           &dv_ref = pr.reference.dv;
+      Tensor<float> const &qf = pr.as_float.q, &kf = pr.as_float.k, &vf = pr.as_float.v, &dof = pr.as_float.dout;
       auto run = [&](DType compute) {
         Context<Cpu> c;
         c.num_threads = threads;
         c.compute = compute;
         Tensor<float> lse;
         auto o = attend(c, op, qf, kf, vf, &lse);
-        Tensor<float> dq(q.shape()), dk(k.shape()), dv(v.shape());
+        Tensor<float> dq(qf.shape()), dk(kf.shape()), dv(vf.shape());
         ops::attention_backward<float, Cpu>(c, op, dq.view(), dk.view(), dv.view(), qf.view(), kf.view(), vf.view(),
                                             o.view(), lse.view(), dof.view());
         return std::array<Tensor<float>, 4>{std::move(o), std::move(dq), std::move(dk), std::move(dv)};

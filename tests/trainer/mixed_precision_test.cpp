@@ -4,6 +4,10 @@
 /// UNet's kept bytes halved.
 #include <catch2/catch.hpp>
 
+#include <algorithm>  // std::max
+#include <cmath>      // std::sqrt
+#include <string>     // std::string
+
 #include <sdlora/pipeline.hpp>
 #include <sdlora/train/trainer.hpp>
 #include <sdlora/instances.hpp>  // compiled once: the sdlora::instances library every test links
@@ -12,6 +16,32 @@
 #include "trainer/recipes.hpp"  // fixture_batch, fixture_name
 
 using namespace sdlora;
+
+namespace {
+/// sdlora's LoRA gradients and diffusers' 16-bit ones (fixture one_step_lora_mixed, "grad_<name>.") against
+/// diffusers' float32 ones (one_step_lora): relative L2 over all gradients together, and the worst single one.
+struct GradientErrors {
+  double ours_all, theirs_all, ours_worst, theirs_worst;
+};
+template <class Params>
+GradientErrors gradient_errors(Params const& params, io::SafetensorsFile& ref, io::SafetensorsFile& mixed,
+                               std::string const& name) {
+  double ours_sq = 0, theirs_sq = 0, ref_sq = 0, ours_worst = 0, theirs_worst = 0;
+  for (auto const& p : params) {
+    std::string const key = test::fixture_name(p.name);
+    auto const g32 = ref.load<float>("grad." + key);
+    auto const g16 = mixed.load<float>("grad_" + name + "." + key);
+    double const norm = std::sqrt(test::inner(g32, g32));
+    double const e_ours = test::rel_l2(p.param->grad, g32), e_theirs = test::rel_l2(g16, g32);
+    ours_sq += e_ours * e_ours * norm * norm;
+    theirs_sq += e_theirs * e_theirs * norm * norm;
+    ref_sq += norm * norm;
+    ours_worst = std::max(ours_worst, e_ours);
+    theirs_worst = std::max(theirs_worst, e_theirs);
+  }
+  return {std::sqrt(ours_sq / ref_sq), std::sqrt(theirs_sq / ref_sq), ours_worst, theirs_worst};
+}
+}  // namespace
 
 TEST_CASE("A LoRA step keeping BF16 / F16 activations is as close to diffusers' float step as diffusers' own "
           "mixed-precision step", "[train][mixed]") {
@@ -45,21 +75,7 @@ TEST_CASE("A LoRA step keeping BF16 / F16 activations is as close to diffusers' 
       double const want = double(ref.load<float>("loss")(0));
       double const theirs = double(mixed.load<float>(std::string("loss.") + name)(0));
       CHECK(std::abs(loss - want) <= std::abs(theirs - want));
-      // errors: sdlora's and diffusers' 16-bit gradients against diffusers' float32 ones
-      double ours_sq = 0, theirs_sq = 0, ref_sq = 0, ours_worst = 0, theirs_worst = 0;
-      for (auto const& p : params) {
-        std::string const key = test::fixture_name(p.name);
-        auto const g32 = ref.load<float>("grad." + key);
-        auto const g16 = mixed.load<float>(std::string("grad_") + name + "." + key);
-        double const norm = std::sqrt(test::inner(g32, g32));
-        double const e_ours = test::rel_l2(p.param->grad, g32), e_theirs = test::rel_l2(g16, g32);
-        ours_sq += e_ours * e_ours * norm * norm;
-        theirs_sq += e_theirs * e_theirs * norm * norm;
-        ref_sq += norm * norm;
-        ours_worst = std::max(ours_worst, e_ours);
-        theirs_worst = std::max(theirs_worst, e_theirs);
-      }
-      double const ours_all = std::sqrt(ours_sq / ref_sq), theirs_all = std::sqrt(theirs_sq / ref_sq);
+      auto const [ours_all, theirs_all, ours_worst, theirs_worst] = gradient_errors(params, ref, mixed, name);
       INFO("sdlora: " << ours_all << " overall, worst " << ours_worst << "; diffusers: " << theirs_all << ", worst "
                       << theirs_worst);
       CHECK(ours_all <= theirs_all);
@@ -99,20 +115,7 @@ TEST_CASE("A LoRA step in bf16 compute, bf16 weights and activations is as close
     double const theirs = double(mixed.load<float>("loss.bf16")(0));
     INFO("loss " << loss << ", float " << want << ", diffusers bf16 " << theirs);
     CHECK(std::abs(loss - want) <= 2 * std::abs(theirs - want) + 1e-6);
-    double ours_sq = 0, theirs_sq = 0, ref_sq = 0, ours_worst = 0, theirs_worst = 0;
-    for (auto const& p : params) {
-      std::string const key = test::fixture_name(p.name);
-      auto const g32 = ref.load<float>("grad." + key);
-      auto const g16 = mixed.load<float>("grad_bf16." + key);
-      double const norm = std::sqrt(test::inner(g32, g32));
-      double const e_ours = test::rel_l2(p.param->grad, g32), e_theirs = test::rel_l2(g16, g32);
-      ours_sq += e_ours * e_ours * norm * norm;
-      theirs_sq += e_theirs * e_theirs * norm * norm;
-      ref_sq += norm * norm;
-      ours_worst = std::max(ours_worst, e_ours);
-      theirs_worst = std::max(theirs_worst, e_theirs);
-    }
-    double const ours_all = std::sqrt(ours_sq / ref_sq), theirs_all = std::sqrt(theirs_sq / ref_sq);
+    auto const [ours_all, theirs_all, ours_worst, theirs_worst] = gradient_errors(params, ref, mixed, "bf16");
     INFO("sdlora: " << ours_all << " overall, worst " << ours_worst << "; diffusers: " << theirs_all << ", worst "
                     << theirs_worst);
     CHECK(ours_all <= 1.5 * theirs_all);

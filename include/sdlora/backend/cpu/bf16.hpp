@@ -196,16 +196,37 @@ inline void round_in_place(float* x, Index n) {
 namespace kernels {
 
 #if SDLORA_X86_KERNELS
+// The 12 x 32 register tile of the AVX-512 float and AVX512-BF16 micro-kernels: 24 accumulators named c<row><half>
+// (so that they live in registers at any optimisation level), declared zero; and their store, c (row stride ldc) =
+// alpha * acc + beta * c, where beta == 0 never reads c.
+#define SDLORA_AVX512_TILE_ROW_ZERO(r) __m512 c##r##0 = _mm512_setzero_ps(), c##r##1 = _mm512_setzero_ps();
+#define SDLORA_AVX512_TILE_DECLARE                                                                        \
+  SDLORA_AVX512_TILE_ROW_ZERO(0) SDLORA_AVX512_TILE_ROW_ZERO(1) SDLORA_AVX512_TILE_ROW_ZERO(2)            \
+  SDLORA_AVX512_TILE_ROW_ZERO(3) SDLORA_AVX512_TILE_ROW_ZERO(4) SDLORA_AVX512_TILE_ROW_ZERO(5)            \
+  SDLORA_AVX512_TILE_ROW_ZERO(6) SDLORA_AVX512_TILE_ROW_ZERO(7) SDLORA_AVX512_TILE_ROW_ZERO(8)            \
+  SDLORA_AVX512_TILE_ROW_ZERO(9) SDLORA_AVX512_TILE_ROW_ZERO(10) SDLORA_AVX512_TILE_ROW_ZERO(11)
+#define SDLORA_AVX512_TILE_STORE_ONE(p, v)                                                                      \
+  _mm512_storeu_ps(p, beta != 0.f ? _mm512_fmadd_ps(vb, _mm512_loadu_ps(p), _mm512_mul_ps(va, v))              \
+                                  : _mm512_mul_ps(va, v));
+#define SDLORA_AVX512_TILE_STORE_ROW(r)                    \
+  SDLORA_AVX512_TILE_STORE_ONE(c + r * ldc, c##r##0)       \
+  SDLORA_AVX512_TILE_STORE_ONE(c + r * ldc + 16, c##r##1)
+#define SDLORA_AVX512_TILE_STORE                                                                          \
+  {                                                                                                       \
+    __m512 const va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta);                                  \
+    SDLORA_AVX512_TILE_STORE_ROW(0) SDLORA_AVX512_TILE_STORE_ROW(1) SDLORA_AVX512_TILE_STORE_ROW(2)       \
+    SDLORA_AVX512_TILE_STORE_ROW(3) SDLORA_AVX512_TILE_STORE_ROW(4) SDLORA_AVX512_TILE_STORE_ROW(5)       \
+    SDLORA_AVX512_TILE_STORE_ROW(6) SDLORA_AVX512_TILE_STORE_ROW(7) SDLORA_AVX512_TILE_STORE_ROW(8)       \
+    SDLORA_AVX512_TILE_STORE_ROW(9) SDLORA_AVX512_TILE_STORE_ROW(10) SDLORA_AVX512_TILE_STORE_ROW(11)     \
+  }
+
 /// AVX512-BF16: c (12, 32) = alpha * a @ b + beta * c over panels of depth pairs (a: (kc/2, 12, 2), b: (kc/2, 32, 2),
 /// kc rounded up to 2): 24 zmm accumulators, one 32-bit broadcast of a row's pair per VDPBF16PS pair.
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,fma"))) inline void micro_bf16_dot(
     Index kc, float const* a, float const* b, float* c, Index ldc, float alpha, float beta) {
   auto const* ap = reinterpret_cast<std::uint32_t const*>(a);  // one (row, pair) per 32 bits
   auto const* bp = reinterpret_cast<__m512i const*>(b);       // 16 (column, pair)s per vector
-#define SDLORA_ROW(r) __m512 c##r##0 = _mm512_setzero_ps(), c##r##1 = _mm512_setzero_ps();
-  SDLORA_ROW(0) SDLORA_ROW(1) SDLORA_ROW(2) SDLORA_ROW(3) SDLORA_ROW(4) SDLORA_ROW(5)
-  SDLORA_ROW(6) SDLORA_ROW(7) SDLORA_ROW(8) SDLORA_ROW(9) SDLORA_ROW(10) SDLORA_ROW(11)
-#undef SDLORA_ROW
+  SDLORA_AVX512_TILE_DECLARE
   for (Index p = 0; p < (kc + 1) / 2; ++p, ap += 12, bp += 2) {
     __m512bh const b0 = __m512bh(_mm512_loadu_si512(bp)), b1 = __m512bh(_mm512_loadu_si512(bp + 1));
 #define SDLORA_ROW(r)                                                   \
@@ -218,17 +239,7 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,fma"))) inl
     SDLORA_ROW(6) SDLORA_ROW(7) SDLORA_ROW(8) SDLORA_ROW(9) SDLORA_ROW(10) SDLORA_ROW(11)
 #undef SDLORA_ROW
   }
-  __m512 const va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta);
-#define SDLORA_STORE(p, v)                                                                    \
-  _mm512_storeu_ps(p, beta != 0.f ? _mm512_fmadd_ps(vb, _mm512_loadu_ps(p), _mm512_mul_ps(va, v)) \
-                                 : _mm512_mul_ps(va, v));
-#define SDLORA_ROW(r)                  \
-  SDLORA_STORE(c + r * ldc, c##r##0)   \
-  SDLORA_STORE(c + r * ldc + 16, c##r##1)
-  SDLORA_ROW(0) SDLORA_ROW(1) SDLORA_ROW(2) SDLORA_ROW(3) SDLORA_ROW(4) SDLORA_ROW(5)
-  SDLORA_ROW(6) SDLORA_ROW(7) SDLORA_ROW(8) SDLORA_ROW(9) SDLORA_ROW(10) SDLORA_ROW(11)
-#undef SDLORA_ROW
-#undef SDLORA_STORE
+  SDLORA_AVX512_TILE_STORE
 }
 
 /// The AMX kernel's tile registers: 0-3 accumulate C's four (16, 16) quarters, 4-5 hold A's two 16-row halves of a

@@ -106,10 +106,7 @@ __attribute__((target("avx2,fma"))) inline void micro_avx2(Index kc, float const
 /// AVX-512: a 12 x 32 tile in 24 zmm accumulators (of 32 registers), two zmm of B and one broadcast of A per row.
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma"))) inline void micro_avx512(
     Index kc, float const* a, float const* b, float* c, Index ldc, float alpha, float beta) {
-#define SDLORA_ROW(r) __m512 c##r##0 = _mm512_setzero_ps(), c##r##1 = _mm512_setzero_ps();
-  SDLORA_ROW(0) SDLORA_ROW(1) SDLORA_ROW(2) SDLORA_ROW(3) SDLORA_ROW(4) SDLORA_ROW(5)
-  SDLORA_ROW(6) SDLORA_ROW(7) SDLORA_ROW(8) SDLORA_ROW(9) SDLORA_ROW(10) SDLORA_ROW(11)
-#undef SDLORA_ROW
+  SDLORA_AVX512_TILE_DECLARE  // (bf16.hpp)
   for (Index k = 0; k < kc; ++k, a += 12, b += 32) {
     __m512 const b0 = _mm512_loadu_ps(b), b1 = _mm512_loadu_ps(b + 16);
 #define SDLORA_ROW(r)                              \
@@ -122,18 +119,7 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma"))) inline void mi
     SDLORA_ROW(6) SDLORA_ROW(7) SDLORA_ROW(8) SDLORA_ROW(9) SDLORA_ROW(10) SDLORA_ROW(11)
 #undef SDLORA_ROW
   }
-  __m512 const va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta);
-  // (a lambda would not inherit the function's target attribute)
-#define SDLORA_STORE(p, v)                                                                    \
-  _mm512_storeu_ps(p, beta != 0.f ? _mm512_fmadd_ps(vb, _mm512_loadu_ps(p), _mm512_mul_ps(va, v)) \
-                                 : _mm512_mul_ps(va, v));
-#define SDLORA_ROW(r)                  \
-  SDLORA_STORE(c + r * ldc, c##r##0)   \
-  SDLORA_STORE(c + r * ldc + 16, c##r##1)
-  SDLORA_ROW(0) SDLORA_ROW(1) SDLORA_ROW(2) SDLORA_ROW(3) SDLORA_ROW(4) SDLORA_ROW(5)
-  SDLORA_ROW(6) SDLORA_ROW(7) SDLORA_ROW(8) SDLORA_ROW(9) SDLORA_ROW(10) SDLORA_ROW(11)
-#undef SDLORA_ROW
-#undef SDLORA_STORE
+  SDLORA_AVX512_TILE_STORE  // (a macro: a lambda would not inherit the function's target attribute)
 }
 #endif
 
