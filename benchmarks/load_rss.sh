@@ -5,7 +5,7 @@
 #   benchmarks/load_rss.sh GENERATE_BINARY [f32 f16 bf16 ...]
 # Environment: MODEL (default /tmp/sd15-random: the weights `run_peers.py write_model` writes, made here when absent),
 # RUN (default /tmp/sd15-random-diffusers: the same files as a diffusers folder with config.json files, written here
-# from run_peers.py's models on torch's meta device), PYTHON (default /root/.venvs/sdlora/bin/python).
+# from run_peers.py's models on torch's meta device), PYTHON (default $SDLORA_VENV/bin/python, else ~/.venvs/sdlora/bin/python: the environment of tools/fixtures/make_all.sh).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(dirname "$here")"
@@ -14,7 +14,7 @@ shift
 dtypes=("${@:-f32 f16}")  # one word list
 MODEL="${MODEL:-/tmp/sd15-random}"
 RUN="${RUN:-/tmp/sd15-random-diffusers}"
-PYTHON="${PYTHON:-/root/.venvs/sdlora/bin/python}"
+PYTHON="${PYTHON:-${SDLORA_VENV:-$HOME/.venvs/sdlora}/bin/python}"
 
 [[ -d "$MODEL/unet" ]] || "$PYTHON" "$here/run_peers.py" write_model "$MODEL"
 if [[ ! -f "$RUN/model_index.json" ]]; then

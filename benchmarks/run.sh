@@ -10,7 +10,7 @@
 #                      sizes, sd.cpp at 256 px (f32 and f16)
 #     full:            also UNet 64x64, VAE 64x64 (512 px), txt2img 512 px 20 steps end to end, the LoRA step at
 #                      64x64 latents (512 px), 1 thread against 2, 16-bit weights, sd.cpp at 512 px
-# Environment: PYTHON (default /root/.venvs/sdlora/bin/python), SDCPP (sd-cli binary), SDCPP_MODEL (a diffusers
+# Environment: PYTHON (default $SDLORA_VENV/bin/python, else ~/.venvs/sdlora/bin/python: the environment of tools/fixtures/make_all.sh), SDCPP (sd-cli binary), SDCPP_MODEL (a diffusers
 # folder written by `run_peers.py write_model DIR`, outside the repository), THREADS (default 2), REPEATS (default 2),
 # SDCPP_STEPS (default 2; sd.cpp's step time is read from its progress bar).
 set -euo pipefail
@@ -20,7 +20,7 @@ build="${1:-build-bench}"
 mode="${2:-quick}"
 [[ "$build" = /* ]] || build="$root/$build"
 bench="$build/benchmarks/sd15_bench"
-PYTHON="${PYTHON:-/root/.venvs/sdlora/bin/python}"
+PYTHON="${PYTHON:-${SDLORA_VENV:-$HOME/.venvs/sdlora}/bin/python}"
 SDCPP="${SDCPP:-/tmp/bench-sdcpp/build/bin/sd-cli}"
 SDCPP_MODEL="${SDCPP_MODEL:-/tmp/sd15-random}"
 SDCPP_STEPS="${SDCPP_STEPS:-2}"

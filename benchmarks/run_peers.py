@@ -1,7 +1,7 @@
 """Peer measurements for benchmarks/RESULTS.md: Hugging Face diffusers (+PEFT) on PyTorch CPU, eager, at Stable
 Diffusion 1.5's architecture with random weights (configs written out here, nothing downloaded). Development only
-(needs /work/venv: torch, diffusers, transformers, peft); CI never runs it. Prints one JSON line per measurement in
-the same fields as build-*/benchmarks/sd15_bench.
+(needs a virtual environment with torch, diffusers, transformers, peft: $SDLORA_VENV, as tools/fixtures/make_all.sh);
+CI never runs it. Prints one JSON line per measurement in the same fields as build-*/benchmarks/sd15_bench.
 
   run_peers.py unet [latent=32] [batch=2] [repeats=3]
   run_peers.py vae [latent=32] [repeats=3]
